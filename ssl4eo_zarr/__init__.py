@@ -1,0 +1,49 @@
+"""ssl4eo_zarr: build and read SSL4EO-S12 v1.1 analysis-ready chunk files.
+
+``open_dataset`` gives lazy xarray views for exploration; ``ChunkDataset`` is a chunk-aware PyTorch
+IterableDataset for training (torch is imported only when it is used).
+"""
+
+from __future__ import annotations
+
+from . import schema
+from .errors import (
+    BuildError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    ModalityMismatchError,
+    SchemaError,
+    SSL4EOError,
+    UnsafeFileError,
+)
+from .reader import open_chunk, open_dataset, open_files
+from .schema import CloudClass
+from .writer import write_chunk
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildError",
+    "ChunkDataset",
+    "CloudClass",
+    "CorruptFileError",
+    "DatasetNotFoundError",
+    "ModalityMismatchError",
+    "SSL4EOError",
+    "SchemaError",
+    "UnsafeFileError",
+    "open_chunk",
+    "open_dataset",
+    "open_files",
+    "schema",
+    "write_chunk",
+]
+
+
+def __getattr__(name: str):
+    # torch is heavy and optional for exploration: import the loader on first use only.
+    if name == "ChunkDataset":
+        from .loader import ChunkDataset
+
+        return ChunkDataset
+    raise AttributeError(f"module 'ssl4eo_zarr' has no attribute {name!r}")

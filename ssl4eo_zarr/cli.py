@@ -1,0 +1,106 @@
+"""``ssl4eo-zarr``: a thin command line over the library. Each subcommand parses arguments and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+
+def _progress(iterable, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None, **kwargs)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .summary import describe
+
+    print(describe(args.path, split=args.split))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate
+
+    report = validate(args.path, split=args.split, size=args.size, check_values=not args.no_values,
+                      progress=_progress)
+    print(report.format(verbose=args.verbose))
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, n_files=args.files, samples=args.samples, size=args.size, workers=args.workers,
+             seed=args.seed)
+    return 0
+
+
+def cmd_quicklook(args: argparse.Namespace) -> int:
+    from . import open_dataset
+    from .plot import quicklook
+
+    ds = open_dataset(args.path)
+    fig = quicklook(ds, args.sample)
+    fig.savefig(args.out, dpi=args.dpi, bbox_inches="tight")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl4eo-zarr", description="Build and read SSL4EO-S12 v1.1 chunk files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="make demo data, open it, stream an epoch, write a quicklook")
+    p.add_argument("--out", default="ssl4eo-demo", help="folder for the demo dataset (default: ./ssl4eo-demo)")
+    p.add_argument("--files", type=int, default=3, help="chunk files (default 3)")
+    p.add_argument("--samples", type=int, default=16, help="locations per file (default 16)")
+    p.add_argument("--size", type=int, default=264, help="patch edge in px (default 264)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="summarise a chunk file, split folder or dataset root")
+    p.add_argument("path")
+    p.add_argument("--split", default=None)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("validate", help="check files against the format; exit 1 on problems")
+    p.add_argument("path")
+    p.add_argument("--split", default=None)
+    p.add_argument("--size", type=int, default=None, help="expected patch edge (default 264)")
+    p.add_argument("--no-values", action="store_true", help="skip decoding every chunk for value checks")
+    p.add_argument("-v", "--verbose", action="store_true", help="list files without problems too")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("quicklook", help="plot the 4 timestamps of one location (S2 RGB, S1, cloud classes)")
+    p.add_argument("path")
+    p.add_argument("--sample", default=0, help="sample index or 7-digit id (default 0)")
+    p.add_argument("--out", default="quicklook.png")
+    p.add_argument("--dpi", type=int, default=110)
+    p.set_defaults(func=cmd_quicklook)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import SSL4EOError
+
+    start = time.perf_counter()
+    try:
+        code = args.func(args)
+    except SSL4EOError as exc:
+        print(f"ssl4eo-zarr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if os.environ.get("SSL4EO_ZARR_TIMING"):
+        print(f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Exception tree. Each error also subclasses the matching built-in so callers can catch either."""
+
+from __future__ import annotations
+
+
+class SSL4EOError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class SchemaError(SSL4EOError, ValueError):
+    """A Dataset or file does not follow the SSL4EO-S12 v1.1 format (wrong dims, dtypes, bands, sizes)."""
+
+
+class CorruptFileError(SSL4EOError, OSError):
+    """A chunk file is damaged: not a zip, truncated, CRC mismatch, undecodable chunk, missing member."""
+
+    def __init__(self, path: str, problem: str, *, member: str | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.member = member
+        where = f"{self.path}" + (f" (member {member!r})" if member else "")
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # keep the structured fields when raised in a DataLoader worker
+        return (type(self), (self.path, self.problem), {"member": self.member})
+
+
+class UnsafeFileError(CorruptFileError):
+    """A chunk file that could harm the reader: decompression bomb, absurd shape, path traversal in a name."""
+
+
+class ModalityMismatchError(SSL4EOError, ValueError):
+    """Modality files of the same chunk disagree (sample ids, grid, sample count)."""
+
+
+class DatasetNotFoundError(SSL4EOError, FileNotFoundError):
+    """A dataset root, split, modality folder or chunk file does not exist."""
+
+
+class BuildError(SSL4EOError, RuntimeError):
+    """The builder cannot go on (missing cloud-mask source, locked output, inconsistent raw input)."""

@@ -1,0 +1,280 @@
+"""The xarray view: open chunk files as lazy, dask-backed Datasets.
+
+A single ``*.zarr.zip`` opens as exactly what ``xr.open_zarr(path)`` gives under zarr-python 2.18 (same
+names, dims, dtypes and values), under either zarr major version. A dataset root, split folder or list of
+files opens as one multi-modal Dataset concatenated along ``sample``: one image variable per modality
+(``S2L2A`` with dims ``sample, time, band_S2L2A, y, x``), the cloud mask and coordinates once.
+
+Opening reads each file's central directory, consolidated metadata and ``sample`` ids, nothing else: the
+image data stays lazy (one dask chunk per file and timestamp) until computed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from . import schema
+from .errors import CorruptFileError, ModalityMismatchError, SchemaError
+from .layout import ChunkSet, is_chunk_file, resolve
+from .storage import ZipArchive
+from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group
+
+#: Index coordinates xarray reads eagerly; the rest stays lazy.
+_INDEX_COORDS = schema.COORDS
+#: Variables taken once from the reference modality in the multi-modal view.
+_SHARED_VARS = (schema.CLOUD_VAR, "center_lat", "center_lon", "crs", "x_", "y_", "sample_id")
+#: Variables that differ per modality (S1 and S2 were acquired at different times).
+_PER_MODALITY_VARS = ("file_id", "time_")
+#: Preference order for the modality that provides shared variables.
+_REFERENCE_ORDER = ("S2L2A", "S2L1C", "S2RGB", "S1GRD")
+
+
+@dataclass
+class ChunkFile:
+    """One opened modality file: its archive, metadata and ``sample`` ids (nothing else is read)."""
+
+    path: str
+    archive: ZipArchive
+    group: GroupMeta
+    samples: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.samples)
+
+    def array(self, name: str) -> ArrayMeta:
+        try:
+            return self.group.arrays[name]
+        except KeyError:
+            raise CorruptFileError(self.path, f"variable {name!r} is missing") from None
+
+    def read(self, name: str) -> np.ndarray:
+        return read_array(self.archive, self.array(name))
+
+
+def open_chunk(path: str | os.PathLike | ZipArchive, **archive_kwargs: Any) -> ChunkFile:
+    """Open one modality file: read its metadata and sample ids.
+
+    Raises :class:`CorruptFileError` (or :class:`UnsafeFileError`) naming the file when it is damaged.
+    """
+    archive = path if isinstance(path, ZipArchive) else ZipArchive(path, **archive_kwargs)
+    group = read_group(archive)
+    if "sample" not in group.arrays:
+        raise CorruptFileError(archive.path, "coordinate 'sample' is missing")
+    samples = read_array(archive, group.arrays["sample"])
+    return ChunkFile(archive.path, archive, group, samples)
+
+
+def _load_block(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...]) -> np.ndarray:
+    chunk = read_chunk(archive, meta, index)
+    crop = tuple(slice(0, min(c, s - i * c)) for i, c, s in zip(index, meta.chunks, meta.shape))
+    return chunk[crop]
+
+
+def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
+    """Variable ``name`` of ``files`` as one dask array, concatenated along ``sample`` when it has that dim.
+
+    One dask chunk per stored chunk; a task reads and decodes exactly one zip member.
+    """
+    first = files[0].array(name)
+    concat = "sample" in first.dims
+    axis = first.dims.index("sample") if concat else None
+    use = files if concat else files[:1]
+    metas = [f.array(name) for f in use]
+    for f, meta in zip(use, metas):
+        other = tuple(s for i, s in enumerate(meta.shape) if i != axis)
+        want = tuple(s for i, s in enumerate(first.shape) if i != axis)
+        if meta.dims != first.dims or other != want or meta.dtype != first.dtype:
+            raise ModalityMismatchError(
+                f"{f.path}: {name!r} is {meta.dtype} {dict(zip(meta.dims, meta.shape))}, "
+                f"but {files[0].path} has {first.dtype} {dict(zip(first.dims, first.shape))}"
+            )
+    token = "ssl4eo-" + name + "-" + tokenize([f.path for f in use], name)
+    chunks: list[list[int]] = []
+    for i, (s, c) in enumerate(zip(first.shape, first.chunks)):
+        if i == axis:
+            sizes = []
+            for meta in metas:
+                sizes += [min(meta.chunks[i], meta.shape[i] - k * meta.chunks[i]) for k in range(meta.grid[i])]
+            chunks.append(sizes)
+        else:
+            chunks.append([min(c, s - k * c) for k in range(first.grid[i])])
+    dsk: dict[Any, Any] = {}
+    offset = 0
+    for f, meta in zip(use, metas):
+        for index in np.ndindex(*meta.grid):
+            key = list(index)
+            if axis is not None:
+                key[axis] += offset
+            dsk[(token, *key)] = (_load_block, f.archive, meta, tuple(int(i) for i in index))
+        offset += meta.grid[axis] if axis is not None else 0
+    if not first.shape:
+        dsk = {(token,): (_load_block, use[0].archive, first, ())}
+    return da.Array(dsk, token, chunks=tuple(tuple(c) for c in chunks), dtype=first.dtype,
+                    meta=np.empty((0,) * len(first.shape), dtype=first.dtype))
+
+
+def _variable(files: Sequence[ChunkFile], name: str, *, eager: bool = False) -> xr.Variable:
+    meta = files[0].array(name)
+    attrs = {k: v for k, v in meta.attrs.items() if k != "_ARRAY_DIMENSIONS"}
+    if meta.fill_value is not None:
+        attrs["_FillValue"] = meta.fill_value  # as xarray's zarr backend does, for CF masking
+    if eager:
+        if name == "sample" and "sample" in meta.dims:
+            data = np.concatenate([f.samples for f in files])
+        else:
+            data = files[0].read(name)
+    else:
+        data = _lazy(files, name)
+    return xr.Variable(meta.dims, data, attrs)
+
+
+def _modality_dataset(files: Sequence[ChunkFile]) -> xr.Dataset:
+    """Variables of one modality over ``files``, concatenated along sample and CF-decoded like ``xr.open_zarr``."""
+    first = files[0]
+    for f in files[1:]:
+        if f.group.arrays.keys() != first.group.arrays.keys():
+            raise ModalityMismatchError(
+                f"{f.path} has variables {sorted(f.group.arrays)}, {first.path} has {sorted(first.group.arrays)}"
+            )
+    coords = {n: _variable(files, n, eager=True) for n in first.group.arrays if n in _INDEX_COORDS}
+    data_vars = {n: _variable(files, n) for n in first.group.arrays if n not in _INDEX_COORDS}
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(first.group.attrs))
+    return xr.decode_cf(ds)
+
+
+def _open_all(paths: Sequence[str], threads: int, **archive_kwargs: Any) -> list[ChunkFile]:
+    if len(paths) == 1 or threads <= 1:
+        return [open_chunk(p, **archive_kwargs) for p in paths]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda p: open_chunk(p, **archive_kwargs), paths))
+
+
+def _check_agreement(sets: Sequence[ChunkSet], opened: Mapping[str, list[ChunkFile]], verify_grid: bool) -> None:
+    mods = list(opened)
+    ref = mods[0]
+    for i, cs in enumerate(sets):
+        a = opened[ref][i]
+        for m in mods[1:]:
+            b = opened[m][i]
+            if not np.array_equal(a.samples, b.samples):
+                diff = np.flatnonzero(a.samples != b.samples) if len(a.samples) == len(b.samples) else []
+                detail = (f"first difference at index {diff[0]}: {a.samples[diff[0]]!r} vs {b.samples[diff[0]]!r}"
+                          if len(diff) else f"{len(a.samples)} vs {len(b.samples)} samples")
+                raise ModalityMismatchError(f"{b.path} and {a.path} hold different sample ids ({detail})")
+            if verify_grid:
+                for name in ("crs", "x_", "y_"):
+                    if name in a.group.arrays and name in b.group.arrays and not np.array_equal(a.read(name), b.read(name)):
+                        raise ModalityMismatchError(f"{b.path} and {a.path} disagree on the pixel grid ({name!r})")
+
+
+def open_multimodal(
+    sets: Sequence[ChunkSet],
+    *,
+    threads: int = 8,
+    verify_grid: bool = False,
+    **archive_kwargs: Any,
+) -> xr.Dataset:
+    """One multi-modal Dataset over ``sets`` (see :func:`open_dataset`)."""
+    if not sets:
+        raise SchemaError("no chunk files to open")
+    mods = [m for m in schema.MODALITIES if all(m in cs.paths for cs in sets)]
+    if not mods:
+        raise SchemaError("the chunk files share no modality")
+    opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
+    _check_agreement(sets, opened, verify_grid)
+    ref = next(m for m in _REFERENCE_ORDER if m in mods)
+    out = _modality_dataset(opened[ref])
+    keep = [v for v in out.data_vars if v in _SHARED_VARS and (v != schema.CLOUD_VAR or ref != "S1GRD")]
+    ds = out[keep]
+    for m in mods:
+        dsm = out if m == ref else _modality_dataset(opened[m])
+        band_dim = f"band_{m}"
+        ds[m] = dsm[schema.BANDS_VAR].rename(band=band_dim).assign_attrs(units=schema.MODALITIES[m].units)
+        for v in _PER_MODALITY_VARS:
+            if v in dsm:
+                ds[f"{v.rstrip('_')}_{m}"] = dsm[v]
+    sizes = [f.n_samples for f in opened[ref]]
+    ds = ds.assign_coords(
+        file=("sample", np.repeat([cs.name for cs in sets], sizes)),
+        split=("sample", np.repeat([cs.split or "" for cs in sets], sizes)),
+    )
+    ds.attrs.update(modalities=list(mods), title="SSL4EO-S12 v1.1")
+    return ds
+
+
+def open_dataset(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    modalities: Sequence[str] | None = None,
+    split: str | None = None,
+    engine: str = "ssl4eo",
+    verify_grid: bool = False,
+    threads: int = 8,
+    storage_options: Mapping[str, Any] | None = None,
+    **archive_kwargs: Any,
+) -> xr.Dataset:
+    """Open SSL4EO-S12 v1.1 chunk files lazily (dask-backed).
+
+    Parameters
+    ----------
+    source:
+        * one ``*.zarr.zip`` (local path or URL): returns exactly what ``xr.open_zarr(path)`` gives under
+          zarr-python 2.18: ``bands`` ``[sample, time, band, y, x]`` (S2 int16 DN+1000, S1 float16 dB, RGB
+          uint8), ``cloud_mask`` uint8 ``[sample, time, y, x]``, ``center_lat``/``center_lon`` float64
+          degrees ``[sample]``, ``crs`` int64 EPSG ``[sample]``, ``x_``/``y_`` float64 UTM metres,
+          ``file_id``/``sample_id`` str and ``time_`` datetime64[ns] ``[sample, time]``;
+        * a dataset root, a split folder (``ROOT/val``) or a list of files: one multi-modal Dataset
+          concatenated along ``sample`` with one variable per modality (``S2L2A`` int16
+          ``[sample, time, band_S2L2A, y, x]``, ``S1GRD`` float16 ``[sample, time, band_S1GRD, y, x]``, ...),
+          ``cloud_mask``, the coordinates once, ``file_id_<MOD>``/``time_<MOD>`` per modality, and
+          ``file``/``split`` coordinates along ``sample``.
+    modalities:
+        Modalities to open (default: every modality folder present). Giving it for a single file opens
+        that file's siblings as a multi-modal Dataset.
+    split:
+        ``"train"`` or ``"val"`` when ``source`` is a dataset root (default: every split present).
+    engine:
+        ``"ssl4eo"`` (this library's reader, identical under zarr 2.18 and 3.x) or ``"zarr"`` (delegate a
+        single file to ``xr.open_zarr`` through a ZipStore that works with the installed zarr-python).
+    verify_grid:
+        Also check that every modality holds the same ``crs``, ``x_`` and ``y_`` (reads those small arrays).
+    threads:
+        Files opened concurrently (helps on network storage).
+    storage_options:
+        fsspec options for URLs.
+
+    Raises
+    ------
+    DatasetNotFoundError, CorruptFileError, ModalityMismatchError
+        Each message names the file at fault.
+    """
+    kwargs = dict(archive_kwargs, storage_options=storage_options)
+    single = isinstance(source, str | os.PathLike) and is_chunk_file(source) and not modalities
+    if single:
+        if engine == "zarr":
+            from .storage import zarr_open_kwargs, zarr_store
+
+            return xr.open_zarr(zarr_store(os.fspath(source)), **zarr_open_kwargs())
+        if engine != "ssl4eo":
+            raise ValueError(f"engine must be 'ssl4eo' or 'zarr', got {engine!r}")
+        return _modality_dataset([open_chunk(os.fspath(source), **kwargs)])
+    sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options)
+    return open_multimodal(sets, threads=threads, verify_grid=verify_grid, **kwargs)
+
+
+def open_files(paths: Sequence[str | os.PathLike], **archive_kwargs: Any) -> xr.Dataset:
+    """Files of one modality concatenated along ``sample`` in the single-file schema (``bands``, ...)."""
+    return _modality_dataset([open_chunk(os.fspath(p), **archive_kwargs) for p in paths])
+
+
+__all__ = ["ChunkFile", "open_chunk", "open_dataset", "open_files", "open_multimodal"]

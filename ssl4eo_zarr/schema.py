@@ -1,0 +1,233 @@
+"""The SSL4EO-S12 v1.1 chunk format, defined once.
+
+Every other module (writer, reader, validator, builder, loader, plots) reads its facts from here:
+modalities, band names, dtypes, offsets, value ranges, chunking, file naming, cloud classes and the
+published normalisation statistics. See ``docs/format.md`` for the prose version.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Locations per chunk file in the published dataset (the last file of a custom build may hold fewer).
+SAMPLES_PER_FILE = 64
+#: Seasonal timestamps per location (spring, summer, autumn, winter).
+N_TIMESTAMPS = 4
+#: Patch edge in pixels at 10 m (2,640 m; divisible by 6 so 10/20/60 m pixels nest).
+PATCH_SIZE = 264
+#: Ground sampling distance of every band after resampling, metres.
+RESOLUTION = 10.0
+#: S2 digital numbers carry this offset (ESA processing baseline 04.00): reflectance = (DN - 1000) / 10000.
+S2_OFFSET = 1000
+#: Divisor from offset-free DN to surface reflectance.
+S2_SCALE = 10000.0
+
+#: Name of the image variable in every modality file.
+BANDS_VAR = "bands"
+#: Name of the SEnSeI cloud-mask variable (S2 modalities only).
+CLOUD_VAR = "cloud_mask"
+
+#: Dimension names of the image variable, in storage order.
+BANDS_DIMS = ("sample", "time", "band", "y", "x")
+#: Dimension names of the cloud mask, in storage order.
+CLOUD_DIMS = ("sample", "time", "y", "x")
+
+#: Per-sample metadata variables: name -> (dims, numpy dtype kind description).
+#: ``str`` means any fixed-length unicode (``<U..``) or variable-length string.
+METADATA_VARS: dict[str, tuple[tuple[str, ...], str]] = {
+    "center_lat": (("sample",), "float64"),
+    "center_lon": (("sample",), "float64"),
+    "crs": (("sample",), "int64"),
+    "x_": (("sample", "x"), "float64"),
+    "y_": (("sample", "y"), "float64"),
+    "file_id": (("sample", "time"), "str"),
+    "sample_id": (("sample", "time"), "str"),
+    "time_": (("sample", "time"), "datetime64[ns]"),
+}
+
+#: Index coordinates written in every file.
+COORDS = ("band", "sample", "time", "x", "y")
+
+#: Width of the zero-padded location id (``0080717``).
+SAMPLE_ID_WIDTH = 7
+
+#: Blosc configuration of zarr-python 2.18's default compressor, used for every array unless told otherwise.
+DEFAULT_COMPRESSOR = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0}
+
+
+class CloudClass(enum.IntEnum):
+    """SEnSeI v2 cloud-mask classes, stored as uint8 in ``cloud_mask``."""
+
+    LAND = 0
+    WATER = 1
+    SNOW = 2
+    THIN_CLOUD = 3
+    THICK_CLOUD = 4
+    CLOUD_SHADOW = 5
+    NO_DATA = 6
+
+
+#: Classes counted as cloud by ``cloud_fraction`` (thin and thick cloud; shadows are not cloud).
+CLOUDY_CLASSES = (CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD)
+
+#: RGB colours (0..1) used for cloud classes in plots.
+CLOUD_COLORS = {
+    CloudClass.LAND: (0.45, 0.62, 0.30),
+    CloudClass.WATER: (0.15, 0.35, 0.75),
+    CloudClass.SNOW: (0.85, 0.95, 1.00),
+    CloudClass.THIN_CLOUD: (0.80, 0.80, 0.80),
+    CloudClass.THICK_CLOUD: (1.00, 1.00, 1.00),
+    CloudClass.CLOUD_SHADOW: (0.25, 0.25, 0.25),
+    CloudClass.NO_DATA: (0.00, 0.00, 0.00),
+}
+
+
+@dataclass(frozen=True)
+class Modality:
+    """Facts of one modality folder (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``).
+
+    ``mean``/``std`` are the published per-band statistics in stored units (S2 with the +1000 offset).
+    ``valid_range`` is the typical range published for the modality; values outside it do occur.
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    dtype: np.dtype
+    units: str
+    valid_range: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    offset: int = 0
+    has_cloud_mask: bool = False
+    description: str = field(default="", compare=False)
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def band_width(self) -> int:
+        """Characters of the widest band name (``<U3`` for S2, ``<U2`` for S1)."""
+        return max(len(b) for b in self.bands)
+
+    @property
+    def chunks(self) -> tuple[int, int, int, int, int]:
+        """Chunk shape of ``bands`` in a full file: one chunk per timestamp."""
+        return (SAMPLES_PER_FILE, 1, self.n_bands, PATCH_SIZE, PATCH_SIZE)
+
+    def stats(self, *, with_offset: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Published (mean, std), float64 ``[C]`` each, in stored units or with the S2 offset removed."""
+        mean = np.asarray(self.mean, dtype=np.float64)
+        std = np.asarray(self.std, dtype=np.float64)
+        if not with_offset:
+            mean = mean - self.offset
+        return mean, std
+
+    def chunk_bytes(self, samples: int = SAMPLES_PER_FILE) -> int:
+        """Decoded bytes of one timestamp chunk of ``bands``."""
+        return samples * self.n_bands * PATCH_SIZE * PATCH_SIZE * self.dtype.itemsize
+
+
+_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+S2L1C = Modality(
+    name="S2L1C",
+    bands=_S2_BANDS,
+    dtype=np.dtype("int16"),
+    units="DN + 1000 (reflectance = (DN - 1000) / 10000)",
+    valid_range=(1000, 11000),
+    mean=(2607.345, 2393.068, 2320.225, 2373.963, 2562.536, 3110.071, 3392.832, 3321.154, 3583.77, 1838.712,
+          1021.753, 3205.112, 2545.798),
+    std=(786.523, 849.702, 875.318, 1143.578, 1126.248, 1161.98, 1273.505, 1246.79, 1342.755, 576.795, 45.626,
+         1340.347, 1145.036),
+    offset=S2_OFFSET,
+    has_cloud_mask=True,
+    description="Sentinel-2 Level-1C top-of-atmosphere, 13 bands",
+)
+S2L2A = Modality(
+    name="S2L2A",
+    bands=tuple(b for b in _S2_BANDS if b != "B10"),
+    dtype=np.dtype("int16"),
+    units="DN + 1000 (reflectance = (DN - 1000) / 10000)",
+    valid_range=(1000, 11000),
+    mean=(1793.243, 1924.863, 2184.553, 2340.936, 2671.402, 3240.082, 3468.412, 3563.244, 3627.704, 3711.071,
+          3416.714, 2849.625),
+    std=(1160.144, 1201.092, 1219.943, 1397.225, 1400.035, 1373.136, 1429.17, 1485.025, 1447.836, 1652.703,
+         1471.002, 1365.307),
+    offset=S2_OFFSET,
+    has_cloud_mask=True,
+    description="Sentinel-2 Level-2A surface reflectance, 12 bands (no B10)",
+)
+S1GRD = Modality(
+    name="S1GRD",
+    bands=("vv", "vh"),
+    dtype=np.dtype("float16"),
+    units="dB, 10*log10(sigma0)",
+    valid_range=(-50.0, 1.0),
+    mean=(-12.577, -20.265),
+    std=(5.179, 5.872),
+    description="Sentinel-1 GRD backscatter, VV and VH in dB, aligned to the S2 L2A grid",
+)
+S2RGB = Modality(
+    name="S2RGB",
+    bands=("red", "green", "blue"),
+    dtype=np.dtype("uint8"),
+    units="8-bit display value",
+    valid_range=(0, 255),
+    mean=(100.708, 87.489, 61.932),
+    std=(68.550, 47.647, 40.592),
+    has_cloud_mask=True,
+    description="True-colour RGB derived from S2 L2A B04/B03/B02",
+)
+
+#: All modalities by folder name, in the published folder order.
+MODALITIES: dict[str, Modality] = {m.name: m for m in (S1GRD, S2L1C, S2L2A, S2RGB)}
+#: Modalities the training loader reads by default.
+DEFAULT_TRAIN_MODALITIES = ("S2L1C", "S2L2A", "S1GRD")
+#: Bands of S2L2A from which S2RGB is made, in RGB order.
+RGB_SOURCE_BANDS = ("B04", "B03", "B02")
+
+#: Splits of the published dataset and their file counts.
+SPLITS = {"train": 3812, "val": 34}
+
+_FILE_RE = re.compile(r"^ssl4eos12_(?P<split>[a-z]+)_seasonal_data_(?P<index>\d{6})\.zarr\.zip$")
+
+
+def get_modality(name: str) -> Modality:
+    """The :class:`Modality` called ``name`` (case-insensitive); ``ValueError`` naming the known ones otherwise."""
+    for key, mod in MODALITIES.items():
+        if key.lower() == str(name).lower():
+            return mod
+    raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
+
+
+def chunk_file_name(split: str, index: int) -> str:
+    """Published file name of chunk ``index`` (1-based) of ``split``: ``ssl4eos12_val_seasonal_data_000001.zarr.zip``."""
+    if index < 1:
+        raise ValueError(f"chunk file index is 1-based, got {index}")
+    return f"ssl4eos12_{split}_seasonal_data_{index:06d}.zarr.zip"
+
+
+def parse_chunk_file_name(name: str) -> tuple[str, int] | None:
+    """``(split, index)`` of a published chunk file name, or ``None`` if ``name`` is not one."""
+    match = _FILE_RE.match(name.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    return match["split"], int(match["index"])
+
+
+def split_list_name(split: str) -> str:
+    """Path of a split's file list relative to the dataset root: ``splits/ssl4eos12_val.txt``."""
+    return f"splits/ssl4eos12_{split}.txt"
+
+
+def sample_id(location: int | str) -> str:
+    """Zero-padded 7-digit location id (``80717`` -> ``'0080717'``)."""
+    text = str(location)
+    if not text.isdigit() or len(text) > SAMPLE_ID_WIDTH:
+        raise ValueError(f"location id must be at most {SAMPLE_ID_WIDTH} digits, got {location!r}")
+    return text.zfill(SAMPLE_ID_WIDTH)

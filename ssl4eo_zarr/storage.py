@@ -1,0 +1,364 @@
+"""Read-only access to ``*.zarr.zip`` archives, local or remote, safe to move into worker processes.
+
+One :class:`ZipArchive` owns one archive. It opens lazily in the process that reads it, reopens after
+``fork``/pickling, serialises access to the shared file handle with a lock, checks every member's
+CRC-32 on read (``zipfile`` does this when a member is read to its end) and refuses archives that could
+harm the reader (names with ``..`` or absolute paths, members larger than the caller allows).
+
+Remote archives (``https://``, ``s3://``, ``hf://``, any fsspec protocol) are read with range
+requests through fsspec; only the central directory and the members asked for are transferred.
+Transient network errors are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+
+#: Largest member this library reads by default (a full S2L1C timestamp chunk is ~116 MB decoded,
+#: members are stored compressed, so 1 GiB is far beyond any legitimate file).
+MAX_MEMBER_BYTES = 1 << 30
+
+PathLike = str | os.PathLike
+
+
+def is_url(path: Any) -> bool:
+    """True for ``protocol://...`` strings other than ``file://``."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _strip_file_scheme(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs alike."""
+    base = str(base)
+    if is_url(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]
+
+
+def parent(path: str) -> str:
+    path = str(path).rstrip("/")
+    if is_url(path):
+        return path.rsplit("/", 1)[0]
+    return os.path.dirname(path)
+
+
+def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a local path or URL exists."""
+    if not is_url(path):
+        return os.path.exists(_strip_file_scheme(str(path)))
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    return fs.exists(p)
+
+
+def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Text of a small local or remote file."""
+    if not is_url(path):
+        with open(_strip_file_scheme(str(path)), encoding="utf-8") as f:
+            return f.read()
+    import fsspec
+
+    with fsspec.open(path, "rt", **dict(storage_options or {})) as f:
+        return f.read()
+
+
+class _RetryingFile(io.RawIOBase):
+    """A seekable remote file that retries failed reads with exponential backoff.
+
+    fsspec's HTTP and S3 files raise on the first transient failure (connection reset, 5xx); a training job
+    that runs for days must ride those out.
+    """
+
+    def __init__(self, opener, retries: int, backoff: float):
+        self._opener = opener
+        self._retries = retries
+        self._backoff = backoff
+        self._pos = 0
+        self._f = self._call(opener)
+        self._size = self._f.size if hasattr(self._f, "size") else None
+
+    def _call(self, fn, *args):
+        delay = self._backoff
+        for attempt in range(self._retries + 1):
+            try:
+                return fn(*args)
+            except (OSError, TimeoutError) as exc:  # aiohttp/botocore errors surface as OSError subclasses
+                if isinstance(exc, FileNotFoundError) or attempt == self._retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+                try:
+                    self._f = self._opener()
+                except Exception:  # noqa: BLE001 - the next attempt reports the real error
+                    pass
+        raise AssertionError("unreachable")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self._pos = offset
+        elif whence == 1:
+            self._pos += offset
+        else:
+            if self._size is None:
+                self._size = self._f.seek(0, 2)
+            self._pos = self._size + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _read_at(self, n: int) -> bytes:
+        self._f.seek(self._pos)
+        return self._f.read(n)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._call(self._read_at, n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
+class ZipArchive:
+    """A read-only zip archive, opened lazily and reopened in each process that uses it.
+
+    Parameters
+    ----------
+    path:
+        Local path, ``file://`` path or fsspec URL of a ``*.zarr.zip`` file.
+    storage_options:
+        Passed to fsspec for URLs (credentials, ``block_size``, ``client_kwargs``...).
+    retries, backoff:
+        Remote reads are retried ``retries`` times, sleeping ``backoff * 2**k`` seconds in between.
+    cache_dir:
+        For URLs, keep whole downloaded archives in this local folder (fsspec ``filecache``) so later
+        epochs read locally.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        retries: int = 5,
+        backoff: float = 0.2,
+        cache_dir: str | None = None,
+    ):
+        self.path = _strip_file_scheme(os.fspath(path))
+        self.storage_options = dict(storage_options or {})
+        self.retries = retries
+        self.backoff = backoff
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._zip: zipfile.ZipFile | None = None
+        self._fh: Any = None
+        self._pid: int | None = None
+        self._infos: dict[str, zipfile.ZipInfo] | None = None
+        self._duplicates: list[str] = []
+
+    # -- pickling: never ship an open handle to another process ------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_lock=None, _zip=None, _fh=None, _pid=None, _infos=None, _duplicates=[])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ZipArchive({self.path!r})"
+
+    def __enter__(self) -> ZipArchive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def is_remote(self) -> bool:
+        return is_url(self.path)
+
+    def _open_fileobj(self):
+        if not self.is_remote:
+            try:
+                return open(self.path, "rb")
+            except FileNotFoundError:
+                raise DatasetNotFoundError(f"chunk file not found: {self.path}") from None
+            except IsADirectoryError:
+                raise CorruptFileError(self.path, "is a directory, expected a .zarr.zip file") from None
+        import fsspec
+
+        url = self.path
+        options = dict(self.storage_options)
+        if self.cache_dir:
+            url = f"filecache::{url}"
+            proto = self.path.split("://", 1)[0]
+            options = {proto: options, "filecache": {"cache_storage": self.cache_dir}}
+
+        def opener():
+            return fsspec.open(url, "rb", **options).open()
+
+        try:
+            return _RetryingFile(opener, self.retries, self.backoff)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"chunk file not found: {self.path}") from None
+
+    def _ensure_open(self) -> zipfile.ZipFile:
+        # A ZipFile inherited through fork shares its file offset with the parent: reopen per process.
+        if self._zip is not None and self._pid == os.getpid():
+            return self._zip
+        self._zip = None
+        fh = self._open_fileobj()
+        try:
+            zf = zipfile.ZipFile(fh, "r")
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            fh.close()
+            if isinstance(exc, DatasetNotFoundError):
+                raise
+            size = os.path.getsize(self.path) if not self.is_remote and os.path.exists(self.path) else None
+            what = "empty file" if size == 0 else f"not a valid zip archive ({exc})"
+            raise CorruptFileError(self.path, what + "; the file is truncated or damaged, download it again") from None
+        infos: dict[str, zipfile.ZipInfo] = {}
+        duplicates = []
+        for info in zf.infolist():
+            name = info.filename
+            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
+                zf.close()
+                fh.close()
+                raise UnsafeFileError(self.path, f"unsafe member name {name!r} (absolute or with '..')")
+            if name in infos:
+                duplicates.append(name)
+            infos[name] = info  # like zipfile, the last entry of a duplicated name wins
+        self._fh, self._zip, self._pid = fh, zf, os.getpid()
+        self._infos, self._duplicates = infos, duplicates
+        return zf
+
+    def close(self) -> None:
+        """Close the handle; the archive reopens on the next read."""
+        if self._zip is not None and self._pid == os.getpid():
+            self._zip.close()
+            self._fh.close()
+        self._zip = self._fh = self._infos = None
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Member names, each once."""
+        with self._lock:
+            self._ensure_open()
+            return list(self._infos)
+
+    def duplicate_names(self) -> list[str]:
+        """Member names stored more than once (zarr-python 3's ZipStore leaves these when a key is rewritten)."""
+        with self._lock:
+            self._ensure_open()
+            return list(self._duplicates)
+
+    def __contains__(self, name: str) -> bool:
+        with self._lock:
+            self._ensure_open()
+            return name in self._infos
+
+    def info(self, name: str) -> zipfile.ZipInfo:
+        with self._lock:
+            self._ensure_open()
+            try:
+                return self._infos[name]
+            except KeyError:
+                raise CorruptFileError(self.path, "member is missing", member=name) from None
+
+    def read(self, name: str, *, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+        """Bytes of member ``name``, CRC-checked.
+
+        Raises :class:`CorruptFileError` naming the archive and member when it is missing, damaged or
+        larger than ``max_bytes``.
+        """
+        with self._lock:
+            zf = self._ensure_open()
+            info = self._infos.get(name)
+            if info is None:
+                raise CorruptFileError(self.path, "member is missing", member=name)
+            if info.file_size > max_bytes:
+                raise UnsafeFileError(
+                    self.path, f"member declares {info.file_size} bytes, more than the {max_bytes} allowed", member=name
+                )
+            try:
+                with zf.open(info) as f:
+                    data = f.read(max_bytes + 1)
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and self.is_remote:
+                    raise
+                raise CorruptFileError(self.path, f"cannot read member: {exc}", member=name) from None
+        if len(data) != info.file_size:
+            raise CorruptFileError(
+                self.path, f"member holds {len(data)} bytes, its header says {info.file_size}", member=name
+            )
+        return data
+
+    def iter_read(self, names: list[str]) -> Iterator[tuple[str, bytes]]:
+        for name in names:
+            yield name, self.read(name)
+
+
+def open_archive(path: PathLike | ZipArchive, **kwargs: Any) -> ZipArchive:
+    """``path`` as a :class:`ZipArchive` (returned unchanged if it already is one)."""
+    if isinstance(path, ZipArchive):
+        return path
+    return ZipArchive(path, **kwargs)
+
+
+def zarr_store(path: PathLike, *, mode: str = "r"):
+    """A zarr store for ``path`` that works with the installed zarr-python (2.18 or 3.x).
+
+    zarr-python 3 does not open ``*.zarr.zip`` paths by itself; this wraps them in its ``ZipStore``.
+    Use it as ``zarr.open_group(zarr_store(path), mode="r")`` or
+    ``xr.open_zarr(zarr_store(path), **zarr_open_kwargs())``.
+    """
+    import zarr
+
+    return zarr.storage.ZipStore(os.fspath(path), mode=mode)
+
+
+def zarr_major() -> int:
+    import zarr
+
+    return int(zarr.__version__.split(".")[0])
+
+
+def zarr_open_kwargs() -> dict[str, Any]:
+    """Keyword arguments for ``xr.open_zarr`` that read these format-2 files under either zarr major version."""
+    kwargs: dict[str, Any] = {"consolidated": True}
+    if zarr_major() >= 3:
+        kwargs["zarr_format"] = 2
+    return kwargs

@@ -1,0 +1,245 @@
+"""Synthetic SSL4EO-S12 v1.1 data with realistic structure, for the demo, tests and benchmarks.
+
+Scenes are mixtures of land-cover end-members (vegetation, soil, urban, water) whose abundances are
+spatially correlated random fields, so the images compress like imagery rather than white noise. Seasons
+change vegetation vigour and bring snow in winter at high latitudes; clouds are thresholded smooth fields
+that brighten S2 and cast shifted shadows. S1 backscatter follows the same land cover with multiplicative
+speckle. Locations are drawn around real cities and carry their true UTM zone, grid and MGRS tile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from . import geo, schema
+from .rgb import rgb_from_l2a
+from .schema import CloudClass
+from .writer import write_chunk
+
+#: (name, lat, lon) of cities spread over every continent, both hemispheres and several UTM zone edges.
+CITIES = (
+    ("Berlin", 52.52, 13.405), ("Tokyo", 35.68, 139.69), ("Sao Paulo", -23.55, -46.63), ("Lagos", 6.52, 3.38),
+    ("Mumbai", 19.08, 72.88), ("New York", 40.71, -74.01), ("Sydney", -33.87, 151.21), ("Cairo", 30.04, 31.24),
+    ("Mexico City", 19.43, -99.13), ("Moscow", 55.76, 37.62), ("Jakarta", -6.21, 106.85), ("Lima", -12.05, -77.04),
+    ("Nairobi", -1.29, 36.82), ("Oslo", 59.91, 10.75), ("Reykjavik", 64.15, -21.94), ("Buenos Aires", -34.60, -58.38),
+    ("Beijing", 39.90, 116.41), ("Johannesburg", -26.20, 28.05), ("Vancouver", 49.28, -123.12), ("Madrid", 40.42, -3.70),
+    ("Anchorage", 61.22, -149.90), ("Auckland", -36.85, 174.76), ("Tehran", 35.69, 51.39), ("Lisbon", 38.72, -9.14),
+)
+
+#: Reflectance (0..1) of each end-member in the 13 S2 bands B01..B12 (B8A after B08, B10 cirrus).
+_ENDMEMBERS = {
+    "vegetation": [0.03, 0.04, 0.07, 0.04, 0.10, 0.28, 0.35, 0.38, 0.40, 0.40, 0.01, 0.20, 0.10],
+    "soil": [0.08, 0.10, 0.14, 0.19, 0.22, 0.25, 0.27, 0.29, 0.30, 0.31, 0.01, 0.36, 0.30],
+    "urban": [0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.19, 0.20, 0.01, 0.22, 0.20],
+    "water": [0.07, 0.06, 0.05, 0.03, 0.02, 0.015, 0.012, 0.01, 0.009, 0.008, 0.005, 0.005, 0.004],
+    "snow": [0.85, 0.88, 0.87, 0.85, 0.82, 0.78, 0.75, 0.72, 0.70, 0.20, 0.02, 0.10, 0.08],
+    "cloud": [0.55, 0.55, 0.55, 0.55, 0.56, 0.57, 0.57, 0.58, 0.58, 0.50, 0.30, 0.45, 0.35],
+}
+#: Extra path radiance of L1C over L2A per band (top of atmosphere is brighter in the blue).
+_ATMOSPHERE = np.array([0.09, 0.07, 0.05, 0.03, 0.03, 0.025, 0.02, 0.02, 0.02, 0.015, 0.0, 0.01, 0.005])
+_SEASON_DATES = ("03-20", "06-21", "09-22", "12-21")
+_L2A_IDX = [schema.S2L1C.bands.index(b) for b in schema.S2L2A.bands]
+
+
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], size: int, scale: float = 24.0) -> np.ndarray:
+    """Gaussian random fields ``[*shape, size, size]`` with correlation length ``scale`` px, standardised."""
+    noise = rng.standard_normal((*shape, size, size)).astype(np.float32)
+    f = np.fft.fftfreq(size).astype(np.float32)
+    k2 = f[:, None] ** 2 + f[None, :] ** 2
+    kernel = np.exp(-k2 * (scale * np.pi) ** 2 / 2.0).astype(np.float32)
+    out = np.fft.irfft2(np.fft.rfft2(noise) * kernel[:, : size // 2 + 1], s=(size, size)).astype(np.float32)
+    out -= out.mean(axis=(-2, -1), keepdims=True)
+    out /= out.std(axis=(-2, -1), keepdims=True) + 1e-6
+    return out
+
+
+@dataclass
+class Locations:
+    """Sampled locations: ids str ``[N]``, lat/lon float64 ``[N]`` degrees, epsg int64 ``[N]``, city str ``[N]``."""
+
+    ids: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    epsg: np.ndarray
+    city: np.ndarray
+
+
+def sample_locations(n: int, *, seed: int = 0, sigma_km: float = 50.0) -> Locations:
+    """``n`` locations drawn around :data:`CITIES` (Gaussian, ``sigma_km``), with unique random 7-digit ids."""
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, len(CITIES), n)
+    lat = np.array([CITIES[i][1] for i in which]) + rng.normal(0, sigma_km / 111.0, n)
+    lon = np.array([CITIES[i][2] for i in which])
+    lon = lon + rng.normal(0, sigma_km / 111.0, n) / np.cos(np.radians(lat))
+    lat = np.clip(lat, -79.0, 83.0)
+    ids = rng.choice(251079, size=n, replace=False)
+    epsg = np.array([geo.utm_epsg(a, o) for a, o in zip(lat, lon)], dtype=np.int64)
+    return Locations(np.array([schema.sample_id(i) for i in ids]), lat, lon, epsg,
+                     np.array([CITIES[i][0] for i in which]))
+
+
+def _scene(rng: np.random.Generator, lat: float, size: int):
+    """Land cover and clouds of one location: L2A/L1C reflectance float32 ``[4, 13, H, W]``, cloud classes
+    uint8 ``[4, H, W]``, S1 dB float32 ``[4, 2, H, W]``."""
+    fields = smooth_field(rng, (4,), size, scale=rng.uniform(8, 30))
+    logits = fields * 2.0 + np.array([0.6, 0.0, rng.uniform(-1.5, 0.5), rng.uniform(-2.5, -0.5)],
+                                     dtype=np.float32)[:, None, None]
+    ab = np.exp(logits - logits.max(axis=0))
+    ab /= ab.sum(axis=0)  # abundances of vegetation, soil, urban, water
+    em = {k: np.asarray(v, dtype=np.float32) for k, v in _ENDMEMBERS.items()}
+    texture = smooth_field(rng, (1,), size, scale=2.0)[0] * 0.01
+    refl = np.empty((4, 13, size, size), np.float32)
+    cloud = np.zeros((4, size, size), np.uint8)
+    s1 = np.empty((4, 2, size, size), np.float32)
+    water = ab[3] > 0.5
+    cloud_fields = smooth_field(rng, (4,), size, scale=rng.uniform(10, 25))
+    for t in range(4):
+        vigour = 0.55 + 0.45 * np.cos(2 * np.pi * (t - (1 if lat >= 0 else 3)) / 4)
+        veg = em["vegetation"] * vigour + em["soil"] * (1 - vigour)
+        r = (ab[0, None] * veg[:, None, None] + ab[1, None] * em["soil"][:, None, None]
+             + ab[2, None] * em["urban"][:, None, None] + ab[3, None] * em["water"][:, None, None])
+        r = r * (1.0 + texture[None])
+        cls = np.where(water, CloudClass.WATER, CloudClass.LAND).astype(np.uint8)
+        if t == 3 and abs(lat) > 45:
+            snow = smooth_field(rng, (1,), size, scale=20)[0] > -0.2
+            r = np.where(snow[None], em["snow"][:, None, None] * (1 + texture[None]), r)
+            cls[snow] = CloudClass.SNOW
+        cover = rng.uniform(-0.3, 2.5)  # most scenes are nearly clear (the dataset kept < 10 % cloud)
+        cf = cloud_fields[t]
+        thick, thin = cf > cover + 0.6, (cf > cover) & ~(cf > cover + 0.6)
+        shadow = np.roll(thick, (size // 20, size // 25), axis=(0, 1)) & ~thick & ~thin
+        alpha = np.where(thick, 0.9, np.where(thin, 0.35, 0.0)).astype(np.float32)
+        r = r * (1 - alpha[None]) + em["cloud"][:, None, None] * alpha[None]
+        r = np.where(shadow[None], r * 0.45, r)
+        cls[thin], cls[thick], cls[shadow] = CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD, CloudClass.CLOUD_SHADOW
+        refl[t] = r
+        cloud[t] = cls
+        base_vv = -9.0 * ab[0] - 13.0 * ab[1] - 3.0 * ab[2] - 24.0 * ab[3] - 2.0 * (1 - vigour)
+        speckle = 10 * np.log10(rng.gamma(4.4, 1 / 4.4, (2, size, size)).astype(np.float32))
+        s1[t, 0] = base_vv + speckle[0]
+        s1[t, 1] = base_vv - 6.5 - 2.0 * ab[0] + speckle[1]
+    return refl, cloud, s1
+
+
+def _to_dn(refl: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(refl * schema.S2_SCALE) + schema.S2_OFFSET, -32768, 32767).astype(np.int16)
+
+
+def make_chunk(locs: Locations, *, size: int = schema.PATCH_SIZE, seed: int = 0, year: int = 2021) -> dict[str, xr.Dataset]:
+    """One chunk's Datasets, keyed by modality name, for the locations ``locs`` (at most 64).
+
+    Returns ``{"S1GRD", "S2L1C", "S2L2A", "S2RGB"}`` -> Dataset in the published single-file schema
+    (see :func:`ssl4eo_zarr.write_chunk` for the variables, shapes and dtypes).
+    """
+    n = len(locs.ids)
+    if not 1 <= n <= schema.SAMPLES_PER_FILE:
+        raise ValueError(f"a chunk holds 1 to {schema.SAMPLES_PER_FILE} locations, got {n}")
+    rng = np.random.default_rng(seed)
+    l1c = np.empty((n, 4, 13, size, size), np.int16)
+    cloud = np.empty((n, 4, size, size), np.uint8)
+    s1 = np.empty((n, 4, 2, size, size), np.float16)
+    xs = np.empty((n, size))
+    ys = np.empty((n, size))
+    s2_time = np.empty((n, 4), "datetime64[ns]")
+    s1_time = np.empty((n, 4), "datetime64[ns]")
+    s2_ids = np.empty((n, 4), object)
+    s1_ids = np.empty((n, 4), object)
+    l2a_refl = np.empty((n, 4, 12, size, size), np.float32)
+    for i in range(n):
+        refl, cloud[i], s1f = _scene(rng, float(locs.lat[i]), size)
+        l2a_refl[i] = refl[:, _L2A_IDX]
+        l1c[i] = _to_dn(refl * 0.93 + _ATMOSPHERE[None, :, None, None])
+        s1[i] = s1f.astype(np.float16)
+        _, xs[i], ys[i] = geo.patch_grid(float(locs.lat[i]), float(locs.lon[i]), epsg=int(locs.epsg[i]), size=size)
+        tile = geo.mgrs_tile(float(locs.lat[i]), float(locs.lon[i]))
+        for t, day in enumerate(_SEASON_DATES):
+            when = (np.datetime64(f"{year}-{day}T00:00:00") + np.timedelta64(int(rng.integers(-15, 15)), "D")
+                    + np.timedelta64(int(rng.integers(36000, 40000)), "s"))
+            s2_time[i, t] = when
+            stamp = str(when.astype("datetime64[s]")).replace("-", "").replace(":", "")
+            s2_ids[i, t] = f"{stamp}_{stamp}_{tile}"
+            s1_when = when + np.timedelta64(int(rng.integers(-2 * 86400, 2 * 86400)), "s")
+            s1_time[i, t] = s1_when
+            s1_stamp = str(s1_when.astype("datetime64[s]")).replace("-", "").replace(":", "")
+            orbit = int(rng.integers(10000, 40000))
+            s1_ids[i, t] = (f"S1{'AB'[int(rng.integers(0, 2))]}_IW_GRDH_1SDV_{s1_stamp}_{s1_stamp}_"
+                            f"{orbit:06d}_{orbit * 7 % 0xFFFFFF:06X}_{int(rng.integers(0, 0xFFFF)):04X}")
+    l2a = _to_dn(l2a_refl)
+    del l2a_refl
+    rgb = rgb_from_l2a(l2a)
+    common = {
+        "center_lat": (("sample",), locs.lat.astype(np.float64)),
+        "center_lon": (("sample",), locs.lon.astype(np.float64)),
+        "crs": (("sample",), locs.epsg.astype(np.int64)),
+        "x_": (("sample", "x"), xs),
+        "y_": (("sample", "y"), ys),
+        "sample_id": (("sample", "time"), np.array([[f"{s}_{t}" for t in range(4)] for s in locs.ids])),
+    }
+    coords = {"sample": locs.ids.astype(f"<U{schema.SAMPLE_ID_WIDTH}"), "time": np.arange(4, dtype=np.int64),
+              "x": np.arange(size, dtype=np.int64), "y": np.arange(size, dtype=np.int64)}
+
+    def build(mod, data, with_cloud, times, ids):
+        ds = xr.Dataset({schema.BANDS_VAR: (schema.BANDS_DIMS, data)},
+                        coords={"band": np.array(mod.bands), **coords})
+        if with_cloud:
+            ds[schema.CLOUD_VAR] = (schema.CLOUD_DIMS, cloud)
+        for k, v in common.items():
+            ds[k] = v
+        ds["file_id"] = (("sample", "time"), np.array(ids.tolist(), dtype=str))
+        ds["time_"] = (("sample", "time"), times)
+        return ds
+
+    return {
+        "S1GRD": build(schema.S1GRD, s1, False, s1_time, s1_ids),
+        "S2L1C": build(schema.S2L1C, l1c, True, s2_time, s2_ids),
+        "S2L2A": build(schema.S2L2A, l2a, True, s2_time, s2_ids),
+        "S2RGB": build(schema.S2RGB, rgb, True, s2_time, s2_ids),
+    }
+
+
+def make_dataset(
+    root: str | os.PathLike,
+    n_files: int = 2,
+    samples: int = schema.SAMPLES_PER_FILE,
+    size: int = schema.PATCH_SIZE,
+    seed: int = 0,
+    split: str = "val",
+    *,
+    modalities: tuple[str, ...] | None = None,
+    last_samples: int | None = None,
+) -> list[str]:
+    """Write a complete synthetic dataset root in the published layout; returns the file names.
+
+    Creates ``root/{split}/{S1GRD,S2L1C,S2L2A,S2RGB}/ssl4eos12_{split}_seasonal_data_NNNNNN.zarr.zip`` (``n_files``
+    chunk files of ``samples`` locations, the last of ``last_samples`` when given) and
+    ``root/splits/ssl4eos12_{split}.txt``. Patches are ``size`` x ``size`` px at 10 m.
+    """
+    root = os.fspath(root)
+    counts = [samples] * n_files
+    if last_samples is not None and n_files:
+        counts[-1] = last_samples
+    locs = sample_locations(sum(counts), seed=seed)
+    names = []
+    start = 0
+    for k, count in enumerate(counts):
+        part = Locations(*(getattr(locs, f)[start:start + count] for f in ("ids", "lat", "lon", "epsg", "city")))
+        start += count
+        name = schema.chunk_file_name(split, k + 1)
+        for mod, ds in make_chunk(part, size=size, seed=seed * 100003 + k).items():
+            if modalities and mod not in modalities:
+                continue
+            write_chunk(ds, os.path.join(root, split, mod, name), modality=mod, size=size)
+        names.append(name)
+    listing = os.path.join(root, schema.split_list_name(split))
+    os.makedirs(os.path.dirname(listing), exist_ok=True)
+    existing = []
+    if os.path.exists(listing):
+        with open(listing, encoding="utf-8") as f:
+            existing = [line.strip() for line in f if line.strip()]
+    with open(listing, "w", encoding="utf-8") as f:
+        f.write("\n".join(sorted(set(existing) | set(names))) + "\n")
+    return names
