@@ -14,7 +14,11 @@ class SchemaError(SSL4EOError, ValueError):
 class CorruptFileError(SSL4EOError, OSError):
     """A chunk file is damaged: not a zip, truncated, CRC mismatch, undecodable chunk, missing member."""
 
-    def __init__(self, path: str, problem: str, *, member: str | None = None):
+    def __init__(self, path: str, problem: str | None = None, *, member: str | None = None):
+        if problem is None:  # rebuilt from its message alone (torch's DataLoader re-raises worker errors so)
+            self.path, self.problem, self.member = "", str(path), None
+            super().__init__(str(path))
+            return
         self.path = str(path)
         self.problem = problem
         self.member = member

@@ -1,0 +1,7 @@
+"""The PyTorch side: :class:`ChunkDataset`, its pure epoch planning and batch transforms."""
+
+from .dataset import ChunkDataset
+from .plan import epoch_plan
+from .transforms import CenterCrop, Compose, Normalize, RandomCrop, RandomD4, normalize
+
+__all__ = ["CenterCrop", "ChunkDataset", "Compose", "Normalize", "RandomCrop", "RandomD4", "epoch_plan", "normalize"]

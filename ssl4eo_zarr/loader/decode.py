@@ -1,0 +1,160 @@
+"""The loader's hot path: read timestamp chunks of one chunk set straight from the zip and decode them with
+numcodecs into preallocated tensors (shared memory inside DataLoader workers). No xarray, no dask."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import schema
+from ..errors import CorruptFileError, ModalityMismatchError
+from ..reader import ChunkFile, open_chunk
+from ..zarrv2 import read_array, read_chunk
+
+_TORCH_DTYPES = {np.dtype("int16"): torch.int16, np.dtype("float16"): torch.float16, np.dtype("uint8"): torch.uint8,
+                 np.dtype("float32"): torch.float32, np.dtype("int64"): torch.int64, np.dtype("float64"): torch.float64}
+
+
+def alloc(shape: Sequence[int], dtype: np.dtype, *, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory when ``shared`` so that handing it from a DataLoader worker
+    to the main process moves a file descriptor instead of copying the data."""
+    tdtype = _TORCH_DTYPES[np.dtype(dtype)]
+    if not shared:
+        return torch.empty(tuple(shape), dtype=tdtype)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    except (AttributeError, RuntimeError):  # older/newer torch without the private constructor
+        return torch.empty(tuple(shape), dtype=tdtype).share_memory_()
+    return torch.empty(0, dtype=tdtype).set_(storage, 0, tuple(shape))
+
+
+class ArchiveCache:
+    """Open chunk files of one worker, least recently used evicted; archives stay open between reads."""
+
+    def __init__(self, capacity: int = 32, archive_kwargs: Mapping[str, Any] | None = None):
+        self.capacity = capacity
+        self.archive_kwargs = dict(archive_kwargs or {})
+        self._files: OrderedDict[str, ChunkFile] = OrderedDict()
+        self._pid = os.getpid()
+
+    def get(self, path: str) -> ChunkFile:
+        if self._pid != os.getpid():  # inherited through fork: never share handles with the parent
+            self._files.clear()
+            self._pid = os.getpid()
+        cf = self._files.pop(path, None)
+        if cf is None:
+            cf = open_chunk(path, **self.archive_kwargs)
+        self._files[path] = cf
+        while len(self._files) > self.capacity:
+            _, old = self._files.popitem(last=False)
+            old.archive.close()
+        return cf
+
+    def drop(self, path: str) -> None:
+        cf = self._files.pop(path, None)
+        if cf is not None:
+            cf.archive.close()
+
+
+@dataclass
+class Decoded:
+    """One chunk set decoded for the timestamps asked for.
+
+    ``images[mod]``: ``[T, n, C, H, W]`` in the stored dtype (time-major: each timestamp chunk decodes into
+    one contiguous slab). ``cloud``: uint8 ``[T, n, H, W]`` or ``None``. ``meta``: per-sample metadata
+    arrays (``sample`` str ``[n]``, ``center_lat``/``center_lon`` float64 ``[n]``, ``crs`` int64 ``[n]``,
+    ``time_`` int64 ns ``[n, 4]`` per modality under ``time_<MOD>``).
+    """
+
+    path: str
+    images: dict[str, torch.Tensor]
+    cloud: torch.Tensor | None
+    meta: dict[str, np.ndarray]
+    n: int
+
+
+def _times_ns(cf: ChunkFile) -> np.ndarray:
+    """``time_`` as int64 nanoseconds since 1970 ``[n, 4]``, whatever CF units the file uses."""
+    meta = cf.array("time_")
+    raw = read_array(cf.archive, meta)
+    units = meta.attrs.get("units", "")
+    if units == "nanoseconds since 1970-01-01" or raw.dtype.kind == "M":
+        return raw.astype(np.int64)
+    from xarray.coding.times import decode_cf_datetime
+
+    decoded = decode_cf_datetime(raw, units, meta.attrs.get("calendar"))
+    return np.asarray(decoded, dtype="datetime64[ns]").astype(np.int64)
+
+
+def open_set(paths: Mapping[str, str], cache: ArchiveCache) -> dict[str, ChunkFile]:
+    """Open every modality file of a chunk set and check they hold the same sample ids."""
+    files = {m: cache.get(p) for m, p in paths.items()}
+    ref_mod = next(iter(files))
+    ref = files[ref_mod]
+    for m, cf in files.items():
+        if m != ref_mod and not np.array_equal(cf.samples, ref.samples):
+            raise ModalityMismatchError(f"{cf.path} and {ref.path} hold different sample ids")
+    return files
+
+
+def decode_set(
+    files: Mapping[str, ChunkFile],
+    timestamps: Sequence[int],
+    *,
+    shared: bool,
+    with_cloud: bool,
+    with_meta: bool,
+) -> Decoded:
+    """Decode the ``bands`` chunks of ``timestamps`` of each modality (and the cloud mask) into new tensors."""
+    ref_path = next(iter(files.values())).path
+    images: dict[str, torch.Tensor] = {}
+    n = 0
+    for mod, cf in files.items():
+        meta = cf.array(schema.BANDS_VAR)
+        n, _t, c, h, w = meta.shape
+        expected = schema.get_modality(mod)
+        if meta.dtype != expected.dtype or c != expected.n_bands:
+            raise CorruptFileError(cf.path, f"'bands' is {meta.dtype} with {c} bands, expected {expected.dtype} with "
+                                            f"{expected.n_bands} for {mod}")
+        out = alloc((len(timestamps), n, c, h, w), meta.dtype, shared=shared)
+        arr = out.numpy()
+        for k, t in enumerate(timestamps):
+            if meta.chunks[0] >= n and meta.chunks[1] == 1 and meta.chunks[2:] == meta.shape[2:] and meta.chunks[0] == n:
+                read_chunk(cf.archive, meta, (0, t, 0, 0, 0), out=arr[k])
+            else:  # unusual chunking (e.g. padded partial chunk): decode then copy
+                for s in range(meta.grid[0]):
+                    block = read_chunk(cf.archive, meta, (s, t, 0, 0, 0))
+                    lo = s * meta.chunks[0]
+                    hi = min(lo + meta.chunks[0], n)
+                    arr[k, lo:hi] = block[: hi - lo, 0]
+        images[mod] = out
+    cloud = None
+    if with_cloud:
+        src = next((files[m] for m in ("S2L2A", "S2L1C", "S2RGB") if m in files and schema.CLOUD_VAR in files[m].group.arrays),
+                   None)
+        if src is not None:
+            cm = src.array(schema.CLOUD_VAR)
+            cloud = alloc((len(timestamps), n, *cm.shape[2:]), cm.dtype, shared=shared)
+            carr = cloud.numpy()
+            for k, t in enumerate(timestamps):
+                for s in range(cm.grid[0]):
+                    block = read_chunk(src.archive, cm, (s, t, 0, 0))
+                    lo = s * cm.chunks[0]
+                    hi = min(lo + cm.chunks[0], n)
+                    carr[k, lo:hi] = block[: hi - lo, 0]
+    meta_out: dict[str, np.ndarray] = {}
+    if with_meta:
+        ref = next((files[m] for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if m in files))
+        meta_out["sample"] = ref.samples.astype(str)
+        for name in ("center_lat", "center_lon", "crs"):
+            meta_out[name] = read_array(ref.archive, ref.array(name))
+        for mod, cf in files.items():
+            meta_out[f"time_{mod}"] = _times_ns(cf)
+    return Decoded(ref_path, images, cloud, meta_out, n)

@@ -1,0 +1,162 @@
+"""Which samples each rank and worker reads, in which order, for which epoch: pure, seeded, no I/O.
+
+The unit of work is a chunk file (all its modalities). Files are permuted with (seed, epoch), dealt to
+ranks so that every rank gets the same number (padding at most one file per rank by wrapping around the
+permutation, or dropping the remainder with ``drop_last``), then dealt to the rank's workers. Inside a
+worker, files are pooled in groups of ``mix`` chunks whose samples are permuted together and cut into
+batches. Batch counts are then equalised across ranks so that DistributedDataParallel never waits for a
+rank that ran out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: ``rows`` is a sequence of ``(file index, sample index within file)``.
+
+    ``whole_file`` is set when the batch is exactly one file in stored order, so it can be yielded
+    without copying.
+    """
+
+    rows: tuple[tuple[int, int], ...]
+    whole_file: int | None = None
+
+    @property
+    def files(self) -> list[int]:
+        seen: dict[int, None] = {}
+        for f, _ in self.rows:
+            seen.setdefault(f, None)
+        return list(seen)
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed & 0xFFFFFFFF, *[k & 0xFFFFFFFF for k in keys]])
+
+
+def files_for_rank(n_files: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool,
+                   drop_last: bool) -> list[int]:
+    """File indices of ``rank`` for ``epoch``; every rank gets the same count."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    order = _rng(seed, epoch).permutation(n_files) if shuffle else np.arange(n_files)
+    if drop_last:
+        per_rank = n_files // world_size
+        order = order[: per_rank * world_size]
+    else:
+        per_rank = math.ceil(n_files / world_size)
+        pad = per_rank * world_size - n_files
+        order = np.concatenate([order, order[:pad]]) if n_files else order
+    return [int(i) for i in order[rank::world_size]]
+
+
+def files_for_worker(rank_files: Sequence[int], worker: int, num_workers: int) -> list[int]:
+    """The worker's share of the rank's files (dealt round-robin)."""
+    return list(rank_files[worker::num_workers])
+
+
+def worker_batches(
+    files: Sequence[int],
+    counts: Sequence[int],
+    *,
+    batch_size: int | None,
+    mix: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+) -> list[Batch]:
+    """Batches of one worker over its ``files`` (``counts[f]`` samples in file ``f``)."""
+    if batch_size is None and mix <= 1:
+        return [Batch(tuple((f, i) for i in range(counts[f])), whole_file=f) for f in files]
+    mix = max(mix, 1)
+    out: list[Batch] = []
+    stream: list[tuple[int, int]] = []
+    for g in range(0, len(files), mix):
+        group = list(files[g: g + mix])
+        pooled = [(f, i) for f in group for i in range(counts[f])]
+        if shuffle:
+            perm = _rng(seed, epoch, 1 + g, *group).permutation(len(pooled))
+            pooled = [pooled[p] for p in perm]
+        if batch_size is None:  # mixing without a batch size: batches of one file's size, samples pooled
+            start = 0
+            for f in group:
+                out.append(Batch(tuple(pooled[start: start + counts[f]])))
+                start += counts[f]
+        else:
+            stream.extend(pooled)
+    if batch_size is not None:
+        out = [Batch(tuple(stream[i: i + batch_size])) for i in range(0, len(stream), batch_size)]
+        if drop_last and out and len(out[-1].rows) < batch_size:
+            out.pop()
+    return out
+
+
+def epoch_plan(
+    counts: Sequence[int],
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int | None,
+    mix: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> list[list[Batch]]:
+    """Batches of every worker of ``rank``: ``plan[w]`` is worker ``w``'s list.
+
+    Every rank of the same call gets the same total number of batches: ranks short of the longest one
+    repeat their first batches (without ``drop_last``) or the longer ones drop their last batches (with it).
+    """
+    n_files = len(counts)
+    workers = max(num_workers, 1)
+
+    def plan_for(r: int) -> list[list[Batch]]:
+        rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
+                                    shuffle=shuffle, drop_last=drop_last)
+        return [worker_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size, mix=mix,
+                               shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last)
+                for w in range(workers)]
+
+    mine = plan_for(rank)
+    if world_size == 1:
+        return mine
+    totals = [sum(len(b) for b in plan_for(r)) for r in range(world_size)]
+    target = min(totals) if drop_last else max(totals)
+    have = totals[rank]
+    if have < target:
+        pool = [b for w in mine for b in w] or []
+        extra = [pool[i % len(pool)] for i in range(target - have)] if pool else []
+        mine[0] = mine[0] + extra
+    elif have > target:
+        surplus = have - target
+        for w in reversed(range(workers)):
+            cut = min(surplus, len(mine[w]))
+            mine[w] = mine[w][: len(mine[w]) - cut]
+            surplus -= cut
+    return mine
+
+
+def delivery_order(per_worker: Sequence[int]) -> list[int]:
+    """Worker ids in the order a ``torch.utils.data.DataLoader`` delivers their batches.
+
+    The DataLoader asks workers round-robin and skips exhausted ones, so with ``per_worker[w]`` batches
+    in worker ``w`` the k-th delivered batch comes from ``delivery_order(...)[k]``.
+    """
+    left = list(per_worker)
+    order = []
+    w = 0
+    while any(left):
+        if left[w]:
+            order.append(w)
+            left[w] -= 1
+        w = (w + 1) % len(left)
+    return order

@@ -1,0 +1,141 @@
+"""Batch transforms on torch tensors, applied in the worker.
+
+A batch is the dict yielded by :class:`~ssl4eo_zarr.ChunkDataset`. Spatial transforms act on every image
+tensor (one per modality, ``[B, T, C, H, W]`` or ``[B, C, H, W]``) and on ``cloud_mask`` with the same
+random draw per location, so modalities and timestamps of a location stay aligned. Randomness comes from
+the ``generator`` the dataset passes (seeded by seed, epoch, rank, worker and batch), never from a global
+RNG, so runs are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .. import schema
+
+Batch = dict[str, Any]
+
+
+def spatial_keys(batch: Batch) -> list[str]:
+    """Keys of the batch holding images: modality tensors and ``cloud_mask``."""
+    return [k for k in batch if k in schema.MODALITIES or k == schema.CLOUD_VAR]
+
+
+def _apply_per_sample(batch: Batch, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Batch:
+    out = dict(batch)
+    for key in spatial_keys(batch):
+        x = batch[key]
+        out[key] = torch.stack([fn(x[i], i) for i in range(x.shape[0])]) if x.shape[0] else x
+    return out
+
+
+class RandomCrop:
+    """Crop ``size`` x ``size`` px at a random position per location (224 in the published configs)."""
+
+    needs_generator = True
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        keys = spatial_keys(batch)
+        if not keys:
+            return batch
+        ref = batch[keys[0]]
+        h, w = ref.shape[-2:]
+        if self.size > min(h, w):
+            raise ValueError(f"crop of {self.size} px does not fit patches of {h} x {w} px")
+        n = ref.shape[0]
+        ys = torch.randint(0, h - self.size + 1, (n,), generator=generator)
+        xs = torch.randint(0, w - self.size + 1, (n,), generator=generator)
+        s = self.size
+        return _apply_per_sample(batch, lambda x, i: x[..., ys[i]: ys[i] + s, xs[i]: xs[i] + s])
+
+
+class CenterCrop:
+    """Crop the central ``size`` x ``size`` px."""
+
+    needs_generator = False
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = dict(batch)
+        for key in spatial_keys(batch):
+            x = batch[key]
+            h, w = x.shape[-2:]
+            if self.size > min(h, w):
+                raise ValueError(f"crop of {self.size} px does not fit patches of {h} x {w} px")
+            y0, x0 = (h - self.size) // 2, (w - self.size) // 2
+            out[key] = x[..., y0: y0 + self.size, x0: x0 + self.size]
+        return out
+
+
+class RandomD4:
+    """One of the 8 flips/rotations of the square (dihedral group D4) per location."""
+
+    needs_generator = True
+
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        keys = spatial_keys(batch)
+        if not keys:
+            return batch
+        n = batch[keys[0]].shape[0]
+        k = torch.randint(0, 8, (n,), generator=generator)
+
+        def d4(x: torch.Tensor, i: int) -> torch.Tensor:
+            x = torch.rot90(x, int(k[i]) % 4, dims=(-2, -1))
+            return torch.flip(x, dims=(-1,)) if k[i] >= 4 else x
+
+        return _apply_per_sample(batch, d4)
+
+
+class Normalize:
+    """Cast images to float32 and standardise each band with the published mean/std (stored units)."""
+
+    needs_generator = False
+
+    def __call__(self, batch: Batch) -> Batch:
+        return normalize(batch)
+
+
+class Compose:
+    """Apply transforms in order; passes the generator to those that need one."""
+
+    needs_generator = True
+
+    def __init__(self, transforms: Sequence[Callable[..., Batch]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        for t in self.transforms:
+            batch = call_transform(t, batch, generator)
+        return batch
+
+
+def call_transform(t: Callable[..., Batch], batch: Batch, generator: torch.Generator | None) -> Batch:
+    """Call a built-in transform with the generator, a user callable with the batch alone."""
+    if getattr(t, "needs_generator", False):
+        return t(batch, generator=generator)
+    return t(batch)
+
+
+def normalize(batch: Batch, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Batch:
+    """Standardised copy of a batch: each modality as ``dtype`` ``(x - mean) / std`` per band.
+
+    Use it on the GPU after a native-dtype batch arrived (``normalize(batch, device="cuda")``): the copy
+    to the device moves 2 bytes per value instead of 4. Band axis: dim -3 (``[B, T, C, H, W]`` or ``[B, C, H, W]``).
+    """
+    out = dict(batch)
+    for key, value in batch.items():
+        if key not in schema.MODALITIES or not torch.is_tensor(value):
+            continue
+        mod = schema.MODALITIES[key]
+        x = value.to(device=device, non_blocking=True) if device is not None else value
+        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, 1, 1) for v in mod.stats())
+        out[key] = (x.to(dtype) - mean) / std
+    return out
