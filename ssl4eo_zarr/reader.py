@@ -36,6 +36,7 @@ _SHARED_VARS = (schema.CLOUD_VAR, "center_lat", "center_lon", "crs", "x_", "y_",
 _PER_MODALITY_VARS = ("file_id", "time_")
 #: Preference order for the modality that provides shared variables.
 _REFERENCE_ORDER = ("S2L2A", "S2L1C", "S2RGB", "S1GRD")
+_NS_UNITS = "nanoseconds since 1970-01-01"
 
 
 @dataclass
@@ -148,8 +149,31 @@ def _modality_dataset(files: Sequence[ChunkFile]) -> xr.Dataset:
             )
     coords = {n: _variable(files, n, eager=True) for n in first.group.arrays if n in _INDEX_COORDS}
     data_vars = {n: _variable(files, n) for n in first.group.arrays if n not in _INDEX_COORDS}
-    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(first.group.attrs))
-    return xr.decode_cf(ds)
+    plain = {n: v for n, v in data_vars.items() if not _is_epoch_ns(v)}
+    ds = xr.decode_cf(xr.Dataset(plain, coords=coords, attrs=dict(first.group.attrs)))
+    for name, var in data_vars.items():
+        if _is_epoch_ns(var):
+            ds[name] = _decode_epoch_ns(var)
+    return ds
+
+
+def _as_datetime64_ns(block: np.ndarray) -> np.ndarray:
+    return block.view("datetime64[ns]")
+
+
+def _is_epoch_ns(var: xr.Variable) -> bool:
+    return (var.dtype == np.int64 and var.attrs.get("units") == _NS_UNITS
+            and var.attrs.get("calendar", "proleptic_gregorian") in ("proleptic_gregorian", "standard", "gregorian"))
+
+
+def _decode_epoch_ns(var: xr.Variable) -> xr.Variable:
+    # xarray decodes times by reading the first and last value of every file to infer the dtype; for the
+    # format's own units the dtype is known, so decode lazily and keep opening free of array reads.
+    attrs = {k: v for k, v in var.attrs.items() if k not in ("units", "calendar")}
+    encoding = {"units": var.attrs["units"], "calendar": var.attrs.get("calendar", "proleptic_gregorian"),
+                "dtype": np.dtype("int64")}
+    data = var.data.map_blocks(_as_datetime64_ns, dtype="datetime64[ns]")
+    return xr.Variable(var.dims, data, attrs, encoding=encoding)
 
 
 def _open_all(paths: Sequence[str], threads: int, **archive_kwargs: Any) -> list[ChunkFile]:

@@ -82,7 +82,7 @@ def sample_locations(n: int, *, seed: int = 0, sigma_km: float = 50.0) -> Locati
                      np.array([CITIES[i][0] for i in which]))
 
 
-def _scene(rng: np.random.Generator, lat: float, size: int):
+def _scene(rng: np.random.Generator, lat: float, size: int, *, force_snow: bool = False, force_nodata: bool = False):
     """Land cover and clouds of one location: L2A/L1C reflectance float32 ``[4, 13, H, W]``, cloud classes
     uint8 ``[4, H, W]``, S1 dB float32 ``[4, 2, H, W]``."""
     fields = smooth_field(rng, (4,), size, scale=rng.uniform(8, 30))
@@ -104,7 +104,7 @@ def _scene(rng: np.random.Generator, lat: float, size: int):
              + ab[2, None] * em["urban"][:, None, None] + ab[3, None] * em["water"][:, None, None])
         r = r * (1.0 + texture[None])
         cls = np.where(water, CloudClass.WATER, CloudClass.LAND).astype(np.uint8)
-        if t == 3 and abs(lat) > 45:
+        if t == 3 and (abs(lat) > 45 or force_snow):
             snow = smooth_field(rng, (1,), size, scale=20)[0] > -0.2
             r = np.where(snow[None], em["snow"][:, None, None] * (1 + texture[None]), r)
             cls[snow] = CloudClass.SNOW
@@ -116,6 +116,10 @@ def _scene(rng: np.random.Generator, lat: float, size: int):
         r = r * (1 - alpha[None]) + em["cloud"][:, None, None] * alpha[None]
         r = np.where(shadow[None], r * 0.45, r)
         cls[thin], cls[thick], cls[shadow] = CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD, CloudClass.CLOUD_SHADOW
+        if (force_nodata and t == 0) or rng.uniform() < 0.05:  # a swath edge cuts a corner of the patch
+            yy, xx = np.mgrid[0:size, 0:size]
+            edge = xx + yy < size * rng.uniform(0.1, 0.4)
+            cls[edge] = CloudClass.NO_DATA
         refl[t] = r
         cloud[t] = cls
         base_vv = -9.0 * ab[0] - 13.0 * ab[1] - 3.0 * ab[2] - 24.0 * ab[3] - 2.0 * (1 - vigour)
@@ -150,7 +154,8 @@ def make_chunk(locs: Locations, *, size: int = schema.PATCH_SIZE, seed: int = 0,
     s1_ids = np.empty((n, 4), object)
     l2a_refl = np.empty((n, 4, 12, size, size), np.float32)
     for i in range(n):
-        refl, cloud[i], s1f = _scene(rng, float(locs.lat[i]), size)
+        # The first two locations of a chunk show snow and a no-data edge, so every class occurs in every file.
+        refl, cloud[i], s1f = _scene(rng, float(locs.lat[i]), size, force_snow=i == 0, force_nodata=i == 1)
         l2a_refl[i] = refl[:, _L2A_IDX]
         l1c[i] = _to_dn(refl * 0.93 + _ATMOSPHERE[None, :, None, None])
         s1[i] = s1f.astype(np.float16)

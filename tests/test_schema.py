@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from ssl4eo_zarr import CloudClass, schema
+
+
+def test_modalities_match_the_published_format():
+    assert list(schema.MODALITIES) == ["S1GRD", "S2L1C", "S2L2A", "S2RGB"]
+    assert schema.S2L1C.n_bands == 13 and "B10" in schema.S2L1C.bands
+    assert schema.S2L2A.bands == tuple(b for b in schema.S2L1C.bands if b != "B10")
+    assert schema.S1GRD.bands == ("vv", "vh") and schema.S1GRD.dtype == np.float16
+    assert schema.S2RGB.dtype == np.uint8 and schema.S2L2A.dtype == np.int16
+    assert schema.S2L2A.chunks == (64, 1, 12, 264, 264)
+    for mod in schema.MODALITIES.values():
+        mean, std = mod.stats()
+        assert mean.shape == std.shape == (mod.n_bands,)
+        assert (std > 0).all()
+
+
+def test_statistics_with_and_without_offset():
+    with_offset, _ = schema.S2L2A.stats()
+    without, _ = schema.S2L2A.stats(with_offset=False)
+    np.testing.assert_allclose(with_offset - without, 1000)
+    s1, _ = schema.S1GRD.stats(with_offset=False)
+    np.testing.assert_allclose(s1, [-12.577, -20.265])
+
+
+def test_cloud_classes_in_published_order():
+    assert [c.name for c in CloudClass] == ["LAND", "WATER", "SNOW", "THIN_CLOUD", "THICK_CLOUD", "CLOUD_SHADOW",
+                                            "NO_DATA"]
+    assert list(map(int, CloudClass)) == list(range(7))
+
+
+def test_file_names_round_trip_and_real_split_lists_parse():
+    name = schema.chunk_file_name("train", 3812)
+    assert name == "ssl4eos12_train_seasonal_data_003812.zarr.zip"
+    assert schema.parse_chunk_file_name("/x/S2L1C/" + name) == ("train", 3812)
+    assert schema.parse_chunk_file_name("other.zarr.zip") is None
+    with pytest.raises(ValueError):
+        schema.chunk_file_name("val", 0)
+
+
+def test_published_split_lists_follow_the_naming(shared_splits):
+    for split, count in schema.SPLITS.items():
+        names = shared_splits(split)
+        assert len(names) == count
+        assert [schema.parse_chunk_file_name(n) for n in names] == [(split, i) for i in range(1, count + 1)]
+
+
+def test_get_modality_is_case_insensitive_and_helpful():
+    assert schema.get_modality("s2l2a") is schema.S2L2A
+    with pytest.raises(ValueError, match="S1GRD"):
+        schema.get_modality("S3")
+    assert schema.sample_id(80717) == "0080717"
+    with pytest.raises(ValueError):
+        schema.sample_id("12345678")
