@@ -237,13 +237,23 @@ class ChunkDataset(IterableDataset):
             self._yielded = {}
 
     # -- iteration -------------------------------------------------------------------------------------
-    def _skip_for(self, worker: int, plan: list[list[Batch]]) -> int:
-        if worker in self._resume_worker:
-            return self._resume_worker[worker]
-        if self._resume_batches:
-            order = delivery_order([len(w) for w in plan])[: self._resume_batches]
-            return sum(1 for w in order if w == worker)
-        return 0
+    def _my_batches(self, worker: int, num_workers: int) -> tuple[list[Batch], int]:
+        """(batches this worker yields, how many of the epoch were consumed before them)."""
+        plan = self._plan(num_workers)
+        if worker in self._resume_worker:  # per-worker state (torchdata's StatefulDataLoader)
+            skip = self._resume_worker.pop(worker)
+            return plan[worker][skip:], skip
+        if not self._resume_batches:
+            return plan[worker], 0
+        # Rebuild the order in which a DataLoader delivered the epoch, drop what was consumed and deal the rest
+        # round-robin again, so the resumed DataLoader delivers exactly the batches that would have come next.
+        taken = [0] * len(plan)
+        sequence = []
+        for w in delivery_order([len(p) for p in plan]):
+            sequence.append(plan[w][taken[w]])
+            taken[w] += 1
+        consumed = self._resume_batches
+        return sequence[consumed:][worker::num_workers], consumed
 
     def _random_t(self, file_index: int, n: int) -> np.ndarray:
         return _rng(self.seed, self.epoch, 7919, file_index).integers(0, schema.N_TIMESTAMPS, n)
@@ -266,20 +276,17 @@ class ChunkDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         shared = info is not None
-        plan = self._plan(num_workers)
-        mine = plan[worker]
-        skip = self._skip_for(worker, plan)
-        self._resume_worker.pop(worker, None)
-        self._resume_batches = None if info is None else self._resume_batches
+        mine, consumed = self._my_batches(worker, num_workers)
+        if info is None:
+            self._resume_batches = None
         last_use: dict[int, int] = {}
         for bi, batch in enumerate(mine):
             for f in batch.files:
                 last_use[f] = bi
         cache = ArchiveCache(capacity=max(4, 2 * self.mix), archive_kwargs=self.archive_kwargs)
         decoded: dict[int, Decoded | None] = {}
-        self._yielded[worker] = skip
-        for bi in range(skip, len(mine)):
-            batch = mine[bi]
+        self._yielded[worker] = consumed
+        for bi, batch in enumerate(mine):
             for f in batch.files:
                 if f not in decoded:
                     decoded[f] = self._decode_or_skip(f, cache, shared)
@@ -287,12 +294,14 @@ class ChunkDataset(IterableDataset):
             if rows:
                 out = self._assemble(batch, rows, decoded, shared)
                 if self.transform is not None:
+                    # Seeded by the batch's identity, not its position, so a resumed epoch augments identically.
+                    f0, i0 = batch.rows[0]
                     gen = torch.Generator().manual_seed(
-                        int(_rng(self.seed, self.epoch, self.rank, worker, bi).integers(0, 2**62)))
+                        int(_rng(self.seed, self.epoch, self.rank, f0, i0, len(batch.rows)).integers(0, 2**62)))
                     out = call_transform(self.transform, out, gen)
                 if self.normalize:
                     out = normalize(out)
-                self._yielded[worker] = bi + 1
+                self._yielded[worker] = consumed + bi + 1
                 yield out
             for f in batch.files:
                 if last_use[f] == bi:
