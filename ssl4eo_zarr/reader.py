@@ -183,10 +183,10 @@ def _open_all(paths: Sequence[str], threads: int, **archive_kwargs: Any) -> list
         return list(pool.map(lambda p: open_chunk(p, **archive_kwargs), paths))
 
 
-def _check_agreement(sets: Sequence[ChunkSet], opened: Mapping[str, list[ChunkFile]], verify_grid: bool) -> None:
+def _check_agreement(opened: Mapping[str, list[ChunkFile]], verify_grid: bool) -> None:
     mods = list(opened)
     ref = mods[0]
-    for i, cs in enumerate(sets):
+    for i in range(len(opened[ref])):
         a = opened[ref][i]
         for m in mods[1:]:
             b = opened[m][i]
@@ -215,7 +215,7 @@ def open_multimodal(
     if not mods:
         raise SchemaError("the chunk files share no modality")
     opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
-    _check_agreement(sets, opened, verify_grid)
+    _check_agreement(opened, verify_grid)
     ref = next(m for m in _REFERENCE_ORDER if m in mods)
     out = _modality_dataset(opened[ref])
     keep = [v for v in out.data_vars if v in _SHARED_VARS and (v != schema.CLOUD_VAR or ref != "S1GRD")]

@@ -82,7 +82,8 @@ def sample_locations(n: int, *, seed: int = 0, sigma_km: float = 50.0) -> Locati
                      np.array([CITIES[i][0] for i in which]))
 
 
-def _scene(rng: np.random.Generator, lat: float, size: int, *, force_snow: bool = False, force_nodata: bool = False):
+def _scene(rng: np.random.Generator, lat: float, size: int, *, force_snow: bool = False, force_nodata: bool = False,
+           force_cloud: bool = False):
     """Land cover and clouds of one location: L2A/L1C reflectance float32 ``[4, 13, H, W]``, cloud classes
     uint8 ``[4, H, W]``, S1 dB float32 ``[4, 2, H, W]``."""
     fields = smooth_field(rng, (4,), size, scale=rng.uniform(8, 30))
@@ -109,9 +110,12 @@ def _scene(rng: np.random.Generator, lat: float, size: int, *, force_snow: bool 
             r = np.where(snow[None], em["snow"][:, None, None] * (1 + texture[None]), r)
             cls[snow] = CloudClass.SNOW
         cover = rng.uniform(-0.3, 2.5)  # most scenes are nearly clear (the dataset kept < 10 % cloud)
+        if force_cloud and t == 1:
+            cover = 0.2
         cf = cloud_fields[t]
         thick, thin = cf > cover + 0.6, (cf > cover) & ~(cf > cover + 0.6)
-        shadow = np.roll(thick, (size // 20, size // 25), axis=(0, 1)) & ~thick & ~thin
+        shift = max(size // 20, 4)
+        shadow = np.roll(thick, (shift, shift), axis=(0, 1)) & ~thick & ~thin
         alpha = np.where(thick, 0.9, np.where(thin, 0.35, 0.0)).astype(np.float32)
         r = r * (1 - alpha[None]) + em["cloud"][:, None, None] * alpha[None]
         r = np.where(shadow[None], r * 0.45, r)
@@ -154,8 +158,10 @@ def make_chunk(locs: Locations, *, size: int = schema.PATCH_SIZE, seed: int = 0,
     s1_ids = np.empty((n, 4), object)
     l2a_refl = np.empty((n, 4, 12, size, size), np.float32)
     for i in range(n):
-        # The first two locations of a chunk show snow and a no-data edge, so every class occurs in every file.
-        refl, cloud[i], s1f = _scene(rng, float(locs.lat[i]), size, force_snow=i == 0, force_nodata=i == 1)
+        # The first locations of a chunk show snow, a no-data edge and a cloud with its shadow,
+        # so every class occurs in every file.
+        refl, cloud[i], s1f = _scene(rng, float(locs.lat[i]), size, force_snow=i == 0, force_nodata=i == 1,
+                                     force_cloud=i == 2)
         l2a_refl[i] = refl[:, _L2A_IDX]
         l1c[i] = _to_dn(refl * 0.93 + _ATMOSPHERE[None, :, None, None])
         s1[i] = s1f.astype(np.float16)

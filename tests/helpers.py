@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import zarr
 import xarray as xr
+import zarr
 
 from ssl4eo_zarr.storage import zarr_open_kwargs, zarr_store
 

@@ -151,7 +151,7 @@ def decode_set(
                     carr[k, lo:hi] = block[: hi - lo, 0]
     meta_out: dict[str, np.ndarray] = {}
     if with_meta:
-        ref = next((files[m] for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if m in files))
+        ref = next(files[m] for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if m in files)
         meta_out["sample"] = ref.samples.astype(str)
         for name in ("center_lat", "center_lon", "crs"):
             meta_out[name] = read_array(ref.archive, ref.array(name))

@@ -51,8 +51,7 @@ def files_for_rank(n_files: int, *, seed: int, epoch: int, rank: int, world_size
         order = order[: per_rank * world_size]
     else:
         per_rank = math.ceil(n_files / world_size)
-        pad = per_rank * world_size - n_files
-        order = np.concatenate([order, order[:pad]]) if n_files else order
+        order = np.resize(order, per_rank * world_size) if n_files else order  # wraps around the permutation
     return [int(i) for i in order[rank::world_size]]
 
 

@@ -1,0 +1,64 @@
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssl4eo_zarr.loader.plan import delivery_order, epoch_plan, files_for_rank
+
+counts_st = st.lists(st.integers(1, 64), min_size=1, max_size=30)
+
+
+def _all(counts, world, workers, batch_size, drop_last, mix=1, epoch=0):
+    return [epoch_plan(counts, seed=3, epoch=epoch, rank=r, world_size=world, num_workers=workers,
+                       batch_size=batch_size, mix=mix, drop_last=drop_last) for r in range(world)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=counts_st, world=st.integers(1, 4), workers=st.integers(1, 3),
+       batch_size=st.one_of(st.none(), st.integers(1, 70)), mix=st.integers(1, 3))
+def test_every_sample_at_least_once_and_equal_batch_counts(counts, world, workers, batch_size, mix):
+    plans = _all(counts, world, workers, batch_size, False, mix)
+    totals = [sum(len(w) for w in p) for p in plans]
+    assert len(set(totals)) == 1
+    seen = Counter(row for p in plans for w in p for b in w for row in b.rows)
+    assert set(seen) == {(f, i) for f, c in enumerate(counts) for i in range(c)}
+    if len(counts) % world == 0 and batch_size is None:
+        assert max(seen.values()) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=counts_st, world=st.integers(1, 4), workers=st.integers(1, 3),
+       batch_size=st.one_of(st.none(), st.integers(1, 70)))
+def test_drop_last_never_repeats_and_keeps_counts_equal(counts, world, workers, batch_size):
+    plans = _all(counts, world, workers, batch_size, True)
+    totals = [sum(len(w) for w in p) for p in plans]
+    assert len(set(totals)) == 1
+    seen = Counter(row for p in plans for w in p for b in w for row in b.rows)
+    assert not seen or max(seen.values()) == 1
+    if batch_size:
+        assert all(len(b.rows) == batch_size for p in plans for w in p for b in w)
+
+
+def test_files_per_rank_padding_is_at_most_one():
+    for n in range(1, 20):
+        for world in range(1, 6):
+            ranks = [files_for_rank(n, seed=0, epoch=1, rank=r, world_size=world, shuffle=True, drop_last=False)
+                     for r in range(world)]
+            assert len({len(r) for r in ranks}) == 1
+            flat = Counter(f for r in ranks for f in r)
+            assert set(flat) == set(range(n))
+            padded = sum(flat.values()) - n
+            assert padded < world  # fewer padded slots than ranks, dealt one per rank at most
+            assert padded == 0 or len(ranks[0]) == -(-n // world)
+
+
+def test_plans_are_pure_and_epochs_differ():
+    counts = [64] * 10
+    a = _all(counts, 2, 2, 16, False, epoch=0)
+    assert a == _all(counts, 2, 2, 16, False, epoch=0)
+    assert a != _all(counts, 2, 2, 16, False, epoch=1)
+
+
+def test_delivery_order_is_round_robin_skipping_exhausted_workers():
+    assert delivery_order([3, 1, 2]) == [0, 1, 2, 0, 2, 0]
+    assert delivery_order([0, 2]) == [1, 1]
