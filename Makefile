@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/ssl4eo-zarr demo
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/python -m ruff check ssl4eo_zarr tests benchmarks examples
+	$(VENV)/bin/python -m ruff check .
 
 test: lint
 	$(VENV)/bin/python -c "import zarr, xarray; print('zarr', zarr.__version__, 'xarray', xarray.__version__)"
