@@ -283,15 +283,19 @@ def chunk_indices(meta: ArrayMeta) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in idx) for idx in np.ndindex(*meta.grid)] if meta.shape else [()]
 
 
-def read_chunk(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...], *, out: np.ndarray | None = None) -> np.ndarray:
-    """Chunk ``index`` of ``meta`` from ``archive`` (full chunk shape); a missing chunk is the fill value."""
+def read_chunk(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...], *, out: np.ndarray | None = None,
+               scratch: bytearray | None = None) -> np.ndarray:
+    """Chunk ``index`` of ``meta`` from ``archive`` (full chunk shape); a missing chunk is the fill value.
+
+    With ``scratch`` the compressed bytes are read into that reusable buffer instead of a new ``bytes``.
+    """
     key = meta.chunk_key(index)
     if key not in archive:
         chunk = out if out is not None else np.empty(meta.chunks, dtype=meta.dtype)
         chunk[...] = meta.fill_value if meta.fill_value is not None else 0
         return chunk
-    raw = archive.read(key, max_bytes=meta.chunk_nbytes + 1024 + meta.chunk_nbytes // 16
-                       if meta.dtype != object else 1 << 30)
+    limit = meta.chunk_nbytes + 1024 + meta.chunk_nbytes // 16 if meta.dtype != object else 1 << 30
+    raw = archive.read_into(key, scratch, max_bytes=limit) if scratch is not None else archive.read(key, max_bytes=limit)
     return decode_chunk(raw, meta, out=out, path=archive.path, key=key)
 
 

@@ -127,13 +127,18 @@ def test_random_timestamp_is_one_season_per_location_for_all_modalities(root, fu
 
 def test_only_the_needed_chunks_are_read(root, monkeypatch):
     reads = []
-    original = ZipArchive.read
+    read, read_into = ZipArchive.read, ZipArchive.read_into
 
     def counting(self, name, **kw):
         reads.append(name)
-        return original(self, name, **kw)
+        return read(self, name, **kw)
+
+    def counting_into(self, name, scratch, **kw):
+        reads.append(name)
+        return read_into(self, name, scratch, **kw)
 
     monkeypatch.setattr(ZipArchive, "read", counting)
+    monkeypatch.setattr(ZipArchive, "read_into", counting_into)
     list(ChunkDataset(root, split="val", timestamps=1))
     chunks = [n for n in reads if n.startswith("bands/")]
     assert chunks and all(n.split("/")[1].split(".")[1] == "1" for n in chunks)
@@ -256,3 +261,18 @@ def test_bad_arguments_are_refused(root):
     with pytest.raises(ValueError, match="unknown modality"):
         ChunkDataset(root, modalities=("S3",))
     assert os.path.isdir(root)
+
+
+def test_flipped_bytes_inside_a_chunk_never_pass_silently(root_copy):
+    import zipfile
+
+    bad = chunk_path(root_copy, "S2L2A", 1)
+    with zipfile.ZipFile(bad) as zf:
+        info = zf.getinfo("bands/0.2.0.0.0")
+    data = bytearray(open(bad, "rb").read())
+    start = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    data[start: start + 4] = bytes(b ^ 0x5A for b in data[start: start + 4])
+    open(bad, "wb").write(bytes(data))
+    with pytest.raises(CorruptFileError, match="CRC-32 mismatch") as err:
+        list(ChunkDataset(root_copy, split="val", timestamps=2))
+    assert "seasonal_data_000001" in str(err.value) and "bands/0.2.0.0.0" in str(err.value)

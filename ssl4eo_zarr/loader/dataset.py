@@ -268,7 +268,8 @@ class ChunkDataset(IterableDataset):
         else:
             ts = list(self.timestamps)
         files = open_set(self.sets[f].paths, cache)
-        dec = decode_set(files, ts, shared=shared, with_cloud=self.return_metadata, with_meta=self.return_metadata)
+        dec = decode_set(files, ts, shared=shared, with_cloud=self.return_metadata, with_meta=self.return_metadata,
+                         scratch=cache.scratch)
         dec.meta["_ts"] = np.asarray(ts)
         return dec
 
@@ -303,6 +304,7 @@ class ChunkDataset(IterableDataset):
                     out = normalize(out)
                 self._yielded[worker] = consumed + bi + 1
                 yield out
+                del out  # the consumer owns the batch now; holding it would double the worker's memory
             for f in batch.files:
                 if last_use[f] == bi:
                     decoded.pop(f, None)

@@ -43,6 +43,8 @@ class ArchiveCache:
         self.archive_kwargs = dict(archive_kwargs or {})
         self._files: OrderedDict[str, ChunkFile] = OrderedDict()
         self._pid = os.getpid()
+        #: One reusable buffer for compressed chunk bytes.
+        self.scratch = bytearray()
 
     def get(self, path: str) -> ChunkFile:
         if self._pid != os.getpid():  # inherited through fork: never share handles with the parent
@@ -111,6 +113,7 @@ def decode_set(
     shared: bool,
     with_cloud: bool,
     with_meta: bool,
+    scratch: bytearray | None = None,
 ) -> Decoded:
     """Decode the ``bands`` chunks of ``timestamps`` of each modality (and the cloud mask) into new tensors."""
     ref_path = next(iter(files.values())).path
@@ -127,7 +130,7 @@ def decode_set(
         arr = out.numpy()
         for k, t in enumerate(timestamps):
             if meta.chunks[0] >= n and meta.chunks[1] == 1 and meta.chunks[2:] == meta.shape[2:] and meta.chunks[0] == n:
-                read_chunk(cf.archive, meta, (0, t, 0, 0, 0), out=arr[k])
+                read_chunk(cf.archive, meta, (0, t, 0, 0, 0), out=arr[k], scratch=scratch)
             else:  # unusual chunking (e.g. padded partial chunk): decode then copy
                 for s in range(meta.grid[0]):
                     block = read_chunk(cf.archive, meta, (s, t, 0, 0, 0))
