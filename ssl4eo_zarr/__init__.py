@@ -6,6 +6,7 @@ IterableDataset for training (torch is imported only when it is used).
 
 from __future__ import annotations
 
+from . import accessor as _accessor  # noqa: F401 - registers ds.ssl4eo
 from . import schema
 from .errors import (
     BuildError,

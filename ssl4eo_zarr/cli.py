@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 
 
-def _progress(iterable, **kwargs):
+def _progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=None, **kwargs)
@@ -50,6 +50,30 @@ def cmd_quicklook(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from . import open_dataset
+    from .stats import band_stats
+
+    ds = open_dataset(args.path, split=args.split)
+    for result in band_stats(ds, args.modality or None, progress=True).values():
+        print(result.compare())
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from . import webdataset
+
+    if args.to == "shards":
+        written = webdataset.chunks_to_shards(args.src, args.dst, split=args.split, modalities=args.modality or None,
+                                              per_shard=args.per_shard, progress=_progress)
+        print(f"wrote {sum(len(v) for v in written.values())} shards under {args.dst}/{args.split}")
+    else:
+        names = webdataset.shards_to_chunks(args.src, args.dst, split=args.split, modalities=args.modality or None,
+                                            progress=_progress)
+        print(f"wrote {len(names)} chunk files per modality under {args.dst}/{args.split}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl4eo-zarr", description="Build and read SSL4EO-S12 v1.1 chunk files.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quicklook.png")
     p.add_argument("--dpi", type=int, default=110)
     p.set_defaults(func=cmd_quicklook)
+
+    p = sub.add_parser("stats", help="per-band mean/std/histogram over a split, against the published statistics")
+    p.add_argument("path")
+    p.add_argument("--split", default=None)
+    p.add_argument("--modality", action="append", help="repeat for several (default: all present)")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("convert", help="convert between chunk files and WebDataset tar shards")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", choices=("shards", "chunks"), required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--modality", action="append", help="repeat for several (default: all present)")
+    p.add_argument("--per-shard", type=int, default=512, help="locations per shard (default 512)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -62,16 +62,20 @@ class ChunkFile:
         return read_array(self.archive, self.array(name))
 
 
-def open_chunk(path: str | os.PathLike | ZipArchive, **archive_kwargs: Any) -> ChunkFile:
+def open_chunk(path: str | os.PathLike | ZipArchive, *, require_sample: bool = True, **archive_kwargs: Any) -> ChunkFile:
     """Open one modality file: read its metadata and sample ids.
 
+    ``require_sample=False`` also opens per-location archives (WebDataset members), which have no ``sample``.
     Raises :class:`CorruptFileError` (or :class:`UnsafeFileError`) naming the file when it is damaged.
     """
     archive = path if isinstance(path, ZipArchive) else ZipArchive(path, **archive_kwargs)
     group = read_group(archive)
-    if "sample" not in group.arrays:
+    if "sample" in group.arrays:
+        samples = read_array(archive, group.arrays["sample"])
+    elif require_sample:
         raise CorruptFileError(archive.path, "coordinate 'sample' is missing")
-    samples = read_array(archive, group.arrays["sample"])
+    else:
+        samples = np.array([], dtype=f"<U{schema.SAMPLE_ID_WIDTH}")
     return ChunkFile(archive.path, archive, group, samples)
 
 

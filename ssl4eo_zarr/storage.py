@@ -375,6 +375,17 @@ class ZipArchive:
             yield name, self.read(name)
 
 
+class MemoryZipArchive(ZipArchive):
+    """A zip archive held in memory (a member of a tar shard); ``name`` is used in error messages."""
+
+    def __init__(self, data: bytes, name: str = "<memory>"):
+        super().__init__(name)
+        self._data = bytes(data)
+
+    def _open_fileobj(self):
+        return io.BytesIO(self._data)
+
+
 def open_archive(path: PathLike | ZipArchive, **kwargs: Any) -> ZipArchive:
     """``path`` as a :class:`ZipArchive` (returned unchanged if it already is one)."""
     if isinstance(path, ZipArchive):

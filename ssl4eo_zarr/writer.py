@@ -10,6 +10,7 @@ final name.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import zipfile
@@ -102,6 +103,27 @@ def encode_members(ds: xr.Dataset, *, compressor: Mapping[str, Any] | None = Non
     yield ".zmetadata", dumps({"metadata": consolidated, "zarr_consolidated_format": 1})
 
 
+def write_zip(fileobj, members, *, where: str = "archive") -> None:
+    """Write ``(name, bytes)`` pairs as stored members into an open binary file; a name given twice is an error."""
+    seen: set[str] = set()
+    with zipfile.ZipFile(fileobj, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, data in members:
+            if name in seen:
+                raise ValueError(f"member {name!r} written twice to {where}")
+            seen.add(name)
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+
+
+def zip_bytes(members) -> bytes:
+    """A whole zip archive in memory (for small per-location archives inside tar shards)."""
+    buf = io.BytesIO()
+    write_zip(buf, members)
+    return buf.getvalue()
+
+
 def write_members(path: str | os.PathLike, members, *, overwrite: bool = True) -> str:
     """Write ``(name, bytes)`` pairs into a new zip archive at ``path`` atomically; returns the path.
 
@@ -122,18 +144,9 @@ def write_members(path: str | os.PathLike, members, *, overwrite: bool = True) -
     folder = os.path.dirname(os.path.abspath(target))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    seen: set[str] = set()
     try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, data in members:
-                if name in seen:
-                    raise ValueError(f"member {name!r} written twice to {target}")
-                seen.add(name)
-                info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-                info.compress_type = zipfile.ZIP_STORED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, data)
-            zf.close()
+        with os.fdopen(fd, "wb") as fh:
+            write_zip(fh, members, where=target)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
