@@ -41,10 +41,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # torch is heavy and optional for exploration: import the loader on first use only.
-    if name == "ChunkDataset":
-        from .loader import ChunkDataset
+_SUBMODULES = {"build", "geo", "layout", "loader", "plot", "rgb", "stats", "storage", "synthetic", "validate",
+               "webdataset", "zarrv2"}
 
-        return ChunkDataset
+
+def __getattr__(name: str):
+    # torch and matplotlib are heavy and not needed for exploration: import on first use only.
+    import importlib
+
+    if name == "ChunkDataset":
+        return importlib.import_module(".loader", __name__).ChunkDataset
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ssl4eo_zarr' has no attribute {name!r}")

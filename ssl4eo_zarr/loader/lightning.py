@@ -1,0 +1,107 @@
+"""A LightningDataModule over ChunkDataset (needs ``lightning``; ``pip install lightning``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from .. import schema
+from .dataset import ChunkDataset
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - exercised only without lightning
+    raise ImportError("ssl4eo_zarr.loader.lightning needs lightning: pip install lightning") from exc
+
+
+class _EpochSampler:
+    """Stands in for the DataLoader's sampler and forwards ``set_epoch`` to the dataset."""
+
+    def __init__(self, sampler, dataset):
+        self._sampler, self._dataset = sampler, dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self._dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self._sampler)
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose ``sampler.set_epoch`` reaches the IterableDataset.
+
+    Lightning (and other trainers) reshuffle by calling ``dataloader.sampler.set_epoch(epoch)``; an
+    IterableDataset has no sampler of its own, so without this the file order would never change.
+    """
+
+    @property
+    def sampler(self):
+        return _EpochSampler(self.__dict__["_ssl4eo_sampler"], self.dataset)
+
+    @sampler.setter
+    def sampler(self, value) -> None:
+        self.__dict__["_ssl4eo_sampler"] = value
+
+
+class SSL4EODataModule(pl.LightningDataModule):
+    """Train/val DataLoaders of :class:`~ssl4eo_zarr.ChunkDataset` for a dataset root.
+
+    Under DDP each dataset picks up the rank and world size from ``torch.distributed`` when the loaders are
+    made (after Lightning initialised the process group), and :meth:`on_train_epoch_start`-style reshuffling
+    happens through ``set_epoch``, which Lightning calls on the loader's sampler and :class:`EpochDataLoader`
+    forwards to the dataset. Validation reads
+    every location once per rank (``shuffle=False``), padding at most one chunk per rank.
+
+    Batches are dicts of native-dtype tensors (see ChunkDataset); normalise on the device with
+    :func:`ssl4eo_zarr.loader.normalize` in your LightningModule's ``on_after_batch_transfer``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        modalities: Sequence[str] = schema.DEFAULT_TRAIN_MODALITIES,
+        batch_size: int | None = None,
+        timestamps: str | int | Sequence[int] = "random",
+        num_workers: int = 4,
+        train_split: str = "train",
+        val_split: str = "val",
+        transform: Callable[..., dict[str, Any]] | None = None,
+        seed: int = 0,
+        pin_memory: bool = True,
+        **dataset_kwargs: Any,
+    ):
+        super().__init__()
+        self.root = root
+        self.kwargs = dict(modalities=modalities, batch_size=batch_size, seed=seed, **dataset_kwargs)
+        self.timestamps = timestamps
+        self.num_workers = num_workers
+        self.splits = (train_split, val_split)
+        self.transform = transform
+        self.pin_memory = pin_memory
+        self.train_dataset: ChunkDataset | None = None
+        self.val_dataset: ChunkDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.train_dataset = ChunkDataset(self.root, split=self.splits[0], timestamps=self.timestamps,
+                                              transform=self.transform, shuffle=True, num_workers=self.num_workers,
+                                              **self.kwargs)
+        if stage in (None, "fit", "validate"):
+            self.val_dataset = ChunkDataset(self.root, split=self.splits[1], timestamps="all", shuffle=False,
+                                            num_workers=self.num_workers, **self.kwargs)
+
+    def _loader(self, ds: ChunkDataset) -> DataLoader:
+        return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                               persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset)

@@ -1,0 +1,74 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "..", "examples")
+
+
+def test_explore_notebook_runs_clean(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(os.path.join(EXAMPLES, "explore.ipynb"), as_version=4)
+    os.environ["SSL4EO_ROOT"] = str(tmp_path / "demo")
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.pop("SSL4EO_ROOT")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_training_script_trains(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train.py"), "--epochs", "1", "--workers", "2"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "epoch 0:" in out.stdout and "locations/s" in out.stdout
+
+
+def test_lightning_datamodule_fits(root):
+    pl = pytest.importorskip("lightning.pytorch")
+    import torch
+
+    from ssl4eo_zarr.loader.lightning import SSL4EODataModule
+    from ssl4eo_zarr.loader.transforms import normalize
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Conv2d(12, 1, 1)
+            self.epochs_seen = []
+
+        def training_step(self, batch, _):
+            x = normalize(batch)["S2L2A"]
+            return self.layer(x).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            assert batch["S2L2A"].shape[1] == 4
+
+        def on_train_epoch_start(self):
+            self.epochs_seen.append(self.trainer.train_dataloader.dataset.epoch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    try:
+        shutil.copytree(os.path.join(root, "val"), os.path.join(tmp, "train"))
+        shutil.copytree(os.path.join(root, "val"), os.path.join(tmp, "val"))
+        dm = SSL4EODataModule(tmp, modalities=("S2L2A",), batch_size=8, num_workers=2, pin_memory=False)
+        model = Tiny()
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, default_root_dir=tmp)
+        trainer.fit(model, dm)
+        assert trainer.global_step == 2 * len(dm.train_dataset)
+        assert model.epochs_seen == [0, 1], "Lightning calls set_epoch on the train dataset"
+    finally:
+        shutil.rmtree(tmp)
