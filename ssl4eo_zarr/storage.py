@@ -59,14 +59,71 @@ def parent(path: str) -> str:
     return os.path.dirname(path)
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        import aiohttp
+
+        errors.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    try:
+        from botocore.exceptions import BotoCoreError
+
+        errors.append(BotoCoreError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_found_retries: int = 0):
+    """``fn(*args)``, retried with exponential backoff on transient network errors.
+
+    A missing file is retried only ``not_found_retries`` times: fsspec's HTTP filesystem reports a server
+    error while it looks up a file's size as ``FileNotFoundError``, so opens give it a second chance.
+    """
+    transient = _transient_errors()
+    delay = backoff
+    for attempt in range(retries + 1):
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            if attempt >= min(not_found_retries, retries):
+                raise
+            time.sleep(delay)
+            delay *= 2
+            continue
+        except (IsADirectoryError, PermissionError):
+            raise
+        except transient:
+            if attempt == retries:
+                raise
+            time.sleep(delay)
+            delay *= 2
+            if on_retry is not None:
+                try:
+                    on_retry()
+                except Exception:  # noqa: BLE001 - the next attempt reports the real error
+                    pass
+    raise AssertionError("unreachable")
+
+
 def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
-    """Whether a local path or URL exists."""
+    """Whether a local path or URL exists (remote checks are retried on transient errors)."""
     if not is_url(path):
         return os.path.exists(_strip_file_scheme(str(path)))
     import fsspec
 
     fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-    return fs.exists(p)
+
+    def info() -> bool:
+        try:
+            fs.info(p)
+            return True
+        except FileNotFoundError:
+            return False
+
+    return retry(info)
 
 
 def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> str:
@@ -76,8 +133,8 @@ def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> st
             return f.read()
     import fsspec
 
-    with fsspec.open(path, "rt", **dict(storage_options or {})) as f:
-        return f.read()
+    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    return retry(lambda: fs.cat_file(p).decode("utf-8"))
 
 
 class _RetryingFile(io.RawIOBase):
@@ -92,24 +149,11 @@ class _RetryingFile(io.RawIOBase):
         self._retries = retries
         self._backoff = backoff
         self._pos = 0
-        self._f = self._call(opener)
-        self._size = self._f.size if hasattr(self._f, "size") else None
+        self._f = retry(opener, retries=retries, backoff=backoff, not_found_retries=2)
+        self._size = getattr(self._f, "size", None)
 
-    def _call(self, fn, *args):
-        delay = self._backoff
-        for attempt in range(self._retries + 1):
-            try:
-                return fn(*args)
-            except (OSError, TimeoutError) as exc:  # aiohttp/botocore errors surface as OSError subclasses
-                if isinstance(exc, FileNotFoundError) or attempt == self._retries:
-                    raise
-                time.sleep(delay)
-                delay *= 2
-                try:
-                    self._f = self._opener()
-                except Exception:  # noqa: BLE001 - the next attempt reports the real error
-                    pass
-        raise AssertionError("unreachable")
+    def _reopen(self) -> None:
+        self._f = self._opener()
 
     def readable(self) -> bool:
         return True
@@ -136,7 +180,7 @@ class _RetryingFile(io.RawIOBase):
         return self._f.read(n)
 
     def read(self, n: int = -1) -> bytes:
-        data = self._call(self._read_at, n)
+        data = retry(self._read_at, n, retries=self._retries, backoff=self._backoff, on_retry=self._reopen)
         self._pos += len(data)
         return data
 
@@ -228,9 +272,12 @@ class ZipArchive:
             url = f"filecache::{url}"
             proto = self.path.split("://", 1)[0]
             options = {proto: options, "filecache": {"cache_storage": self.cache_dir}}
+        fs, remote_path = fsspec.core.url_to_fs(url, **options)
 
         def opener():
-            return fsspec.open(url, "rb", **options).open()
+            # No read-ahead cache: zipfile asks for exact ranges (the directory, then each member), so
+            # reading one chunk moves that chunk and not the blocks around it.
+            return fs.open(remote_path, "rb", cache_type="none")
 
         try:
             return _RetryingFile(opener, self.retries, self.backoff)

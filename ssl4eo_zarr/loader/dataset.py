@@ -97,6 +97,8 @@ class ChunkDataset(IterableDataset):
         Worker count used by ``len()`` when ``batch_size`` is set (batches split per worker).
     storage_options, cache_dir:
         fsspec options and an optional local cache folder for remote archives.
+    retries, retry_backoff:
+        Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
     """
 
     def __init__(
@@ -121,6 +123,8 @@ class ChunkDataset(IterableDataset):
         num_workers: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
+        retries: int = 5,
+        retry_backoff: float = 0.2,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -144,7 +148,8 @@ class ChunkDataset(IterableDataset):
         self.return_metadata = return_metadata
         self.on_error = on_error
         self.num_workers = num_workers
-        self.archive_kwargs = {"storage_options": storage_options, "cache_dir": cache_dir}
+        self.archive_kwargs = {"storage_options": storage_options, "cache_dir": cache_dir, "retries": retries,
+                               "backoff": retry_backoff}
         self.counts = self._sample_counts(samples_per_file)
         self.epoch = 0
         self.skipped: list[str] = []

@@ -1,0 +1,118 @@
+"""Test helpers that run real servers on 127.0.0.1: an HTTP file server that honours Range requests (like
+object stores and the dataset hub do), counts the bytes it serves and can fail on purpose."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class RangeHTTPServer:
+    """Serve ``folder`` on ``http://127.0.0.1:<port>/`` in a background thread.
+
+    ``fail_every=k`` answers every k-th request with 503 (to test retries). ``bytes_served`` and ``requests``
+    count what went out. Use as a context manager; it stops by itself on exit.
+    """
+
+    def __init__(self, folder: str, *, fail_every: int = 0):
+        self.folder = os.fspath(folder)
+        self.fail_every = fail_every
+        self.bytes_served = 0
+        self.requests = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=server.folder, **kwargs)
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _should_fail(self) -> bool:
+                with server._lock:
+                    server.requests += 1
+                    fail = server.fail_every and server.requests % server.fail_every == 0
+                    if fail:
+                        server.failures += 1
+                    return bool(fail)
+
+            def do_HEAD(self):
+                if self._should_fail():
+                    self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
+                    return
+                super().do_HEAD()
+
+            def do_GET(self):
+                if self._should_fail():
+                    self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
+                    return
+                path = self.translate_path(self.path)
+                match = _RANGE.match(self.headers.get("Range", "").strip())
+                if not os.path.isfile(path) or match is None:
+                    return super().do_GET()
+                size = os.path.getsize(path)
+                start_s, end_s = match.groups()
+                if start_s == "":
+                    start, end = max(size - int(end_s), 0), size - 1
+                else:
+                    start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
+                if start >= size or start > end:
+                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.end_headers()
+                    return
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(end - start + 1)
+                self.send_response(HTTPStatus.PARTIAL_CONTENT)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                with server._lock:
+                    server.bytes_served += len(data)
+
+            def copyfile(self, source, outputfile):  # whole-file GETs are counted too
+                data = source.read()
+                outputfile.write(data)
+                with server._lock:
+                    server.bytes_served += len(data)
+
+            def end_headers(self):
+                self.send_header("Accept-Ranges", "bytes")
+                super().end_headers()
+
+        class QuietServer(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # clients hang up mid-response on purpose
+                pass
+
+        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.bytes_served = self.requests = self.failures = 0
+
+    def __enter__(self) -> RangeHTTPServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
