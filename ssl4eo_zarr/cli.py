@@ -74,6 +74,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_dataset
+
+    val = None
+    if args.val_list:
+        with open(args.val_list, encoding="utf-8") as f:
+            val = [line.strip() for line in f if line.strip()]
+    manifest = build_dataset(args.raw, args.out, seed=args.seed, size=args.size, workers=args.workers,
+                             scheduler=args.scheduler, cloud_mask=args.cloud_mask, val_fraction=args.val_fraction,
+                             val_locations=val, drop_remainder=args.drop_remainder, keep_staging=args.keep_staging,
+                             progress=_progress)
+    s = manifest["summary"]
+    print(f"{s['locations']} locations: {s['written']} written, {s['dropped']} dropped; files: train "
+          f"{s['files']['train']}, val {s['files']['val']}; manifest: {args.out}/manifest.json")
+    return 0
+
+
+def cmd_sample_locations(args: argparse.Namespace) -> int:
+    from .build.sampling import overlapping_pairs, read_cities, sample_locations, write_locations
+
+    points = sample_locations(read_cities(args.cities), args.n, seed=args.seed, sigma_km=args.sigma_km,
+                              exact=not args.published_method)
+    write_locations(args.out, points)
+    print(f"wrote {len(points)} locations to {args.out}"
+          + (f" ({overlapping_pairs(points)} overlapping pairs)" if len(points) <= 5000 else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl4eo-zarr", description="Build and read SSL4EO-S12 v1.1 chunk files.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", action="append", help="repeat for several (default: all present)")
     p.add_argument("--per-shard", type=int, default=512, help="locations per shard (default 512)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("build", help="raw Sentinel-1/2 GeoTIFFs -> chunk files (dask.distributed)")
+    p.add_argument("raw")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=264)
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (0: run in this process)")
+    p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    p.add_argument("--cloud-mask", default="auto",
+                   help="auto | file | scl | sensei | fallback:land | fallback:no-data (default auto)")
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--val-list", default=None, help="file listing raw location names for the val split")
+    p.add_argument("--drop-remainder", action="store_true")
+    p.add_argument("--keep-staging", action="store_true")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("sample-locations", help="draw non-overlapping patch centres around cities (v1 procedure)")
+    p.add_argument("cities", help="CSV with lat/lon columns")
+    p.add_argument("n", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sigma-km", type=float, default=50.0)
+    p.add_argument("--out", default="locations.csv")
+    p.add_argument("--published-method", action="store_true",
+                   help="search only the centre's own 1-degree cell, as published (misses overlaps across borders)")
+    p.set_defaults(func=cmd_sample_locations)
     return parser
 
 

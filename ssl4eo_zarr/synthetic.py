@@ -9,6 +9,7 @@ speckle. Locations are drawn around real cities and carry their true UTM zone, g
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -254,3 +255,132 @@ def make_dataset(
     with open(listing, "w", encoding="utf-8") as f:
         f.write("\n".join(sorted(set(existing) | set(names))) + "\n")
     return names
+
+
+# -- raw input for the builder --------------------------------------------------------------------------------
+
+#: Native resolution of each S2 band in metres.
+S2_RESOLUTION = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10, "B8A": 20,
+                 "B09": 60, "B10": 60, "B11": 20, "B12": 20}
+
+
+def raw_field(modality: str, band_index: int, t: int, dx_m, dy_m):
+    """The analytic value written by :func:`make_raw` at ``dx_m``/``dy_m`` metres east/north of a location's
+    centre: S2 DN without offset (linear, 0.2 DN/m east, -0.15 DN/m north) or S1 dB."""
+    dx_m, dy_m = np.asarray(dx_m, dtype=np.float64), np.asarray(dy_m, dtype=np.float64)
+    if modality == "S1GRD":
+        return (-14.0 - 7.0 * band_index + 1.5 * t) + 0.002 * dx_m - 0.001 * dy_m
+    return (600.0 + 150.0 * band_index + 80.0 * t + (40.0 if modality == "S2L1C" else 0.0)) + 0.2 * dx_m - 0.15 * dy_m
+
+
+def raw_gradient(modality: str) -> float:
+    """Largest change of :func:`raw_field` per metre (for alignment tolerances)."""
+    return float(np.hypot(0.002, 0.001)) if modality == "S1GRD" else float(np.hypot(0.2, 0.15))
+
+
+def local_offsets(lon, lat, lon0: float, lat0: float):
+    """(dx, dy) in metres of points from a centre, on the local tangent plane (good to < 0.1 % over a patch)."""
+    dx = (np.asarray(lon) - lon0) * 111_320.0 * np.cos(np.radians(lat0))
+    dy = (np.asarray(lat) - lat0) * 110_540.0
+    return dx, dy
+
+
+def _write_raster(path: str, values_fn, *, epsg: int, centre_xy: tuple[float, float], extent_m: float, res_m: float,
+                  lon0: float, lat0: float, dtype="float32", nodata=np.nan):
+    """A GeoTIFF around a location whose pixel values are ``values_fn(dx, dy)`` at the pixel centres (metres from
+    the location centre)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if epsg == 4326:
+        res_x = res_m / (111_320.0 * np.cos(np.radians(lat0)))
+        res_y = res_m / 110_540.0
+    else:
+        res_x = res_y = res_m
+    n = int(np.ceil(extent_m / res_m))
+    left = centre_xy[0] - n / 2 * res_x
+    top = centre_xy[1] + n / 2 * res_y
+    if epsg != 4326:  # native UTM rasters sit on the res_m grid, like S2 tiles
+        left, top = np.floor(left / res_m) * res_m, np.ceil(top / res_m) * res_m
+    xs = left + res_x * (np.arange(n) + 0.5)
+    ys = top - res_y * (np.arange(n) + 0.5)
+    gx, gy = np.meshgrid(xs, ys)
+    lon, lat = (gx, gy) if epsg == 4326 else geo.utm_to_lonlat(gx, gy, epsg)
+    data = np.asarray(values_fn(*local_offsets(lon, lat, lon0, lat0))).astype(dtype)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    profile = dict(driver="GTiff", width=n, height=n, count=1, dtype=dtype, crs=f"EPSG:{epsg}",
+                   transform=from_origin(left, top, res_x, res_y), nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+
+
+def make_raw(root: str | os.PathLike, n_locations: int = 6, *, size: int = schema.PATCH_SIZE, seed: int = 0,
+             masks: str = "mixed") -> dict[str, dict]:
+    """Raw GeoTIFFs in the SSL4EO-S12 raw layout with analytic content (:func:`raw_field`), for the builder.
+
+    ``root/{s1,s2a,s2c}/{location}/{season}/{band}.tif + metadata.json``; bands at their native 10/20/60 m;
+    S2 in native UTM for most locations and EPSG:4326 for every third, S1 always in EPSG:4326. Location 0
+    straddles the 12 degree E zone boundary (its S2 timestamps come from tiles of zones 32, 33, 32, 32);
+    location 1 has a > 1 % NaN hole (the builder drops it); location 2 a small hole (filled). ``masks``:
+    ``"mixed"`` (cloud_mask.tif for even, SCL.tif for odd timestamps), ``"none"``.
+
+    Returns ``{location folder: {"lat", "lon", "sample", "drop"}}``.
+    """
+    from .build.raw import raw_band_file
+
+    root = os.fspath(root)
+    locs = sample_locations(n_locations, seed=seed)
+    rng = np.random.default_rng(seed)
+    truth: dict[str, dict] = {}
+    extent = size * schema.RESOLUTION + 6 * 60.0
+    for i in range(n_locations):
+        lat, lon = float(locs.lat[i]), float(locs.lon[i])
+        if i == 0:
+            lat, lon = 45.30, 12.0 + 0.3 / 111.0  # 300 m east of the zone 32/33 boundary
+        name = str(int(locs.ids[i]))  # raw folders carry the id without padding, as in v1
+        truth[name] = {"lat": lat, "lon": lon, "sample": schema.sample_id(name), "drop": i == 1}
+        home = geo.utm_epsg(lat, lon)
+        zones = [home] * 4
+        if i == 0:
+            zones = [32632, 32633, 32632, 32632]
+        for mod, folder in (("S2L1C", "s2c"), ("S2L2A", "s2a"), ("S1GRD", "s1")):
+            spec = schema.get_modality(mod)
+            for t, day in enumerate(_SEASON_DATES):
+                when = np.datetime64(f"2021-{day}T10:30:00") + np.timedelta64(int(rng.integers(-10, 10)), "D")
+                stamp = str(when.astype("datetime64[s]")).replace("-", "").replace(":", "")
+                tile = f"{zones[t] % 100:02d}{geo.mgrs_tile(lat, lon)[3:]}"
+                season = (f"S1A_IW_GRDH_1SDV_{stamp}_{stamp}_0{t}1234_0ABCDE_0F{t}A" if mod == "S1GRD"
+                          else f"{stamp}_{stamp}_T{tile}")
+                base = os.path.join(root, folder, name, season)
+                os.makedirs(base, exist_ok=True)
+                meta = {"system:time_start": int(when.astype("datetime64[ms]").astype(np.int64))}
+                if mod == "S1GRD":
+                    meta.update({"system:index": season, "instrumentMode": "IW", "orbitProperties_pass": "ASCENDING"})
+                else:
+                    meta.update({"PRODUCT_ID": season, "MGRS_TILE": tile, "CLOUDY_PIXEL_PERCENTAGE": 2.5})
+                with open(os.path.join(base, "metadata.json"), "w", encoding="utf-8") as f:
+                    json.dump(meta, f)
+                epsg = 4326 if (mod == "S1GRD" or i % 3 == 2) else zones[t]
+                centre = (lon, lat) if epsg == 4326 else geo.lonlat_to_utm(lon, lat, epsg)
+                for c, band in enumerate(spec.bands):
+                    res = 10.0 if mod == "S1GRD" else float(S2_RESOLUTION[band])
+
+                    def values(dx, dy, mod=mod, c=c, t=t, band=band, i=i):
+                        v = raw_field(mod, c, t, dx, dy)
+                        if i == 1 and mod == "S2L1C" and t == 2 and band == "B05":
+                            v = np.where((np.abs(dx) < 60) & (np.abs(dy) < 400), np.nan, v)  # > 1 % of the patch
+                        if i == 2 and mod == "S2L2A" and t == 1 and band == "B04":
+                            v = np.where(np.hypot(dx - 30, dy + 20) < 12, np.nan, v)  # a few pixels
+                        return v
+
+                    _write_raster(os.path.join(base, raw_band_file(mod, band)), values, epsg=epsg, centre_xy=centre,
+                                  extent_m=extent, res_m=res, lon0=lon, lat0=lat)
+                if mod == "S2L2A" and masks == "mixed":
+                    if t % 2 == 0:  # SEnSeI classes: thick cloud east, water north, land elsewhere
+                        name_fn = ("cloud_mask.tif", lambda dx, dy: np.where(
+                            dx > 60, CloudClass.THICK_CLOUD, np.where(dy > 60, CloudClass.WATER, CloudClass.LAND)))
+                    else:  # SCL: thin cirrus west, snow south, vegetation elsewhere
+                        name_fn = ("SCL.tif", lambda dx, dy: np.where(dx < -60, 10, np.where(dy < -60, 11, 4)))
+                    _write_raster(os.path.join(base, name_fn[0]), name_fn[1], epsg=epsg, centre_xy=centre,
+                                  extent_m=extent, res_m=20.0, lon0=lon, lat0=lat, dtype="uint8", nodata=None)
+    return truth
