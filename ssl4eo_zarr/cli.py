@@ -35,7 +35,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.out, n_files=args.files, samples=args.samples, size=args.size, workers=args.workers,
-             seed=args.seed)
+             seed=args.seed, build_locations=args.build_locations)
     return 0
 
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=264, help="patch edge in px (default 264)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--build-locations", type=int, default=4, help="raw locations to build from GeoTIFFs (0: skip)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="summarise a chunk file, split folder or dataset root")

@@ -6,9 +6,33 @@ import os
 import time
 
 
+def _demo_build(folder: str, n_locations: int, size: int, seed: int, log) -> None:
+    """The builder's path: synthetic raw GeoTIFFs -> chunk files."""
+    import shutil
+
+    from .build import build_dataset
+    from .synthetic import make_raw
+
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    make_raw(os.path.join(folder, "raw"), n_locations, size=size, seed=seed)
+    log(f"\nraw GeoTIFFs for {n_locations} locations (10/20/60 m bands, UTM and EPSG:4326, NaN holes, "
+        f"a UTM-zone straddler) in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    manifest = build_dataset(os.path.join(folder, "raw"), os.path.join(folder, "built"), size=size, workers=0,
+                             seed=seed, val_fraction=0.25)
+    s = manifest["summary"]
+    log(f"build: {s['written']} written, {s['dropped']} dropped, files train {s['files']['train']} / val "
+        f"{s['files']['val']} in {time.perf_counter() - t0:.1f} s -> {folder}/built (manifest.json says why)")
+    for name, entry in manifest["locations"].items():
+        if entry["status"] == "dropped":
+            log(f"  dropped {name}: {entry['reason']}")
+
+
 def run_demo(out: str = "ssl4eo-demo", *, n_files: int = 3, samples: int = 16, size: int = 264, workers: int = 2,
-             seed: int = 0, log=print) -> dict:
-    """Make a demo dataset under ``out``, open it lazily, validate it, stream one epoch through
+             seed: int = 0, build_locations: int = 4, log=print) -> dict:
+    """Make a demo dataset under ``out``, build chunk files from synthetic raw GeoTIFFs (``build_locations`` of
+    them, under ``out/from-raw``), open the dataset lazily, validate it, stream one epoch through
     :class:`~ssl4eo_zarr.ChunkDataset` with ``workers`` DataLoader processes and write ``out/quicklook.png``.
 
     Returns a dict of what it measured (``samples_per_s``, ``batches``, ``quicklook`` path).
@@ -21,6 +45,8 @@ def run_demo(out: str = "ssl4eo-demo", *, n_files: int = 3, samples: int = 16, s
     t0 = time.perf_counter()
     names = make_dataset(out, n_files=n_files, samples=samples, size=size, seed=seed, split="val")
     log(f"made {len(names)} chunk files x 4 modalities under {out}/val in {time.perf_counter() - t0:.1f} s")
+    if build_locations:
+        _demo_build(os.path.join(out, "from-raw"), build_locations, size, seed, log)
 
     ds = open_dataset(out, split="val")
     log("\n" + describe(out, split="val"))

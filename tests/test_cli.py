@@ -9,6 +9,8 @@ def test_demo_runs_the_whole_read_path(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "validate: 8 files checked, 0 with errors" in text
     assert "ChunkDataset: 2 batches, 32 patch-timestamps" in text
+    assert "build: 3 written, 1 dropped" in text
+    assert os.path.exists(os.path.join(out, "from-raw", "built", "manifest.json"))
     png = os.path.join(out, "quicklook.png")
     assert os.path.getsize(png) > 10_000
     with open(png, "rb") as f:
