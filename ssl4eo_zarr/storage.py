@@ -196,6 +196,19 @@ class _RetryingFile(io.RawIOBase):
             super().close()
 
 
+class ScratchBuffer:
+    """A reusable read buffer. Growing replaces the buffer instead of resizing it, so a view still held
+    elsewhere (say by a traceback) never blocks the next read."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def view(self, size: int) -> memoryview:
+        if len(self._buf) < size:
+            self._buf = bytearray(size)
+        return memoryview(self._buf)[:size]
+
+
 class ZipArchive:
     """A read-only zip archive, opened lazily and reopened in each process that uses it.
 
@@ -375,8 +388,8 @@ class ZipArchive:
             )
         return data
 
-    def read_into(self, name: str, scratch: bytearray, *, max_bytes: int = MAX_MEMBER_BYTES) -> memoryview:
-        """Member ``name`` read into the reusable buffer ``scratch`` (grown as needed); CRC-checked.
+    def read_into(self, name: str, scratch: ScratchBuffer, *, max_bytes: int = MAX_MEMBER_BYTES) -> memoryview:
+        """Member ``name`` read into the reusable buffer ``scratch``; CRC-checked.
 
         The loader's hot path: reusing one buffer per worker avoids allocating (and page-faulting) a new
         ``bytes`` of tens of MB for every chunk. Deflated members fall back to :meth:`read`.
@@ -401,9 +414,7 @@ class ZipArchive:
                 name_len, extra_len = struct.unpack("<HH", header[26:30])
                 fh.seek(info.header_offset + 30 + name_len + extra_len)
                 size = info.file_size
-                if len(scratch) < size:
-                    scratch.extend(bytes(size - len(scratch)))
-                view = memoryview(scratch)[:size]
+                view = scratch.view(size)
                 got = 0
                 while got < size:
                     n = fh.readinto(view[got:])

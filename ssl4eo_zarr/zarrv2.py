@@ -20,7 +20,7 @@ import numcodecs
 import numpy as np
 
 from .errors import CorruptFileError, UnsafeFileError
-from .storage import ZipArchive
+from .storage import ScratchBuffer, ZipArchive
 
 #: Refuse arrays whose declared decoded size exceeds this (decompression-bomb / absurd-shape guard).
 MAX_ARRAY_BYTES = 64 << 30
@@ -284,7 +284,7 @@ def chunk_indices(meta: ArrayMeta) -> list[tuple[int, ...]]:
 
 
 def read_chunk(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...], *, out: np.ndarray | None = None,
-               scratch: bytearray | None = None) -> np.ndarray:
+               scratch: ScratchBuffer | None = None) -> np.ndarray:
     """Chunk ``index`` of ``meta`` from ``archive`` (full chunk shape); a missing chunk is the fill value.
 
     With ``scratch`` the compressed bytes are read into that reusable buffer instead of a new ``bytes``.

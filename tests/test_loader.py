@@ -276,3 +276,23 @@ def test_flipped_bytes_inside_a_chunk_never_pass_silently(root_copy):
     with pytest.raises(CorruptFileError, match="CRC-32 mismatch") as err:
         list(ChunkDataset(root_copy, split="val", timestamps=2))
     assert "seasonal_data_000001" in str(err.value) and "bands/0.2.0.0.0" in str(err.value)
+
+
+def test_resume_under_torchdata_stateful_dataloader(odd_root):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+
+    def make():
+        return ChunkDataset(odd_root, split="train", batch_size=3, timestamps=0, seed=4, return_metadata=True)
+
+    full_run = [tuple(b["sample"]) for b in stateful.StatefulDataLoader(make(), batch_size=None, num_workers=2)]
+    loader = stateful.StatefulDataLoader(make(), batch_size=None, num_workers=2)
+    taken = []
+    for k, b in enumerate(loader):
+        taken.append(tuple(b["sample"]))
+        if k == 4:
+            state = loader.state_dict()
+            break
+    resumed = stateful.StatefulDataLoader(make(), batch_size=None, num_workers=2)
+    resumed.load_state_dict(state)
+    rest = [tuple(b["sample"]) for b in resumed]
+    assert taken + rest == full_run

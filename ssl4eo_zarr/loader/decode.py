@@ -15,6 +15,7 @@ import torch
 from .. import schema
 from ..errors import CorruptFileError, ModalityMismatchError
 from ..reader import ChunkFile, open_chunk
+from ..storage import ScratchBuffer
 from ..zarrv2 import read_array, read_chunk
 
 _TORCH_DTYPES = {np.dtype("int16"): torch.int16, np.dtype("float16"): torch.float16, np.dtype("uint8"): torch.uint8,
@@ -44,7 +45,7 @@ class ArchiveCache:
         self._files: OrderedDict[str, ChunkFile] = OrderedDict()
         self._pid = os.getpid()
         #: One reusable buffer for compressed chunk bytes.
-        self.scratch = bytearray()
+        self.scratch = ScratchBuffer()
 
     def get(self, path: str) -> ChunkFile:
         if self._pid != os.getpid():  # inherited through fork: never share handles with the parent
@@ -113,7 +114,7 @@ def decode_set(
     shared: bool,
     with_cloud: bool,
     with_meta: bool,
-    scratch: bytearray | None = None,
+    scratch: ScratchBuffer | None = None,
 ) -> Decoded:
     """Decode the ``bands`` chunks of ``timestamps`` of each modality (and the cloud mask) into new tensors."""
     ref_path = next(iter(files.values())).path
