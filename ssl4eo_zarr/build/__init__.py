@@ -1,0 +1,321 @@
+"""The builder: raw Sentinel-1/2 GeoTIFFs -> aligned analysis-ready chunk files, on dask.distributed.
+
+Two planned phases, each a set of independent tasks:
+
+1. **per location** (:func:`~ssl4eo_zarr.build.location.process_location`): choose the majority UTM zone of
+   the S2 timestamps, resample every band of every timestamp onto the 264 x 264 px 10 m grid (nearest for S2,
+   bilinear for S1), drop the location if any timestamp/channel misses > 1 % of its pixels, fill the rest by
+   nearest neighbour, encode (S2 DN + 1000 as int16, S1 dB as float16), derive RGB, attach cloud masks. The
+   result is staged on disk, so memory stays bounded and a rerun skips it;
+2. **per output file**: kept locations are split (spatially disjoint 1-degree blocks, or a given list),
+   shuffled with the seed, cut into 64-location files and written with :func:`ssl4eo_zarr.write_chunk`
+   (atomic), four modalities each.
+
+A manifest (``OUT/manifest.json``) records every input location as written (split, file, index) or dropped
+(reason); it is rewritten atomically after every file, so a killed build resumes where it stopped and a
+finished build reruns as a no-op. A lock file stops a second build from writing into the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import schema
+from ..errors import BuildError
+from ..writer import write_chunk
+from .location import Processed, load, process_location, save
+from .pack import FilePlan, assign_splits, chunk_datasets, metadata_rows, plan_files
+from .raw import RawLocation, discover
+
+__all__ = ["BuildLock", "build_dataset"]
+
+MANIFEST = "manifest.json"
+LOCK = ".ssl4eo-build.lock"
+STAGING = ".staging"
+TABLE = "ssl4eos12_metadata.parquet"
+
+
+class BuildLock:
+    """An exclusive lock on an output folder; a lock left by a dead process on this host is taken over."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, LOCK)
+        self.held = False
+
+    def _owner(self) -> tuple[str, int] | None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                host, pid = f.read().split()
+            return host, int(pid)
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner and owner[0] == socket.gethostname():
+                    try:
+                        os.kill(owner[1], 0)
+                    except ProcessLookupError:
+                        os.unlink(self.path)  # stale: its build was killed
+                        continue
+                    except PermissionError:
+                        pass
+                where = f"pid {owner[1]} on {owner[0]}" if owner else "another process"
+                raise BuildError(f"{os.path.dirname(self.path)} is being written by another build ({where}); "
+                                 f"wait for it, or remove {self.path} if that build is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.held = True
+            return
+        raise BuildError(f"cannot take the lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            os.unlink(self.path)
+            self.held = False
+
+    def __enter__(self) -> BuildLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _write_json(path: str, doc: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def stage_location(loc: RawLocation, staging: str, size: int, cloud_policy: str) -> dict[str, Any]:
+    """Phase-1 task: process one location, stage it, return its status (small, goes back to the driver)."""
+    path = os.path.join(staging, f"{loc.location}.npz")
+    if os.path.exists(path):
+        p = load(path)
+        return {"name": loc.location, "status": "staged", "sample": p.sample, "lat": p.lat, "lon": p.lon,
+                "cloud_source": p.cloud_source}
+    p = process_location(loc, size=size, cloud_policy=cloud_policy)
+    if p.reason:
+        return {"name": loc.location, "status": "dropped", "reason": p.reason}
+    t0 = time.perf_counter()
+    save(p, path)
+    p.timings["stage"] = time.perf_counter() - t0
+    return {"name": loc.location, "status": "staged", "sample": p.sample, "lat": p.lat, "lon": p.lon,
+            "cloud_source": p.cloud_source, "timings": p.timings}
+
+
+def write_file(plan: FilePlan, out: str, staging: str, size: int) -> tuple[str, dict[str, float]]:
+    """Phase-2 task: stack the plan's staged locations and write the four modality files."""
+    t0 = time.perf_counter()
+    locs: list[Processed] = [load(os.path.join(staging, f"{n}.npz")) for n in plan.locations]
+    t1 = time.perf_counter()
+    for mod, ds in chunk_datasets(locs).items():
+        write_chunk(ds, os.path.join(out, plan.split, mod, plan.name), modality=mod, size=size)
+    with open(os.path.join(staging, f"{plan.name}.{plan.split}.rows.pkl"), "wb") as f:
+        pickle.dump(metadata_rows(locs, plan.name), f)
+    return f"{plan.split}/{plan.name}", {"unstage": t1 - t0, "write": time.perf_counter() - t1}
+
+
+class _Runner:
+    """Runs task lists in-process (``workers=0``) or on a dask.distributed cluster, yielding results as they end."""
+
+    def __init__(self, workers: int, scheduler: str | None):
+        self.client = None
+        self.cluster = None
+        if scheduler or workers > 0:
+            try:
+                from distributed import Client, LocalCluster
+            except ImportError as exc:
+                raise BuildError("parallel builds need dask.distributed: pip install 'ssl4eo-zarr[build]' "
+                                 "(or run with workers=0)") from exc
+            if scheduler:
+                self.client = Client(scheduler)
+            else:
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+                self.client = Client(self.cluster)
+
+    def map(self, fn: Callable, items: Sequence, *args: Any, keys: Sequence[str]):
+        if self.client is None:
+            for item in items:
+                yield fn(item, *args)
+            return
+        from distributed import as_completed
+
+        futures = self.client.map(fn, items, *[[a] * len(items) for a in args], key=list(keys), pure=False)
+        for future in as_completed(futures):
+            yield future.result()
+            future.release()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def build_dataset(
+    raw: str,
+    out: str,
+    *,
+    seed: int = 0,
+    size: int = schema.PATCH_SIZE,
+    workers: int = 2,
+    scheduler: str | None = None,
+    cloud_mask: str = "auto",
+    val_fraction: float = 0.01,
+    val_locations: Sequence[str] | None = None,
+    drop_remainder: bool = False,
+    keep_staging: bool = False,
+    progress: Callable | None = None,
+) -> dict:
+    """Build SSL4EO-S12 v1.1 chunk files under ``out`` from the raw layout under ``raw``; returns the manifest.
+
+    Parameters
+    ----------
+    raw:
+        Folder with ``s1/``, ``s2a/``, ``s2c/`` (see :mod:`ssl4eo_zarr.build.raw`).
+    out:
+        Dataset root to write (``{split}/{modality}/*.zarr.zip``, ``splits/*.txt``, ``manifest.json``,
+        ``ssl4eos12_metadata.parquet``).
+    seed:
+        Shuffles locations before stacking; the same input and seed give identical arrays.
+    size:
+        Patch edge in px at 10 m (264 as published).
+    workers, scheduler:
+        ``workers`` processes of a LocalCluster, or an existing dask scheduler address; ``workers=0`` runs
+        in this process. Workers must see ``raw`` and ``out`` under the same paths.
+    cloud_mask:
+        ``"auto"``, ``"file"``, ``"scl"``, ``"sensei"`` or an explicit ``"fallback:land"``/``"fallback:no-data"``.
+    val_fraction, val_locations:
+        Spatially disjoint validation split (share of locations), or an explicit list of raw location names.
+    drop_remainder:
+        Drop the locations that do not fill a last 64-location file (recorded) instead of writing a smaller file.
+    """
+    raw, out = os.path.abspath(raw), os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    settings = {"raw": raw, "seed": seed, "size": size, "cloud_mask": cloud_mask, "val_fraction": val_fraction,
+                "val_locations": sorted(val_locations) if val_locations else None, "drop_remainder": drop_remainder}
+    with BuildLock(out):
+        manifest_path = os.path.join(out, MANIFEST)
+        manifest: dict[str, Any] = {"settings": settings, "locations": {}, "files": {}}
+        if os.path.exists(manifest_path):
+            with open(manifest_path, encoding="utf-8") as f:
+                previous = json.load(f)
+            if previous.get("settings") != settings:
+                raise BuildError(f"{out} holds a build with other settings ({previous.get('settings')}); "
+                                 "write into a new folder or rerun with the same settings to resume")
+            manifest = previous
+        staging = os.path.join(out, STAGING)
+        os.makedirs(staging, exist_ok=True)
+        _remove_stale_temporaries(out)
+        locations = discover(raw)
+        runner = _Runner(workers, scheduler)
+        try:
+            todo = [loc for loc in locations if manifest["locations"].get(loc.location, {}).get("status") != "dropped"]
+            results = runner.map(stage_location, todo, staging, size, cloud_mask, keys=[f"stage-{loc.location}"
+                                                                                         for loc in todo])
+            if progress:
+                results = progress(results, total=len(todo), desc="locations", unit="loc")
+            timings: dict[str, float] = {}
+            for status in results:
+                for k, v in status.pop("timings", {}).items():
+                    timings[k] = timings.get(k, 0.0) + v
+                entry = manifest["locations"].get(status["name"], {})
+                if entry.get("status") != "written" or status["status"] == "dropped":
+                    manifest["locations"][status["name"]] = status
+            _write_json(manifest_path, manifest)
+
+            kept = {n: (e["lat"], e["lon"]) for n, e in manifest["locations"].items() if e["status"] != "dropped"}
+            if not kept:
+                raise BuildError(f"no location of {raw} survived: see the reasons in {manifest_path}")
+            splits = assign_splits(kept, seed=seed, val_fraction=val_fraction, val_locations=val_locations)
+            plans, remainder = plan_files(splits, seed=seed, drop_remainder=drop_remainder)
+            for name in remainder:
+                manifest["locations"][name] = {**manifest["locations"][name], "status": "dropped",
+                                               "reason": "remainder of fewer than 64 locations (--drop-remainder)"}
+
+            def done(plan: FilePlan) -> bool:
+                entry = manifest["files"].get(f"{plan.split}/{plan.name}", {})
+                return entry.get("locations") == list(plan.locations) and entry.get("complete") and all(
+                    os.path.exists(os.path.join(out, plan.split, m, plan.name)) for m in schema.MODALITIES)
+
+            pending = [p for p in plans if not done(p)]
+            by_name = {f"{p.split}/{p.name}": p for p in plans}
+            results = runner.map(write_file, pending, out, staging, size,
+                                 keys=[f"write-{p.split}-{p.name}" for p in pending])
+            if progress:
+                results = progress(results, total=len(pending), desc="files", unit="file")
+            for key, spent in results:
+                for k, v in spent.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                p = by_name[key]
+                manifest["files"][key] = {"split": p.split, "locations": list(p.locations), "complete": True}
+                for index, loc in enumerate(p.locations):
+                    manifest["locations"][loc] = {**manifest["locations"][loc], "status": "written",
+                                                  "split": p.split, "file": p.name, "index": index}
+                _write_json(manifest_path, manifest)
+        finally:
+            runner.close()
+        _finish(out, plans, staging, keep_staging)
+        manifest["timings_s"] = {k: round(v, 3) for k, v in timings.items()}  # summed over tasks (CPU seconds)
+        manifest["summary"] = {
+            "locations": len(manifest["locations"]),
+            "written": sum(e["status"] == "written" for e in manifest["locations"].values()),
+            "dropped": sum(e["status"] == "dropped" for e in manifest["locations"].values()),
+            "files": {s: sum(p.split == s for p in plans) for s in ("train", "val")},
+        }
+        _write_json(manifest_path, manifest)
+        return manifest
+
+
+def _remove_stale_temporaries(out: str) -> None:
+    # A killed build can leave temporary files (never under a final name); only a lock holder may remove them.
+    for folder, _, files in os.walk(out):
+        for name in files:
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
+
+
+def _finish(out: str, plans: list[FilePlan], staging: str, keep_staging: bool) -> None:
+    for split in ("train", "val"):
+        names = [p.name for p in plans if p.split == split]
+        listing = os.path.join(out, schema.split_list_name(split))
+        os.makedirs(os.path.dirname(listing), exist_ok=True)
+        with open(listing + ".tmp", "w", encoding="utf-8") as f:
+            f.write("".join(n + "\n" for n in names))
+        os.replace(listing + ".tmp", listing)
+    rows_files = [os.path.join(staging, f"{p.name}.{p.split}.rows.pkl") for p in plans]
+    if all(os.path.exists(r) for r in rows_files):
+        rows = []
+        for r in rows_files:
+            with open(r, "rb") as f:
+                rows.extend(pickle.load(f))
+        try:
+            import geopandas as gpd
+        except ImportError:  # the table is optional; the chunk files are complete without it
+            gpd = None
+        if gpd is not None and rows:
+            table = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
+            tmp = os.path.join(out, f".{TABLE}.tmp")
+            table.to_parquet(tmp)
+            os.replace(tmp, os.path.join(out, TABLE))
+    if not keep_staging:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
