@@ -58,13 +58,21 @@ class ChunkFile:
         except KeyError:
             raise CorruptFileError(self.path, f"variable {name!r} is missing") from None
 
-    def read(self, name: str) -> np.ndarray:
-        return read_array(self.archive, self.array(name))
+    def read(self, name: str, *, release: bool = True) -> np.ndarray:
+        """Variable ``name`` as numpy (the archive is released afterwards unless ``release=False``)."""
+        try:
+            return read_array(self.archive, self.array(name))
+        finally:
+            if release:
+                self.archive.release()
 
 
-def open_chunk(path: str | os.PathLike | ZipArchive, *, require_sample: bool = True, **archive_kwargs: Any) -> ChunkFile:
+def open_chunk(path: str | os.PathLike | ZipArchive, *, require_sample: bool = True, keep_open: bool = False,
+               **archive_kwargs: Any) -> ChunkFile:
     """Open one modality file: read its metadata and sample ids.
 
+    Unless ``keep_open``, the archive is released afterwards (a local file's descriptor is closed and reopens
+    on the next read), so a split of thousands of files never holds thousands of descriptors.
     ``require_sample=False`` also opens per-location archives (WebDataset members), which have no ``sample``.
     Raises :class:`CorruptFileError` (or :class:`UnsafeFileError`) naming the file when it is damaged.
     """
@@ -76,13 +84,22 @@ def open_chunk(path: str | os.PathLike | ZipArchive, *, require_sample: bool = T
         raise CorruptFileError(archive.path, "coordinate 'sample' is missing")
     else:
         samples = np.array([], dtype=f"<U{schema.SAMPLE_ID_WIDTH}")
+    if not keep_open:
+        archive.release()
     return ChunkFile(archive.path, archive, group, samples)
 
 
 def _load_block(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...]) -> np.ndarray:
-    chunk = read_chunk(archive, meta, index)
+    try:
+        chunk = read_chunk(archive, meta, index)
+    finally:
+        archive.release()  # a computation over thousands of files must not keep thousands of descriptors
     crop = tuple(slice(0, min(c, s - i * c)) for i, c, s in zip(index, meta.chunks, meta.shape))
     return chunk[crop]
+
+
+def _edge_sizes(meta: ArrayMeta, axis: int) -> list[int]:
+    return [min(meta.chunks[axis], meta.shape[axis] - k * meta.chunks[axis]) for k in range(meta.grid[axis])]
 
 
 def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
@@ -95,9 +112,11 @@ def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
     axis = first.dims.index("sample") if concat else None
     use = files if concat else files[:1]
     metas = [f.array(name) for f in use]
+    want = tuple(s for i, s in enumerate(first.shape) if i != axis)
     for f, meta in zip(use, metas):
+        if meta is first:  # files with identical metadata share one parsed ArrayMeta
+            continue
         other = tuple(s for i, s in enumerate(meta.shape) if i != axis)
-        want = tuple(s for i, s in enumerate(first.shape) if i != axis)
         if meta.dims != first.dims or other != want or meta.dtype != first.dtype:
             raise ModalityMismatchError(
                 f"{f.path}: {name!r} is {meta.dtype} {dict(zip(meta.dims, meta.shape))}, "
@@ -109,19 +128,26 @@ def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
         if i == axis:
             sizes = []
             for meta in metas:
-                sizes += [min(meta.chunks[i], meta.shape[i] - k * meta.chunks[i]) for k in range(meta.grid[i])]
+                sizes += _edge_sizes(meta, i)
             chunks.append(sizes)
         else:
             chunks.append([min(c, s - k * c) for k in range(first.grid[i])])
     dsk: dict[Any, Any] = {}
     offset = 0
+    local_cache: dict[int, list[tuple[int, ...]]] = {}
     for f, meta in zip(use, metas):
-        for index in np.ndindex(*meta.grid):
-            key = list(index)
-            if axis is not None:
-                key[axis] += offset
-            dsk[(token, *key)] = (_load_block, f.archive, meta, tuple(int(i) for i in index))
-        offset += meta.grid[axis] if axis is not None else 0
+        indices = local_cache.get(id(meta))
+        if indices is None:
+            indices = local_cache[id(meta)] = [tuple(int(i) for i in idx) for idx in np.ndindex(*meta.grid)]
+        archive = f.archive
+        if axis is None:
+            for index in indices:
+                dsk[(token, *index)] = (_load_block, archive, meta, index)
+        else:
+            for index in indices:
+                key = index[:axis] + (index[axis] + offset,) + index[axis + 1:]
+                dsk[(token, *key)] = (_load_block, archive, meta, index)
+            offset += meta.grid[axis]
     if not first.shape:
         dsk = {(token,): (_load_block, use[0].archive, first, ())}
     return da.Array(dsk, token, chunks=tuple(tuple(c) for c in chunks), dtype=first.dtype,

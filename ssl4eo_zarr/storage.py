@@ -20,10 +20,12 @@ import time
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
 
+#: Bytes read from the end of an archive when it is opened.
+TAIL_BYTES = 32768
 #: Largest member this library reads by default (a full S2L1C timestamp chunk is ~116 MB decoded,
 #: members are stored compressed, so 1 GiB is far beyond any legitimate file).
 MAX_MEMBER_BYTES = 1 << 30
@@ -196,6 +198,78 @@ class _RetryingFile(io.RawIOBase):
             super().close()
 
 
+class _Entry(NamedTuple):
+    header_offset: int
+    compress_size: int
+    file_size: int
+    crc: int
+    compress_type: int
+    flag_bits: int
+
+
+_EOCD = struct.Struct("<4s4H2LH")
+_CDH = struct.Struct("<4s6H3L5H2L")
+
+
+def _scan_central_directory(fh) -> tuple[list[tuple[str, _Entry]] | None, int, bytes]:
+    """(name, entry) of every member from the zip's central directory, or ``None`` for archives this fast
+    path does not handle (zip64, multi-disk, data prepended to the archive, encryption): zipfile reads those.
+
+    ``zipfile`` builds a ZipInfo object per member, which made opening thousands of archives slow; this reads
+    the archive's last 32 KiB once (one range request remotely): the end record, usually the whole directory
+    and, since writers put it last, ``.zmetadata``. Also returns (tail offset, tail bytes) for reuse.
+    """
+    size = fh.seek(0, 2)
+    if size < _EOCD.size:
+        raise zipfile.BadZipFile("file is too short to be a zip archive")
+    tail_len = min(size, TAIL_BYTES)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0 and tail_len < size:  # a long archive comment: look further back
+        tail_len = min(size, _EOCD.size + 65535)
+        fh.seek(size - tail_len)
+        tail = fh.read(tail_len)
+        pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0 or len(tail) - pos < _EOCD.size:
+        return None, 0, b""
+    tail_start = size - tail_len
+    _sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, pos)
+    if disk or cd_disk or n_disk != n_total or 0xFFFF in (n_disk, n_total) or 0xFFFFFFFF in (cd_size, cd_offset):
+        return None, 0, b""
+    eocd_at = size - tail_len + pos
+    if eocd_at - cd_size != cd_offset:
+        return None, 0, b""
+    start = cd_offset - (size - tail_len)
+    if start >= 0:
+        cd = tail[start: start + cd_size]
+    else:
+        fh.seek(cd_offset)
+        cd = fh.read(cd_size)
+    if len(cd) != cd_size:
+        raise zipfile.BadZipFile("truncated central directory")
+    out = []
+    p = 0
+    unpack = _CDH.unpack_from
+    for _ in range(n_total):
+        if p + _CDH.size > cd_size:
+            raise zipfile.BadZipFile("truncated central directory")
+        (sig, _made, _needed, flags, method, _time, _date, crc, csize, usize, n_len, x_len, c_len, _disk, _iattr,
+         _eattr, offset) = unpack(cd, p)
+        if sig != b"PK\x01\x02":
+            raise zipfile.BadZipFile("bad magic number for central directory")
+        if 0xFFFFFFFF in (csize, usize, offset) or flags & 0x1:
+            return None, 0, b""
+        raw_name = cd[p + _CDH.size: p + _CDH.size + n_len]
+        try:
+            name = raw_name.decode("ascii")  # C-fast, and what every zarr key is
+        except UnicodeDecodeError:
+            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+        out.append((name, _Entry(offset, csize, usize, crc, method, flags)))
+        p += _CDH.size + n_len + x_len + c_len
+    return out, tail_start, tail
+
+
 class ScratchBuffer:
     """A reusable read buffer. Growing replaces the buffer instead of resizing it, so a view still held
     elsewhere (say by a traceback) never blocks the next read."""
@@ -240,16 +314,18 @@ class ZipArchive:
         self.backoff = backoff
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
-        self._zip: zipfile.ZipFile | None = None
+        self._zip: zipfile.ZipFile | None = None  # only for members that are not stored (deflated)
         self._fh: Any = None
         self._pid: int | None = None
-        self._infos: dict[str, zipfile.ZipInfo] | None = None
+        self._infos: dict[str, _Entry] | None = None
+        self._tail = b""
+        self._tail_start = 0
         self._duplicates: list[str] = []
 
     # -- pickling: never ship an open handle to another process ------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _zip=None, _fh=None, _pid=None, _infos=None, _duplicates=[])
+        state.update(_lock=None, _zip=None, _fh=None, _pid=None, _infos=None, _duplicates=[], _tail=b"")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -297,49 +373,68 @@ class ZipArchive:
         except FileNotFoundError:
             raise DatasetNotFoundError(f"chunk file not found: {self.path}") from None
 
-    def _ensure_open(self) -> zipfile.ZipFile:
-        # A ZipFile inherited through fork shares its file offset with the parent: reopen per process.
-        if self._zip is not None and self._pid == os.getpid():
-            return self._zip
+    def _ensure_open(self) -> dict[str, _Entry]:
+        # A handle inherited through fork shares its file offset with the parent: reopen per process.
+        if self._infos is not None and self._pid == os.getpid():
+            return self._infos
         self._zip = None
         fh = self._open_fileobj()
         try:
-            zf = zipfile.ZipFile(fh, "r")
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            scanned, self._tail_start, self._tail = _scan_central_directory(fh)
+            if scanned is None:  # zip64, encryption, prepended data...: let zipfile handle it
+                self._zip = zipfile.ZipFile(fh, "r")
+                scanned = [(i.filename, _Entry(i.header_offset, i.compress_size, i.file_size, i.CRC, i.compress_type,
+                                               i.flag_bits)) for i in self._zip.infolist()]
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error) as exc:
             fh.close()
             if isinstance(exc, DatasetNotFoundError):
                 raise
             size = os.path.getsize(self.path) if not self.is_remote and os.path.exists(self.path) else None
             what = "empty file" if size == 0 else f"not a valid zip archive ({exc})"
             raise CorruptFileError(self.path, what + "; the file is truncated or damaged, download it again") from None
-        infos: dict[str, zipfile.ZipInfo] = {}
+        infos: dict[str, _Entry] = {}
         duplicates = []
-        for info in zf.infolist():
-            name = info.filename
-            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
-                zf.close()
+        for name, entry in scanned:
+            if (name[:1] in ("/", "\\") or ".." in name or ":" in name) and (
+                name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name
+            ):
                 fh.close()
                 raise UnsafeFileError(self.path, f"unsafe member name {name!r} (absolute or with '..')")
             if name in infos:
                 duplicates.append(name)
-            infos[name] = info  # like zipfile, the last entry of a duplicated name wins
-        self._fh, self._zip, self._pid = fh, zf, os.getpid()
+            infos[name] = entry  # like zipfile, the last entry of a duplicated name wins
+        self._fh, self._pid = fh, os.getpid()
         self._infos, self._duplicates = infos, duplicates
-        return zf
+        return infos
 
     def close(self) -> None:
         """Close the handle; the archive reopens on the next read."""
-        if self._zip is not None and self._pid == os.getpid():
-            self._zip.close()
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._fh is not None and self._pid == os.getpid():
+            if self._zip is not None:
+                self._zip.close()
             self._fh.close()
         self._zip = self._fh = self._infos = None
+        self._tail = b""
+
+    def release(self) -> None:
+        """Free what is not needed between reads. A local archive closes its descriptor (it reopens on the next
+        read, so a split of thousands of files holds none); a remote one keeps its directory, since reading it
+        again would cost a request, and drops only the cached tail."""
+        with self._lock:
+            if self.is_remote:
+                self._tail = b""
+            else:
+                self._close()
 
     # -- queries ---------------------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Member names, each once."""
         with self._lock:
-            self._ensure_open()
-            return list(self._infos)
+            return list(self._ensure_open())
 
     def duplicate_names(self) -> list[str]:
         """Member names stored more than once (zarr-python 3's ZipStore leaves these when a key is rewritten)."""
@@ -349,16 +444,45 @@ class ZipArchive:
 
     def __contains__(self, name: str) -> bool:
         with self._lock:
-            self._ensure_open()
-            return name in self._infos
+            return name in self._ensure_open()
 
-    def info(self, name: str) -> zipfile.ZipInfo:
-        with self._lock:
-            self._ensure_open()
-            try:
-                return self._infos[name]
-            except KeyError:
-                raise CorruptFileError(self.path, "member is missing", member=name) from None
+    def _entry(self, name: str, max_bytes: int) -> _Entry:
+        entry = self._ensure_open().get(name)
+        if entry is None:
+            raise CorruptFileError(self.path, "member is missing", member=name)
+        if entry.file_size > max_bytes:
+            raise UnsafeFileError(self.path, f"member declares {entry.file_size} bytes, more than the {max_bytes} "
+                                             "allowed", member=name)
+        return entry
+
+    def _read_stored(self, name: str, entry: _Entry, view: memoryview) -> None:
+        local = entry.header_offset - self._tail_start
+        if self._tail and local >= 0 and local + 30 <= len(self._tail):  # already read with the directory
+            header = self._tail[local: local + 30]
+            if header[:4] == b"PK\x03\x04":
+                name_len, extra_len = struct.unpack("<HH", header[26:30])
+                begin = local + 30 + name_len + extra_len
+                if begin + len(view) <= len(self._tail):
+                    view[:] = self._tail[begin: begin + len(view)]
+                    return
+        fh = self._fh
+        fh.seek(entry.header_offset)
+        header = fh.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise CorruptFileError(self.path, "bad local file header", member=name)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        fh.seek(entry.header_offset + 30 + name_len + extra_len)
+        got = 0
+        size = len(view)
+        while got < size:
+            n = fh.readinto(view[got:])
+            if not n:
+                raise CorruptFileError(self.path, f"member ends after {got} of {size} bytes (truncated file)",
+                                       member=name)
+            got += n
+
+    def _stored(self, entry: _Entry) -> bool:
+        return entry.compress_type == zipfile.ZIP_STORED and not entry.flag_bits & 0x1
 
     def read(self, name: str, *, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
         """Bytes of member ``name``, CRC-checked.
@@ -367,25 +491,27 @@ class ZipArchive:
         larger than ``max_bytes``.
         """
         with self._lock:
-            zf = self._ensure_open()
-            info = self._infos.get(name)
-            if info is None:
-                raise CorruptFileError(self.path, "member is missing", member=name)
-            if info.file_size > max_bytes:
-                raise UnsafeFileError(
-                    self.path, f"member declares {info.file_size} bytes, more than the {max_bytes} allowed", member=name
-                )
-            try:
-                with zf.open(info) as f:
-                    data = f.read(max_bytes + 1)
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
-                if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and self.is_remote:
-                    raise
-                raise CorruptFileError(self.path, f"cannot read member: {exc}", member=name) from None
-        if len(data) != info.file_size:
+            entry = self._entry(name, max_bytes)
+            if self._stored(entry):
+                buf = bytearray(entry.file_size)
+                self._read_stored(name, entry, memoryview(buf))
+                data = bytes(buf)
+            else:
+                try:
+                    if self._zip is None:
+                        self._zip = zipfile.ZipFile(self._fh, "r")
+                    with self._zip.open(self._zip.getinfo(name)) as f:
+                        data = f.read(max_bytes + 1)
+                except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, KeyError) as exc:
+                    if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and self.is_remote:
+                        raise
+                    raise CorruptFileError(self.path, f"cannot read member: {exc}", member=name) from None
+        if len(data) != entry.file_size:
             raise CorruptFileError(
-                self.path, f"member holds {len(data)} bytes, its header says {info.file_size}", member=name
+                self.path, f"member holds {len(data)} bytes, its header says {entry.file_size}", member=name
             )
+        if zlib.crc32(data) != entry.crc:
+            raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return data
 
     def read_into(self, name: str, scratch: ScratchBuffer, *, max_bytes: int = MAX_MEMBER_BYTES) -> memoryview:
@@ -395,36 +521,14 @@ class ZipArchive:
         ``bytes`` of tens of MB for every chunk. Deflated members fall back to :meth:`read`.
         """
         with self._lock:
-            self._ensure_open()
-            info = self._infos.get(name)
-            if info is None:
-                raise CorruptFileError(self.path, "member is missing", member=name)
-            if info.compress_type != zipfile.ZIP_STORED:
-                stored = False
-            else:
-                stored = True
-                if info.file_size > max_bytes:
-                    raise UnsafeFileError(self.path, f"member declares {info.file_size} bytes, more than the "
-                                                     f"{max_bytes} allowed", member=name)
-                fh = self._fh
-                fh.seek(info.header_offset)
-                header = fh.read(30)
-                if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                    raise CorruptFileError(self.path, "bad local file header", member=name)
-                name_len, extra_len = struct.unpack("<HH", header[26:30])
-                fh.seek(info.header_offset + 30 + name_len + extra_len)
-                size = info.file_size
-                view = scratch.view(size)
-                got = 0
-                while got < size:
-                    n = fh.readinto(view[got:])
-                    if not n:
-                        raise CorruptFileError(self.path, f"member ends after {got} of {size} bytes (truncated file)",
-                                               member=name)
-                    got += n
+            entry = self._entry(name, max_bytes)
+            stored = self._stored(entry)
+            if stored:
+                view = scratch.view(entry.file_size)
+                self._read_stored(name, entry, view)
         if not stored:
             return memoryview(self.read(name, max_bytes=max_bytes))
-        if zlib.crc32(view) != info.CRC:
+        if zlib.crc32(view) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return view
 

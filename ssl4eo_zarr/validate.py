@@ -166,6 +166,7 @@ def validate_file(path: str, *, modality: str | None = None, size: int | None = 
             _check_values(cf, mod, report)
         for name in cf.archive.names():  # CRC of every member, chunks of variables not read above included
             cf.archive.read(name)
+        cf.archive.release()
     except SSL4EOError as exc:
         report.errors.append(str(exc))
     return report

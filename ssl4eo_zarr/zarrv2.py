@@ -10,6 +10,7 @@ straight into preallocated buffers, and lets every size be checked before anythi
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import struct
@@ -78,16 +79,24 @@ class ArrayMeta:
     dimension_separator: str = "."
     attrs: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    # Cached: opening a 3,812-file split asks these hundreds of thousands of times.
+    @functools.cached_property
     def dims(self) -> tuple[str, ...]:
         return tuple(self.attrs.get("_ARRAY_DIMENSIONS", [f"dim_{i}" for i in range(len(self.shape))]))
 
-    @property
+    @functools.cached_property
     def grid(self) -> tuple[int, ...]:
         """Number of chunks along each dimension."""
         return tuple(math.ceil(s / c) if c else 0 for s, c in zip(self.shape, self.chunks))
 
-    @property
+    @functools.cached_property
+    def pipeline(self) -> tuple[list, Any]:
+        """(filters, compressor) as numcodecs objects."""
+        filters = [_codec(json.dumps(f, sort_keys=True)) for f in self.filters or ()]
+        compressor = _codec(json.dumps(self.compressor, sort_keys=True)) if self.compressor else None
+        return filters, compressor
+
+    @functools.cached_property
     def chunk_nbytes(self) -> int:
         return math.prod(self.chunks) * self.dtype.itemsize
 
@@ -171,12 +180,23 @@ class GroupMeta:
     consolidated: bool
 
 
+_GROUP_CACHE: dict[bytes, GroupMeta] = {}
+
+
 def read_group(archive: ZipArchive) -> GroupMeta:
-    """Metadata of the root group of ``archive``: consolidated ``.zmetadata`` when present, else each member."""
+    """Metadata of the root group of ``archive``: consolidated ``.zmetadata`` when present, else each member.
+
+    Files of one modality usually carry byte-identical ``.zmetadata``; its parse is reused (the result is
+    immutable), which makes opening thousands of files cheaper.
+    """
     names = None
     if ".zmetadata" in archive:
+        raw = archive.read(".zmetadata", max_bytes=64 << 20)
+        cached = _GROUP_CACHE.get(raw)
+        if cached is not None:
+            return cached
         try:
-            doc = json.loads(archive.read(".zmetadata", max_bytes=64 << 20))
+            doc = json.loads(raw)
             meta = doc["metadata"]
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptFileError(archive.path, f"invalid consolidated metadata: {exc!r}", member=".zmetadata") from None
@@ -201,13 +221,21 @@ def read_group(archive: ZipArchive) -> GroupMeta:
         if "/" in name:
             continue  # nested groups are not part of this format
         arrays[name] = ArrayMeta.from_json(name, zarray, meta.get(f"{name}/.zattrs"), path=archive.path)
-    return GroupMeta(attrs=dict(meta.get(".zattrs", {})), arrays=arrays, consolidated=consolidated)
+    group = GroupMeta(attrs=dict(meta.get(".zattrs", {})), arrays=arrays, consolidated=consolidated)
+    if consolidated:
+        if len(_GROUP_CACHE) > 64:
+            _GROUP_CACHE.clear()
+        _GROUP_CACHE[raw] = group
+    return group
+
+
+@functools.lru_cache(maxsize=64)
+def _codec(config: str):
+    return numcodecs.get_codec(json.loads(config))
 
 
 def _codec_pipeline(meta: ArrayMeta):
-    filters = [numcodecs.get_codec(dict(f)) for f in meta.filters or ()]
-    compressor = numcodecs.get_codec(dict(meta.compressor)) if meta.compressor else None
-    return filters, compressor
+    return meta.pipeline
 
 
 def _check_blosc_size(raw: bytes, expected: int, archive_path: str, key: str) -> None:
@@ -321,4 +349,6 @@ def read_region(archive: ZipArchive, meta: ArrayMeta, region: tuple[slice, ...])
 
 def read_array(archive: ZipArchive, meta: ArrayMeta) -> np.ndarray:
     """The whole array ``meta`` as numpy."""
+    if meta.shape and all(g == 1 for g in meta.grid):  # one chunk (coordinates, small metadata)
+        return read_chunk(archive, meta, (0,) * len(meta.shape))[tuple(slice(0, s) for s in meta.shape)]
     return read_region(archive, meta, tuple(slice(None) for _ in meta.shape))

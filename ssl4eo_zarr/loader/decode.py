@@ -53,7 +53,7 @@ class ArchiveCache:
             self._pid = os.getpid()
         cf = self._files.pop(path, None)
         if cf is None:
-            cf = open_chunk(path, **self.archive_kwargs)
+            cf = open_chunk(path, keep_open=True, **self.archive_kwargs)
         self._files[path] = cf
         while len(self._files) > self.capacity:
             _, old = self._files.popitem(last=False)
