@@ -19,7 +19,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
@@ -532,9 +532,6 @@ class ZipArchive:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return view
 
-    def iter_read(self, names: list[str]) -> Iterator[tuple[str, bytes]]:
-        for name in names:
-            yield name, self.read(name)
 
 
 class MemoryZipArchive(ZipArchive):
@@ -546,13 +543,6 @@ class MemoryZipArchive(ZipArchive):
 
     def _open_fileobj(self):
         return io.BytesIO(self._data)
-
-
-def open_archive(path: PathLike | ZipArchive, **kwargs: Any) -> ZipArchive:
-    """``path`` as a :class:`ZipArchive` (returned unchanged if it already is one)."""
-    if isinstance(path, ZipArchive):
-        return path
-    return ZipArchive(path, **kwargs)
 
 
 def zarr_store(path: PathLike, *, mode: str = "r"):
