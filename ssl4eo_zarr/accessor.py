@@ -19,6 +19,21 @@ def _band_dim(da: xr.DataArray) -> str:
     return next(d for d in da.dims if d == "band" or d.startswith("band_"))
 
 
+def sample_index(ds: xr.Dataset, sample: int | str) -> int:
+    """Position of ``sample`` (an index, negative allowed, or a 7-digit id) along ``ds.sample``."""
+    if isinstance(sample, str) and not sample.lstrip("-").isdigit():
+        raise ValueError(f"sample must be an index or a 7-digit id, got {sample!r}")
+    if isinstance(sample, str) and len(sample) == schema.SAMPLE_ID_WIDTH:
+        hits = np.flatnonzero(np.asarray(ds["sample"].values).astype(str) == sample)
+        if not hits.size:
+            raise KeyError(f"sample {sample} is not in this Dataset")
+        return int(hits[0])
+    index, n = int(sample), ds.sizes["sample"]
+    if not -n <= index < n:
+        raise IndexError(f"sample index {index} is outside 0..{n - 1}")
+    return index % n
+
+
 @xr.register_dataset_accessor("ssl4eo")
 class SSL4EOAccessor:
     """SSL4EO-S12 helpers: ``ds.ssl4eo.sample(i)``, ``.reflectance()``, ``.db()``, ``.cloud_fraction()``,
@@ -60,12 +75,7 @@ class SSL4EOAccessor:
         import rioxarray  # noqa: F401 - registers .rio
 
         ds = self._ds
-        if isinstance(i, str):
-            ids = np.asarray(ds["sample"].values).astype(str)
-            hits = np.flatnonzero(ids == i)
-            if not hits.size:
-                raise KeyError(f"sample {i} is not in this Dataset")
-            i = int(hits[0])
+        i = sample_index(ds, i)
         img = self.image(modality).isel(sample=i)
         if time is not None:
             img = img.isel(time=time)

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import schema
 from .errors import DatasetNotFoundError
-from .storage import basename, exists, is_url, join, parent, read_text
+from .storage import atomic_write, basename, exists, is_url, join, parent, read_text
 
 SUFFIX = ".zarr.zip"
 
@@ -61,6 +61,18 @@ def split_file_names(root: str, split: str, storage_options: Mapping[str, Any] |
         f"split {split!r} not found under {root}: neither {schema.split_list_name(split)} nor "
         f"{split}/<modality>/*{SUFFIX} exist"
     )
+
+
+def write_split_list(root: str, split: str, names: Sequence[str], *, merge: bool = False) -> str:
+    """Write ``root/splits/ssl4eos12_{split}.txt`` (atomically, one name per line); with ``merge``, keep the names
+    already listed. Returns the path."""
+    path = os.path.join(root, schema.split_list_name(split))
+    if merge and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            names = sorted({line.strip() for line in f if line.strip()} | set(names))
+    with atomic_write(path, "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    return path
 
 
 def available_splits(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:

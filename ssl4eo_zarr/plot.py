@@ -7,6 +7,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema
+from .accessor import sample_index
 from .rgb import rgb_from_l2a
 from .schema import CloudClass
 
@@ -15,31 +16,11 @@ S1_VV_RANGE = (-30.0, 5.0)
 S1_VH_RANGE = (-40.0, 0.0)
 
 
-def _sample_index(ds: xr.Dataset, sample: int | str) -> int:
-    if isinstance(sample, str) and not sample.lstrip("-").isdigit():
-        raise ValueError(f"sample must be an index or a 7-digit id, got {sample!r}")
-    if isinstance(sample, str) and len(sample) == schema.SAMPLE_ID_WIDTH:
-        ids = np.asarray(ds["sample"].values).astype(str)
-        hits = np.flatnonzero(ids == sample)
-        if not hits.size:
-            raise KeyError(f"sample {sample} is not in this dataset")
-        return int(hits[0])
-    index = int(sample)
-    n = ds.sizes["sample"]
-    if not -n <= index < n:
-        raise IndexError(f"sample index {index} is outside 0..{n - 1}")
-    return index % n
-
-
 def _image(ds: xr.Dataset, name: str, i: int) -> np.ndarray | None:
-    """``[T, C, H, W]`` of modality ``name`` for sample ``i`` from a multi-modal or single-file Dataset."""
-    if name in ds:
-        return np.asarray(ds[name].isel(sample=i).values)
-    if schema.BANDS_VAR in ds and "band" in ds.coords:
-        bands = tuple(str(b) for b in np.asarray(ds["band"].values))
-        if bands == schema.MODALITIES[name].bands:
-            return np.asarray(ds[schema.BANDS_VAR].isel(sample=i).values)
-    return None
+    """``[T, C, H, W]`` of modality ``name`` for sample ``i``, or ``None`` when the Dataset lacks it."""
+    if name not in ds.ssl4eo.modalities:
+        return None
+    return np.asarray(ds.ssl4eo.image(name).isel(sample=i).values)
 
 
 def s1_pseudocolor(s1: np.ndarray) -> np.ndarray:
@@ -68,7 +49,7 @@ def quicklook(ds: xr.Dataset, sample: int | str = 0):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    i = _sample_index(ds, sample)
+    i = sample_index(ds, sample)
     rgb = _image(ds, "S2RGB", i)
     if rgb is None and (l2a := _image(ds, "S2L2A", i)) is not None:
         rgb = rgb_from_l2a(l2a)

@@ -12,9 +12,11 @@ Transient network errors are retried with exponential backoff.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+import tempfile
 import threading
 import time
 import zipfile
@@ -31,6 +33,27 @@ TAIL_BYTES = 32768
 MAX_MEMBER_BYTES = 1 << 30
 
 PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file beside ``path`` for writing; on success it is synced and renamed to ``path``,
+    on any error removed. A crash therefore never leaves a partial file under the final name (temporaries end
+    in ``.tmp``, which a resumed build cleans up)."""
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def is_url(path: Any) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from . import geo, schema
+from .layout import write_split_list
 from .rgb import rgb_from_l2a
 from .schema import CloudClass
 from .writer import write_chunk
@@ -246,14 +247,7 @@ def make_dataset(
                 continue
             write_chunk(ds, os.path.join(root, split, mod, name), modality=mod, size=size)
         names.append(name)
-    listing = os.path.join(root, schema.split_list_name(split))
-    os.makedirs(os.path.dirname(listing), exist_ok=True)
-    existing = []
-    if os.path.exists(listing):
-        with open(listing, encoding="utf-8") as f:
-            existing = [line.strip() for line in f if line.strip()]
-    with open(listing, "w", encoding="utf-8") as f:
-        f.write("\n".join(sorted(set(existing) | set(names))) + "\n")
+    write_split_list(root, split, names, merge=True)
     return names
 
 

@@ -12,9 +12,9 @@ shards and back is byte-identical (the writer is deterministic).
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,9 +22,9 @@ import xarray as xr
 
 from . import schema
 from .errors import CorruptFileError, ModalityMismatchError
-from .layout import resolve
+from .layout import resolve, write_split_list
 from .reader import _modality_dataset, open_chunk, open_dataset
-from .storage import MemoryZipArchive, is_url
+from .storage import MemoryZipArchive, atomic_write, is_url
 from .writer import encode_members, write_chunk, zip_bytes
 
 LOCATIONS_PER_SHARD = 512
@@ -123,33 +123,13 @@ def open_shards(paths: Sequence[str], modality: str, *, storage_options=None) ->
 
 
 def _write_tar_atomically(path: str, members: Sequence[tuple[str, bytes]]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = 0o644
-                info.mtime = 0
-                tar.addfile(info, fileobj=_BytesReader(data))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self._data, self._pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._pos + n
-        out = self._data[self._pos: end]
-        self._pos += len(out)
-        return out
+    with atomic_write(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, fileobj=io.BytesIO(data))
 
 
 def chunks_to_shards(src: str, dst: str, *, split: str, modalities: Sequence[str] | None = None,
@@ -222,8 +202,5 @@ def shards_to_chunks(src: str, dst: str, *, split: str, modalities: Sequence[str
         done = len(ref) < schema.SAMPLES_PER_FILE
         if bar is not None:
             bar.update(1)
-    listing = os.path.join(dst, schema.split_list_name(split))
-    os.makedirs(os.path.dirname(listing), exist_ok=True)
-    with open(listing, "w", encoding="utf-8") as f:
-        f.write("".join(n + "\n" for n in names))
+    write_split_list(dst, split, names)
     return names

@@ -24,7 +24,7 @@ from . import schema
 from .checks import dataset_problems, infer_modality
 from .errors import SchemaError
 from .schema import Modality
-from .storage import is_url
+from .storage import atomic_write, is_url
 from .zarrv2 import ArrayMeta, chunk_indices, dumps, encode_chunk
 
 #: Zip entry timestamp: fixed so that the same arrays always give the same bytes (reproducible builds).
@@ -141,19 +141,8 @@ def write_members(path: str | os.PathLike, members, *, overwrite: bool = True) -
         return target
     if not overwrite and os.path.exists(target):
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write_zip(fh, members, where=target)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(target) as fh:
+        write_zip(fh, members, where=target)
     return target
 
 

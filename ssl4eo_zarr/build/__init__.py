@@ -22,13 +22,14 @@ import json
 import os
 import pickle
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import schema
 from ..errors import BuildError
+from ..layout import write_split_list
+from ..storage import atomic_write
 from ..writer import write_chunk
 from .location import Processed, load, process_location, save
 from .pack import FilePlan, assign_splits, chunk_datasets, metadata_rows, plan_files
@@ -94,12 +95,8 @@ class BuildLock:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def stage_location(loc: RawLocation, staging: str, size: int, cloud_policy: str) -> dict[str, Any]:
@@ -294,12 +291,7 @@ def _remove_stale_temporaries(out: str) -> None:
 
 def _finish(out: str, plans: list[FilePlan], staging: str, keep_staging: bool) -> None:
     for split in ("train", "val"):
-        names = [p.name for p in plans if p.split == split]
-        listing = os.path.join(out, schema.split_list_name(split))
-        os.makedirs(os.path.dirname(listing), exist_ok=True)
-        with open(listing + ".tmp", "w", encoding="utf-8") as f:
-            f.write("".join(n + "\n" for n in names))
-        os.replace(listing + ".tmp", listing)
+        write_split_list(out, split, [p.name for p in plans if p.split == split])
     rows_files = [os.path.join(staging, f"{p.name}.{p.split}.rows.pkl") for p in plans]
     if all(os.path.exists(r) for r in rows_files):
         rows = []
@@ -312,9 +304,8 @@ def _finish(out: str, plans: list[FilePlan], staging: str, keep_staging: bool) -
             gpd = None
         if gpd is not None and rows:
             table = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
-            tmp = os.path.join(out, f".{TABLE}.tmp")
-            table.to_parquet(tmp)
-            os.replace(tmp, os.path.join(out, TABLE))
+            with atomic_write(os.path.join(out, TABLE)) as f:
+                table.to_parquet(f)
     if not keep_staging:
         import shutil
 

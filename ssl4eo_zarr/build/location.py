@@ -12,6 +12,7 @@ import rasterio
 from .. import geo, schema
 from ..errors import BuildError
 from ..rgb import rgb_from_l2a
+from ..storage import atomic_write
 from . import cloud as cloud_sources
 from .align import raster_epsg, read_onto_grid
 from .qa import MAX_NAN_FRACTION, fill_nearest, majority, to_s1_db, to_s2_dn
@@ -143,10 +144,8 @@ def save(p: Processed, path: str) -> None:
     arrays.update(cloud=p.cloud, x=p.x, y=p.y, tiles=np.array(p.tiles),
                   scalars=np.array([p.lat, p.lon, p.epsg], dtype=np.float64),
                   names=np.array([p.name, p.sample, p.cloud_source]))
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def load(path: str) -> Processed:

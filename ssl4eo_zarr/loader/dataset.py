@@ -382,9 +382,7 @@ class ChunkDataset(IterableDataset):
             times = col(f"time_{mod}")
             if picks:
                 times = times[np.arange(len(rows)), chosen]
-            elif single:
-                times = times[:, self.timestamps]
-            elif isinstance(self.timestamps, list):
+            elif self.timestamps != "all":  # an index or a list of indices
                 times = times[:, self.timestamps]
             key = "time_" if mod == ref else f"time_{mod}"
             meta[key] = torch.from_numpy(np.ascontiguousarray(times))
