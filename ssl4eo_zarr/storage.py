@@ -484,6 +484,7 @@ class ZipArchive:
             header = self._tail[local: local + 30]
             if header[:4] == b"PK\x03\x04":
                 name_len, extra_len = struct.unpack("<HH", header[26:30])
+                self._check_local_name(name, self._tail[local + 30: local + 30 + name_len])
                 begin = local + 30 + name_len + extra_len
                 if begin + len(view) <= len(self._tail):
                     view[:] = self._tail[begin: begin + len(view)]
@@ -494,6 +495,7 @@ class ZipArchive:
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             raise CorruptFileError(self.path, "bad local file header", member=name)
         name_len, extra_len = struct.unpack("<HH", header[26:30])
+        self._check_local_name(name, fh.read(name_len))
         fh.seek(entry.header_offset + 30 + name_len + extra_len)
         got = 0
         size = len(view)
@@ -503,6 +505,12 @@ class ZipArchive:
                 raise CorruptFileError(self.path, f"member ends after {got} of {size} bytes (truncated file)",
                                        member=name)
             got += n
+
+    def _check_local_name(self, name: str, local: bytes) -> None:
+        # As zipfile does: the directory and the member's own header must agree, or one of them is damaged.
+        if local != name.encode("utf-8") and local != name.encode("cp437", "replace"):
+            raise CorruptFileError(self.path, f"directory and local header disagree on the name ({local!r})",
+                                   member=name)
 
     def _stored(self, entry: _Entry) -> bool:
         return entry.compress_type == zipfile.ZIP_STORED and not entry.flag_bits & 0x1

@@ -319,8 +319,10 @@ def read_chunk(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...], *, 
     """
     key = meta.chunk_key(index)
     if key not in archive:
+        if meta.fill_value is None:  # no fill value: the chunk must exist, or the file lost it
+            raise CorruptFileError(archive.path, "chunk member is missing and the array has no fill value", member=key)
         chunk = out if out is not None else np.empty(meta.chunks, dtype=meta.dtype)
-        chunk[...] = meta.fill_value if meta.fill_value is not None else 0
+        chunk[...] = meta.fill_value
         return chunk
     limit = meta.chunk_nbytes + 1024 + meta.chunk_nbytes // 16 if meta.dtype != object else 1 << 30
     raw = archive.read_into(key, scratch, max_bytes=limit) if scratch is not None else archive.read(key, max_bytes=limit)

@@ -107,6 +107,21 @@ def open_set(paths: Mapping[str, str], cache: ArchiveCache) -> dict[str, ChunkFi
     return files
 
 
+def _read_timestamp(cf: ChunkFile, meta, t: int, dst: np.ndarray, scratch: ScratchBuffer | None) -> None:
+    """Timestamp ``t`` of a ``[sample, time, ...]`` array into ``dst`` ``[sample, ...]``: decoded in place when
+    the file has one chunk per timestamp (the published layout), else chunk by chunk and copied."""
+    n = meta.shape[0]
+    rest = (0,) * (len(meta.shape) - 2)
+    if meta.chunks == (n, 1, *meta.shape[2:]):
+        read_chunk(cf.archive, meta, (0, t, *rest), out=dst.reshape(meta.chunks), scratch=scratch)
+        return
+    for s in range(meta.grid[0]):
+        block = read_chunk(cf.archive, meta, (s, t, *rest), scratch=scratch)
+        lo = s * meta.chunks[0]
+        hi = min(lo + meta.chunks[0], n)
+        dst[lo:hi] = block[: hi - lo, 0]
+
+
 def decode_set(
     files: Mapping[str, ChunkFile],
     timestamps: Sequence[int],
@@ -130,14 +145,7 @@ def decode_set(
         out = alloc((len(timestamps), n, c, h, w), meta.dtype, shared=shared)
         arr = out.numpy()
         for k, t in enumerate(timestamps):
-            if meta.chunks[0] >= n and meta.chunks[1] == 1 and meta.chunks[2:] == meta.shape[2:] and meta.chunks[0] == n:
-                read_chunk(cf.archive, meta, (0, t, 0, 0, 0), out=arr[k], scratch=scratch)
-            else:  # unusual chunking (e.g. padded partial chunk): decode then copy
-                for s in range(meta.grid[0]):
-                    block = read_chunk(cf.archive, meta, (s, t, 0, 0, 0))
-                    lo = s * meta.chunks[0]
-                    hi = min(lo + meta.chunks[0], n)
-                    arr[k, lo:hi] = block[: hi - lo, 0]
+            _read_timestamp(cf, meta, t, arr[k], scratch)
         images[mod] = out
     cloud = None
     if with_cloud:
@@ -148,11 +156,7 @@ def decode_set(
             cloud = alloc((len(timestamps), n, *cm.shape[2:]), cm.dtype, shared=shared)
             carr = cloud.numpy()
             for k, t in enumerate(timestamps):
-                for s in range(cm.grid[0]):
-                    block = read_chunk(src.archive, cm, (s, t, 0, 0))
-                    lo = s * cm.chunks[0]
-                    hi = min(lo + cm.chunks[0], n)
-                    carr[k, lo:hi] = block[: hi - lo, 0]
+                _read_timestamp(src, cm, t, carr[k], scratch)
     meta_out: dict[str, np.ndarray] = {}
     if with_meta:
         ref = next(files[m] for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if m in files)
