@@ -74,6 +74,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from .repair import repair_files
+
+    results = repair_files(args.paths, args.out, progress=_progress)
+    for r in results:
+        what = f"reordered S1 of {r.moved} locations" if r.moved else "already in time_ order, unchanged"
+        print(f"{r.target}: {what}")
+    print(f"{sum(r.moved > 0 for r in results)} of {len(results)} files repaired")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
 
@@ -150,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", action="append", help="repeat for several (default: all present)")
     p.add_argument("--per-shard", type=int, default=512, help="locations per shard (default 512)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("repair", help="rewrite S1GRD files from before the 2026-02-19 fix in time_ order")
+    p.add_argument("paths", nargs="+", help="S1GRD chunk files or folders holding them")
+    p.add_argument("--out", default=None, help="write repaired copies under this folder (default: in place)")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("build", help="raw Sentinel-1/2 GeoTIFFs -> chunk files (dask.distributed)")
     p.add_argument("raw")

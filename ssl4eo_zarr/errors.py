@@ -43,3 +43,7 @@ class DatasetNotFoundError(SSL4EOError, FileNotFoundError):
 
 class BuildError(SSL4EOError, RuntimeError):
     """The builder cannot go on (missing cloud-mask source, locked output, inconsistent raw input)."""
+
+
+class S1OrderWarning(UserWarning):
+    """An S1GRD file from before the 2026-02-19 fix: its data follow the product-name order, not ``time_``."""

@@ -12,6 +12,7 @@ image data stays lazy (one dask chunk per file and timestamp) until computed.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from . import schema
-from .errors import CorruptFileError, ModalityMismatchError, SchemaError
+from . import s1order, schema
+from .errors import CorruptFileError, ModalityMismatchError, S1OrderWarning, SchemaError
 from .layout import ChunkSet, is_chunk_file, resolve
 from .storage import ZipArchive
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group
@@ -169,8 +170,11 @@ def _variable(files: Sequence[ChunkFile], name: str, *, eager: bool = False) -> 
     return xr.Variable(meta.dims, data, attrs)
 
 
-def _modality_dataset(files: Sequence[ChunkFile]) -> xr.Dataset:
-    """Variables of one modality over ``files``, concatenated along sample and CF-decoded like ``xr.open_zarr``."""
+def _modality_dataset(files: Sequence[ChunkFile], *, fix_s1_order: bool = False) -> xr.Dataset:
+    """Variables of one modality over ``files``, concatenated along sample and CF-decoded like ``xr.open_zarr``.
+
+    With ``fix_s1_order``, S1 files from before the 2026-02-19 fix come back in ``time_`` order (see
+    :mod:`ssl4eo_zarr.s1order`)."""
     first = files[0]
     for f in files[1:]:
         if f.group.arrays.keys() != first.group.arrays.keys():
@@ -184,6 +188,80 @@ def _modality_dataset(files: Sequence[ChunkFile]) -> xr.Dataset:
     for name, var in data_vars.items():
         if _is_epoch_ns(var):
             ds[name] = _decode_epoch_ns(var)
+    if fix_s1_order and "band" in ds.coords and tuple(map(str, ds["band"].values)) == schema.S1GRD.bands:
+        ds = _chronological_s1(ds, files)
+    return ds
+
+
+_WARNED: set[str] = set()
+
+
+def warn_s1_order(path: str, rows: int) -> None:
+    """One :class:`S1OrderWarning` per file and process."""
+    if path in _WARNED:
+        return
+    _WARNED.add(path)
+    warnings.warn(f"{path}: {s1order.FIX_NOTE}; {rows} locations are delivered in time_ order "
+                  "(fix_s1_order=False delivers the file as stored; `ssl4eo-zarr repair` rewrites it)",
+                  S1OrderWarning, stacklevel=4)
+
+
+def s1_permutation(cf: ChunkFile) -> np.ndarray | None:
+    """int64 ``[sample, time]`` that puts an S1 file in ``time_`` order, or ``None`` (reads ``file_id`` and
+    ``time_``, a few kB)."""
+    if "file_id" not in cf.group.arrays or "time_" not in cf.group.arrays:
+        return None
+    ids = cf.read("file_id", release=False)
+    times = times_ns(cf)
+    return s1order.chronological_order(ids, times.view("datetime64[ns]"))
+
+
+def times_ns(cf: ChunkFile) -> np.ndarray:
+    """``time_`` as int64 nanoseconds since 1970 ``[n, 4]``, whatever CF units the file uses."""
+    meta = cf.array("time_")
+    raw = read_array(cf.archive, meta)
+    units = meta.attrs.get("units", "")
+    if units == _NS_UNITS or raw.dtype.kind == "M":
+        return raw.astype(np.int64)
+    from xarray.coding.times import decode_cf_datetime
+
+    decoded = decode_cf_datetime(raw, units, meta.attrs.get("calendar"))
+    return np.asarray(decoded, dtype="datetime64[ns]").astype(np.int64)
+
+
+def _chronological_s1(ds: xr.Dataset, files: Sequence[ChunkFile]) -> xr.Dataset:
+    """S1 data and ``file_id`` of misordered files reordered lazily to follow ``time_``.
+
+    Only the files that need it change: their timestamps are read together (one dask block per file),
+    the other files keep one block per timestamp.
+    """
+    perms = []
+    for cf in files:
+        try:
+            perm = s1_permutation(cf)
+        finally:
+            cf.archive.release()
+        perms.append(perm)
+        if perm is not None:
+            warn_s1_order(cf.path, len(s1order.misordered_rows(perm)))
+    if all(p is None for p in perms):
+        return ds
+    bounds = np.cumsum([0] + [f.n_samples for f in files])
+    for name, var in ds.variables.items():
+        if var.dims[:2] != ("sample", "time") or name in ("time_", "sample_id"):
+            continue
+        pieces = []
+        for k, perm in enumerate(perms):
+            part = var.data[bounds[k]: bounds[k + 1]]
+            if perm is None:
+                pieces.append(part)
+            elif isinstance(part, da.Array):
+                whole = part.rechunk({1: -1})
+                pieces.append(whole.map_blocks(s1order.reorder, perm, dtype=part.dtype))
+            else:
+                pieces.append(s1order.reorder(np.asarray(part), perm))
+        data = da.concatenate(pieces, axis=0) if isinstance(var.data, da.Array) else np.concatenate(pieces)
+        ds[name] = var.copy(data=data)
     return ds
 
 
@@ -236,6 +314,7 @@ def open_multimodal(
     *,
     threads: int = 8,
     verify_grid: bool = False,
+    fix_s1_order: bool = True,
     **archive_kwargs: Any,
 ) -> xr.Dataset:
     """One multi-modal Dataset over ``sets`` (see :func:`open_dataset`)."""
@@ -247,11 +326,11 @@ def open_multimodal(
     opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
     _check_agreement(opened, verify_grid)
     ref = next(m for m in _REFERENCE_ORDER if m in mods)
-    out = _modality_dataset(opened[ref])
+    out = _modality_dataset(opened[ref], fix_s1_order=fix_s1_order)
     keep = [v for v in out.data_vars if v in _SHARED_VARS and (v != schema.CLOUD_VAR or ref != "S1GRD")]
     ds = out[keep]
     for m in mods:
-        dsm = out if m == ref else _modality_dataset(opened[m])
+        dsm = out if m == ref else _modality_dataset(opened[m], fix_s1_order=fix_s1_order)
         band_dim = f"band_{m}"
         ds[m] = dsm[schema.BANDS_VAR].rename(band=band_dim).assign_attrs(units=schema.MODALITIES[m].units)
         for v in _PER_MODALITY_VARS:
@@ -273,6 +352,7 @@ def open_dataset(
     split: str | None = None,
     engine: str = "ssl4eo",
     verify_grid: bool = False,
+    fix_s1_order: bool = True,
     threads: int = 8,
     storage_options: Mapping[str, Any] | None = None,
     **archive_kwargs: Any,
@@ -302,6 +382,11 @@ def open_dataset(
         single file to ``xr.open_zarr`` through a ZipStore that works with the installed zarr-python).
     verify_grid:
         Also check that every modality holds the same ``crs``, ``x_`` and ``y_`` (reads those small arrays).
+    fix_s1_order:
+        Deliver S1GRD files published before the 2026-02-19 fix in ``time_`` order: their image data and
+        ``file_id`` are reordered per location (one :class:`~ssl4eo_zarr.errors.S1OrderWarning` per file), so S1
+        season ``t`` matches ``time_[t]`` and S2 season ``t``. Reads ``file_id``/``time_`` of each S1 file at
+        open. ``False`` delivers files as stored. Files without the problem are unaffected.
     threads:
         Files opened concurrently (helps on network storage).
     storage_options:
@@ -321,9 +406,9 @@ def open_dataset(
             return xr.open_zarr(zarr_store(os.fspath(source)), **zarr_open_kwargs())
         if engine != "ssl4eo":
             raise ValueError(f"engine must be 'ssl4eo' or 'zarr', got {engine!r}")
-        return _modality_dataset([open_chunk(os.fspath(source), **kwargs)])
+        return _modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options)
-    return open_multimodal(sets, threads=threads, verify_grid=verify_grid, **kwargs)
+    return open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order, **kwargs)
 
 
 def open_files(paths: Sequence[str | os.PathLike], **archive_kwargs: Any) -> xr.Dataset:
@@ -331,4 +416,5 @@ def open_files(paths: Sequence[str | os.PathLike], **archive_kwargs: Any) -> xr.
     return _modality_dataset([open_chunk(os.fspath(p), **archive_kwargs) for p in paths])
 
 
-__all__ = ["ChunkFile", "open_chunk", "open_dataset", "open_files", "open_multimodal"]
+__all__ = ["ChunkFile", "open_chunk", "open_dataset", "open_files", "open_multimodal", "s1_permutation", "times_ns",
+           "warn_s1_order"]

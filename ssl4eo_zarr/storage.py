@@ -35,19 +35,47 @@ MAX_MEMBER_BYTES = 1 << 30
 PathLike = str | os.PathLike
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed to ``path``,
     on any error removed. A crash therefore never leaves a partial file under the final name (temporaries end
-    in ``.tmp``, which a resumed build cleans up)."""
+    in ``.tmp``, which a resumed build cleans up).
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), or those
+    of the file it replaces: datasets live on shared storage and are served by other users' processes, and the
+    private ``0o600`` of a temporary file must not leak into them.
+    """
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
     os.makedirs(folder, exist_ok=True)
+    try:
+        perms = os.stat(target).st_mode & 0o7777
+    except OSError:
+        perms = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), perms)
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -214,6 +214,18 @@ def make_chunk(locs: Locations, *, size: int = schema.PATCH_SIZE, seed: int = 0,
     }
 
 
+def pre_fix_s1_order(ds: xr.Dataset) -> xr.Dataset:
+    """An S1GRD chunk Dataset as published before the 2026-02-19 fix: per location, ``bands`` and ``file_id``
+    in product-name order (``S1A_...`` before ``S1B_...``) while ``time_`` stays chronological."""
+    ids = np.asarray(ds["file_id"].values).astype(str)
+    perm = np.argsort(ids, axis=1, kind="stable")
+    out = ds.copy()
+    bands = np.asarray(ds[schema.BANDS_VAR].values)
+    out[schema.BANDS_VAR] = (schema.BANDS_DIMS, np.take_along_axis(bands, perm[:, :, None, None, None], axis=1))
+    out["file_id"] = (("sample", "time"), np.take_along_axis(ids, perm, axis=1))
+    return out
+
+
 def make_dataset(
     root: str | os.PathLike,
     n_files: int = 2,
@@ -343,7 +355,8 @@ def make_raw(root: str | os.PathLike, n_locations: int = 6, *, size: int = schem
                 when = np.datetime64(f"2021-{day}T10:30:00") + np.timedelta64(int(rng.integers(-10, 10)), "D")
                 stamp = str(when.astype("datetime64[s]")).replace("-", "").replace(":", "")
                 tile = f"{zones[t] % 100:02d}{geo.mgrs_tile(lat, lon)[3:]}"
-                season = (f"S1A_IW_GRDH_1SDV_{stamp}_{stamp}_0{t}1234_0ABCDE_0F{t}A" if mod == "S1GRD"
+                # S1B before S1A in time: a builder that ordered by product name would get S1 wrong.
+                season = (f"S1{'BA'[t % 2]}_IW_GRDH_1SDV_{stamp}_{stamp}_0{t}1234_0ABCDE_0F{t}A" if mod == "S1GRD"
                           else f"{stamp}_{stamp}_T{tile}")
                 base = os.path.join(root, folder, name, season)
                 os.makedirs(base, exist_ok=True)

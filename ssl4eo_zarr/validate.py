@@ -9,13 +9,12 @@ agreement between modality files of the same chunk (sample ids, grid).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import schema
+from . import s1order, schema
 from .checks import dataset_problems, infer_modality
 from .errors import SSL4EOError
 from .layout import is_chunk_file, resolve
@@ -24,8 +23,6 @@ from .zarrv2 import read_chunk
 
 #: Fraction of pixels outside the typical range above which a file is reported (values outside do occur).
 RANGE_TOLERANCE = 0.01
-_S1_TIME = re.compile(r"^S1[A-D]_\w\w_\w{4}_\w{4}_(\d{8}T\d{6})_")
-_S2_TIME = re.compile(r"^(\d{8}T\d{6})_")
 
 
 @dataclass
@@ -70,17 +67,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _times_from_ids(ids: np.ndarray, pattern: re.Pattern) -> np.ndarray | None:
-    out = np.empty(ids.shape, "datetime64[s]")
-    for idx, text in np.ndenumerate(ids):
-        m = pattern.match(str(text))
-        if not m:
-            return None
-        s = m.group(1)
-        out[idx] = np.datetime64(f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}")
-    return out
-
-
 def _check_values(cf: ChunkFile, mod: schema.Modality, report: FileReport) -> None:
     meta = cf.array(schema.BANDS_VAR)
     lo, hi = mod.valid_range
@@ -121,18 +107,25 @@ def _check_identifiers(ds, mod: schema.Modality, report: FileReport) -> None:
             return
         if (np.diff(times.astype("datetime64[s]").astype(np.int64), axis=1) < 0).any():
             report.errors.append("time_ is not chronological over the 4 timestamps")
-        pattern = _S1_TIME if mod.name == "S1GRD" else _S2_TIME
-        from_ids = _times_from_ids(np.asarray(ds["file_id"].values), pattern)
+        pattern = s1order.S1_PRODUCT_TIME if mod.name == "S1GRD" else s1order.S2_PRODUCT_TIME
+        ids = np.asarray(ds["file_id"].values)
+        from_ids = s1order.product_times(ids, pattern)
         if from_ids is None:
             report.warnings.append("file_id does not follow the published product-id pattern")
         elif mod.name == "S1GRD":
             gap = np.abs(from_ids.astype(np.int64) - times.astype("datetime64[s]").astype(np.int64))
-            if (gap > 120).any():
-                rows = np.unique(np.nonzero(gap > 120)[0])
-                report.errors.append(
-                    f"S1 file_id order disagrees with time_ for {rows.size} samples (e.g. {samples[rows[0]]}); "
-                    "files from before the Feb 2026 fix: reorder file_id by its acquisition time"
-                )
+            if (gap > s1order.TOLERANCE_S).any():
+                perm = s1order.chronological_order(ids, times)
+                if perm is not None:
+                    rows = s1order.misordered_rows(perm)
+                    report.warnings.append(
+                        f"{s1order.FIX_NOTE}: {rows.size} locations (e.g. {samples[rows[0]]}); readers of this "
+                        "library reorder it on the fly, `ssl4eo-zarr repair` rewrites the file in time_ order")
+                else:
+                    rows = np.unique(np.nonzero(gap > s1order.TOLERANCE_S)[0])
+                    report.errors.append(
+                        f"S1 file_id disagrees with time_ for {rows.size} samples (e.g. {samples[rows[0]]}), "
+                        "and no reordering of the timestamps reconciles them")
 
 
 def validate_file(path: str, *, modality: str | None = None, size: int | None = None,

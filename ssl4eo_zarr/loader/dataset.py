@@ -99,6 +99,10 @@ class ChunkDataset(IterableDataset):
         fsspec options and an optional local cache folder for remote archives.
     retries, retry_backoff:
         Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
+    fix_s1_order:
+        S1GRD files published before the 2026-02-19 fix hold S1 in product-name order; by default each
+        location's S1 timestamps are reordered to follow ``time_`` (so S1 season ``t`` pairs with S2 season
+        ``t``), with one :class:`~ssl4eo_zarr.errors.S1OrderWarning` per file. ``False`` delivers them as stored.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class ChunkDataset(IterableDataset):
         cache_dir: str | None = None,
         retries: int = 5,
         retry_backoff: float = 0.2,
+        fix_s1_order: bool = True,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -148,6 +153,7 @@ class ChunkDataset(IterableDataset):
         self.return_metadata = return_metadata
         self.on_error = on_error
         self.num_workers = num_workers
+        self.fix_s1_order = fix_s1_order
         self.archive_kwargs = {"storage_options": storage_options, "cache_dir": cache_dir, "retries": retries,
                                "backoff": retry_backoff}
         self.counts = self._sample_counts(samples_per_file)
@@ -273,8 +279,9 @@ class ChunkDataset(IterableDataset):
         else:
             ts = list(self.timestamps)
         files = open_set(self.sets[f].paths, cache)
+        perm = cache.s1_permutation(files["S1GRD"]) if self.fix_s1_order and "S1GRD" in files else None
         dec = decode_set(files, ts, shared=shared, with_cloud=self.return_metadata, with_meta=self.return_metadata,
-                         scratch=cache.scratch)
+                         scratch=cache.scratch, s1_perm=perm)
         dec.meta["_ts"] = np.asarray(ts)
         return dec
 

@@ -14,7 +14,8 @@ import torch
 
 from .. import schema
 from ..errors import CorruptFileError, ModalityMismatchError
-from ..reader import ChunkFile, open_chunk
+from ..reader import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
+from ..s1order import misordered_rows
 from ..storage import ScratchBuffer
 from ..zarrv2 import read_array, read_chunk
 
@@ -43,6 +44,7 @@ class ArchiveCache:
         self.capacity = capacity
         self.archive_kwargs = dict(archive_kwargs or {})
         self._files: OrderedDict[str, ChunkFile] = OrderedDict()
+        self._perms: dict[str, np.ndarray | None] = {}
         self._pid = os.getpid()
         #: One reusable buffer for compressed chunk bytes.
         self.scratch = ScratchBuffer()
@@ -59,6 +61,14 @@ class ArchiveCache:
             _, old = self._files.popitem(last=False)
             old.archive.close()
         return cf
+
+    def s1_permutation(self, cf: ChunkFile) -> np.ndarray | None:
+        """:func:`~ssl4eo_zarr.reader.s1_permutation` of an open S1 file, computed once per worker."""
+        if cf.path not in self._perms:
+            perm = self._perms[cf.path] = s1_permutation(cf)
+            if perm is not None:
+                warn_s1_order(cf.path, len(misordered_rows(perm)))
+        return self._perms[cf.path]
 
     def drop(self, path: str) -> None:
         cf = self._files.pop(path, None)
@@ -81,19 +91,6 @@ class Decoded:
     cloud: torch.Tensor | None
     meta: dict[str, np.ndarray]
     n: int
-
-
-def _times_ns(cf: ChunkFile) -> np.ndarray:
-    """``time_`` as int64 nanoseconds since 1970 ``[n, 4]``, whatever CF units the file uses."""
-    meta = cf.array("time_")
-    raw = read_array(cf.archive, meta)
-    units = meta.attrs.get("units", "")
-    if units == "nanoseconds since 1970-01-01" or raw.dtype.kind == "M":
-        return raw.astype(np.int64)
-    from xarray.coding.times import decode_cf_datetime
-
-    decoded = decode_cf_datetime(raw, units, meta.attrs.get("calendar"))
-    return np.asarray(decoded, dtype="datetime64[ns]").astype(np.int64)
 
 
 def open_set(paths: Mapping[str, str], cache: ArchiveCache) -> dict[str, ChunkFile]:
@@ -122,6 +119,20 @@ def _read_timestamp(cf: ChunkFile, meta, t: int, dst: np.ndarray, scratch: Scrat
         dst[lo:hi] = block[: hi - lo, 0]
 
 
+def _read_reordered(cf: ChunkFile, meta, timestamps: Sequence[int], perm: np.ndarray, arr: np.ndarray,
+                    scratch: ScratchBuffer | None) -> None:
+    """``arr[k, s] = stored[s, perm[s, timestamps[k]]]`` reading each needed stored timestamp once."""
+    wanted = perm[:, list(timestamps)]  # [n, K] stored timestamp of each output slot
+    stored = sorted(set(wanted.ravel().tolist()))
+    tmp = np.empty((len(stored), *arr.shape[1:]), dtype=arr.dtype)
+    for j, t in enumerate(stored):
+        _read_timestamp(cf, meta, t, tmp[j], scratch)
+    slot = np.searchsorted(stored, wanted)
+    rows = np.arange(arr.shape[1])
+    for k in range(len(timestamps)):
+        arr[k] = tmp[slot[:, k], rows]
+
+
 def decode_set(
     files: Mapping[str, ChunkFile],
     timestamps: Sequence[int],
@@ -130,8 +141,13 @@ def decode_set(
     with_cloud: bool,
     with_meta: bool,
     scratch: ScratchBuffer | None = None,
+    s1_perm: np.ndarray | None = None,
 ) -> Decoded:
-    """Decode the ``bands`` chunks of ``timestamps`` of each modality (and the cloud mask) into new tensors."""
+    """Decode the ``bands`` chunks of ``timestamps`` of each modality (and the cloud mask) into new tensors.
+
+    ``s1_perm`` (int64 ``[sample, time]``, see :mod:`ssl4eo_zarr.s1order`) reorders S1GRD so that timestamp
+    ``t`` of sample ``s`` comes from stored timestamp ``s1_perm[s, t]``; only the stored chunks it needs are read.
+    """
     ref_path = next(iter(files.values())).path
     images: dict[str, torch.Tensor] = {}
     n = 0
@@ -144,8 +160,11 @@ def decode_set(
                                             f"{expected.n_bands} for {mod}")
         out = alloc((len(timestamps), n, c, h, w), meta.dtype, shared=shared)
         arr = out.numpy()
-        for k, t in enumerate(timestamps):
-            _read_timestamp(cf, meta, t, arr[k], scratch)
+        if mod == "S1GRD" and s1_perm is not None:
+            _read_reordered(cf, meta, timestamps, s1_perm, arr, scratch)
+        else:
+            for k, t in enumerate(timestamps):
+                _read_timestamp(cf, meta, t, arr[k], scratch)
         images[mod] = out
     cloud = None
     if with_cloud:
@@ -164,5 +183,5 @@ def decode_set(
         for name in ("center_lat", "center_lon", "crs"):
             meta_out[name] = read_array(ref.archive, ref.array(name))
         for mod, cf in files.items():
-            meta_out[f"time_{mod}"] = _times_ns(cf)
+            meta_out[f"time_{mod}"] = times_ns(cf)
     return Decoded(ref_path, images, cloud, meta_out, n)
