@@ -15,8 +15,8 @@ import numpy as np
 
 from .layout import SUFFIX
 from .reader import open_chunk, s1_permutation
-from .schema import MODALITIES
 from .s1order import misordered_rows, reorder
+from .schema import MODALITIES
 from .storage import ZipArchive
 from .writer import write_members
 from .zarrv2 import chunk_indices, encode_chunk, read_array

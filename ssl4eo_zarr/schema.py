@@ -74,6 +74,15 @@ class CloudClass(enum.IntEnum):
 #: Classes counted as cloud by ``cloud_fraction`` (thin and thick cloud; shadows are not cloud).
 CLOUDY_CLASSES = (CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD)
 
+#: Spectral range (min, max) in nm of each Sentinel-2 MSI band, as SEnSeIv2 describes the bands to its model
+#: (ESA's spectral response; see :func:`ssl4eo_zarr.build.cloud.sensei_descriptors`).
+S2_WAVELENGTHS_NM: dict[str, tuple[float, float]] = {
+    "B01": (425.0, 461.0), "B02": (446.0, 542.0), "B03": (537.5, 582.5), "B04": (645.5, 684.5),
+    "B05": (694.0, 714.0), "B06": (731.0, 749.0), "B07": (767.0, 795.0), "B08": (763.5, 904.5),
+    "B8A": (847.5, 880.5), "B09": (930.5, 957.5), "B10": (1337.0, 1413.0), "B11": (1541.0, 1683.0),
+    "B12": (2074.0, 2314.0),
+}
+
 #: RGB colours (0..1) used for cloud classes in plots.
 CLOUD_COLORS = {
     CloudClass.LAND: (0.45, 0.62, 0.30),

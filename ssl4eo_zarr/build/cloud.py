@@ -6,13 +6,17 @@ stated fallback (recorded in the manifest).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import BuildError
-from ..schema import CloudClass
+from ..schema import S2_OFFSET, S2_SCALE, S2_WAVELENGTHS_NM, S2L1C, CloudClass
 
 #: Sentinel-2 L2A Scene Classification Layer -> SEnSeI v2 classes.
 SCL_TO_SENSEI = {
@@ -43,13 +47,122 @@ def scl_to_sensei(scl: np.ndarray) -> np.ndarray:
     return _SCL_LUT[np.clip(scl, 0, 255).astype(np.uint8)]
 
 
-def sensei_available() -> bool:
-    """Whether a SEnSeI v2 model can run here (the ``sensei`` package and local weights)."""
+#: The SEnSeIv2 model zoo entry assumed for the published masks (the name the SEnSeIv2 README uses; the
+#: SSL4EO-S12 v1.1 report names SEnSeIv2 but not the checkpoint).
+SENSEI_MODEL = "SEnSeIv2-SegFormerB2-alldata-ambiguous"
+
+#: SEnSeIv2 output channel -> schema class, by the model's class count (``CLASSES`` in its config), read with
+#: ``output_style=None``. The 7-class models predict the seven published classes in the published order; the
+#: package's 4-class order is clear, thick, thin, shadow.
+SENSEI_CLASS_TABLE: dict[int, tuple[CloudClass, ...]] = {
+    7: (CloudClass.LAND, CloudClass.WATER, CloudClass.SNOW, CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD,
+        CloudClass.CLOUD_SHADOW, CloudClass.NO_DATA),
+    4: (CloudClass.LAND, CloudClass.THICK_CLOUD, CloudClass.THIN_CLOUD, CloudClass.CLOUD_SHADOW),
+}
+
+#: Environment variables that point a build at a local SEnSeIv2 model (build machines may be offline).
+ENV_CONFIG, ENV_WEIGHTS, ENV_MODEL, ENV_DEVICE = ("SSL4EO_SENSEI_CONFIG", "SSL4EO_SENSEI_WEIGHTS", "SSL4EO_SENSEI_MODEL",
+                                                  "SSL4EO_SENSEI_DEVICE")
+
+_INSTALL_HINT = ("SEnSeIv2 is not on the package index: install it from its repository "
+                 "(git clone https://github.com/aliFrancis/SEnSeIv2 && pip install ./SEnSeIv2)")
+
+
+def sensei_descriptors(bands: Sequence[str] = S2L1C.bands) -> list[dict[str, Any]]:
+    """SEnSeIv2 band descriptors of Sentinel-2 L1C bands, in the order given: one
+    ``{"band_type": "TOA Reflectance", "min_wavelength": nm, "max_wavelength": nm}`` per band."""
+    out = []
+    for b in bands:
+        if b not in S2_WAVELENGTHS_NM:
+            raise ValueError(f"no SEnSeIv2 descriptor for band {b!r}; known: {', '.join(S2_WAVELENGTHS_NM)}")
+        lo, hi = S2_WAVELENGTHS_NM[b]
+        out.append({"band_type": "TOA Reflectance", "min_wavelength": lo, "max_wavelength": hi})
+    return out
+
+
+def sensei_classes(probs: np.ndarray) -> np.ndarray:
+    """uint8 schema classes ``[H, W]`` from SEnSeIv2 class scores ``[K, H, W]`` (K = 7 or 4, see
+    :data:`SENSEI_CLASS_TABLE`)."""
+    probs = np.asarray(probs)
+    table = SENSEI_CLASS_TABLE.get(probs.shape[0])
+    if table is None:
+        raise BuildError(f"SEnSeIv2 model predicts {probs.shape[0]} classes; this library maps "
+                         f"{sorted(SENSEI_CLASS_TABLE)}-class models (use a model with the published 7 classes)")
+    return np.asarray(table, dtype=np.uint8)[np.argmax(probs, axis=0)]
+
+
+def sensei_missing() -> str | None:
+    """Why SEnSeIv2 cannot run here, or ``None`` when it can (the package imports and a model is configured:
+    local files in :data:`ENV_CONFIG`/:data:`ENV_WEIGHTS`, or a model name whose files ``get_model_files``
+    can provide)."""
     try:
-        import sensei  # noqa: F401
-    except ImportError:
-        return False
-    return bool(os.environ.get("SENSEI_WEIGHTS") and os.path.exists(os.environ["SENSEI_WEIGHTS"]))
+        import senseiv2.inference  # noqa: F401
+    except ImportError as exc:
+        return f"package 'senseiv2' cannot be imported ({exc}); {_INSTALL_HINT}"
+    config, weights = os.environ.get(ENV_CONFIG), os.environ.get(ENV_WEIGHTS)
+    if config or weights:
+        missing = [f"{k}={v!r}" for k, v in ((ENV_CONFIG, config), (ENV_WEIGHTS, weights)) if not v or not os.path.exists(v)]
+        return f"SEnSeIv2 model files not found: {', '.join(missing)}" if missing else None
+    return None
+
+
+class SenseiMasker:
+    """SEnSeIv2 cloud masks for Sentinel-2 L1C patches, through the package's own ``CloudMask``.
+
+    Parameters
+    ----------
+    config, weights:
+        Local paths of the model's ``config.yaml`` and ``weights.pt``. Default: :data:`ENV_CONFIG` /
+        :data:`ENV_WEIGHTS`, else ``senseiv2.utils.get_model_files(model)`` (which downloads them into the
+        package's ``hf_models`` folder on first use, so run it once where the hub can be reached).
+    model:
+        Model zoo name (default :data:`SENSEI_MODEL`).
+    device:
+        torch device for inference (default ``$SSL4EO_SENSEI_DEVICE`` or ``"cpu"``).
+    """
+
+    def __init__(self, config: str | None = None, weights: str | None = None, *, model: str | None = None,
+                 device: str | None = None, batch_size: int = 1):
+        reason = sensei_missing() if config is None else None
+        if reason:
+            raise BuildError(reason)
+        from senseiv2.inference import CloudMask
+
+        config = config or os.environ.get(ENV_CONFIG)
+        weights = weights or os.environ.get(ENV_WEIGHTS)
+        if not config or not weights:
+            from senseiv2.utils import get_model_files
+
+            name = model or os.environ.get(ENV_MODEL) or SENSEI_MODEL
+            try:
+                config, weights = get_model_files(name)
+            except Exception as exc:  # noqa: BLE001 - a hub download fails in many ways offline
+                raise BuildError(f"cannot get SEnSeIv2 model {name!r} ({exc}); on an offline machine set "
+                                 f"{ENV_CONFIG} and {ENV_WEIGHTS} to local copies of its config.yaml and weights.pt") from None
+        kwargs: dict[str, Any] = {"device": device or os.environ.get(ENV_DEVICE, "cpu"), "output_style": None,
+                                  "categorise": False}
+        params = inspect.signature(CloudMask).parameters
+        if "batch_size" in params:
+            kwargs["batch_size"] = batch_size
+        self.descriptors = sensei_descriptors()
+        if "descriptors" in params:  # releases before the inference refactor took them here
+            kwargs["descriptors"] = self.descriptors
+        self._mask = CloudMask(config, weights, **kwargs)
+        self.patch_size = int(self._mask.model_config["PATCH_SIZE"])
+
+    def __call__(self, l1c: np.ndarray) -> np.ndarray:
+        """uint8 classes ``[H, W]`` from one L1C image ``[13, H, W]`` int16 (DN + 1000)."""
+        refl = (np.asarray(l1c, dtype=np.float32) - S2_OFFSET) / S2_SCALE  # what the package's S2 loader feeds it
+        stride = min(self.patch_size, *refl.shape[1:])
+        # Descriptors always: the package's FullModel reads them even for models without a SEnSeI front end.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Descriptors provided")
+            return sensei_classes(self._mask(refl, descriptors=self.descriptors, stride=stride))
+
+
+@functools.lru_cache(maxsize=1)
+def _masker() -> SenseiMasker:
+    return SenseiMasker()  # one model per worker process
 
 
 def choose_source(season_folder: str, policy: str) -> tuple[str, str | None]:
@@ -69,12 +182,13 @@ def choose_source(season_folder: str, policy: str) -> tuple[str, str | None]:
         return "file", mask
     if policy in ("auto", "scl") and os.path.exists(scl):
         return "scl", scl
-    if policy in ("auto", "sensei") and sensei_available():
+    why = sensei_missing() if policy in ("auto", "sensei") else "not asked for"
+    if why is None:
         return "sensei", None
     raise BuildError(
-        f"no cloud-mask source for {season_folder}: no cloud_mask.tif, no SCL.tif and no SEnSeI v2 installation "
-        "(package 'sensei' + SENSEI_WEIGHTS). Provide masks, or pass --cloud-mask fallback:land to write a "
-        "constant 'land' mask (recorded in the manifest)."
+        f"no cloud-mask source for {season_folder}: no cloud_mask.tif, no SCL.tif, and SEnSeIv2 cannot run: {why}. "
+        "Provide masks, install SEnSeIv2, or pass --cloud-mask fallback:land to write a constant 'land' mask "
+        "(recorded in the manifest)."
     )
 
 
@@ -82,9 +196,6 @@ def constant_mask(policy: str, shape: tuple[int, int]) -> np.ndarray:
     return np.full(shape, FALLBACKS[policy.split(":", 1)[1]], dtype=np.uint8)
 
 
-def run_sensei(l1c: np.ndarray) -> np.ndarray:  # pragma: no cover - needs the SEnSeI package and weights
-    """SEnSeI v2 classes from L1C reflectance ``[13, H, W]`` (DN + 1000) with the locally installed model."""
-    import sensei
-
-    model: Callable = sensei.load(os.environ["SENSEI_WEIGHTS"])
-    return np.asarray(model((l1c.astype(np.float32) - 1000) / 10000), dtype=np.uint8)
+def run_sensei(l1c: np.ndarray) -> np.ndarray:
+    """SEnSeIv2 classes uint8 ``[H, W]`` from one L1C image ``[13, H, W]`` (DN + 1000) with the configured model."""
+    return _masker()(l1c)

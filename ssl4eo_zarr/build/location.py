@@ -126,7 +126,7 @@ def process_location(loc: RawLocation, *, size: int = schema.PATCH_SIZE, cloud_p
             masks.append(np.where(np.isnan(raw), schema.CloudClass.NO_DATA, raw).astype(np.uint8))
         elif kind == "scl":
             masks.append(cloud_sources.scl_to_sensei(read_onto_grid(path, epsg, x, y)))
-        elif kind == "sensei":  # pragma: no cover - needs SEnSeI installed
+        elif kind == "sensei":
             masks.append(cloud_sources.run_sensei(out.images["S2L1C"][len(masks)]))
         else:
             masks.append(cloud_sources.constant_mask(kind, (size, size)))
