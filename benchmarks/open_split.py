@@ -34,7 +34,7 @@ def make_split(root: str, n_files: int) -> None:
     for mod, ds in chunk.items():
         ssl4eo_zarr.write_chunk(ds, os.path.join(template, f"{mod}.zarr.zip"), size=16)
     names = [schema.chunk_file_name("train", i + 1) for i in range(n_files)]
-    for mod in schema.MODALITIES:
+    for mod in schema.CHUNK_MODALITIES:
         os.makedirs(os.path.join(root, "train", mod), exist_ok=True)
         for name in names:  # identical content under every name: opening cost does not depend on it
             dst = os.path.join(root, "train", mod, name)
@@ -51,7 +51,7 @@ def naive(root: str, n_files: int) -> float:
     for i in range(n_files):
         per_mod = [xr.open_zarr(zarr_store(os.path.join(root, "train", m, schema.chunk_file_name("train", i + 1))),
                                 **zarr_open_kwargs())["bands"].rename(m).rename(band=f"band_{m}")
-                   for m in schema.MODALITIES]
+                   for m in schema.CHUNK_MODALITIES]
         parts.append(xr.merge(per_mod, compat="override"))
     xr.concat(parts, dim="sample")
     return time.perf_counter() - t0

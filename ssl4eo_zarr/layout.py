@@ -53,7 +53,7 @@ def split_file_names(root: str, split: str, storage_options: Mapping[str, Any] |
     if exists(listing, storage_options):
         names = [basename(line.strip()) for line in read_text(listing, storage_options).splitlines() if line.strip()]
         return names
-    for mod in schema.MODALITIES:
+    for mod in schema.CHUNK_MODALITIES:
         names = [n for n in _listdir(join(root, split, mod), storage_options) if n.endswith(SUFFIX)]
         if names:
             return names
@@ -80,17 +80,17 @@ def available_splits(root: str, storage_options: Mapping[str, Any] | None = None
     found = []
     for split in schema.SPLITS:
         if exists(join(root, schema.split_list_name(split)), storage_options) or any(
-            exists(join(root, split, m), storage_options) for m in schema.MODALITIES
+            exists(join(root, split, m), storage_options) for m in schema.CHUNK_MODALITIES
         ):
             found.append(split)
     if not found and not is_url(root):
         found = [d for d in _listdir(root, None)
-                 if any(os.path.isdir(os.path.join(root, d, m)) for m in schema.MODALITIES)]
+                 if any(os.path.isdir(os.path.join(root, d, m)) for m in schema.CHUNK_MODALITIES)]
     return found
 
 
 def _present_modalities(split_dir: str, storage_options) -> list[str]:
-    return [m for m in schema.MODALITIES if exists(join(split_dir, m), storage_options)]
+    return [m for m in schema.CHUNK_MODALITIES if exists(join(split_dir, m), storage_options)]
 
 
 def resolve(
@@ -116,7 +116,7 @@ def resolve(
         if not exists(src, storage_options):
             raise DatasetNotFoundError(f"dataset path not found: {src}")
         splits = [split] if split else None
-        if basename(src) in schema.MODALITIES:
+        if basename(src) in schema.CHUNK_MODALITIES:
             src = parent(src)
         if _present_modalities(src, storage_options) and not exists(join(src, "splits"), storage_options):
             split_dirs = [(basename(src), parent(src), src)]
@@ -155,9 +155,9 @@ def resolve(
         split_dir = parent(mod_dir)
         parsed = schema.parse_chunk_file_name(f)
         split_name = parsed[0] if parsed else (basename(split_dir) or None)
-        if own not in schema.MODALITIES:
+        if own not in schema.CHUNK_MODALITIES:
             if mods and len(mods) > 1:
-                raise DatasetNotFoundError(f"{f} is not inside a modality folder ({'/'.join(schema.MODALITIES)}), "
+                raise DatasetNotFoundError(f"{f} is not inside a modality folder ({'/'.join(schema.CHUNK_MODALITIES)}), "
                                            "so its other modalities cannot be found")
             sets.append(ChunkSet(basename(f), split_name, {mods[0] if mods else "": f}))
             continue

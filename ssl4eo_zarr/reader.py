@@ -35,9 +35,6 @@ _INDEX_COORDS = schema.COORDS
 _SHARED_VARS = (schema.CLOUD_VAR, "center_lat", "center_lon", "crs", "x_", "y_", "sample_id")
 #: Variables that differ per modality (S1 and S2 were acquired at different times).
 _PER_MODALITY_VARS = ("file_id", "time_")
-#: Preference order for the modality that provides shared variables.
-_REFERENCE_ORDER = ("S2L2A", "S2L1C", "S2RGB", "S1GRD")
-_NS_UNITS = "nanoseconds since 1970-01-01"
 
 
 @dataclass
@@ -221,7 +218,7 @@ def times_ns(cf: ChunkFile) -> np.ndarray:
     meta = cf.array("time_")
     raw = read_array(cf.archive, meta)
     units = meta.attrs.get("units", "")
-    if units == _NS_UNITS or raw.dtype.kind == "M":
+    if units == schema.TIME_UNITS or raw.dtype.kind == "M":
         return raw.astype(np.int64)
     from xarray.coding.times import decode_cf_datetime
 
@@ -270,7 +267,7 @@ def _as_datetime64_ns(block: np.ndarray) -> np.ndarray:
 
 
 def _is_epoch_ns(var: xr.Variable) -> bool:
-    return (var.dtype == np.int64 and var.attrs.get("units") == _NS_UNITS
+    return (var.dtype == np.int64 and var.attrs.get("units") == schema.TIME_UNITS
             and var.attrs.get("calendar", "proleptic_gregorian") in ("proleptic_gregorian", "standard", "gregorian"))
 
 
@@ -325,7 +322,7 @@ def open_multimodal(
         raise SchemaError("the chunk files share no modality")
     opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
     _check_agreement(opened, verify_grid)
-    ref = next(m for m in _REFERENCE_ORDER if m in mods)
+    ref = schema.reference_modality(mods)
     out = _modality_dataset(opened[ref], fix_s1_order=fix_s1_order)
     keep = [v for v in out.data_vars if v in _SHARED_VARS and (v != schema.CLOUD_VAR or ref != "S1GRD")]
     ds = out[keep]

@@ -97,10 +97,13 @@ CLOUD_COLORS = {
 
 @dataclass(frozen=True)
 class Modality:
-    """Facts of one modality folder (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``).
+    """Facts of one modality folder (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``, and in the WebDataset
+    distribution ``DEM``, ``NDVI``, ``LULC``).
 
-    ``mean``/``std`` are the published per-band statistics in stored units (S2 with the +1000 offset).
-    ``valid_range`` is the typical range published for the modality; values outside it do occur.
+    ``mean``/``std`` are the published per-band statistics in chunk-file units (S2 with the +1000 offset;
+    empty where none are published). ``valid_range`` is the typical range; values outside it do occur.
+    ``n_timestamps`` is 1 for static modalities (DEM). ``known`` is False for a modality this schema does
+    not describe, made from a file's own metadata by :func:`modality_from_metadata`.
     """
 
     name: str
@@ -112,6 +115,8 @@ class Modality:
     std: tuple[float, ...]
     offset: int = 0
     has_cloud_mask: bool = False
+    n_timestamps: int = N_TIMESTAMPS
+    known: bool = True
     description: str = field(default="", compare=False)
 
     @property
@@ -119,9 +124,13 @@ class Modality:
         return len(self.bands)
 
     @property
-    def band_width(self) -> int:
-        """Characters of the widest band name (``<U3`` for S2, ``<U2`` for S1)."""
-        return max(len(b) for b in self.bands)
+    def static(self) -> bool:
+        """One timestep only (DEM): batches give it as ``[B, 1, C, H, W]`` whatever timestamps are asked for."""
+        return self.n_timestamps == 1
+
+    @property
+    def has_stats(self) -> bool:
+        return len(self.mean) == self.n_bands and len(self.std) == self.n_bands
 
     @property
     def chunks(self) -> tuple[int, int, int, int, int]:
@@ -193,8 +202,54 @@ S2RGB = Modality(
     description="True-colour RGB derived from S2 L2A B04/B03/B02",
 )
 
-#: All modalities by folder name, in the published folder order.
-MODALITIES: dict[str, Modality] = {m.name: m for m in (S1GRD, S2L1C, S2L2A, S2RGB)}
+DEM = Modality(
+    name="DEM",
+    bands=("dem",),
+    dtype=np.dtype("float32"),  # not published; readers take the dtype from each member
+    units="m above sea level (Copernicus DEM GLO-30)",
+    valid_range=(-500.0, 9000.0),
+    mean=(435.726,),
+    std=(560.326,),
+    n_timestamps=1,
+    description="Copernicus DEM, one timestep (time = 0); WebDataset distribution only",
+)
+NDVI = Modality(
+    name="NDVI",
+    bands=("ndvi",),
+    dtype=np.dtype("float32"),  # not published; readers take the dtype from each member
+    units="NDVI (B08 - B04) / (B08 + B04)",
+    valid_range=(-1.0, 1.0),
+    mean=(0.327,),
+    std=(0.322,),
+    description="NDVI from S2 L2A per season; WebDataset distribution only",
+)
+LULC = Modality(
+    name="LULC",
+    bands=("lulc",),
+    dtype=np.dtype("uint8"),  # not published; readers take the dtype from each member
+    units="class id (see schema.LULC_CLASSES)",
+    valid_range=(0, 255),
+    mean=(),
+    std=(),
+    description="ESRI land use / land cover, augmented with cloud and snow classes per season; WebDataset only",
+)
+
+#: ESRI 10 m land-cover class ids (Impact Observatory); the dataset adds cloud and snow per season. The ids
+#: follow the ESRI product; the dataset's exact augmentation codes are not published (inferred).
+LULC_CLASSES: dict[int, str] = {0: "no data", 1: "water", 2: "trees", 4: "flooded vegetation", 5: "crops",
+                                7: "built area", 8: "bare ground", 9: "snow/ice", 10: "clouds", 11: "rangeland"}
+
+#: All known modalities by folder name: the chunk-file ones in the published folder order, then the three
+#: added with the WebDataset distribution.
+MODALITIES: dict[str, Modality] = {m.name: m for m in (S1GRD, S2L1C, S2L2A, S2RGB, DEM, NDVI, LULC)}
+#: Modalities of the chunk-file distribution (one folder each under a split).
+CHUNK_MODALITIES: tuple[str, ...] = ("S1GRD", "S2L1C", "S2L2A", "S2RGB")
+#: Which modality provides shared variables (coordinates, cloud mask) when several are read together.
+REFERENCE_ORDER: tuple[str, ...] = ("S2L2A", "S2L1C", "S2RGB", "S1GRD", "NDVI", "LULC", "DEM")
+#: Modalities that carry the SEnSeI ``cloud_mask``, in order of preference.
+CLOUD_MODALITIES: tuple[str, ...] = ("S2L2A", "S2L1C", "S2RGB")
+#: CF units of every time variable the library writes.
+TIME_UNITS = "nanoseconds since 1970-01-01"
 #: Modalities the training loader reads by default.
 DEFAULT_TRAIN_MODALITIES = ("S2L1C", "S2L2A", "S1GRD")
 #: Bands of S2L2A from which S2RGB is made, in RGB order.
@@ -202,16 +257,75 @@ RGB_SOURCE_BANDS = ("B04", "B03", "B02")
 
 #: Splits of the published dataset and their file counts.
 SPLITS = {"train": 3812, "val": 34}
+#: Locations per WebDataset shard (the last shard of a split holds fewer).
+LOCATIONS_PER_SHARD = 512
+#: Shard counts and locations of the published WebDataset splits (train: 476 x 512 + 256; val: 4 x 512 + 128).
+SHARD_SPLITS = {"train": (477, 243_968), "val": (5, 2_176)}
+_SHARD_RE = re.compile(r"^ssl4eos12_shard_(?P<index>\d{6})\.tar$")
+
+
+def shard_name(index: int) -> str:
+    """Published shard name: ``ssl4eos12_shard_000001.tar`` for ``index`` 1 (1-based)."""
+    if index < 1:
+        raise ValueError(f"shard index is 1-based, got {index}")
+    return f"ssl4eos12_shard_{index:06d}.tar"
+
+
+def parse_shard_name(name: str) -> int | None:
+    """Index of a published shard name, or ``None``."""
+    match = _SHARD_RE.match(name.rsplit("/", 1)[-1])
+    return int(match["index"]) if match else None
+
+
+def published_shard_counts(split: str, n_shards: int) -> list[int] | None:
+    """Locations per shard of a published split when ``n_shards`` matches it (512 each, the rest in the last)."""
+    if split not in SHARD_SPLITS or SHARD_SPLITS[split][0] != n_shards:
+        return None
+    total = SHARD_SPLITS[split][1]
+    return [LOCATIONS_PER_SHARD] * (n_shards - 1) + [total - LOCATIONS_PER_SHARD * (n_shards - 1)]
 
 _FILE_RE = re.compile(r"^ssl4eos12_(?P<split>[a-z]+)_seasonal_data_(?P<index>\d{6})\.zarr\.zip$")
 
 
-def get_modality(name: str) -> Modality:
-    """The :class:`Modality` called ``name`` (case-insensitive); ``ValueError`` naming the known ones otherwise."""
+def find_modality(name: str) -> Modality | None:
+    """The known :class:`Modality` called ``name`` (case-insensitive), or ``None``."""
     for key, mod in MODALITIES.items():
         if key.lower() == str(name).lower():
             return mod
-    raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
+    return None
+
+
+def get_modality(name: str) -> Modality:
+    """The :class:`Modality` called ``name`` (case-insensitive); ``ValueError`` naming the known ones otherwise."""
+    mod = find_modality(name)
+    if mod is None:
+        raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
+    return mod
+
+
+def modality_name(name: str) -> str:
+    """Canonical spelling of a modality name: the schema's for known ones, ``name`` itself for new ones
+    (a modality the dataset grows later still reads; its facts come from the files)."""
+    mod = find_modality(name)
+    return mod.name if mod is not None else str(name)
+
+
+def modality_from_metadata(name: str, dtype: np.dtype, bands: tuple[str, ...], n_timestamps: int,
+                           has_cloud_mask: bool = False) -> Modality:
+    """The schema's modality ``name`` when known, else one described by a file's own metadata (dtype, band
+    names, time length); such a modality has no published statistics or typical range."""
+    mod = find_modality(name)
+    if mod is not None:
+        return mod
+    return Modality(name=str(name), bands=tuple(bands), dtype=np.dtype(dtype), units="as stored",
+                    valid_range=(-np.inf, np.inf), mean=(), std=(), has_cloud_mask=has_cloud_mask,
+                    n_timestamps=int(n_timestamps), known=False, description="not in this library's schema")
+
+
+def reference_modality(names) -> str:
+    """Of ``names``, the modality that provides shared variables (see :data:`REFERENCE_ORDER`)."""
+    names = list(names)
+    return next((m for m in REFERENCE_ORDER if m in names), names[0])
 
 
 def chunk_file_name(split: str, index: int) -> str:

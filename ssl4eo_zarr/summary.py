@@ -36,7 +36,7 @@ def describe(path: str, *, split: str | None = None) -> str:
         for m in ds.attrs.get("modalities", []):
             lines.append(f"  {m:6s} {str(ds[m].dtype):8s} {ds.sizes[f'band_{m}']:2d} bands  "
                          f"{schema.MODALITIES[m].units}  ({ds[m].nbytes / 1e9:.2f} GB decoded)")
-        ref = next((m for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if f"time_{m}" in ds), None)
+        ref = next((m for m in schema.REFERENCE_ORDER if f"time_{m}" in ds), None)
         times = ds[f"time_{ref}"]
     lat = np.asarray(ds["center_lat"].values)
     lon = np.asarray(ds["center_lon"].values)

@@ -29,7 +29,6 @@ from .zarrv2 import ArrayMeta, chunk_indices, dumps, encode_chunk
 
 #: Zip entry timestamp: fixed so that the same arrays always give the same bytes (reproducible builds).
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_TIME_UNITS = "nanoseconds since 1970-01-01"
 
 
 def _encode_variable(var: xr.Variable) -> tuple[dict[str, Any], np.dtype]:
@@ -37,7 +36,7 @@ def _encode_variable(var: xr.Variable) -> tuple[dict[str, Any], np.dtype]:
     attrs = {k: v for k, v in var.attrs.items()}
     dtype = var.dtype
     if dtype.kind == "M":
-        attrs.update(units=_TIME_UNITS, calendar="proleptic_gregorian")
+        attrs.update(units=schema.TIME_UNITS, calendar="proleptic_gregorian")
         return attrs, np.dtype("<i8")
     if dtype.kind == "O":
         # Python strings become fixed-width unicode, as numpy gives for lists of str.

@@ -89,7 +89,7 @@ def test_chunk_files_to_shards_and_back_are_identical(root, tmp_path):
     np.testing.assert_array_equal(first["time"].values, original["time_"].values.astype(np.int64))
     names = webdataset.shards_to_chunks(str(tmp_path / "wds"), str(tmp_path / "back"), split="val")
     assert names == [schema.chunk_file_name("val", 1)]  # 42 locations fit in one chunk file
-    for mod in schema.MODALITIES:
+    for mod in schema.CHUNK_MODALITIES:
         back = sz.open_dataset(os.path.join(tmp_path, "back", "val", mod, names[0])).load()
         orig = sz.open_dataset(root, modalities=[mod])
         assert back.sizes["sample"] == 42 and orig.sizes["sample"] == 42
@@ -101,12 +101,12 @@ def test_chunk_files_to_shards_and_back_are_identical(root, tmp_path):
 
 def test_one_chunk_file_round_trips_byte_identically(root, tmp_path):
     src = tmp_path / "one"
-    for mod in schema.MODALITIES:
+    for mod in schema.CHUNK_MODALITIES:
         os.makedirs(src / "val" / mod)
         os.link(chunk_path(root, mod, 3), chunk_path(str(src), mod, 1))
     webdataset.chunks_to_shards(str(src), str(tmp_path / "wds"), split="val")
     webdataset.shards_to_chunks(str(tmp_path / "wds"), str(tmp_path / "back"), split="val")
-    for mod in schema.MODALITIES:
+    for mod in schema.CHUNK_MODALITIES:
         assert filecmp.cmp(chunk_path(str(src), mod, 1), chunk_path(str(tmp_path / "back"), mod, 1), shallow=False)
 
 

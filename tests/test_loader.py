@@ -75,7 +75,7 @@ def test_batches_hold_the_right_pixels_and_metadata(root, full):
     assert sum(len(b["sample"]) for b in batches) == 42
     for b in batches:
         rows = [index[s] for s in b["sample"]]
-        for mod in schema.MODALITIES:
+        for mod in schema.CHUNK_MODALITIES:
             assert b[mod].shape == (len(rows), 4, schema.MODALITIES[mod].n_bands, 32, 32)
             assert b[mod].dtype == getattr(torch, str(schema.MODALITIES[mod].dtype))
             np.testing.assert_array_equal(b[mod].numpy(), ds_full[mod].values[rows])

@@ -13,7 +13,7 @@ from ssl4eo_zarr.storage import ZipArchive
 from .helpers import chunk_path, xr_open_zarr
 
 
-@pytest.mark.parametrize("mod", list(schema.MODALITIES))
+@pytest.mark.parametrize("mod", list(schema.CHUNK_MODALITIES))
 def test_single_file_is_exactly_xr_open_zarr(root, mod):
     path = chunk_path(root, mod)
     mine = sz.open_dataset(path)
@@ -26,7 +26,7 @@ def test_single_file_is_exactly_xr_open_zarr(root, mod):
     xr.testing.assert_identical(sz.open_dataset(path, engine="zarr").load(), ref)
 
 
-@pytest.mark.parametrize("mod", list(schema.MODALITIES))
+@pytest.mark.parametrize("mod", list(schema.CHUNK_MODALITIES))
 def test_files_written_by_zarr_2_18_and_xarray_open_unchanged(reference_files, mod):
     ds = sz.open_dataset(reference_files[mod]).load()
     xr.testing.assert_identical(xr_open_zarr(reference_files[mod]).load(), ds)
@@ -37,8 +37,8 @@ def test_files_written_by_zarr_2_18_and_xarray_open_unchanged(reference_files, m
 def test_multimodal_root_split_and_file_list_agree(root):
     ds = sz.open_dataset(root)
     assert ds.sizes["sample"] == 42  # 16 + 16 + 10
-    assert set(ds.attrs["modalities"]) == set(schema.MODALITIES)
-    for mod in schema.MODALITIES.values():
+    assert set(ds.attrs["modalities"]) == set(schema.CHUNK_MODALITIES)
+    for mod in (schema.MODALITIES[m] for m in schema.CHUNK_MODALITIES):
         var = ds[mod.name]
         assert var.dims == ("sample", "time", f"band_{mod.name}", "y", "x")
         assert var.dtype == mod.dtype
@@ -54,7 +54,7 @@ def test_multimodal_root_split_and_file_list_agree(root):
     np.testing.assert_array_equal(ds["time_S1GRD"].values[-10:], s1["time_"].values)
     xr.testing.assert_identical(sz.open_dataset(os.path.join(root, "val")).load(), ds.load())
     files = [chunk_path(root, "S2L1C", i) for i in (1, 2, 3)]
-    listed = sz.open_dataset(files, modalities=list(schema.MODALITIES))
+    listed = sz.open_dataset(files, modalities=list(schema.CHUNK_MODALITIES))
     xr.testing.assert_identical(listed.load(), ds.load())
 
 
@@ -63,13 +63,20 @@ def test_opening_a_split_reads_no_array_data(root, monkeypatch):
     original = ZipArchive.read
 
     def counting(self, name, **kw):
-        reads.append(name)
+        reads.append((self.path, name))
         return original(self, name, **kw)
 
     monkeypatch.setattr(ZipArchive, "read", counting)
     ds = sz.open_dataset(root)
-    assert not [n for n in reads if n.startswith(("bands/", "cloud_mask/"))]
-    assert set(n.split("/")[0] for n in reads) <= {".zmetadata", "sample", "band", "time", "x", "y"}
+    assert not [n for _, n in reads if n.startswith(("bands/", "cloud_mask/"))]
+    # Index coordinates; and of S1 files file_id and time_ (a few kB), to find files with the pre-fix S1 order.
+    assert set(n.split("/")[0] for p, n in reads if "/S1GRD/" not in p) <= {".zmetadata", "sample", "band", "time",
+                                                                              "x", "y"}
+    assert set(n.split("/")[0] for p, n in reads if "/S1GRD/" in p) <= {".zmetadata", "sample", "band", "time", "x",
+                                                                          "y", "file_id", "time_"}
+
+    del reads[:]
+    monkeypatch.setattr(ZipArchive, "read", lambda self, name, **kw: reads.append(name) or original(self, name, **kw))
     ds["S2L2A"].isel(sample=0, time=2).load()
     data_reads = [n for n in reads if n.startswith("bands/")]
     assert data_reads == ["bands/0.2.0.0.0"], "one timestamp of one file reads exactly that chunk"

@@ -5,13 +5,17 @@ from ssl4eo_zarr import CloudClass, schema
 
 
 def test_modalities_match_the_published_format():
-    assert list(schema.MODALITIES) == ["S1GRD", "S2L1C", "S2L2A", "S2RGB"]
+    assert list(schema.MODALITIES) == ["S1GRD", "S2L1C", "S2L2A", "S2RGB", "DEM", "NDVI", "LULC"]
+    assert schema.CHUNK_MODALITIES == ("S1GRD", "S2L1C", "S2L2A", "S2RGB")
     assert schema.S2L1C.n_bands == 13 and "B10" in schema.S2L1C.bands
     assert schema.S2L2A.bands == tuple(b for b in schema.S2L1C.bands if b != "B10")
     assert schema.S1GRD.bands == ("vv", "vh") and schema.S1GRD.dtype == np.float16
     assert schema.S2RGB.dtype == np.uint8 and schema.S2L2A.dtype == np.int16
     assert schema.S2L2A.chunks == (64, 1, 12, 264, 264)
     for mod in schema.MODALITIES.values():
+        if mod.name == "LULC":  # classes: no statistics published
+            assert not mod.has_stats
+            continue
         mean, std = mod.stats()
         assert mean.shape == std.shape == (mod.n_bands,)
         assert (std > 0).all()
@@ -54,3 +58,24 @@ def test_get_modality_is_case_insensitive_and_helpful():
     assert schema.sample_id(80717) == "0080717"
     with pytest.raises(ValueError):
         schema.sample_id("12345678")
+
+
+def test_webdataset_modalities_and_unknown_ones():
+    assert schema.DEM.static and schema.DEM.n_timestamps == 1 and not schema.NDVI.static
+    np.testing.assert_allclose(schema.NDVI.stats()[0], [0.327])
+    np.testing.assert_allclose(schema.DEM.stats()[1], [560.326])
+    assert schema.modality_name("dem") == "DEM" and schema.modality_name("SAR2") == "SAR2"
+    new = schema.modality_from_metadata("SAR2", np.dtype("float32"), ("hh", "hv"), 4)
+    assert not new.known and new.n_bands == 2 and not new.has_stats and not new.static
+    assert schema.modality_from_metadata("S2RGB", np.dtype("int8"), ("a",), 1) is schema.S2RGB
+    assert schema.reference_modality(["S1GRD", "DEM", "S2L1C"]) == "S2L1C"
+
+
+def test_shard_names_and_published_counts():
+    assert schema.shard_name(1) == "ssl4eos12_shard_000001.tar"
+    assert schema.parse_shard_name("a/b/ssl4eos12_shard_000477.tar") == 477
+    assert schema.parse_shard_name("ssl4eos12_shard_1.tar") is None
+    train = schema.published_shard_counts("train", 477)
+    assert len(train) == 477 and sum(train) == 243_968 and train[-1] == 256
+    assert schema.published_shard_counts("val", 5) == [512] * 4 + [128]
+    assert schema.published_shard_counts("val", 4) is None

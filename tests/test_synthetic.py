@@ -10,7 +10,7 @@ from .helpers import chunk_path
 
 
 def test_demo_root_has_the_published_layout(root):
-    assert sorted(os.listdir(os.path.join(root, "val"))) == sorted(schema.MODALITIES)
+    assert sorted(os.listdir(os.path.join(root, "val"))) == sorted(schema.CHUNK_MODALITIES)
     with open(os.path.join(root, "splits", "ssl4eos12_val.txt")) as f:
         assert f.read().split() == [schema.chunk_file_name("val", i) for i in (1, 2, 3)]
 

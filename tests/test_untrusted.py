@@ -69,7 +69,7 @@ def test_path_traversal_names_are_refused(root, tmp_path):
 
 @st.composite
 def chunk_datasets(draw):
-    mod = draw(st.sampled_from(list(schema.MODALITIES)))
+    mod = draw(st.sampled_from(list(schema.CHUNK_MODALITIES)))
     n = draw(st.integers(1, 4))
     size = draw(st.sampled_from([6, 12]))
     seed = draw(st.integers(0, 2**16))

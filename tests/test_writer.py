@@ -17,7 +17,7 @@ def chunk():
     return synthetic.make_chunk(synthetic.sample_locations(5, seed=2), size=24, seed=2)
 
 
-@pytest.mark.parametrize("mod", list(schema.MODALITIES))
+@pytest.mark.parametrize("mod", list(schema.CHUNK_MODALITIES))
 def test_written_file_opens_with_xarray_and_zarr_like_the_published_ones(chunk, mod, tmp_path):
     path = write_chunk(chunk[mod], tmp_path / f"{mod}.zarr.zip", size=24)
     ds = xr_open_zarr(path)

@@ -250,7 +250,7 @@ def build_dataset(
             def done(plan: FilePlan) -> bool:
                 entry = manifest["files"].get(f"{plan.split}/{plan.name}", {})
                 return entry.get("locations") == list(plan.locations) and entry.get("complete") and all(
-                    os.path.exists(os.path.join(out, plan.split, m, plan.name)) for m in schema.MODALITIES)
+                    os.path.exists(os.path.join(out, plan.split, m, plan.name)) for m in schema.CHUNK_MODALITIES)
 
             pending = [p for p in plans if not done(p)]
             by_name = {f"{p.split}/{p.name}": p for p in plans}

@@ -90,7 +90,7 @@ def chunk_datasets(locs: Sequence[Processed]) -> dict[str, xr.Dataset]:
                                                     for p in locs])),
     }
     out = {}
-    for mod in schema.MODALITIES.values():
+    for mod in (schema.MODALITIES[m] for m in schema.CHUNK_MODALITIES):
         times_from = "S1GRD" if mod.name == "S1GRD" else "S2L2A"
         ids_from = {"S2RGB": "S2L2A"}.get(mod.name, mod.name)
         ds = xr.Dataset({schema.BANDS_VAR: (schema.BANDS_DIMS, np.stack([p.images[mod.name] for p in locs]))},

@@ -381,7 +381,7 @@ class ChunkDataset(IterableDataset):
             "center_lon": torch.from_numpy(col("center_lon").astype(np.float64)),
             "crs": torch.from_numpy(col("crs").astype(np.int64)),
         }
-        ref = next(m for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if m in self.modalities)
+        ref = schema.reference_modality(self.modalities)
         if picks:
             chosen = np.array([picks[f][i] for f, i in rows], dtype=np.int64)
             meta["timestamp"] = torch.from_numpy(chosen)

@@ -168,7 +168,7 @@ def decode_set(
         images[mod] = out
     cloud = None
     if with_cloud:
-        src = next((files[m] for m in ("S2L2A", "S2L1C", "S2RGB") if m in files and schema.CLOUD_VAR in files[m].group.arrays),
+        src = next((files[m] for m in schema.CLOUD_MODALITIES if m in files and schema.CLOUD_VAR in files[m].group.arrays),
                    None)
         if src is not None:
             cm = src.array(schema.CLOUD_VAR)
@@ -178,7 +178,7 @@ def decode_set(
                 _read_timestamp(src, cm, t, carr[k], scratch)
     meta_out: dict[str, np.ndarray] = {}
     if with_meta:
-        ref = next(files[m] for m in ("S2L2A", "S2L1C", "S2RGB", "S1GRD") if m in files)
+        ref = files[schema.reference_modality(files)]
         meta_out["sample"] = ref.samples.astype(str)
         for name in ("center_lat", "center_lon", "crs"):
             meta_out[name] = read_array(ref.archive, ref.array(name))
