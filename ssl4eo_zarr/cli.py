@@ -87,6 +87,12 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
+    from .build.cloud import ENV_CONFIG, ENV_WEIGHTS
+
+    # Through the environment, so that dask worker processes started by the build see them too.
+    for var, value in ((ENV_CONFIG, args.sensei_config), (ENV_WEIGHTS, args.sensei_weights)):
+        if value:
+            os.environ[var] = os.path.abspath(value)
 
     val = None
     if args.val_list:
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.01)
     p.add_argument("--val-list", default=None, help="file listing raw location names for the val split")
     p.add_argument("--drop-remainder", action="store_true")
+    p.add_argument("--sensei-config", default=None, help="SEnSeIv2 model config.yaml (local; for --cloud-mask sensei)")
+    p.add_argument("--sensei-weights", default=None, help="SEnSeIv2 model weights.pt (local)")
     p.add_argument("--keep-staging", action="store_true")
     p.set_defaults(func=cmd_build)
 

@@ -73,3 +73,31 @@ def test_adapter_runs_a_small_random_model(tmp_path, monkeypatch):
     probs = masker._mask((l1c.astype(np.float32) - 1000) / 10000, descriptors=cloud.sensei_descriptors(), stride=16)
     np.testing.assert_array_equal(mask, cloud.sensei_classes(probs))
     assert os.path.exists(tmp_path / "weights.pt")
+
+
+def test_a_build_with_sensei_masks(tmp_path, monkeypatch):
+    pytest.importorskip("senseiv2.inference", reason="SEnSeIv2 is not installed (not on the package index; "
+                                                     "see docs/build.md)")
+    pytest.importorskip("rasterio")
+    import torch
+    import yaml
+    from senseiv2 import models
+
+    import ssl4eo_zarr as sz
+    from ssl4eo_zarr import synthetic
+    from ssl4eo_zarr.build import build_dataset
+
+    config = {"MODEL_TYPE": "NN", "NUM_CHANNELS": 13, "CLASSES": 7, "PATCH_SIZE": 16}
+    torch.manual_seed(1)
+    torch.save(models.load_model(dict(config), device="cpu").state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv(cloud.ENV_CONFIG, str(tmp_path / "config.yaml"))
+    monkeypatch.setenv(cloud.ENV_WEIGHTS, str(tmp_path / "weights.pt"))
+    cloud._masker.cache_clear()
+    synthetic.make_raw(str(tmp_path / "raw"), 3, size=24, seed=2)
+    manifest = build_dataset(str(tmp_path / "raw"), str(tmp_path / "out"), size=24, workers=0, cloud_mask="sensei",
+                             val_fraction=0.0)
+    written = [e for e in manifest["locations"].values() if e["status"] == "written"]
+    assert written and all(e.get("cloud_source") == "sensei" for e in written), written
+    ds = sz.open_dataset(str(tmp_path / "out"), split="train")
+    assert int(ds["cloud_mask"].max()) <= max(CloudClass)
