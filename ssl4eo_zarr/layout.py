@@ -1,14 +1,22 @@
-"""Where chunk files live: resolve a dataset root, a split folder, a file or a list of files.
+"""Where the files live: resolve a dataset root, a split folder, a file, a list or a brace pattern of either
+distribution, locally or on a static host. Opens nothing but split lists; remote roots are probed by name.
 
-The published layout is ``ROOT/{split}/{modality}/ssl4eos12_{split}_seasonal_data_NNNNNN.zarr.zip`` with
-``ROOT/splits/ssl4eos12_{split}.txt`` listing the file names; the same file name in each modality folder
-holds the same locations. This module only computes paths; it opens nothing but split lists and folders.
+Two published layouts share ``ROOT/{split}/{modality}/``:
+
+* chunk files ``ssl4eos12_{split}_seasonal_data_NNNNNN.zarr.zip`` (64 locations each), listed in
+  ``ROOT/splits/ssl4eos12_{split}.txt``;
+* WebDataset shards ``ssl4eos12_shard_NNNNNN.tar`` (512 locations each, the last fewer), numbered from 000001.
+
+The same file name in each modality folder holds the same locations in the same order. Static hosts (the
+dataset hub's ``resolve/main/`` URLs, public buckets over HTTPS, CDNs) answer 404 for a folder, so nothing
+here lists a remote folder: split lists are read by name and shard counts found by probing the numbering.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,46 +25,64 @@ from .errors import DatasetNotFoundError
 from .storage import atomic_write, basename, exists, is_url, join, parent, read_text
 
 SUFFIX = ".zarr.zip"
+SHARD_SUFFIX = ".tar"
+CHUNKS, SHARDS = "chunks", "shards"
 
 
 @dataclass(frozen=True)
 class ChunkSet:
-    """One chunk (up to 64 locations): the same file name in each modality folder.
-
-    ``paths`` maps modality name to the file path or URL.
-    """
+    """One file of each modality under the same name: a chunk file (up to 64 locations) when ``kind`` is
+    ``"chunks"``, a WebDataset shard (about 512) when ``"shards"``. ``paths`` maps modality to path or URL."""
 
     name: str
     split: str | None
     paths: Mapping[str, str] = field(hash=False)
-
-
-def _listdir(path: str, storage_options: Mapping[str, Any] | None) -> list[str]:
-    if not is_url(path):
-        return sorted(os.listdir(path)) if os.path.isdir(path) else []
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-    try:
-        return sorted(basename(e) for e in fs.ls(p, detail=False))
-    except (FileNotFoundError, NotImplementedError, OSError):
-        return []
+    kind: str = CHUNKS
 
 
 def is_chunk_file(path: Any) -> bool:
     return isinstance(path, str | os.PathLike) and os.fspath(path).endswith(SUFFIX)
 
 
+def is_shard_file(path: Any) -> bool:
+    return isinstance(path, str | os.PathLike) and os.fspath(path).endswith(SHARD_SUFFIX)
+
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand WebDataset-style brace patterns: ``shard_{000001..000005}.tar`` (zero padding kept) and
+    ``{S2L1C,S1GRD}``; several braces multiply."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    body = match.group(1)
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        items = body.split(",")
+    head, tail = pattern[: match.start()], pattern[match.end():]
+    return [out for item in items for out in expand_braces(head + item + tail)]
+
+
+def _listdir(path: str) -> list[str]:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
 def split_file_names(root: str, split: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """File names of ``split`` under ``root``: from the split list when present, else from a modality folder."""
+    """Chunk file names of ``split`` under ``root``: from the split list when present, else from a modality folder."""
     listing = join(root, schema.split_list_name(split))
     if exists(listing, storage_options):
-        names = [basename(line.strip()) for line in read_text(listing, storage_options).splitlines() if line.strip()]
-        return names
-    for mod in schema.CHUNK_MODALITIES:
-        names = [n for n in _listdir(join(root, split, mod), storage_options) if n.endswith(SUFFIX)]
-        if names:
-            return names
+        return [basename(line.strip()) for line in read_text(listing, storage_options).splitlines() if line.strip()]
+    if not is_url(root):
+        for mod in schema.CHUNK_MODALITIES:
+            names = [n for n in _listdir(os.path.join(root, split, mod)) if n.endswith(SUFFIX)]
+            if names:
+                return names
     raise DatasetNotFoundError(
         f"split {split!r} not found under {root}: neither {schema.split_list_name(split)} nor "
         f"{split}/<modality>/*{SUFFIX} exist"
@@ -75,22 +101,180 @@ def write_split_list(root: str, split: str, names: Sequence[str], *, merge: bool
     return path
 
 
+def count_by_probing(present: Callable[[int], bool], *, guess: int | None = None) -> int:
+    """The largest ``n`` with ``present(1..n)`` all true, for files numbered from 1 without gaps: about
+    ``2 log2 n`` probes (two when ``guess`` is right)."""
+    if not present(1):
+        return 0
+    if guess and present(guess) and not present(guess + 1):
+        return guess
+    lo = 1
+    while present(lo * 2):
+        lo *= 2
+    hi = lo * 2  # present(lo), not present(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if present(mid) else (lo, mid)
+    return lo
+
+
+# -- local folders -------------------------------------------------------------------------------------------
+
+def _folder_kind(folder: str) -> str | None:
+    names = _listdir(folder)
+    if any(n.endswith(SHARD_SUFFIX) for n in names):
+        return SHARDS
+    if any(n.endswith(SUFFIX) for n in names):
+        return CHUNKS
+    return None
+
+
+def _modality_folders(split_dir: str) -> dict[str, str]:
+    """Modality folder -> kind, for every subfolder holding chunk files or shards (new modalities included)."""
+    found = {d: k for d in _listdir(split_dir) if (k := _folder_kind(os.path.join(split_dir, d)))}
+    order = {m: i for i, m in enumerate(schema.MODALITIES)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
 def available_splits(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Splits present under a dataset root, in the published order (train, val, then others)."""
-    found = []
-    for split in schema.SPLITS:
-        if exists(join(root, schema.split_list_name(split)), storage_options) or any(
-            exists(join(root, split, m), storage_options) for m in schema.CHUNK_MODALITIES
-        ):
-            found.append(split)
-    if not found and not is_url(root):
-        found = [d for d in _listdir(root, None)
-                 if any(os.path.isdir(os.path.join(root, d, m)) for m in schema.CHUNK_MODALITIES)]
-    return found
+    """Splits under a local dataset root (published order train, val, then others) or, for a URL, those whose
+    split list or first shard answers."""
+    if is_url(root):
+        return [s for s in schema.SPLITS if exists(join(root, schema.split_list_name(s)), storage_options)
+                or _probe_shards(root, s, list(schema.MODALITIES), storage_options)]
+    found = [d for d in _listdir(root) if _modality_folders(os.path.join(root, d))]
+    return sorted(found, key=lambda s: (list(schema.SPLITS).index(s) if s in schema.SPLITS else 99, s))
 
 
-def _present_modalities(split_dir: str, storage_options) -> list[str]:
-    return [m for m in schema.CHUNK_MODALITIES if exists(join(split_dir, m), storage_options)]
+def _pick_kind(kinds: set[str], where: str, distribution: str | None) -> str:
+    if distribution:
+        if distribution not in kinds:
+            raise DatasetNotFoundError(f"no {distribution} under {where} (found: {', '.join(sorted(kinds)) or 'none'})")
+        return distribution
+    if len(kinds) > 1:
+        raise DatasetNotFoundError(f"{where} holds both chunk files and shards; pass distribution='chunks' or "
+                                   "'shards'")
+    return kinds.pop()
+
+
+def _local_split(root: str | None, split: str, split_dir: str, mods: list[str] | None,
+                 distribution: str | None) -> list[ChunkSet]:
+    folders = _modality_folders(split_dir)
+    if not folders:
+        raise DatasetNotFoundError(f"no modality folders with chunk files or shards under {split_dir}")
+    kind = _pick_kind(set(folders.values()), split_dir, distribution)
+    present = [m for m, k in folders.items() if k == kind]
+    use = mods or ([m for m in present if m in schema.CHUNK_MODALITIES] if kind == CHUNKS else present)
+    missing = [m for m in use if m not in present]
+    if missing:
+        raise DatasetNotFoundError(f"modality folder(s) {missing} missing under {split_dir} (found {present})")
+    if kind == SHARDS:
+        names = [n for n in _listdir(os.path.join(split_dir, use[0])) if n.endswith(SHARD_SUFFIX)]
+    elif root is not None and os.path.exists(os.path.join(root, schema.split_list_name(split))):
+        names = split_file_names(root, split)
+    else:
+        names = [n for n in _listdir(os.path.join(split_dir, use[0])) if n.endswith(SUFFIX)]
+    return [ChunkSet(n, split, {m: os.path.join(split_dir, m, n) for m in use}, kind) for n in names]
+
+
+def _resolve_local(src: str, split: str | None, mods: list[str] | None, distribution: str | None) -> list[ChunkSet]:
+    if not os.path.isdir(src):
+        raise DatasetNotFoundError(f"dataset path not found: {src}")
+    if _folder_kind(src) and not _modality_folders(src):  # a modality folder: read its split
+        src = os.path.dirname(os.path.abspath(src))
+    if _modality_folders(src) and not os.path.isdir(os.path.join(src, "splits")):  # a split folder
+        return _local_split(os.path.dirname(os.path.abspath(src)), os.path.basename(os.path.abspath(src)), src, mods,
+                            distribution)
+    splits = [split] if split else available_splits(src)
+    if not splits:
+        raise DatasetNotFoundError(f"no SSL4EO-S12 splits under {src} (expected {src}/train or {src}/val)")
+    out = []
+    for s in splits:
+        if not os.path.isdir(os.path.join(src, s)):
+            raise DatasetNotFoundError(f"split {s!r} not found under {src}")
+        out += _local_split(src, s, os.path.join(src, s), mods, distribution)
+    return out
+
+
+# -- remote roots (no listing) ----------------------------------------------------------------------------------
+
+def _probe_shards(root: str, split: str, candidates: Sequence[str], storage_options) -> list[str]:
+    return [m for m in candidates if exists(join(root, split, m, schema.shard_name(1)), storage_options)]
+
+
+def _resolve_url(src: str, split: str | None, mods: list[str] | None, distribution: str | None,
+                 storage_options) -> list[ChunkSet]:
+    src = src.rstrip("/")
+    if schema.find_modality(basename(src)) is not None:  # a modality folder: its split folder
+        src = parent(src)
+    if split is None and basename(src) in schema.SPLITS:
+        root, splits = parent(src), [basename(src)]
+    else:
+        root, splits = src, ([split] if split else available_splits(src, storage_options))
+    if not splits:
+        raise DatasetNotFoundError(
+            f"no SSL4EO-S12 split found at {root}: probed {schema.split_list_name('train')}, "
+            f"{schema.split_list_name('val')} and {{train,val}}/<modality>/{schema.shard_name(1)} (a static host "
+            "lists no folders; check the URL, or pass the files or a brace pattern)")
+    out = []
+    for s in splits:
+        candidates = mods or list(schema.MODALITIES)
+        shard_mods = [] if distribution == CHUNKS else _probe_shards(root, s, candidates, storage_options)
+        if shard_mods:
+            if mods and len(shard_mods) < len(mods):
+                missing = [m for m in mods if m not in shard_mods]
+                raise DatasetNotFoundError(f"no shards of {missing} at {join(root, s)} "
+                                           f"(probed <modality>/{schema.shard_name(1)})")
+            first = join(root, s, shard_mods[0])
+            guess = schema.SHARD_SPLITS.get(s, (None,))[0]
+            n = count_by_probing(lambda i, first=first: exists(join(first, schema.shard_name(i)), storage_options),
+                                 guess=guess)
+            names = [schema.shard_name(i) for i in range(1, n + 1)]
+            for m in shard_mods[1:]:
+                if not exists(join(root, s, m, names[-1]), storage_options):
+                    raise DatasetNotFoundError(f"{join(root, s, m, names[-1])} is missing: the modalities of {s} "
+                                               f"hold different shard counts ({shard_mods[0]} has {n})")
+            out += [ChunkSet(n_, s, {m: join(root, s, m, n_) for m in shard_mods}, SHARDS) for n_ in names]
+            continue
+        if distribution == SHARDS:
+            raise DatasetNotFoundError(f"no shards at {join(root, s)} (probed <modality>/{schema.shard_name(1)})")
+        names = split_file_names(root, s, storage_options)
+        if not names:
+            raise DatasetNotFoundError(f"split list {join(root, schema.split_list_name(s))} is empty")
+        chunk_candidates = mods or list(schema.CHUNK_MODALITIES)
+        present = [m for m in chunk_candidates if exists(join(root, s, m, names[0]), storage_options)]
+        if not present or (mods and len(present) < len(mods)):
+            raise DatasetNotFoundError(f"chunk file {names[0]} of split {s} not found under "
+                                       f"{join(root, s)}/{{{','.join(chunk_candidates)}}}")
+        out += [ChunkSet(n_, s, {m: join(root, s, m, n_) for m in present}, CHUNKS) for n_ in names]
+    return out
+
+
+# -- explicit files ----------------------------------------------------------------------------------------------
+
+def _from_files(files: Sequence[str], mods: list[str] | None) -> list[ChunkSet]:
+    if not files:
+        raise DatasetNotFoundError("no chunk files or shards given")
+    sets = []
+    for f in files:
+        if not (is_chunk_file(f) or is_shard_file(f)):
+            raise DatasetNotFoundError(f"{f} is neither a {SUFFIX} chunk file nor a {SHARD_SUFFIX} shard")
+        kind = SHARDS if is_shard_file(f) else CHUNKS
+        mod_dir = parent(f)
+        own = basename(mod_dir)
+        split_dir = parent(mod_dir)
+        parsed = schema.parse_chunk_file_name(f)
+        split_name = parsed[0] if parsed else (basename(split_dir) or None)
+        known = own in schema.CHUNK_MODALITIES if kind == CHUNKS else bool(own)
+        if not known:
+            if mods and len(mods) > 1:
+                raise DatasetNotFoundError(f"{f} is not inside a modality folder ({'/'.join(schema.CHUNK_MODALITIES)}), "
+                                           "so its other modalities cannot be found")
+            sets.append(ChunkSet(basename(f), split_name, {mods[0] if mods else "": f}, kind))
+            continue
+        use = mods or [schema.modality_name(own)]
+        sets.append(ChunkSet(basename(f), split_name, {m: join(split_dir, m, basename(f)) for m in use}, kind))
+    return sets
 
 
 def resolve(
@@ -99,68 +283,29 @@ def resolve(
     split: str | None = None,
     modalities: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    distribution: str | None = None,
 ) -> list[ChunkSet]:
-    """Chunk sets named by ``source``.
+    """File sets named by ``source``, all of one distribution (``ChunkSet.kind``).
 
-    ``source`` is a dataset root (``ROOT``, with ``split`` choosing ``train``/``val``; all splits when
-    omitted), a split folder (``ROOT/val``), one ``*.zarr.zip`` inside a modality folder, or a list of such
-    files (the other modalities of each are found beside it, in the sibling modality folders).
-    ``modalities`` defaults to every modality folder present. Raises :class:`DatasetNotFoundError` naming
+    ``source`` is a dataset root (``ROOT``, with ``split`` choosing ``train``/``val``; all splits when omitted),
+    a split folder (``ROOT/val``), a modality folder, one ``*.zarr.zip`` chunk file or ``*.tar`` shard, a list of
+    them, or a brace pattern (``ROOT/val/S2L2A/ssl4eos12_shard_{000001..000005}.tar``); local paths or URLs.
+    The other modalities of a file are found in the sibling modality folders. ``modalities`` defaults to every
+    modality folder present (on a remote root: every known modality that answers). ``distribution``
+    (``"chunks"``/``"shards"``) chooses where a root holds both. Raises :class:`DatasetNotFoundError` naming
     what is missing.
     """
-    mods = [schema.get_modality(m).name for m in modalities] if modalities else None
+    mods = [schema.modality_name(m) for m in modalities] if modalities else None
+    if distribution not in (None, CHUNKS, SHARDS):
+        raise ValueError(f"distribution must be 'chunks', 'shards' or None, got {distribution!r}")
     if isinstance(source, str | os.PathLike):
         src = os.fspath(source)
-        if is_chunk_file(src):
-            return resolve([src], modalities=modalities, storage_options=storage_options)
-        if not exists(src, storage_options):
-            raise DatasetNotFoundError(f"dataset path not found: {src}")
-        splits = [split] if split else None
-        if basename(src) in schema.CHUNK_MODALITIES:
-            src = parent(src)
-        if _present_modalities(src, storage_options) and not exists(join(src, "splits"), storage_options):
-            split_dirs = [(basename(src), parent(src), src)]
-        else:
-            splits = splits or available_splits(src, storage_options)
-            if not splits:
-                raise DatasetNotFoundError(f"no SSL4EO-S12 splits under {src} (expected {src}/train or {src}/val)")
-            split_dirs = [(s, src, join(src, s)) for s in splits]
-        sets = []
-        for split_name, root, split_dir in split_dirs:
-            present = _present_modalities(split_dir, storage_options)
-            use = mods or present
-            missing = [m for m in use if m not in present]
-            if missing:
-                raise DatasetNotFoundError(f"modality folder(s) {missing} missing under {split_dir}")
-            if not use:
-                raise DatasetNotFoundError(f"no modality folders under {split_dir}")
-            if split_dir.rstrip("/") == src.rstrip("/"):
-                names = sorted(n for n in _listdir(join(split_dir, use[0]), storage_options) if n.endswith(SUFFIX))
-                listing = join(parent(src), schema.split_list_name(split_name))
-                if exists(listing, storage_options):
-                    names = split_file_names(parent(src), split_name, storage_options)
-            else:
-                names = split_file_names(root, split_name, storage_options)
-            sets += [ChunkSet(n, split_name, {m: join(split_dir, m, n) for m in use}) for n in names]
-        return sets
-    files = [os.fspath(p) for p in source]
-    if not files:
-        raise DatasetNotFoundError("no chunk files given")
-    sets = []
-    for f in files:
-        if not is_chunk_file(f):
-            raise DatasetNotFoundError(f"{f} is not a {SUFFIX} chunk file")
-        mod_dir = parent(f)
-        own = basename(mod_dir)
-        split_dir = parent(mod_dir)
-        parsed = schema.parse_chunk_file_name(f)
-        split_name = parsed[0] if parsed else (basename(split_dir) or None)
-        if own not in schema.CHUNK_MODALITIES:
-            if mods and len(mods) > 1:
-                raise DatasetNotFoundError(f"{f} is not inside a modality folder ({'/'.join(schema.CHUNK_MODALITIES)}), "
-                                           "so its other modalities cannot be found")
-            sets.append(ChunkSet(basename(f), split_name, {mods[0] if mods else "": f}))
-            continue
-        use = mods or [own]
-        sets.append(ChunkSet(basename(f), split_name, {m: join(split_dir, m, basename(f)) for m in use}))
-    return sets
+        if _BRACE.search(src):
+            return _from_files(expand_braces(src), mods)
+        if is_chunk_file(src) or is_shard_file(src):
+            return _from_files([src], mods)
+        if is_url(src):
+            return _resolve_url(src, split, mods, distribution, storage_options)
+        return _resolve_local(src.removeprefix("file://"), split, mods, distribution)
+    files = [f for p in source for f in expand_braces(os.fspath(p))]
+    return _from_files(files, mods)

@@ -179,6 +179,13 @@ def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     return retry(info)
 
 
+def remote_fs(path: str, storage_options: Mapping[str, Any] | None = None):
+    """``(fsspec filesystem, path inside it)`` for a URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+
+
 def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Text of a small local or remote file."""
     if not is_url(path):
@@ -190,7 +197,7 @@ def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> st
     return retry(lambda: fs.cat_file(p).decode("utf-8"))
 
 
-class _RetryingFile(io.RawIOBase):
+class RetryingFile(io.RawIOBase):
     """A seekable remote file that retries failed reads with exponential backoff.
 
     fsspec's HTTP and S3 files raise on the first transient failure (connection reset, 5xx); a training job
@@ -420,7 +427,7 @@ class ZipArchive:
             return fs.open(remote_path, "rb", cache_type="none")
 
         try:
-            return _RetryingFile(opener, self.retries, self.backoff)
+            return RetryingFile(opener, self.retries, self.backoff)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"chunk file not found: {self.path}") from None
 

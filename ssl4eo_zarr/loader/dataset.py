@@ -1,9 +1,8 @@
-"""ChunkDataset: a chunk-aware PyTorch IterableDataset over SSL4EO-S12 v1.1 chunk files."""
+"""ChunkDataset: a chunk-aware PyTorch IterableDataset over SSL4EO-S12 v1.1, chunk files or WebDataset shards."""
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,11 +13,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import schema
 from ..errors import SSL4EOError
-from ..layout import ChunkSet, resolve
+from ..layout import SHARDS, ChunkSet, resolve
 from ..reader import open_chunk
-from .decode import ArchiveCache, Decoded, alloc, decode_set, open_set
-from .plan import Batch, _rng, delivery_order, epoch_plan
-from .transforms import call_transform, normalize
+from ..shards import shard_index
+from .chunk_reader import ChunkReader
+from .common import ReadSpec
+from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_plan, rng_for
+from .shard_reader import ShardReader
+from .transforms import call_transform
+from .transforms import normalize as normalize_batch
 
 Timestamps = str | int | Sequence[int]
 
@@ -30,12 +33,15 @@ def _distributed() -> tuple[int, int]:
 
 
 class ChunkDataset(IterableDataset):
-    """Stream batches of SSL4EO-S12 v1.1 chunk files, one chunk (64 locations x 4 seasons) at a time.
+    """Stream batches of SSL4EO-S12 v1.1 from either distribution: chunk files (64 locations x 4 seasons each)
+    or WebDataset tar shards (512 locations each, seven modalities), locally or from a URL.
 
     Use with ``DataLoader(ds, batch_size=None, num_workers=N, pin_memory=True)``: the dataset batches
-    itself. Files are dealt to ranks (``torch.distributed`` is detected) and then to workers; each worker
-    reads the ``bands`` chunks it needs straight from the zip archives and decodes them into shared-memory
-    tensors, so handing a batch to the main process copies nothing.
+    itself. Files (chunk files or shards) are dealt to ranks (``torch.distributed`` is detected) and then to
+    workers; each worker reads what it needs straight from the zip archives (inside the tar for shards) and
+    decodes it with numcodecs into shared-memory tensors, so handing a batch to the main process copies nothing.
+    Shards are streamed front to back once per epoch through a bounded shuffle buffer (never downloaded whole).
+    Batches have the same keys, shapes and dtypes from both distributions.
 
     ==========  =======  =====  ===========================  ===================================
     modality    dtype    bands  stored units                 shape per batch
@@ -44,7 +50,15 @@ class ChunkDataset(IterableDataset):
     S2L2A       int16    12     DN + 1000                    ``[B, T, 12, H, W]``
     S1GRD       float16  2      dB (VV, VH)                  ``[B, T, 2, H, W]``
     S2RGB       uint8    3      display values               ``[B, T, 3, H, W]``
+    NDVI        float32  1      NDVI (shards only)           ``[B, T, 1, H, W]``
+    LULC        uint8    1      ESRI class (shards only)     ``[B, T, 1, H, W]``
+    DEM         float32  1      metres (shards only)         ``[B, 1, 1, H, W]`` always (one timestep)
     ==========  =======  =====  ===========================  ===================================
+
+    S2 values follow one convention whichever the distribution: ``s2_offset=True`` (default) delivers DN + 1000
+    as chunk files store them (reflectance = (DN - 1000) / 10000); ``False`` removes the offset, as shards
+    store them. A modality this library does not know (the dataset grew one) reads from shards with the dtype,
+    bands and time length of its own members. DEM/NDVI/LULC dtypes are those of the members (not published).
 
     ``T`` is the number of timestamps asked for; with a single timestamp (``timestamps=2`` or
     ``"random"``) the time axis is dropped: ``[B, C, H, W]``. ``H = W = 264`` unless cropped.
@@ -60,14 +74,17 @@ class ChunkDataset(IterableDataset):
     Parameters
     ----------
     root_or_files:
-        Dataset root, split folder, a chunk file or a list of chunk files (local or URLs).
+        Dataset root (either distribution, detected), split folder, a chunk file or shard, a list of them, or a
+        brace pattern as the published loader takes (``ROOT/val/S2L2A/ssl4eos12_shard_{000001..000005}.tar``;
+        the other modalities are found in the sibling folders). Local paths or URLs (``https://``, ``s3://``,
+        ``hf://``); a static host that lists no folders works.
     split:
         ``"train"`` or ``"val"`` when given a root.
     modalities:
         Modalities to read (default S2L1C, S2L2A, S1GRD).
     batch_size:
-        ``None`` yields whole chunks (64 locations); smaller sizes split chunks without rereading, larger
-        ones combine chunks. Partial chunks (< 64 locations) work.
+        ``None`` yields whole chunks (64 locations; 64 locations from shards); smaller sizes split chunks
+        without rereading, larger ones combine chunks. Partial chunks (< 64 locations) work.
     timestamps:
         ``"all"``, ``"random"`` (one random season per location, the same for all its modalities), an index
         0..3 or a list of indices. Only the chunks needed are read.
@@ -80,7 +97,10 @@ class ChunkDataset(IterableDataset):
         the same number of batches; without ``drop_last`` at most one file per rank is repeated).
     mix:
         Pool the samples of this many chunks per worker before cutting batches (more diverse batches,
-        ``mix`` chunk sets in memory per worker).
+        ``mix`` chunk sets in memory per worker). Over shards it sizes the default shuffle buffer.
+    shuffle_buffer:
+        Shards only: locations held (compressed) in each worker's shuffle buffer; default ``64 * mix``.
+        Shard order comes from (seed, epoch), location order from this buffer.
     transform:
         Callable on the batch dict, run in the worker (see :mod:`ssl4eo_zarr.loader.transforms`).
     normalize:
@@ -99,6 +119,18 @@ class ChunkDataset(IterableDataset):
         fsspec options and an optional local cache folder for remote archives.
     retries, retry_backoff:
         Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
+    s2_offset:
+        ``True``: S2L1C/S2L2A as DN + 1000 (chunk-file convention); ``False``: offset removed (shard convention).
+        Applies to both distributions, so the same locations give identical tensors from either.
+    samples:
+        Only these locations (7-digit ids; or a table with a ``sample`` column or index such as
+        :func:`ssl4eo_zarr.read_metadata` returns, e.g. filtered by cloud fraction or bounding box). Their files
+        are opened once at construction to find them; nothing is decoded.
+    reindex_seasonal:
+        Order each location's timestamps by month of year instead of date (the published loader's option),
+        following the reference S2 modality's acquisition times; index/list ``timestamps`` refer to that order.
+    distribution:
+        ``"chunks"`` or ``"shards"`` where a root holds both (default: detected).
     fix_s1_order:
         S1GRD files published before the 2026-02-19 fix hold S1 in product-name order; by default each
         location's S1 timestamps are reordered to follow ``time_`` (so S1 season ``t`` pairs with S2 season
@@ -119,12 +151,17 @@ class ChunkDataset(IterableDataset):
         world_size: int | None = None,
         drop_last: bool = False,
         mix: int = 1,
+        shuffle_buffer: int | None = None,
         transform: Callable[..., dict[str, Any]] | None = None,
         normalize: bool = False,
         return_metadata: bool = False,
         on_error: str = "raise",
         samples_per_file: int | Sequence[int] | None = None,
         num_workers: int | None = None,
+        s2_offset: bool = True,
+        samples: Any = None,
+        reindex_seasonal: bool = False,
+        distribution: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
         retries: int = 5,
@@ -136,10 +173,20 @@ class ChunkDataset(IterableDataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive or None, got {batch_size}")
-        self.modalities = [schema.get_modality(m).name for m in modalities]
+        self.modalities = [schema.modality_name(m) for m in modalities]
         self.sets: list[ChunkSet] = resolve(root_or_files, split=split, modalities=self.modalities,
-                                            storage_options=storage_options)
-        self.batch_size = batch_size
+                                            storage_options=storage_options, distribution=distribution)
+        kinds = {cs.kind for cs in self.sets}
+        if len(kinds) != 1:
+            raise ValueError("give chunk files or shards, not both")
+        self.kind = kinds.pop()
+        unknown = [m for m in self.modalities if schema.find_modality(m) is None]
+        if unknown and self.kind != SHARDS:
+            raise ValueError(f"unknown modality {unknown}; chunk files hold {', '.join(schema.CHUNK_MODALITIES)}")
+        self.mix = max(int(mix), 1)
+        self.streaming = self.kind == SHARDS
+        self.batch_size = batch_size if batch_size is not None or not self.streaming else schema.SAMPLES_PER_FILE
+        self.shuffle_buffer = int(shuffle_buffer) if shuffle_buffer else schema.SAMPLES_PER_FILE * self.mix
         self.timestamps = self._parse_timestamps(timestamps)
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -147,16 +194,18 @@ class ChunkDataset(IterableDataset):
         self.rank = dist_rank if rank is None else int(rank)
         self.world_size = dist_world if world_size is None else int(world_size)
         self.drop_last = drop_last
-        self.mix = max(int(mix), 1)
         self.transform = transform
         self.normalize = normalize
         self.return_metadata = return_metadata
         self.on_error = on_error
         self.num_workers = num_workers
+        self.s2_offset = bool(s2_offset)
+        self.reindex_seasonal = bool(reindex_seasonal)
         self.fix_s1_order = fix_s1_order
         self.archive_kwargs = {"storage_options": storage_options, "cache_dir": cache_dir, "retries": retries,
                                "backoff": retry_backoff}
-        self.counts = self._sample_counts(samples_per_file)
+        self.rows: list[list[int]] | None = None
+        self.counts = self._sample_counts(samples_per_file, samples)
         self.epoch = 0
         self.skipped: list[str] = []
         self._resume_batches: int | None = None
@@ -165,7 +214,7 @@ class ChunkDataset(IterableDataset):
 
     # -- setup -----------------------------------------------------------------------------------------
     @staticmethod
-    def _parse_timestamps(ts: Timestamps) -> str | list[int]:
+    def _parse_timestamps(ts: Timestamps) -> str | int | list[int]:
         if isinstance(ts, str):
             if ts not in ("all", "random"):
                 raise ValueError(f"timestamps must be 'all', 'random', an index or a list, got {ts!r}")
@@ -175,8 +224,32 @@ class ChunkDataset(IterableDataset):
             raise ValueError(f"timestamp indices must be in 0..{schema.N_TIMESTAMPS - 1}, got {ts!r}")
         return items if not isinstance(ts, int | np.integer) else items[0]
 
-    def _sample_counts(self, given: int | Sequence[int] | None) -> list[int]:
+    def _keys_of(self, cs: ChunkSet) -> list[str]:
+        """Location ids of one file, in stored order (chunk file: its ``sample`` coordinate; shard: member keys)."""
+        first = cs.paths[self.modalities[0]]
+        if cs.kind == SHARDS:
+            return [m.key for m in shard_index(first, **self.archive_kwargs)]
+        return [str(s) for s in open_chunk(first, **self.archive_kwargs).samples]
+
+    def _scan(self) -> list[list[str] | None]:
+        def keys(cs: ChunkSet) -> list[str] | None:
+            try:
+                return self._keys_of(cs)
+            except SSL4EOError:
+                if self.on_error == "raise":
+                    raise
+                return None  # the worker skips the file and reports the error then
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(keys, self.sets))
+
+    def _sample_counts(self, given: int | Sequence[int] | None, samples: Any) -> list[int]:
         n = len(self.sets)
+        if samples is not None:
+            wanted = _sample_ids(samples)
+            scanned = self._scan()
+            self.rows = [[i for i, k in enumerate(keys) if k in wanted] if keys else [] for keys in scanned]
+            return [len(keys) if keys else 0 for keys in scanned]
         if isinstance(given, int):
             return [given] * n
         if given is not None:
@@ -184,22 +257,17 @@ class ChunkDataset(IterableDataset):
                 raise ValueError(f"samples_per_file lists {len(given)} counts for {n} files")
             return [int(c) for c in given]
         splits = {cs.split for cs in self.sets}
-        if len(splits) == 1 and (split := splits.pop()) in schema.SPLITS and n == schema.SPLITS[split] and all(
+        split = splits.pop() if len(splits) == 1 else None
+        if self.streaming and split is not None and all(schema.parse_shard_name(cs.name) for cs in self.sets):
+            published = schema.published_shard_counts(split, n)
+            if published is not None:  # the published shards: 512 each, the rest in the last
+                return published
+        if not self.streaming and split in schema.SPLITS and n == schema.SPLITS[split] and all(
             schema.parse_chunk_file_name(cs.name) for cs in self.sets
         ):
             return [schema.SAMPLES_PER_FILE] * n  # the published files hold exactly 64 locations each
-        first = self.modalities[0]
-
-        def count(cs: ChunkSet) -> int:
-            try:
-                return open_chunk(cs.paths[first], **self.archive_kwargs).n_samples
-            except SSL4EOError:
-                if self.on_error == "raise":
-                    raise
-                return schema.SAMPLES_PER_FILE  # the worker skips it and reports the error then
-
-        with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(count, self.sets))
+        default = schema.LOCATIONS_PER_SHARD if self.streaming else schema.SAMPLES_PER_FILE
+        return [len(keys) if keys is not None else default for keys in self._scan()]
 
     # -- epochs, length, resume ------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -213,7 +281,8 @@ class ChunkDataset(IterableDataset):
     def _plan(self, num_workers: int) -> list[list[Batch]]:
         return epoch_plan(self.counts, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
                           num_workers=num_workers, batch_size=self.batch_size, mix=self.mix, shuffle=self.shuffle,
-                          drop_last=self.drop_last)
+                          drop_last=self.drop_last, buffer=self.shuffle_buffer if self.streaming else None,
+                          rows=self.rows)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (with ``num_workers`` workers when ``batch_size`` is set)."""
@@ -266,24 +335,11 @@ class ChunkDataset(IterableDataset):
         consumed = self._resume_batches
         return sequence[consumed:][worker::num_workers], consumed
 
-    def _random_t(self, file_index: int, n: int) -> np.ndarray:
-        return _rng(self.seed, self.epoch, 7919, file_index).integers(0, schema.N_TIMESTAMPS, n)
-
-    def _decode(self, f: int, cache: ArchiveCache, shared: bool) -> Decoded:
-        if self.timestamps == "all":
-            ts = list(range(schema.N_TIMESTAMPS))
-        elif self.timestamps == "random":
-            ts = sorted(set(self._random_t(f, self.counts[f]).tolist()))
-        elif isinstance(self.timestamps, int):
-            ts = [self.timestamps]
-        else:
-            ts = list(self.timestamps)
-        files = open_set(self.sets[f].paths, cache)
-        perm = cache.s1_permutation(files["S1GRD"]) if self.fix_s1_order and "S1GRD" in files else None
-        dec = decode_set(files, ts, shared=shared, with_cloud=self.return_metadata, with_meta=self.return_metadata,
-                         scratch=cache.scratch, s1_perm=perm)
-        dec.meta["_ts"] = np.asarray(ts)
-        return dec
+    def _spec(self) -> ReadSpec:
+        return ReadSpec(sets=self.sets, counts=self.counts, modalities=self.modalities, timestamps=self.timestamps,
+                        return_metadata=self.return_metadata, s2_offset=self.s2_offset,
+                        fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
+                        archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal)
 
     def __iter__(self):
         info = get_worker_info()
@@ -292,105 +348,35 @@ class ChunkDataset(IterableDataset):
         mine, consumed = self._my_batches(worker, num_workers)
         if info is None:
             self._resume_batches = None
-        last_use: dict[int, int] = {}
-        for bi, batch in enumerate(mine):
-            for f in batch.files:
-                last_use[f] = bi
-        cache = ArchiveCache(capacity=max(4, 2 * self.mix), archive_kwargs=self.archive_kwargs)
-        decoded: dict[int, Decoded | None] = {}
+        reader = (ShardReader if self.streaming else ChunkReader)(self._spec(), mine, shared=shared)
         self._yielded[worker] = consumed
-        for bi, batch in enumerate(mine):
-            for f in batch.files:
-                if f not in decoded:
-                    decoded[f] = self._decode_or_skip(f, cache, shared)
-            rows = [(f, i) for f, i in batch.rows if decoded[f] is not None]
-            if rows:
-                out = self._assemble(batch, rows, decoded, shared)
-                if self.transform is not None:
-                    # Seeded by the batch's identity, not its position, so a resumed epoch augments identically.
-                    f0, i0 = batch.rows[0]
-                    gen = torch.Generator().manual_seed(
-                        int(_rng(self.seed, self.epoch, self.rank, f0, i0, len(batch.rows)).integers(0, 2**62)))
-                    out = call_transform(self.transform, out, gen)
-                if self.normalize:
-                    out = normalize(out)
-                self._yielded[worker] = consumed + bi + 1
-                yield out
-                del out  # the consumer owns the batch now; holding it would double the worker's memory
-            for f in batch.files:
-                if last_use[f] == bi:
-                    decoded.pop(f, None)
-                    for p in self.sets[f].paths.values():
-                        cache.drop(p)
-
-    def _decode_or_skip(self, f: int, cache: ArchiveCache, shared: bool) -> Decoded | None:
         try:
-            return self._decode(f, cache, shared)
-        except SSL4EOError as exc:
-            if self.on_error == "raise":
-                raise
-            warnings.warn(f"skipping chunk {self.sets[f].name}: {exc}", RuntimeWarning, stacklevel=2)
-            self.skipped.append(str(exc))
-            return None
+            for bi, batch in enumerate(mine):
+                out = reader.batch(batch)
+                self.skipped += reader.skipped
+                reader.skipped = []
+                if out is not None:
+                    if self.transform is not None:
+                        # Seeded by the batch's identity, not its position, so a resumed epoch augments identically.
+                        f0, i0 = batch.rows[0]
+                        key = rng_for(self.seed, self.epoch, SALT_AUGMENT, self.rank, f0, i0, len(batch.rows))
+                        gen = torch.Generator().manual_seed(int(key.integers(0, 2**62)))
+                        out = call_transform(self.transform, out, gen)
+                    if self.normalize:
+                        out = normalize_batch(out, s2_offset=self.s2_offset)
+                    self._yielded[worker] = consumed + bi + 1
+                    yield out
+                    del out  # the consumer owns the batch now; holding it would double the worker's memory
+                reader.release(bi, batch)
+        finally:
+            if hasattr(reader, "close"):
+                reader.close()
 
-    def _assemble(self, batch: Batch, rows: list[tuple[int, int]], decoded: Mapping[int, Decoded | None],
-                  shared: bool) -> dict[str, Any]:
-        random_t = self.timestamps == "random"
-        single = random_t or isinstance(self.timestamps, int)
-        picks = {f: self._random_t(f, self.counts[f]) for f, _ in rows} if random_t else {}
-        out: dict[str, Any] = {}
-        keys = list(self.modalities) + (["cloud_mask"] if self.return_metadata else [])
-        for key in keys:
-            if batch.whole_file is not None and not random_t and len(rows) == len(batch.rows):
-                src = decoded[batch.whole_file]
-                t = src.images[key] if key != "cloud_mask" else src.cloud
-                if t is None:
-                    continue
-                out[key] = t[0] if single else t.transpose(0, 1)  # zero-copy view of time-major storage
-                continue
-            first = decoded[rows[0][0]]
-            proto = first.images[key] if key != "cloud_mask" else first.cloud
-            if proto is None:
-                continue
-            n_t = 1 if single else proto.shape[0]
-            shape = (len(rows), *proto.shape[2:]) if single else (len(rows), n_t, *proto.shape[2:])
-            dst = alloc(shape, proto.numpy().dtype, shared=shared)
-            for j, (f, i) in enumerate(rows):
-                dec = decoded[f]
-                src = dec.images[key] if key != "cloud_mask" else dec.cloud
-                if random_t:
-                    k = int(np.searchsorted(dec.meta["_ts"], picks[f][i]))
-                    dst[j].copy_(src[k, i])
-                elif single:
-                    dst[j].copy_(src[0, i])
-                else:
-                    dst[j].copy_(src[:, i])
-            out[key] = dst
-        if self.return_metadata:
-            out.update(self._metadata(rows, decoded, picks, single))
-        return out
 
-    def _metadata(self, rows, decoded, picks, single) -> dict[str, Any]:
-        def col(name: str) -> np.ndarray:
-            return np.stack([decoded[f].meta[name][i] for f, i in rows])
-
-        meta: dict[str, Any] = {
-            "sample": [str(decoded[f].meta["sample"][i]) for f, i in rows],
-            "file": [self.sets[f].name for f, _ in rows],
-            "center_lat": torch.from_numpy(col("center_lat").astype(np.float64)),
-            "center_lon": torch.from_numpy(col("center_lon").astype(np.float64)),
-            "crs": torch.from_numpy(col("crs").astype(np.int64)),
-        }
-        ref = schema.reference_modality(self.modalities)
-        if picks:
-            chosen = np.array([picks[f][i] for f, i in rows], dtype=np.int64)
-            meta["timestamp"] = torch.from_numpy(chosen)
-        for mod in self.modalities:
-            times = col(f"time_{mod}")
-            if picks:
-                times = times[np.arange(len(rows)), chosen]
-            elif self.timestamps != "all":  # an index or a list of indices
-                times = times[:, self.timestamps]
-            key = "time_" if mod == ref else f"time_{mod}"
-            meta[key] = torch.from_numpy(np.ascontiguousarray(times))
-        return meta
+def _sample_ids(samples: Any) -> set[str]:
+    """7-digit location ids from a list of ids or a table (``sample`` column, else its index)."""
+    if hasattr(samples, "columns"):
+        values = samples["sample"] if "sample" in samples.columns else samples.index
+    else:
+        values = samples
+    return {schema.sample_id(str(v).split("_")[0]) for v in values}

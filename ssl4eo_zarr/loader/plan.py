@@ -1,11 +1,17 @@
 """Which samples each rank and worker reads, in which order, for which epoch: pure, seeded, no I/O.
 
-The unit of work is a chunk file (all its modalities). Files are permuted with (seed, epoch), dealt to
-ranks so that every rank gets the same number (padding at most one file per rank by wrapping around the
-permutation, or dropping the remainder with ``drop_last``), then dealt to the rank's workers. Inside a
-worker, files are pooled in groups of ``mix`` chunks whose samples are permuted together and cut into
-batches. Batch counts are then equalised across ranks so that DistributedDataParallel never waits for a
-rank that ran out.
+The unit of work is a file: a chunk file (all its modalities) or a WebDataset shard (all its modalities).
+Files are permuted with (seed, epoch), dealt to ranks so that every rank gets the same number (padding at
+most one file per rank by wrapping around the permutation, or dropping the remainder with ``drop_last``),
+then dealt to the rank's workers. Inside a worker:
+
+* chunk files are pooled in groups of ``mix`` chunks whose samples are permuted together and cut into
+  batches (:func:`worker_batches`);
+* shards are read front to back through a shuffle buffer of ``buffer`` locations, as WebDataset does, but
+  simulated here on location ids, so the order is known before anything is read (:func:`stream_batches`).
+
+Batch counts are then equalised across ranks so that DistributedDataParallel never waits for a rank that
+ran out. ``rows`` restricts each file to some of its locations (a selection from the metadata table).
 """
 
 from __future__ import annotations
@@ -36,8 +42,20 @@ class Batch:
         return list(seen)
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFF, *[k & 0xFFFFFFFF for k in keys]])
+#: Keys that keep the random streams drawn from one (seed, epoch) apart from each other.
+SALT_POOL, SALT_TIMESTAMP, SALT_STREAM, SALT_AUGMENT = 1, 2, 3, 4
+
+
+def rng_for(seed: int, *keys: int) -> np.random.Generator:
+    """A generator that depends on ``seed`` and ``keys`` only (same keys, same draws, in any process)."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, *[int(k) & 0xFFFFFFFF for k in keys]])
+
+
+Rows = Sequence[Sequence[int]] | None
+
+
+def _rows_of(f: int, counts: Sequence[int], rows: Rows) -> Sequence[int]:
+    return range(counts[f]) if rows is None else rows[f]
 
 
 def files_for_rank(n_files: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool,
@@ -45,7 +63,7 @@ def files_for_rank(n_files: int, *, seed: int, epoch: int, rank: int, world_size
     """File indices of ``rank`` for ``epoch``; every rank gets the same count."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
-    order = _rng(seed, epoch).permutation(n_files) if shuffle else np.arange(n_files)
+    order = rng_for(seed, epoch).permutation(n_files) if shuffle else np.arange(n_files)
     if drop_last:
         per_rank = n_files // world_size
         order = order[: per_rank * world_size]
@@ -70,31 +88,79 @@ def worker_batches(
     seed: int,
     epoch: int,
     drop_last: bool,
+    rows: Rows = None,
 ) -> list[Batch]:
-    """Batches of one worker over its ``files`` (``counts[f]`` samples in file ``f``)."""
+    """Batches of one worker over its chunk ``files`` (``counts[f]`` samples in file ``f``)."""
     if batch_size is None and mix <= 1:
-        return [Batch(tuple((f, i) for i in range(counts[f])), whole_file=f) for f in files]
+        out = []
+        for f in files:
+            keep = _rows_of(f, counts, rows)
+            if len(keep):
+                out.append(Batch(tuple((f, i) for i in keep), whole_file=f if len(keep) == counts[f] else None))
+        return out
     mix = max(mix, 1)
-    out: list[Batch] = []
+    out = []
     stream: list[tuple[int, int]] = []
     for g in range(0, len(files), mix):
         group = list(files[g: g + mix])
-        pooled = [(f, i) for f in group for i in range(counts[f])]
+        pooled = [(f, i) for f in group for i in _rows_of(f, counts, rows)]
         if shuffle:
-            perm = _rng(seed, epoch, 1 + g, *group).permutation(len(pooled))
+            perm = rng_for(seed, epoch, SALT_POOL, g, *group).permutation(len(pooled))
             pooled = [pooled[p] for p in perm]
         if batch_size is None:  # mixing without a batch size: batches of one file's size, samples pooled
             start = 0
             for f in group:
-                out.append(Batch(tuple(pooled[start: start + counts[f]])))
-                start += counts[f]
+                size = len(_rows_of(f, counts, rows))
+                if size:
+                    out.append(Batch(tuple(pooled[start: start + size])))
+                start += size
         else:
             stream.extend(pooled)
     if batch_size is not None:
-        out = [Batch(tuple(stream[i: i + batch_size])) for i in range(0, len(stream), batch_size)]
-        if drop_last and out and len(out[-1].rows) < batch_size:
-            out.pop()
+        out = _cut(stream, batch_size, drop_last)
     return out
+
+
+def _cut(stream: Sequence[tuple[int, int]], batch_size: int, drop_last: bool) -> list[Batch]:
+    out = [Batch(tuple(stream[i: i + batch_size])) for i in range(0, len(stream), batch_size)]
+    if drop_last and out and len(out[-1].rows) < batch_size:
+        out.pop()
+    return out
+
+
+def stream_batches(
+    files: Sequence[int],
+    counts: Sequence[int],
+    *,
+    batch_size: int,
+    buffer: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    rows: Rows = None,
+) -> list[Batch]:
+    """Batches of one worker that streams its shard ``files`` front to back through a shuffle buffer.
+
+    Locations enter a buffer of ``buffer`` slots in file order; once it is full, each new location pushes
+    out a random one (WebDataset's ``shuffle(buffer)``); the rest leave in random order at the end. At most
+    ``buffer`` locations have been read and not yet delivered at any time, which bounds the reader's memory.
+    """
+    order = [(f, i) for f in files for i in _rows_of(f, counts, rows)]
+    if shuffle and buffer > 1 and order:
+        rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
+        picks = rng.integers(0, buffer, size=len(order))
+        pool: list[tuple[int, int]] = []
+        out: list[tuple[int, int]] = []
+        for k, row in enumerate(order):
+            pool.append(row)
+            if len(pool) == buffer:
+                j = int(picks[k])
+                pool[j], pool[-1] = pool[-1], pool[j]
+                out.append(pool.pop())
+        out += [pool[p] for p in rng.permutation(len(pool))]
+        order = out
+    return _cut(order, batch_size, drop_last)
 
 
 def epoch_plan(
@@ -109,20 +175,31 @@ def epoch_plan(
     mix: int = 1,
     shuffle: bool = True,
     drop_last: bool = False,
+    buffer: int | None = None,
+    rows: Rows = None,
 ) -> list[list[Batch]]:
     """Batches of every worker of ``rank``: ``plan[w]`` is worker ``w``'s list.
 
+    ``buffer`` set: the files are shards streamed through a shuffle buffer of that many locations
+    (:func:`stream_batches`, ``batch_size`` required); otherwise chunk files (:func:`worker_batches`).
     Every rank of the same call gets the same total number of batches: ranks short of the longest one
     repeat their first batches (without ``drop_last``) or the longer ones drop their last batches (with it).
     """
+    if buffer is not None and batch_size is None:
+        raise ValueError("streaming shards needs a batch_size")
     n_files = len(counts)
     workers = max(num_workers, 1)
 
     def plan_for(r: int) -> list[list[Batch]]:
         rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
                                     shuffle=shuffle, drop_last=drop_last)
+        if buffer is not None:
+            return [stream_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size,
+                                   buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
+                                   rows=rows)
+                    for w in range(workers)]
         return [worker_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size, mix=mix,
-                               shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last)
+                               shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
                 for w in range(workers)]
 
     mine = plan_for(rank)

@@ -19,9 +19,14 @@ from .. import schema
 Batch = dict[str, Any]
 
 
+#: Batch keys that are metadata, never images.
+_META_KEYS = {"sample", "file", "center_lat", "center_lon", "crs", "timestamp"}
+
+
 def spatial_keys(batch: Batch) -> list[str]:
-    """Keys of the batch holding images: modality tensors and ``cloud_mask``."""
-    return [k for k in batch if k in schema.MODALITIES or k == schema.CLOUD_VAR]
+    """Keys of the batch holding images: modality tensors (known or new ones) and ``cloud_mask``."""
+    return [k for k, v in batch.items() if k not in _META_KEYS and not k.startswith("time_") and torch.is_tensor(v)
+            and v.dim() >= 3]
 
 
 def _apply_per_sample(batch: Batch, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Batch:
@@ -124,18 +129,22 @@ def call_transform(t: Callable[..., Batch], batch: Batch, generator: torch.Gener
     return t(batch)
 
 
-def normalize(batch: Batch, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Batch:
-    """Standardised copy of a batch: each modality as ``dtype`` ``(x - mean) / std`` per band.
+def normalize(batch: Batch, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+              s2_offset: bool = True) -> Batch:
+    """Standardised copy of a batch: each modality as ``dtype`` ``(x - mean) / std`` per band, with the
+    published statistics (modalities without published statistics, such as LULC classes, are left as they are).
 
     Use it on the GPU after a native-dtype batch arrived (``normalize(batch, device="cuda")``): the copy
     to the device moves 2 bytes per value instead of 4. Band axis: dim -3 (``[B, T, C, H, W]`` or ``[B, C, H, W]``).
+    ``s2_offset`` says which S2 convention the batch follows (the dataset's ``s2_offset``).
     """
     out = dict(batch)
     for key, value in batch.items():
-        if key not in schema.MODALITIES or not torch.is_tensor(value):
+        mod = schema.find_modality(key) if isinstance(key, str) else None
+        if mod is None or not mod.has_stats or not torch.is_tensor(value):
             continue
-        mod = schema.MODALITIES[key]
         x = value.to(device=device, non_blocking=True) if device is not None else value
-        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, 1, 1) for v in mod.stats())
+        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, 1, 1)
+                     for v in mod.stats(with_offset=s2_offset))
         out[key] = (x.to(dtype) - mean) / std
     return out

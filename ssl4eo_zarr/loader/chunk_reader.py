@@ -1,0 +1,146 @@
+"""Planned rows of chunk files -> batches. Each chunk file's needed timestamp chunks are decoded once (all its
+modalities, straight from the zip into shared memory) and released after the last batch that uses them."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import schema
+from ..errors import SSL4EOError
+from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
+from .decode import ArchiveCache, Decoded, alloc, decode_set, open_set
+from .plan import Batch
+
+
+class ChunkReader:
+    """Batches of one worker over chunk files (see :class:`~ssl4eo_zarr.loader.ChunkDataset`)."""
+
+    def __init__(self, spec: ReadSpec, batches: Sequence[Batch], *, shared: bool):
+        self.spec = spec
+        self.shared = shared
+        self.last_use: dict[int, int] = {}
+        for bi, batch in enumerate(batches):
+            for f in batch.files:
+                self.last_use[f] = bi
+        self.cache = ArchiveCache(capacity=max(4, 2 * spec.mix), archive_kwargs=spec.archive_kwargs)
+        self.decoded: dict[int, Decoded | None] = {}
+        self.picks: dict[int, np.ndarray] = {}
+        self.orders: dict[int, np.ndarray] = {}
+        self.skipped: list[str] = []
+
+    # -- decoding ------------------------------------------------------------------------------------------------
+    def _pick(self, f: int) -> np.ndarray:
+        if f not in self.picks:
+            self.picks[f] = self.spec.random_t(f)
+        return self.picks[f]
+
+    def _decode(self, f: int) -> Decoded:
+        spec = self.spec
+        if spec.reindex_seasonal:
+            ts = list(range(schema.N_TIMESTAMPS))  # the order differs per location: read every season
+        elif spec.timestamps == "random":
+            ts = sorted(set(self._pick(f).tolist()))
+        else:
+            ts = spec.listed()
+        files = open_set(spec.sets[f].paths, self.cache)
+        perm = self.cache.s1_permutation(files["S1GRD"]) if spec.fix_s1_order and "S1GRD" in files else None
+        dec = decode_set(files, ts, shared=self.shared, with_cloud=spec.return_metadata,
+                         with_meta=spec.return_metadata or spec.reindex_seasonal, scratch=self.cache.scratch,
+                         s1_perm=perm)
+        for mod, tensor in dec.images.items():
+            delta = offset_delta(schema.get_modality(mod), True, spec.s2_offset)
+            if delta:
+                tensor.add_(delta)
+        dec.meta["_ts"] = np.asarray(ts)
+        if spec.reindex_seasonal:
+            ref = schema.reference_modality(spec.modalities)
+            self.orders[f] = seasonal_order(dec.meta[f"time_{ref}"])
+        return dec
+
+    def _decode_or_skip(self, f: int) -> Decoded | None:
+        try:
+            return self._decode(f)
+        except SSL4EOError as exc:
+            if self.spec.on_error == "raise":
+                raise
+            warnings.warn(f"skipping chunk {self.spec.sets[f].name}: {exc}", RuntimeWarning, stacklevel=3)
+            self.skipped.append(str(exc))
+            return None
+
+    # -- batches -------------------------------------------------------------------------------------------------
+    def batch(self, batch: Batch) -> dict[str, Any] | None:
+        """The batch of ``batch.rows``, or ``None`` when every file it needs was skipped."""
+        for f in batch.files:
+            if f not in self.decoded:
+                self.decoded[f] = self._decode_or_skip(f)
+        rows = [(f, i) for f, i in batch.rows if self.decoded[f] is not None]
+        return self._assemble(batch, rows) if rows else None
+
+    def release(self, bi: int, batch: Batch) -> None:
+        """Drop the files whose last batch was ``bi``."""
+        for f in batch.files:
+            if self.last_use.get(f) == bi:
+                self.decoded.pop(f, None)
+                for p in self.spec.sets[f].paths.values():
+                    self.cache.drop(p)
+
+    def _stored_slot(self, f: int, i: int, k: int) -> int:
+        """Index into the decoded timestamps of file ``f`` for delivered season ``k`` of location ``i``."""
+        spec = self.spec
+        if spec.timestamps == "random":
+            t = int(self._pick(f)[i])
+        else:
+            t = spec.listed()[k]
+        if spec.reindex_seasonal:
+            t = int(self.orders[f][i, t])
+        return int(np.searchsorted(self.decoded[f].meta["_ts"], t))
+
+    def _assemble(self, batch: Batch, rows: list[tuple[int, int]]) -> dict[str, Any]:
+        spec = self.spec
+        zero_copy = (batch.whole_file is not None and spec.timestamps != "random" and not spec.reindex_seasonal
+                     and len(rows) == len(batch.rows))
+        out: dict[str, Any] = {}
+        keys = list(spec.modalities) + ([schema.CLOUD_VAR] if spec.return_metadata else [])
+        n_t = 1 if spec.single else len(spec.listed())
+        for key in keys:
+            def source(f: int, key: str = key) -> torch.Tensor | None:
+                dec = self.decoded[f]
+                return dec.images[key] if key != schema.CLOUD_VAR else dec.cloud
+
+            if zero_copy:
+                t = source(batch.whole_file)
+                if t is not None:
+                    out[key] = t[0] if spec.single else t.transpose(0, 1)  # a view of time-major storage
+                continue
+            proto = source(rows[0][0])
+            if proto is None:
+                continue
+            dst = alloc(delivered_shape(spec, False, len(rows), n_t, proto.shape[2:]), proto.numpy().dtype,
+                        shared=self.shared)
+            for j, (f, i) in enumerate(rows):
+                src = source(f)
+                if spec.single:
+                    dst[j].copy_(src[self._stored_slot(f, i, 0), i])
+                else:
+                    for k in range(n_t):
+                        dst[j, k].copy_(src[self._stored_slot(f, i, k), i])
+            out[key] = dst
+        if spec.return_metadata:
+            out.update(metadata_batch(spec, [self._row_meta(f, i) for f, i in rows]))
+        return out
+
+    def _row_meta(self, f: int, i: int) -> RowMeta:
+        spec = self.spec
+        meta = self.decoded[f].meta
+        times = {}
+        for mod in spec.modalities:
+            t = meta[f"time_{mod}"][i]
+            times[mod] = t[self.orders[f][i]] if spec.reindex_seasonal else t
+        return RowMeta(sample=str(meta["sample"][i]), file=spec.sets[f].name, center_lat=float(meta["center_lat"][i]),
+                       center_lon=float(meta["center_lon"][i]), crs=int(meta["crs"][i]), times=times,
+                       timestamp=int(self._pick(f)[i]) if spec.timestamps == "random" else None)

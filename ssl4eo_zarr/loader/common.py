@@ -1,0 +1,128 @@
+"""What both readers of the loader share: the read settings, timestamp choice, the S2 offset convention and
+the metadata keys of a batch. Pure functions of numpy arrays and the plan; no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import schema
+from ..layout import ChunkSet
+from .plan import SALT_TIMESTAMP, rng_for
+
+
+@dataclass
+class ReadSpec:
+    """Everything a worker needs to turn planned rows into a batch (picklable, no open handles).
+
+    ``counts[f]`` locations in file ``f`` of ``sets``; ``s2_offset`` is the convention of delivered S2 values
+    (True: DN + 1000 as chunk files store them; False: offset removed as shards store them).
+    """
+
+    sets: list[ChunkSet]
+    counts: list[int]
+    modalities: list[str]
+    timestamps: str | int | list[int]
+    return_metadata: bool
+    s2_offset: bool
+    fix_s1_order: bool
+    on_error: str
+    seed: int
+    epoch: int
+    archive_kwargs: dict[str, Any] = field(default_factory=dict)
+    mix: int = 1
+    reindex_seasonal: bool = False
+
+    @property
+    def single(self) -> bool:
+        """One timestamp per location (an index, or ``"random"``): the time axis is dropped."""
+        return self.timestamps == "random" or isinstance(self.timestamps, int)
+
+    def random_t(self, f: int) -> np.ndarray:
+        """int64 ``[counts[f]]``: the season drawn for each location of file ``f`` this epoch."""
+        return rng_for(self.seed, self.epoch, SALT_TIMESTAMP, f).integers(0, schema.N_TIMESTAMPS, self.counts[f])
+
+    def listed(self) -> list[int]:
+        """Timestamps asked for when they are "all", an index or a list."""
+        if self.timestamps == "all":
+            return list(range(schema.N_TIMESTAMPS))
+        return [self.timestamps] if isinstance(self.timestamps, int) else list(self.timestamps)
+
+
+def offset_delta(mod: schema.Modality, stored_with_offset: bool, want_offset: bool) -> int:
+    """What to add to stored values of ``mod`` to deliver them in the asked S2 convention."""
+    if not mod.offset or stored_with_offset == want_offset:
+        return 0
+    return mod.offset if want_offset else -mod.offset
+
+
+@dataclass
+class RowMeta:
+    """Facts of one delivered location: ``times[mod]`` int64 ns ``[T_mod]`` in delivered order; ``timestamp``
+    is the season drawn with ``timestamps="random"``."""
+
+    sample: str
+    file: str
+    center_lat: float
+    center_lon: float
+    crs: int
+    times: dict[str, np.ndarray]
+    timestamp: int | None = None
+
+
+def seasonal_order(times_ns: np.ndarray) -> np.ndarray:
+    """Timestamps ordered by month of year instead of date (the published loader's ``reindex_seasonal``).
+
+    ``times_ns`` int64 ``[..., T]`` (ns since 1970) -> int64 ``[..., T]`` indices: position k holds the
+    timestamp whose acquisition month comes k-th in the calendar year (ties keep date order). Useful when the
+    four seasons of a location span two calendar years (winter 2020 acquired before spring 2021).
+    """
+    months = (np.asarray(times_ns).astype("datetime64[ns]").astype("datetime64[M]").astype(np.int64) % 12)
+    return np.argsort(months, axis=-1, kind="stable")
+
+
+def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
+    """The metadata keys of a batch (see :class:`~ssl4eo_zarr.loader.ChunkDataset`) from its rows."""
+    ref = schema.reference_modality(spec.modalities)
+    out: dict[str, Any] = {
+        "sample": [r.sample for r in rows],
+        "file": [r.file for r in rows],
+        "center_lat": torch.tensor([r.center_lat for r in rows], dtype=torch.float64),
+        "center_lon": torch.tensor([r.center_lon for r in rows], dtype=torch.float64),
+        "crs": torch.tensor([r.crs for r in rows], dtype=torch.int64),
+    }
+    if spec.timestamps == "random":
+        out["timestamp"] = torch.tensor([r.timestamp for r in rows], dtype=torch.int64)
+    for mod in spec.modalities:
+        static = len(rows[0].times[mod]) == 1 if rows else False
+        picked = []
+        for r in rows:
+            t = r.times[mod]
+            if static:
+                picked.append(t[:1])
+            elif spec.timestamps == "random":
+                picked.append(t[r.timestamp])
+            elif spec.timestamps == "all":
+                picked.append(t)
+            else:
+                picked.append(t[spec.timestamps])
+        key = "time_" if mod == ref else f"time_{mod}"
+        out[key] = torch.from_numpy(np.ascontiguousarray(np.stack(picked)).astype(np.int64)) if rows else torch.zeros(0)
+    return out
+
+
+def delivered_shape(spec: ReadSpec, static: bool, n_rows: int, n_t: int, item: Sequence[int]) -> tuple[int, ...]:
+    """Batch shape of one modality: ``[B, 1, *item]`` for a static one, ``[B, *item]`` for one timestamp,
+    else ``[B, T, *item]``."""
+    if static:
+        return (n_rows, 1, *item)
+    if spec.single:
+        return (n_rows, *item)
+    return (n_rows, n_t, *item)
+
+
+__all__ = ["ReadSpec", "RowMeta", "delivered_shape", "metadata_batch", "offset_delta", "seasonal_order"]

@@ -1,0 +1,192 @@
+"""Planned rows of WebDataset shards -> batches. Each worker streams its shards front to back (all modalities
+in lockstep), keeps the compressed members the plan needs later (at most the shuffle buffer) and decodes each
+member straight into its slot of the batch's shared-memory tensors."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import schema
+from ..errors import CorruptFileError, ModalityMismatchError, SSL4EOError
+from ..reader import warn_s1_order
+from ..s1order import chronological_order
+from ..shards import ShardStream, bands_meta, member_metadata, member_modality, open_member_group, read_time
+from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
+from .decode import alloc
+from .plan import Batch
+
+Member = tuple[str, dict[str, bytes]]  # (key, modality -> member bytes)
+
+
+class ShardReader:
+    """Batches of one worker over shards (see :class:`~ssl4eo_zarr.loader.ChunkDataset`)."""
+
+    def __init__(self, spec: ReadSpec, batches: Sequence[Batch], *, shared: bool):
+        self.spec = spec
+        self.shared = shared
+        self.uses: Counter[tuple[int, int]] = Counter(row for b in batches for row in b.rows)
+        self.last: dict[int, int] = {}
+        for s, i in self.uses:
+            self.last[s] = max(self.last.get(s, -1), i)
+        self.streams: dict[int, dict[str, ShardStream]] = {}
+        self.held: dict[tuple[int, int], Member] = {}
+        self.picks: dict[int, np.ndarray] = {}
+        self.skipped: list[str] = []
+
+    # -- reading members in shard order ----------------------------------------------------------------------
+    def _open(self, s: int) -> dict[str, ShardStream]:
+        self._close(s)
+        paths = self.spec.sets[s].paths
+        self.streams[s] = {m: ShardStream(paths[m], **self.spec.archive_kwargs) for m in self.spec.modalities}
+        return self.streams[s]
+
+    def _close(self, s: int) -> None:
+        for stream in self.streams.pop(s, {}).values():
+            stream.close()
+
+    def _advance(self, s: int, streams: dict[str, ShardStream]) -> int:
+        mods = list(streams)
+        members = {m: streams[m].advance() for m in mods}
+        first = streams[mods[0]]
+        if members[mods[0]] is None:
+            raise CorruptFileError(first.path, f"the shard ends after {first.index} locations; its index said more "
+                                               "(the file changed or is truncated)")
+        for m in mods[1:]:
+            other = members[m]
+            if other is None or other.key != members[mods[0]].key:
+                raise ModalityMismatchError(
+                    f"shards diverge at location {first.index}: {first.path} holds {members[mods[0]].key!r}, "
+                    f"{streams[m].path} holds {None if other is None else other.key!r}; the shards of all modalities "
+                    "must hold the same keys in the same order")
+        return first.index
+
+    def _fetch(self, s: int, i: int) -> Member:
+        row = (s, i)
+        if row not in self.held:
+            streams = self.streams.get(s)
+            if streams is None or next(iter(streams.values())).index >= i:
+                streams = self._open(s)
+            while True:
+                j = self._advance(s, streams)
+                if j == i or self.uses.get((s, j)):
+                    key = next(iter(streams.values())).member.key
+                    self.held[(s, j)] = (key, {m: st.read() for m, st in streams.items()})
+                if j == i:
+                    break
+            if i >= self.last.get(s, -1):
+                self._close(s)
+        member = self.held[row]
+        self.uses[row] -= 1
+        if self.uses[row] <= 0:
+            del self.held[row]
+        return member
+
+    # -- batches -----------------------------------------------------------------------------------------------
+    def _pick(self, s: int) -> np.ndarray:
+        if s not in self.picks:
+            self.picks[s] = self.spec.random_t(s)
+        return self.picks[s]
+
+    def batch(self, batch: Batch) -> dict[str, Any] | None:
+        """The batch of ``batch.rows``; rows whose members are damaged are skipped with ``on_error="skip"``."""
+        spec = self.spec
+        out: dict[str, np.ndarray] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        metas: list[RowMeta] = []
+        good: list[int] = []
+        n = len(batch.rows)
+        for j, (s, i) in enumerate(batch.rows):
+            try:
+                key, datas = self._fetch(s, i)
+                metas.append(self._fill(j, n, s, i, key, datas, out, tensors))
+                good.append(j)
+            except SSL4EOError as exc:
+                if spec.on_error == "raise":
+                    raise
+                warnings.warn(f"skipping a location of {spec.sets[s].name}: {exc}", RuntimeWarning, stacklevel=2)
+                self.skipped.append(str(exc))
+        if not good:
+            return None
+        result: dict[str, Any] = dict(tensors)
+        if len(good) < n:  # damaged rows left out
+            result = {k: v[good].share_memory_() if self.shared else v[good] for k, v in tensors.items()}
+        if spec.return_metadata:
+            result.update(metadata_batch(spec, metas))
+        return result
+
+    def _times_order(self, times: np.ndarray) -> np.ndarray:
+        return seasonal_order(times) if self.spec.reindex_seasonal and len(times) > 1 else np.arange(len(times))
+
+    def _fill(self, j: int, n: int, s: int, i: int, key: str, datas: dict[str, bytes], out: dict[str, np.ndarray],
+              tensors: dict[str, torch.Tensor]) -> RowMeta:
+        spec = self.spec
+        shard = spec.sets[s]
+        opened = {m: open_member_group(data, f"{shard.paths[m]}/{key}.zarr.zip") for m, data in datas.items()}
+        ref = schema.reference_modality(spec.modalities)
+        facts = {m: member_metadata(*opened[m]) for m in opened}
+        order = self._times_order(facts[ref]["time"])
+        pick = int(self._pick(s)[i]) if spec.timestamps == "random" else None
+        wanted = [pick] if pick is not None else spec.listed()
+        stored = [int(order[t]) for t in wanted]
+        for m, (archive, group) in opened.items():
+            meta = bands_meta(group, archive.path)
+            mod = member_modality(m, archive, group)
+            static = meta.shape[0] == 1
+            ts = [0] if static else stored
+            if m == "S1GRD" and spec.fix_s1_order:
+                ts = self._s1_chronological(archive.path, facts[m], ts)
+            self._slot(m, out, tensors, meta, n, static, len(wanted), archive.path)
+            dst = out[m][j]
+            for k, t in enumerate(ts):
+                read_time(archive, meta, t, dst if (spec.single and not static) else dst[k])
+            delta = offset_delta(mod, False, spec.s2_offset)
+            if delta:
+                dst += np.asarray(delta, dtype=dst.dtype)
+        if spec.return_metadata:
+            src = next((m for m in schema.CLOUD_MODALITIES if m in opened and schema.CLOUD_VAR in opened[m][1].arrays),
+                       None)
+            if src is not None:
+                archive, group = opened[src]
+                cm = group.arrays[schema.CLOUD_VAR]
+                self._slot(schema.CLOUD_VAR, out, tensors, cm, n, False, len(wanted), archive.path)
+                dst = out[schema.CLOUD_VAR][j]
+                for k, t in enumerate(stored):
+                    read_time(archive, cm, t, dst if spec.single else dst[k])
+        times = {m: (f["time"][self._times_order(facts[ref]["time"])] if len(f["time"]) > 1 else f["time"])
+                 for m, f in facts.items()}
+        first = facts[ref]
+        return RowMeta(sample=key, file=shard.name, center_lat=first["center_lat"], center_lon=first["center_lon"],
+                       crs=first["crs"], times=times, timestamp=pick)
+
+    def _s1_chronological(self, path: str, facts: dict[str, Any], ts: list[int]) -> list[int]:
+        """Stored timesteps of an S1 member for ``ts``, in ``time`` order when its data follow product names."""
+        perm = chronological_order(facts["file_id"][None], facts["time"][None].view("datetime64[ns]"))
+        if perm is None:
+            return ts
+        warn_s1_order(path, 1)
+        return [int(perm[0, t]) for t in ts]
+
+    def _slot(self, key: str, out: dict[str, np.ndarray], tensors: dict[str, torch.Tensor], meta, n: int,
+              static: bool, n_t: int, path: str) -> None:
+        """Allocate the batch tensor of ``key`` from its first member, or check a later member fits it."""
+        item = tuple(meta.shape[1:])
+        shape = delivered_shape(self.spec, static, n, n_t, item)
+        if key not in out:
+            tensors[key] = alloc(shape, meta.dtype, shared=self.shared)
+            out[key] = tensors[key].numpy()
+        elif out[key].shape != shape or out[key].dtype != meta.dtype:
+            raise CorruptFileError(path, f"{key!r} is {meta.dtype} {list(shape)[1:]}, other locations of the batch "
+                                         f"are {out[key].dtype} {list(out[key].shape)[1:]}")
+
+    def release(self, bi: int, batch: Batch) -> None:
+        """Nothing to drop per batch: members leave memory when their last use is delivered."""
+
+    def close(self) -> None:
+        for s in list(self.streams):
+            self._close(s)

@@ -1,0 +1,341 @@
+"""WebDataset tar shards of per-location ``.zarr.zip`` members, read without xarray or zarr-python.
+
+The distribution published since 2026-02-17 stores ``{split}/{modality}/ssl4eos12_shard_NNNNNN.tar``, one tar
+member ``<sample id>.zarr.zip`` per location (WebDataset key = sample id). Each member is a zarr format-2
+group with consolidated metadata:
+
+==============  ===================  ==========================================================
+variable        dims                 meaning
+==============  ===================  ==========================================================
+``bands``       time, band, y, x     the image (S2 with the +1000 offset **removed**)
+``cloud_mask``  time, y, x           uint8 SEnSeI v2 classes (S2 modalities)
+``time``        time                 int64 ns since 1970, acquisition times (DEM: one timestep, 0)
+``center_lat``  scalar               float64 degrees (also ``center_lon``)
+``crs``         scalar               int64 EPSG code of the UTM zone
+``file_id``     time                 source product ids
+``x``, ``y``    x / y                float64 UTM metres of pixel centres (older writers: ``x_``/``y_``)
+``spatial_ref`` scalar               the CRS as WKT (``crs_wkt`` attribute, as rioxarray writes it)
+==============  ===================  ==========================================================
+
+This module gives three ways in, all on the library's own zip + numcodecs path:
+
+* :func:`scan_shard`: the member index (name, offset, size) from tar headers only, never the data;
+* :class:`ShardStream`: a shard read front to back once, members read or skipped on request;
+* :class:`MemberArchive`: one member as a zip archive inside the tar (range reads, local or remote).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import schema
+from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+from .storage import MemoryZipArchive, RetryingFile, ZipArchive, atomic_write, is_url, remote_fs
+from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
+
+#: Suffix of every member of a shard.
+MEMBER_SUFFIX = ".zarr.zip"
+#: Read-ahead when a remote shard is streamed front to back.
+STREAM_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Member:
+    """One location in a shard: its WebDataset ``key`` (the sample id), tar member ``name``, and where its
+    bytes lie in the tar (``offset``, ``size``)."""
+
+    key: str
+    name: str
+    offset: int
+    size: int
+
+
+def _key(path: str, name: str) -> str:
+    if name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
+        raise UnsafeFileError(path, f"unsafe member name {name!r} (absolute or with '..')")
+    base = name.rsplit("/", 1)[-1]
+    return base[: -len(MEMBER_SUFFIX)] if base.endswith(MEMBER_SUFFIX) else base.split(".", 1)[0]
+
+
+def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping[str, Any] | None = None,
+                retries: int = 5, backoff: float = 0.2, **_: Any):
+    """A seekable binary file for a local path or URL.
+
+    Remote files retry transient errors; ``sequential`` reads ahead in large blocks (streaming a shard),
+    otherwise every read is one exact range request (random access inside a shard).
+    """
+    if not is_url(path):
+        try:
+            return open(path, "rb", buffering=1 << 20 if sequential else -1)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"shard not found: {path}") from None
+    fs, remote = remote_fs(path, storage_options)
+    kwargs = {"cache_type": "readahead", "block_size": STREAM_BLOCK} if sequential else {"cache_type": "none"}
+    try:
+        return RetryingFile(lambda: fs.open(remote, "rb", **kwargs), retries, backoff)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"shard not found: {path}") from None
+
+
+def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
+    try:
+        tar = tarfile.open(fileobj=fh, mode="r:")
+        for info in tar:
+            if not info.isfile():
+                continue
+            yield info, Member(_key(path, info.name), info.name, info.offset_data, info.size)
+    except tarfile.TarError as exc:
+        raise CorruptFileError(path, f"not a readable tar shard ({exc}); the file is truncated or damaged") from None
+
+
+def scan_shard(path: str, **archive_kwargs: Any) -> list[Member]:
+    """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
+    data: a local scan reads 512 bytes per location, a remote one makes one small range request each)."""
+    with open_binary(path, **archive_kwargs) as fh:
+        return [m for _info, m in _members(path, fh) if m.name.endswith(MEMBER_SUFFIX)]
+
+
+# -- the shard index cache ---------------------------------------------------------------------------------
+
+def cache_dir() -> str:
+    """Where indexes are kept: ``$SSL4EO_ZARR_CACHE``, else the platform's user cache folder."""
+    env = os.environ.get("SSL4EO_ZARR_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ssl4eo_zarr")
+
+
+def _fingerprint(path: str, storage_options: Mapping[str, Any] | None) -> str | None:
+    """Identity of a file's current version: size + mtime locally, ETag or Last-Modified (+ size) remotely."""
+    try:
+        if not is_url(path):
+            st = os.stat(path)
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        fs, remote = remote_fs(path, storage_options)
+        info = fs.info(remote)
+    except (OSError, ValueError):
+        return None
+    tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("Last-Modified") or ""
+    return f"{info.get('size')}:{tag}" if tag or info.get("size") else None
+
+
+def shard_index(path: str, *, use_cache: bool = True, **archive_kwargs: Any) -> list[Member]:
+    """:func:`scan_shard`, kept in :func:`cache_dir` keyed by the path and the file's version, so the next
+    open reads no tar header. A changed file gets a new entry; a damaged entry is rebuilt silently."""
+    finger = _fingerprint(path, archive_kwargs.get("storage_options")) if use_cache else None
+    if finger is None:
+        return scan_shard(path, **archive_kwargs)
+    import hashlib
+
+    name = hashlib.sha256(f"{path}\0{finger}".encode()).hexdigest()[:32] + ".json"
+    where = os.path.join(cache_dir(), "shards", name)
+    try:
+        with open(where, encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc["path"] == path and doc["version"] == finger:
+            return [Member(*m) for m in doc["members"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    members = scan_shard(path, **archive_kwargs)
+    try:
+        with atomic_write(where, "w") as f:
+            json.dump({"path": path, "version": finger, "members": [list(m.__dict__.values()) for m in members]}, f)
+    except OSError:
+        pass  # a read-only cache costs a rescan next time, nothing else
+    return members
+
+
+# -- streaming ---------------------------------------------------------------------------------------------
+
+class ShardStream:
+    """One shard read front to back: :meth:`advance` moves to the next member and :meth:`read` returns its
+    bytes. Members never read are skipped by seeking, so a resumed epoch does not read what it skips."""
+
+    def __init__(self, path: str, **archive_kwargs: Any):
+        self.path = path
+        self._fh = open_binary(path, sequential=True, **archive_kwargs)
+        self._it = _members(path, self._fh)
+        self._info: tarfile.TarInfo | None = None
+        self.index = -1
+        self.member: Member | None = None
+
+    def advance(self) -> Member | None:
+        """The next ``*.zarr.zip`` member, or ``None`` at the end of the shard."""
+        for info, member in self._it:
+            if not member.name.endswith(MEMBER_SUFFIX):
+                continue
+            self._info, self.member = info, member
+            self.index += 1
+            return member
+        self.member = None
+        return None
+
+    def read(self) -> bytes:
+        """Bytes of the current member."""
+        assert self.member is not None
+        self._fh.seek(self.member.offset)
+        data = self._fh.read(self.member.size)
+        if len(data) != self.member.size:
+            raise CorruptFileError(self.path, f"member ends after {len(data)} of {self.member.size} bytes "
+                                              "(truncated shard)", member=self.member.name)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# -- one member ----------------------------------------------------------------------------------------------
+
+class _Window(io.RawIOBase):
+    """The bytes ``[offset, offset + size)`` of a seekable file, as a file of their own."""
+
+    def __init__(self, fh, offset: int, size: int):
+        self._fh, self._offset, self._size, self._pos = fh, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        if n <= 0:
+            return b""
+        self._fh.seek(self._offset + self._pos)
+        data = self._fh.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+class MemberArchive(ZipArchive):
+    """Member ``member`` of the shard at ``shard`` as a zip archive, read in place with range requests
+    (nothing else of the shard is read); errors name ``shard/member``."""
+
+    def __init__(self, shard: str, member: Member, **archive_kwargs: Any):
+        super().__init__(f"{shard}/{member.name}", **{k: v for k, v in archive_kwargs.items() if k != "cache_dir"})
+        self.shard = shard
+        self.member = member
+        self._kwargs = archive_kwargs
+
+    @property
+    def is_remote(self) -> bool:
+        return is_url(self.shard)
+
+    def _open_fileobj(self):
+        return _Window(open_binary(self.shard, **self._kwargs), self.member.offset, self.member.size)
+
+
+def member_archive(data: bytes, where: str) -> MemoryZipArchive:
+    """A member held in memory (read from a stream), named ``where`` in errors."""
+    return MemoryZipArchive(data, where)
+
+
+def bands_meta(group: GroupMeta, path: str) -> ArrayMeta:
+    meta = group.arrays.get(schema.BANDS_VAR)
+    if meta is None or meta.dims[:1] != ("time",) or len(meta.shape) != 4:
+        found = None if meta is None else dict(zip(meta.dims, meta.shape))
+        raise CorruptFileError(path, f"'bands' must be [time, band, y, x] in a shard member, found {found}")
+    return meta
+
+
+def member_modality(name: str, archive: ZipArchive, group: GroupMeta) -> schema.Modality:
+    """The schema's modality ``name``, or one described by the member's own metadata when it is new."""
+    meta = bands_meta(group, archive.path)
+    mod = schema.find_modality(name)
+    if mod is not None:
+        return mod
+    bands: tuple[str, ...] = tuple(f"b{i}" for i in range(meta.shape[1]))
+    if "band" in group.arrays:
+        bands = tuple(str(b) for b in read_array(archive, group.arrays["band"]))
+    return schema.modality_from_metadata(name, meta.dtype, bands, meta.shape[0], schema.CLOUD_VAR in group.arrays)
+
+
+def read_time(archive: ZipArchive, meta: ArrayMeta, t: int, dst: np.ndarray, scratch=None) -> None:
+    """Timestep ``t`` of a ``[time, ...]`` array into ``dst`` (shape ``meta.shape[1:]``): decoded in place
+    when a chunk holds exactly one timestep, else through the chunks it touches."""
+    if not 0 <= t < meta.shape[0]:
+        raise CorruptFileError(archive.path, f"timestep {t} asked, the member holds {meta.shape[0]}",
+                               member=meta.name)
+    if meta.chunks[0] == 1 and tuple(meta.chunks[1:]) == tuple(meta.shape[1:]):
+        read_chunk(archive, meta, (t,) + (0,) * (len(meta.shape) - 1), out=dst.reshape(meta.chunks), scratch=scratch)
+        return
+    dst[...] = read_region(archive, meta, (slice(t, t + 1),) + tuple(slice(None) for _ in meta.shape[1:]))[0]
+
+
+def _scalar(archive: ZipArchive, group: GroupMeta, name: str, default: Any) -> Any:
+    meta = group.arrays.get(name)
+    return read_array(archive, meta).reshape(-1)[0] if meta is not None else default
+
+
+def member_metadata(archive: ZipArchive, group: GroupMeta) -> dict[str, Any]:
+    """Per-location facts of a member: ``center_lat``/``center_lon`` float (degrees), ``crs`` int (EPSG),
+    ``time`` int64 ``[T]`` (ns since 1970), ``file_id`` str ``[T]``."""
+    out = {"center_lat": float(_scalar(archive, group, "center_lat", np.nan)),
+           "center_lon": float(_scalar(archive, group, "center_lon", np.nan)),
+           "crs": int(_scalar(archive, group, "crs", 0))}
+    times = group.arrays.get("time")
+    raw = read_array(archive, times) if times is not None else np.zeros(0, np.int64)
+    out["time"] = raw.astype("datetime64[ns]").astype(np.int64) if raw.dtype.kind == "M" else raw.astype(np.int64)
+    ids = group.arrays.get("file_id")
+    out["file_id"] = read_array(archive, ids).astype(str) if ids is not None else np.array([], dtype=str)
+    return out
+
+
+def member_grid(archive: ZipArchive, group: GroupMeta) -> tuple[np.ndarray, np.ndarray]:
+    """float64 UTM metres of pixel centres ``(x [W], y [H])``: ``x``/``y`` as published, ``x_``/``y_`` from
+    older writers, or pixel indices when neither carries coordinates."""
+    out = []
+    for axis in ("x", "y"):
+        meta = group.arrays.get(f"{axis}_") or group.arrays.get(axis)
+        out.append(read_array(archive, meta).astype(np.float64) if meta is not None else np.zeros(0))
+    return out[0], out[1]
+
+
+def write_shard(path: str, members: Sequence[tuple[str, bytes]]) -> str:
+    """Write ``(member name, bytes)`` pairs as a POSIX tar shard, atomically, with fixed metadata so the same
+    members always give the same bytes. Returns the path."""
+    with atomic_write(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, fileobj=io.BytesIO(data))
+    return path
+
+
+def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupMeta]:
+    """A member's archive and metadata from its bytes."""
+    archive = member_archive(data, where)
+    return archive, read_group(archive)
+
+
+__all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "cache_dir", "member_grid",
+           "member_metadata", "member_modality", "open_binary", "open_member_group", "read_time", "scan_shard",
+           "shard_index", "write_shard"]
