@@ -214,6 +214,83 @@ def make_chunk(locs: Locations, *, size: int = schema.PATCH_SIZE, seed: int = 0,
     }
 
 
+def _extra_members(chunk: dict[str, xr.Dataset], i: int, rng: np.random.Generator) -> dict[str, xr.Dataset]:
+    """DEM, NDVI and LULC members of location ``i`` (shard layout), consistent with its S2 data."""
+    from .webdataset import member_dataset
+
+    l2a = chunk["S2L2A"].isel(sample=i)
+    common = {"center_lat": float(l2a["center_lat"]), "center_lon": float(l2a["center_lon"]), "epsg": int(l2a["crs"]),
+              "x": l2a["x_"].values, "y": l2a["y_"].values}
+    times = l2a["time_"].values.astype("datetime64[ns]").astype(np.int64)
+    dn = l2a[schema.BANDS_VAR].values.astype(np.float32) - schema.S2_OFFSET
+    nir, red = dn[:, schema.S2L2A.bands.index("B08")], dn[:, schema.S2L2A.bands.index("B04")]
+    ndvi = np.where(nir + red != 0, (nir - red) / np.maximum(np.abs(nir + red), 1.0), 0.0).astype(np.float32)
+    cloud = l2a[schema.CLOUD_VAR].values
+    lulc = np.select([ndvi < 0.0, ndvi > 0.5, ndvi > 0.3, ndvi > 0.15], [1, 2, 5, 11], 7).astype(np.uint8)
+    lulc[np.isin(cloud, (CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD))] = 10
+    lulc[cloud == CloudClass.SNOW] = 9
+    size = dn.shape[-1]
+    dem = (400.0 + 300.0 * smooth_field(rng, (1,), size, scale=40.0) + 50.0 * rng.random()).astype(np.float32)
+    ids = l2a["file_id"].values
+    return {
+        "DEM": member_dataset(dem[:, None], band_names=schema.DEM.bands, times_ns=np.zeros(1, np.int64),
+                              file_id=["COP-DEM_GLO-30"], **common),
+        "NDVI": member_dataset(ndvi[:, None], band_names=schema.NDVI.bands, times_ns=times, file_id=ids, **common),
+        "LULC": member_dataset(lulc[:, None], band_names=schema.LULC.bands, times_ns=times, file_id=ids, **common),
+    }
+
+
+def make_shards(
+    root: str | os.PathLike,
+    n_locations: int = 40,
+    *,
+    per_shard: int = schema.LOCATIONS_PER_SHARD,
+    size: int = schema.PATCH_SIZE,
+    seed: int = 0,
+    split: str = "val",
+    modalities: tuple[str, ...] | None = None,
+) -> dict[str, list[str]]:
+    """Write a synthetic dataset in the WebDataset layout: ``root/{split}/{modality}/ssl4eos12_shard_NNNNNN.tar``
+    with ``per_shard`` locations per shard (the last fewer), all seven modalities unless ``modalities`` says
+    otherwise, members in the published layout (S2 offset removed). Returns ``{modality: [shard paths]}``.
+
+    The locations and pixels are those :func:`make_dataset` writes for the same ``n_locations``/``seed`` when
+    ``n_locations`` fills whole chunks, so both distributions can be compared location by location.
+    """
+    from .shards import MEMBER_SUFFIX, write_shard
+    from .webdataset import location_dataset, member_bytes
+
+    root = os.fspath(root)
+    mods = list(modalities or schema.MODALITIES)
+    locs = sample_locations(n_locations, seed=seed)
+    rng = np.random.default_rng(seed + 17)
+    pending: dict[str, list[tuple[str, bytes]]] = {m: [] for m in mods}
+    written: dict[str, list[str]] = {m: [] for m in mods}
+
+    def flush(m: str) -> None:
+        path = os.path.join(root, split, m, schema.shard_name(len(written[m]) + 1))
+        written[m].append(write_shard(path, pending[m]))
+        pending[m] = []
+
+    for k, start in enumerate(range(0, n_locations, schema.SAMPLES_PER_FILE)):
+        stop = min(start + schema.SAMPLES_PER_FILE, n_locations)
+        part = Locations(*(getattr(locs, f)[start:stop] for f in ("ids", "lat", "lon", "epsg", "city")))
+        chunk = make_chunk(part, size=size, seed=seed * 100003 + k)
+        for i in range(stop - start):
+            members = {m: location_dataset(chunk[m], i, m) for m in schema.CHUNK_MODALITIES if m in mods}
+            if any(m not in schema.CHUNK_MODALITIES for m in mods):
+                members.update({m: ds for m, ds in _extra_members(chunk, i, rng).items() if m in mods})
+            key = str(part.ids[i])
+            for m in mods:
+                pending[m].append((key + MEMBER_SUFFIX, member_bytes(members[m])))
+                if len(pending[m]) == per_shard:
+                    flush(m)
+    for m in mods:
+        if pending[m]:
+            flush(m)
+    return written
+
+
 def pre_fix_s1_order(ds: xr.Dataset) -> xr.Dataset:
     """An S1GRD chunk Dataset as published before the 2026-02-19 fix: per location, ``bands`` and ``file_id``
     in product-name order (``S1A_...`` before ``S1B_...``) while ``time_`` stays chronological."""
