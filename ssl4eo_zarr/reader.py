@@ -25,7 +25,7 @@ from dask.base import tokenize
 
 from . import s1order, schema
 from .errors import CorruptFileError, ModalityMismatchError, S1OrderWarning, SchemaError
-from .layout import ChunkSet, is_chunk_file, resolve
+from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
 from .storage import ZipArchive
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group
 
@@ -317,7 +317,7 @@ def open_multimodal(
     """One multi-modal Dataset over ``sets`` (see :func:`open_dataset`)."""
     if not sets:
         raise SchemaError("no chunk files to open")
-    mods = [m for m in schema.MODALITIES if all(m in cs.paths for cs in sets)]
+    mods = [m for m in schema.CHUNK_MODALITIES if all(m in cs.paths for cs in sets)]
     if not mods:
         raise SchemaError("the chunk files share no modality")
     opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
@@ -350,6 +350,8 @@ def open_dataset(
     engine: str = "ssl4eo",
     verify_grid: bool = False,
     fix_s1_order: bool = True,
+    s2_offset: bool = True,
+    distribution: str | None = None,
     threads: int = 8,
     storage_options: Mapping[str, Any] | None = None,
     **archive_kwargs: Any,
@@ -384,6 +386,12 @@ def open_dataset(
         ``file_id`` are reordered per location (one :class:`~ssl4eo_zarr.errors.S1OrderWarning` per file), so S1
         season ``t`` matches ``time_[t]`` and S2 season ``t``. Reads ``file_id``/``time_`` of each S1 file at
         open. ``False`` delivers files as stored. Files without the problem are unaffected.
+    s2_offset:
+        Multi-modal views: S2L1C/S2L2A as DN + 1000 (``True``, the chunk-file convention) or with the offset
+        removed (``False``, the shard convention), whichever distribution they come from.
+    distribution:
+        ``"chunks"`` or ``"shards"`` where a root holds both (default: detected). Over shards the Dataset has
+        the same layout (see :func:`ssl4eo_zarr.shardview.open_shard_dataset`), DEM as ``[sample, band_DEM, y, x]``.
     threads:
         Files opened concurrently (helps on network storage).
     storage_options:
@@ -404,8 +412,20 @@ def open_dataset(
         if engine != "ssl4eo":
             raise ValueError(f"engine must be 'ssl4eo' or 'zarr', got {engine!r}")
         return _modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
-    sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options)
-    return open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order, **kwargs)
+    sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
+                   distribution=distribution)
+    if sets and sets[0].kind == SHARDS:
+        from .shardview import open_shard_dataset
+
+        return open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads, **kwargs)
+    ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order, **kwargs)
+    if not s2_offset:
+        for m in ds.attrs["modalities"]:
+            if schema.MODALITIES[m].offset:
+                ds[m] = (ds[m] - schema.MODALITIES[m].offset).assign_attrs(
+                    units="DN (offset removed; reflectance = DN / 10000)")
+    ds.attrs.update(distribution="chunks", s2_offset="DN + 1000" if s2_offset else "removed")
+    return ds
 
 
 def open_files(paths: Sequence[str | os.PathLike], **archive_kwargs: Any) -> xr.Dataset:

@@ -13,15 +13,17 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 class RangeHTTPServer:
-    """Serve ``folder`` on ``http://127.0.0.1:<port>/`` in a background thread.
+    """Serve ``folder`` on ``http://127.0.0.1:<port>/`` in a background thread, as a static host does: files
+    only, a folder is 404 (no listing; ``listing=True`` restores Python's folder pages).
 
     ``fail_every=k`` answers every k-th request with 503 (to test retries). ``bytes_served`` and ``requests``
     count what went out. Use as a context manager; it stops by itself on exit.
     """
 
-    def __init__(self, folder: str, *, fail_every: int = 0):
+    def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False):
         self.folder = os.fspath(folder)
         self.fail_every = fail_every
+        self.listing = listing
         self.bytes_served = 0
         self.requests = 0
         self.failures = 0
@@ -43,6 +45,12 @@ class RangeHTTPServer:
                         server.failures += 1
                     return bool(fail)
 
+            def send_head(self):
+                if not server.listing and os.path.isdir(self.translate_path(self.path)):
+                    self.send_error(HTTPStatus.NOT_FOUND, "static host: no folder listing")
+                    return None
+                return super().send_head()
+
             def do_HEAD(self):
                 if self._should_fail():
                     self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
@@ -54,6 +62,9 @@ class RangeHTTPServer:
                     self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
                     return
                 path = self.translate_path(self.path)
+                if not server.listing and os.path.isdir(path):
+                    self.send_error(HTTPStatus.NOT_FOUND, "static host: no folder listing")
+                    return
                 match = _RANGE.match(self.headers.get("Range", "").strip())
                 if not os.path.isfile(path) or match is None:
                     return super().do_GET()
