@@ -1,14 +1,17 @@
-"""Check chunk files against the format: every file, every problem, one report.
+"""Check chunk files and WebDataset shards against the format: every file, every problem, one report.
 
-``validate(source)`` checks a file, a list of files, a split folder or a dataset root: the archive (opens,
-CRC of every member, duplicate entries), the schema (dims, dtypes, band names, sizes, chunking), values
-(typical ranges, NaN, cloud classes), identifiers (``sample_id``, S1 ``time_`` vs ``file_id`` order) and
-agreement between modality files of the same chunk (sample ids, grid).
+``validate(source)`` checks a file, a list of files, a split folder or a dataset root of either distribution.
+Chunk files: the archive (opens, CRC of every member, duplicate entries), the schema (dims, dtypes, band
+names, sizes, chunking), values (typical ranges, NaN, cloud classes), identifiers (``sample_id``, S1 ``time_``
+vs ``file_id`` order) and agreement between modality files of the same chunk (sample ids, grid). Shards:
+tar integrity, every member's archive and schema, values, duplicate keys, and the same keys in the same
+order in every modality's shard.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,9 +20,9 @@ import numpy as np
 from . import s1order, schema
 from .checks import dataset_problems, infer_modality
 from .errors import SSL4EOError
-from .layout import is_chunk_file, resolve
+from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
 from .reader import ChunkFile, _modality_dataset, open_chunk
-from .zarrv2 import read_chunk
+from .zarrv2 import read_array, read_chunk
 
 #: Fraction of pixels outside the typical range above which a file is reported (values outside do occur).
 RANGE_TOLERANCE = 0.01
@@ -165,6 +168,107 @@ def validate_file(path: str, *, modality: str | None = None, size: int | None = 
     return report
 
 
+def _check_member(key: str, archive, group, mod: schema.Modality | None, size: int | None, check_values: bool,
+                  problems: list[str]) -> None:
+    """Schema and values of one shard member (offset removed for S2), problems prefixed with its key."""
+    from .shards import bands_meta, member_metadata, read_time
+
+    meta = bands_meta(group, archive.path)
+    t, c, h, w = meta.shape
+    edge = size or schema.PATCH_SIZE
+    say = problems.append
+    if mod is not None and mod.known:
+        if mod.name in schema.CHUNK_MODALITIES and meta.dtype != mod.dtype:
+            say(f"{key}: 'bands' is {meta.dtype}, expected {mod.dtype}")
+        if c != mod.n_bands:
+            say(f"{key}: {c} bands, {mod.name} has {mod.n_bands}")
+        if t != mod.n_timestamps:
+            say(f"{key}: {t} timesteps, {mod.name} has {mod.n_timestamps}")
+    if (h, w) != (edge, edge):
+        say(f"{key}: patches are {h} x {w} px, expected {edge} x {edge}")
+    for name in ("center_lat", "center_lon", "crs", "time", "file_id"):
+        if name not in group.arrays:
+            say(f"{key}: variable {name!r} is missing")
+    if name_problems := [n for n in ("time", "file_id") if n in group.arrays and group.arrays[n].shape != (t,)]:
+        say(f"{key}: {name_problems} must have one value per timestep ({t})")
+    if mod is not None and mod.name in ("S2L1C", "S2L2A") and schema.CLOUD_VAR not in group.arrays:
+        say(f"{key}: {mod.name} needs {schema.CLOUD_VAR!r}")
+    facts = member_metadata(archive, group)
+    if not (-90 <= facts["center_lat"] <= 90 and -180 <= facts["center_lon"] <= 180):
+        say(f"{key}: centre {facts['center_lat']}, {facts['center_lon']} is not a lat/lon")
+    if not check_values:
+        return
+    lo, hi = (mod.valid_range if mod is not None else (-np.inf, np.inf))
+    shift = mod.offset if mod is not None else 0
+    outside = total = nan = 0
+    slab = np.empty((c, h, w), dtype=meta.dtype)
+    for k in range(t):
+        read_time(archive, meta, k, slab)
+        if slab.dtype.kind == "f":
+            nan += int(np.isnan(slab).sum())
+        outside += int(((slab < lo - shift) | (slab > hi - shift)).sum())
+        total += slab.size
+    if nan:
+        say(f"{key}: {nan} NaN values in 'bands'")
+    if total and outside / total > RANGE_TOLERANCE and mod is not None and mod.known:
+        say(f"warning:{key}: {outside / total:.1%} of values outside the typical range")
+    if schema.CLOUD_VAR in group.arrays:
+        cm = read_array(archive, group.arrays[schema.CLOUD_VAR])
+        if (cm > max(schema.CloudClass)).any():
+            say(f"{key}: cloud_mask holds values outside the classes 0..6")
+
+
+def validate_shard(path: str, *, modality: str | None = None, size: int | None = None,
+                   check_values: bool = True) -> tuple[FileReport, list[str]]:
+    """Check one shard: the tar reads to its end, every member is a sound archive in the member schema.
+    Returns the report and the member keys in shard order. Never raises for a damaged shard."""
+    from .shards import ShardStream, member_modality, open_member_group
+
+    report = FileReport(path=path, modality=modality)
+    keys: list[str] = []
+    mod = schema.find_modality(modality) if modality else None
+    stream = None
+    try:
+        stream = ShardStream(path)
+        while (member := stream.advance()) is not None:
+            keys.append(member.key)
+            archive, group = open_member_group(stream.read(), f"{path}/{member.name}")
+            if mod is None and modality:
+                mod = member_modality(modality, archive, group)
+            problems: list[str] = []
+            _check_member(member.key, archive, group, mod, size, check_values, problems)
+            for name in archive.names():
+                archive.read(name)  # CRC of every entry
+            for p in problems:
+                (report.warnings if p.startswith("warning:") else report.errors).append(p.removeprefix("warning:"))
+    except SSL4EOError as exc:
+        report.errors.append(str(exc))
+    finally:
+        if stream is not None:
+            stream.close()
+    dups = [k for k, n in Counter(keys).items() if n > 1]
+    if dups:
+        report.errors.append(f"keys repeat within the shard: {dups[:3]}")
+    if not keys and not report.errors:
+        report.errors.append("the shard holds no .zarr.zip members")
+    return report, keys
+
+
+def _check_shard_keys(cs: ChunkSet, keys: dict[str, list[str]], reports: dict[str, FileReport]) -> None:
+    mods = [m for m in cs.paths if keys.get(m) is not None]
+    if len(mods) < 2:
+        return
+    ref = keys[mods[0]]
+    for m in mods[1:]:
+        other = keys[m]
+        if other != ref:
+            k = next((j for j, (a, b) in enumerate(zip(ref, other)) if a != b), min(len(ref), len(other)))
+            reports[cs.paths[m]].errors.append(
+                f"keys differ from {cs.paths[mods[0]]} at location {k}: "
+                f"{other[k] if k < len(other) else None!r} vs {ref[k] if k < len(ref) else None!r} "
+                "(every modality's shard must hold the same keys in the same order)")
+
+
 def _check_chunkset(paths: dict[str, str], reports: dict[str, FileReport]) -> None:
     opened = {}
     for m, p in paths.items():
@@ -203,6 +307,8 @@ def validate(
         mod = parent if parent in schema.MODALITIES else None
         return Report([validate_file(os.fspath(source), modality=mod, size=size, check_values=check_values)])
     sets = resolve(source, split=split)
+    if sets and sets[0].kind == SHARDS:
+        return _validate_shards(sets, size=size, check_values=check_values, progress=progress)
     reports: dict[str, FileReport] = {}
     items = [(m, p) for cs in sets for m, p in cs.paths.items()]
     iterator = progress(items, desc="validate", unit="file") if progress else items
@@ -213,4 +319,21 @@ def validate(
             reports[p] = validate_file(p, modality=m or None, size=size, check_values=check_values)
     for cs in sets:
         _check_chunkset(dict(cs.paths), reports)
+    return Report(list(reports.values()))
+
+
+def _validate_shards(sets: Sequence[ChunkSet], *, size: int | None, check_values: bool,
+                     progress: Callable | None) -> Report:
+    reports: dict[str, FileReport] = {}
+    keys: dict[str, list[str] | None] = {}
+    items = [(m, p) for cs in sets for m, p in cs.paths.items()]
+    for m, p in progress(items, desc="validate", unit="shard") if progress else items:
+        if not os.path.exists(p):
+            reports[p] = FileReport(p, m, errors=["shard is missing (it exists in other modalities)"])
+            keys[p] = None
+            continue
+        reports[p], found = validate_shard(p, modality=m, size=size, check_values=check_values)
+        keys[p] = found if reports[p].ok else None
+    for cs in sets:
+        _check_shard_keys(cs, {m: keys[p] for m, p in cs.paths.items()}, reports)
     return Report(list(reports.values()))

@@ -98,7 +98,7 @@ class ChunkReader:
             t = spec.listed()[k]
         if spec.reindex_seasonal:
             t = int(self.orders[f][i, t])
-        return int(np.searchsorted(self.decoded[f].meta["_ts"], t))
+        return int(np.flatnonzero(self.decoded[f].meta["_ts"] == t)[0])
 
     def _assemble(self, batch: Batch, rows: list[tuple[int, int]]) -> dict[str, Any]:
         spec = self.spec

@@ -1,0 +1,363 @@
+"""The WebDataset distribution: seven modalities, one loader for both distributions, streaming, the xarray view,
+static hosts, brace patterns, conversion and validation."""
+
+import os
+import shutil
+import tarfile
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader
+
+import ssl4eo_zarr as sz
+from ssl4eo_zarr import ModalityMismatchError, schema, synthetic, webdataset
+from ssl4eo_zarr.layout import count_by_probing, expand_braces, resolve
+from ssl4eo_zarr.shards import scan_shard, shard_index
+from ssl4eo_zarr.testing import RangeHTTPServer
+
+N, SIZE, SEED = 40, 32, 4
+TRAIN = ("S2L1C", "S2L2A", "S1GRD")
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """The same 40 locations as chunk files (one file) and as 7-modality shards (16 + 16 + 8)."""
+    base = tmp_path_factory.mktemp("both")
+    chunks, shards = str(base / "chunks"), str(base / "shards")
+    synthetic.make_dataset(chunks, n_files=1, samples=N, size=SIZE, seed=SEED, split="val")
+    synthetic.make_shards(shards, N, per_shard=16, size=SIZE, seed=SEED, split="val")
+    return chunks, shards
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """37 locations in 5 shards (8 each, the last 5), three modalities."""
+    path = str(tmp_path_factory.mktemp("odd") / "shards")
+    synthetic.make_shards(path, 37, per_shard=8, size=16, seed=9, split="train", modalities=TRAIN)
+    return path
+
+
+def _run(ds, workers=2):
+    return list(DataLoader(ds, batch_size=None, num_workers=workers))
+
+
+def _by_sample(batches, key):
+    return {s: b[key][j] for b in batches for j, s in enumerate(b["sample"])}
+
+
+def test_published_numbering_and_layout(both):
+    _, shards = both
+    names = sorted(os.listdir(os.path.join(shards, "val", "S2L2A")))
+    assert names == [schema.shard_name(i) for i in (1, 2, 3)]
+    members = scan_shard(os.path.join(shards, "val", "DEM", names[0]))
+    assert len(members) == 16 and all(m.name == m.key + ".zarr.zip" and len(m.key) == 7 for m in members)
+    sets = resolve(shards, split="val")
+    assert {cs.kind for cs in sets} == {"shards"} and list(sets[0].paths) == list(schema.MODALITIES)
+
+
+def test_the_xarray_views_of_both_distributions_agree(both):
+    chunks, shards = both
+    a = sz.open_dataset(chunks, split="val")
+    b = sz.open_dataset(shards, split="val")
+    assert b.attrs["distribution"] == "shards"
+    assert list(a["sample"].values) == list(b["sample"].values)
+    for name in ("S2L1C", "S2L2A", "S1GRD", "S2RGB", "cloud_mask", "center_lat", "center_lon", "crs", "x_", "y_",
+                 "time_S2L2A", "time_S1GRD", "file_id_S1GRD", "sample_id"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    assert b["DEM"].dims == ("sample", "band_DEM", "y", "x") and b["DEM"].dtype == np.float32
+    assert b["NDVI"].dims == ("sample", "time", "band_NDVI", "y", "x")
+    off_a = sz.open_dataset(chunks, split="val", s2_offset=False)
+    off_b = sz.open_dataset(shards, split="val", s2_offset=False, modalities=["S2L2A"])
+    np.testing.assert_array_equal(off_a["S2L2A"].values, off_b["S2L2A"].values)
+    np.testing.assert_array_equal(off_a["S2L2A"].values, a["S2L2A"].values - 1000)
+
+
+@pytest.mark.parametrize("s2_offset", [True, False])
+@pytest.mark.parametrize("timestamps", ["all", 2, [3, 1]])
+def test_the_loader_gives_identical_tensors_from_both(both, s2_offset, timestamps):
+    chunks, shards = both
+    kw = {"split": "val", "batch_size": 8, "timestamps": timestamps, "return_metadata": True, "s2_offset": s2_offset,
+          "modalities": TRAIN}
+    a = _run(sz.ChunkDataset(chunks, **kw))
+    b = _run(sz.ChunkDataset(shards, **kw))
+    assert len(a) == len(b) == 5
+    assert set(b[0]) == set(a[0])
+    for key in (*TRAIN, "cloud_mask", "center_lat", "crs", "time_", "time_S1GRD"):
+        got, want = _by_sample(b, key), _by_sample(a, key)
+        assert set(got) == set(want)
+        for s in want:
+            assert got[s].dtype == want[s].dtype and torch.equal(got[s], want[s]), (key, s)
+    if not s2_offset:
+        assert int(b[0]["S2L2A"].min()) < 1000 or int(b[0]["S2L2A"].float().mean()) < 3000
+
+
+def test_seven_modalities_random_season_and_dem_shapes(both):
+    _, shards = both
+    ds = sz.ChunkDataset(shards, split="val", modalities=list(schema.MODALITIES), timestamps="random", batch_size=8,
+                         return_metadata=True, seed=3)
+    batches = _run(ds)
+    first = batches[0]
+    assert first["DEM"].shape == (8, 1, 1, SIZE, SIZE)  # one timestep, whatever timestamps says
+    assert first["S2L1C"].shape == (8, 13, SIZE, SIZE) and first["NDVI"].shape == (8, 1, SIZE, SIZE)
+    assert first["LULC"].dtype == torch.uint8 and first["cloud_mask"].shape == (8, SIZE, SIZE)
+    full = sz.open_dataset(shards, split="val")
+    index = {s: i for i, s in enumerate(full["sample"].values)}
+    for b in batches:
+        for j, s in enumerate(b["sample"]):
+            t = int(b["timestamp"][j])
+            # The same season in every time-series modality, its own times with it.
+            for mod in ("S2L2A", "S1GRD", "NDVI"):
+                np.testing.assert_array_equal(b[mod][j].numpy(), full[mod].values[index[s], t])
+            assert int(b["time_"][j]) == full["time_S2L2A"].values[index[s], t].astype(np.int64)
+            np.testing.assert_array_equal(b["DEM"][j, 0].numpy(), full["DEM"].values[index[s]])
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_exactly_once_over_two_ranks_and_two_workers(odd, drop_last):
+    per_rank = []
+    for rank in range(2):
+        ds = sz.ChunkDataset(odd, split="train", rank=rank, world_size=2, batch_size=3, timestamps=0, seed=5,
+                             drop_last=drop_last, return_metadata=True, num_workers=2, shuffle_buffer=6)
+        batches = _run(ds)
+        assert len(batches) == len(ds)
+        per_rank.append(batches)
+    assert len(per_rank[0]) == len(per_rank[1]), "DDP needs the same number of batches on every rank"
+    seen = Counter(s for batches in per_rank for b in batches for s in b["sample"])
+    ids = {m.key for n in sorted(os.listdir(os.path.join(odd, "train", "S2L2A")))
+           for m in scan_shard(os.path.join(odd, "train", "S2L2A", n))}
+    assert len(ids) == 37
+    if drop_last:
+        assert max(seen.values()) == 1 and set(seen) <= ids
+    else:
+        assert set(seen) == ids
+        assert sum(c - 1 for c in seen.values()) <= 2 * 8 + 2 * 3, "padding repeats at most one shard per rank"
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch(odd):
+    def order(epoch, seed=1):
+        ds = sz.ChunkDataset(odd, split="train", batch_size=4, timestamps=1, seed=seed, return_metadata=True)
+        ds.set_epoch(epoch)
+        return [tuple(b["sample"]) for b in _run(ds)]
+
+    first = order(0)
+    assert order(0) == first and order(1) != first and order(0, seed=2) != first
+    assert sorted(s for b in order(1) for s in b) == sorted(s for b in first for s in b)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_the_epoch_exactly(odd, workers):
+    kw = {"split": "train", "batch_size": 4, "timestamps": 1, "seed": 7, "return_metadata": True, "shuffle_buffer": 5}
+    full = _run(sz.ChunkDataset(odd, **kw), workers)
+    resumed = sz.ChunkDataset(odd, **kw)
+    if workers == 0:
+        it = iter(resumed)
+        for _ in range(3):
+            next(it)
+        state = resumed.state_dict()
+    else:
+        state = resumed.state_dict(batches=3)
+    again = sz.ChunkDataset(odd, **kw)
+    again.load_state_dict(state)
+    rest = _run(again, workers)
+    assert [b["sample"] for b in rest] == [b["sample"] for b in full[3:]]
+    assert torch.equal(rest[0]["S2L2A"], full[3]["S2L2A"])
+
+
+def test_memory_is_bounded_by_the_shuffle_buffer(odd):
+    from ssl4eo_zarr.loader.shard_reader import ShardReader
+
+    ds = sz.ChunkDataset(odd, split="train", batch_size=2, timestamps=0, shuffle_buffer=4, seed=2)
+    plan = ds._plan(1)[0]
+    reader = ShardReader(ds._spec(), plan, shared=False)
+    peak = 0
+    for batch in plan:
+        reader.batch(batch)
+        peak = max(peak, len(reader.held))
+    reader.close()
+    assert 0 < peak <= 4 + 2
+
+
+def _rewrite_shard(path, change):
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    from ssl4eo_zarr.shards import write_shard
+
+    write_shard(path, change(members))
+
+
+def test_diverging_keys_name_both_shards_and_keys(both, tmp_path):
+    _, shards = both
+    work = str(tmp_path / "shards")
+    shutil.copytree(shards, work)
+    bad = os.path.join(work, "val", "S1GRD", schema.shard_name(2))
+    _rewrite_shard(bad, lambda ms: [ms[1], ms[0], *ms[2:]])
+    good = os.path.join(work, "val", "S2L1C", schema.shard_name(2))
+    with pytest.raises(ModalityMismatchError) as err:
+        _run(sz.ChunkDataset(work, split="val", batch_size=8, shuffle=False), 0)
+    message = str(err.value)
+    assert bad in message and good in message
+    first, second = (m.key for m in scan_shard(good)[:2])
+    assert repr(first) in message and repr(second) in message
+    with pytest.raises(ModalityMismatchError, match="diverge"):
+        sz.open_dataset(work, split="val")
+
+
+def test_a_modality_the_schema_does_not_know_still_reads(both, tmp_path):
+    _, shards = both
+    work = str(tmp_path / "shards")
+    shutil.copytree(os.path.join(shards, "val", "S1GRD"), os.path.join(work, "val", "SAR9"))
+    shutil.copytree(os.path.join(shards, "val", "S2L2A"), os.path.join(work, "val", "S2L2A"))
+    ds = sz.ChunkDataset(work, split="val", modalities=["S2L2A", "SAR9"], batch_size=8, timestamps=[0, 2])
+    batch = next(iter(ds))
+    assert batch["SAR9"].shape == (8, 2, 2, SIZE, SIZE) and batch["SAR9"].dtype == torch.float16
+    view = sz.open_dataset(work, split="val")
+    assert view["SAR9"].dims == ("sample", "time", "band_SAR9", "y", "x")
+    assert list(view["band_SAR9"].values) == ["vv", "vh"]
+
+
+def test_brace_patterns_and_lists(both):
+    _, shards = both
+    assert expand_braces("a_{0001..0003}.tar") == ["a_0001.tar", "a_0002.tar", "a_0003.tar"]
+    assert expand_braces("{x,y}/{1..2}") == ["x/1", "x/2", "y/1", "y/2"]
+    pattern = os.path.join(shards, "val", "S2L2A", "ssl4eos12_shard_{000001..000003}.tar")
+    ds = sz.ChunkDataset(pattern, modalities=["S2L2A", "S1GRD"], batch_size=10, timestamps=0)
+    assert sum(b["S2L2A"].shape[0] for b in ds) == N
+    assert sz.open_dataset(pattern)["S2L2A"].sizes["sample"] == N
+
+
+def test_probing_finds_shard_counts():
+    calls = []
+
+    def present(i):
+        calls.append(i)
+        return i <= 477
+
+    assert count_by_probing(present) == 477 and len(calls) < 25
+    calls.clear()
+    assert count_by_probing(present, guess=477) == 477 and len(calls) == 3
+    assert count_by_probing(lambda i: False) == 0
+
+
+def test_static_host_root_for_both_distributions(both):
+    chunks, shards = both
+    for root in (chunks, shards):
+        with RangeHTTPServer(root) as server:
+            import urllib.error
+            import urllib.request
+
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(server.url + "/val/")
+            ds = sz.ChunkDataset(server.url, split="val", batch_size=10, timestamps=1, modalities=TRAIN,
+                                 return_metadata=True)
+            batches = _run(ds)
+            assert sorted(s for b in batches for s in b["sample"]) == sorted(
+                sz.open_dataset(root, split="val")["sample"].values)
+
+
+def test_hub_resolve_urls_and_one_timestep_reads_only_its_bytes(both, tmp_path):
+    _, shards = both
+    hub = tmp_path / "hub"
+    os.makedirs(hub / "datasets" / "org" / "SSL4EO-S12-v1.1" / "resolve")
+    os.symlink(shards, hub / "datasets" / "org" / "SSL4EO-S12-v1.1" / "resolve" / "main")
+    with RangeHTTPServer(str(hub)) as server:
+        url = server.url + "/datasets/org/SSL4EO-S12-v1.1/resolve/main"
+        ds = sz.open_dataset(url, split="val", modalities=["S2L2A"])
+        local = sz.open_dataset(shards, split="val", modalities=["S2L2A"])
+        assert list(ds["sample"].values) == list(local["sample"].values)
+        server.reset_counts()
+        got = ds["S2L2A"].isel(sample=20, time=2).values
+        np.testing.assert_array_equal(got, local["S2L2A"].isel(sample=20, time=2).values)
+        member = shard_index(os.path.join(shards, "val", "S2L2A", schema.shard_name(2)))[4]
+        assert member.key == str(ds["sample"].values[20])
+        from ssl4eo_zarr.shards import MemberArchive
+
+        with MemberArchive(os.path.join(shards, "val", "S2L2A", schema.shard_name(2)), member) as archive:
+            chunk = archive._entry("bands/2.0.0.0", 1 << 30).compress_size
+        assert server.bytes_served < chunk + 40_000, "the member's directory and that chunk, not the shard"
+        assert server.bytes_served < member.size
+
+
+def test_hf_urls_route_through_the_hub_filesystem():
+    pytest.importorskip("huggingface_hub")
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs("hf://datasets/org/SSL4EO-S12-v1.1/val/S2L2A/ssl4eos12_shard_000001.tar")
+    assert type(fs).__name__ == "HfFileSystem"
+    assert path.endswith("val/S2L2A/ssl4eos12_shard_000001.tar")
+
+
+def test_convert_keeps_seven_modalities_and_says_what_chunks_cannot_hold(both, tmp_path):
+    _, shards = both
+    with pytest.warns(UserWarning, match="DEM, NDVI, LULC left out"):
+        names = webdataset.shards_to_chunks(shards, str(tmp_path / "chunks"), split="val")
+    assert names == [schema.chunk_file_name("val", 1)]
+    back = sz.open_dataset(str(tmp_path / "chunks"), split="val")
+    view = sz.open_dataset(shards, split="val")
+    np.testing.assert_array_equal(back["S2L1C"].values, view["S2L1C"].values)
+    written = webdataset.chunks_to_shards(str(tmp_path / "chunks"), str(tmp_path / "again"), split="val", per_shard=16)
+    assert [os.path.basename(p) for p in written["S1GRD"]] == [schema.shard_name(i) for i in (1, 2, 3)]
+    for mod in ("S2L2A", "S1GRD"):
+        for a, b in zip(written[mod], sorted(os.listdir(os.path.join(shards, "val", mod)))):
+            with tarfile.open(a) as ta, tarfile.open(os.path.join(shards, "val", mod, b)) as tb:
+                assert [(m.name, ta.extractfile(m).read()) for m in ta] == [(m.name, tb.extractfile(m).read())
+                                                                            for m in tb], "identical members"
+
+
+def test_validate_checks_shards(both, tmp_path, capsys):
+    from ssl4eo_zarr.cli import main
+    from ssl4eo_zarr.validate import validate
+
+    _, shards = both
+    report = validate(shards, split="val", size=SIZE)
+    assert report.ok, report.format()
+    assert len(report.files) == 3 * len(schema.MODALITIES)
+    work = str(tmp_path / "shards")
+    shutil.copytree(shards, work)
+    bad = os.path.join(work, "val", "S2L2A", schema.shard_name(3))
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) // 2)
+    _rewrite_shard(os.path.join(work, "val", "NDVI", schema.shard_name(1)), lambda ms: ms[::-1])
+    report = validate(work, split="val", size=SIZE)
+    errors = {f.path: f.errors for f in report.files if f.errors}
+    assert bad in errors and any("truncated" in e or "tar" in e for e in errors[bad])
+    ndvi = os.path.join(work, "val", "NDVI", schema.shard_name(1))
+    assert ndvi in errors and any("keys" in e for e in errors[ndvi])
+    assert main(["validate", work, "--split", "val", "--size", str(SIZE)]) == 1
+    assert bad in capsys.readouterr().out
+
+
+def test_shard_index_cache_is_invalidated_when_a_file_changes(both, tmp_path, monkeypatch):
+    _, shards = both
+    monkeypatch.setenv("SSL4EO_ZARR_CACHE", str(tmp_path / "cache"))
+    path = str(tmp_path / "one.tar")
+    shutil.copy(os.path.join(shards, "val", "S2RGB", schema.shard_name(3)), path)
+    first = shard_index(path)
+    assert len(first) == 8 and os.listdir(tmp_path / "cache" / "shards")
+    _rewrite_shard(path, lambda ms: ms[:3])
+    assert len(shard_index(path)) == 3, "a replaced file is never read through a stale entry"
+    for name in os.listdir(tmp_path / "cache" / "shards"):
+        (tmp_path / "cache" / "shards" / name).write_text("{damaged")
+    assert len(shard_index(path)) == 3
+
+
+def test_pre_fix_s1_order_inside_shards_is_delivered_chronologically(both, tmp_path):
+    chunks, _ = both
+    good = sz.open_dataset(os.path.join(chunks, "val", "S1GRD", schema.chunk_file_name("val", 1))).load()
+    bad = synthetic.pre_fix_s1_order(good)
+    members = [(f"{bad['sample'].values[i]}.zarr.zip",
+                webdataset.member_bytes(webdataset.location_dataset(bad, i, "S1GRD"))) for i in range(8)]
+    from ssl4eo_zarr.shards import write_shard
+
+    path = write_shard(str(tmp_path / "val" / "S1GRD" / schema.shard_name(1)), members)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = next(iter(sz.ChunkDataset(path, modalities=["S1GRD"], batch_size=8, shuffle=False)))
+        view = sz.open_dataset(path)
+    np.testing.assert_array_equal(batch["S1GRD"].numpy(), good["bands"].values[:8])
+    np.testing.assert_array_equal(view["S1GRD"].values, good["bands"].values[:8])
+    xr.testing.assert_equal(view["file_id_S1GRD"].reset_coords(drop=True).drop_vars(["sample"], errors="ignore"),
+                            good["file_id"][:8].reset_coords(drop=True).drop_vars(["sample"], errors="ignore"))
