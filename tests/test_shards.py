@@ -361,3 +361,65 @@ def test_pre_fix_s1_order_inside_shards_is_delivered_chronologically(both, tmp_p
     np.testing.assert_array_equal(view["S1GRD"].values, good["bands"].values[:8])
     xr.testing.assert_equal(view["file_id_S1GRD"].reset_coords(drop=True).drop_vars(["sample"], errors="ignore"),
                             good["file_id"][:8].reset_coords(drop=True).drop_vars(["sample"], errors="ignore"))
+
+
+def _reference_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "data", "make_shard_reference.py")
+    spec = importlib.util.spec_from_file_location("make_shard_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shards_written_by_zarr218_read_identically():
+    """Members written by xarray + zarr-python 2.18 itself (whole-array chunks, its own metadata)."""
+    root = os.path.join(os.path.dirname(__file__), "data", "shards218")
+    expected = _reference_module().reference_members()
+    ds = sz.ChunkDataset(root, split="val", modalities=["S2L2A", "S1GRD", "DEM"], batch_size=3, shuffle=False,
+                         return_metadata=True, s2_offset=False)
+    batch = next(iter(ds))
+    assert batch["sample"] == [k for k, _ in expected["S2L2A"]]
+    for mod in ("S2L2A", "S1GRD", "DEM"):
+        want = np.stack([m["bands"].values for _, m in expected[mod]])
+        np.testing.assert_array_equal(batch[mod].numpy(), want, err_msg=mod)
+    np.testing.assert_array_equal(batch["cloud_mask"].numpy(), np.stack([m["cloud_mask"].values
+                                                                         for _, m in expected["S2L2A"]]))
+    np.testing.assert_array_equal(batch["time_"].numpy(), np.stack([m["time"].values for _, m in expected["S2L2A"]]))
+    view = sz.open_dataset(root, split="val", s2_offset=False)
+    np.testing.assert_array_equal(view["S2L2A"].values, np.stack([m["bands"].values for _, m in expected["S2L2A"]]))
+    np.testing.assert_array_equal(view["x_"].values, np.stack([m["x"].values for _, m in expected["S2L2A"]]))
+    assert view["DEM"].dims == ("sample", "band_DEM", "y", "x")
+    from ssl4eo_zarr.validate import validate
+
+    report = validate(root, split="val", size=24)
+    assert report.ok, report.format()
+
+
+def test_our_shards_open_with_the_published_webdataset_loader(both):
+    """The published loader: webdataset + fsspec's zip filesystem + zarr.open_consolidated per member."""
+    import zarr
+
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        pytest.skip("the published WebDataset loader needs zarr-python <= 2.18 (run by make test-zarr2)")
+    wds = pytest.importorskip("webdataset")
+    import io
+
+    import fsspec
+
+    def zarr_decoding(key, value):  # as the published loader decodes a member
+        if key == "zarr.zip" or key.endswith(".zarr.zip"):
+            mapper = fsspec.filesystem("zip", fo=io.BytesIO(value), block_size=None).get_mapper("")
+            return zarr.open_consolidated(mapper, mode="r")["bands"][...]
+
+    _, shards = both
+    urls = os.path.join(shards, "val", "S2L2A", "ssl4eos12_shard_{000001..000003}.tar")
+    pipeline = (wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode(zarr_decoding)
+                .rename(image="zarr.zip").batched(8, partial=True))
+    theirs = {k: img for b in pipeline for k, img in zip(b["__key__"], b["image"])}
+    ours = _by_sample(_run(sz.ChunkDataset(shards, split="val", modalities=["S2L2A"], batch_size=8, s2_offset=False,
+                                           return_metadata=True), 0), "S2L2A")
+    assert set(theirs) == set(ours) and len(ours) == N
+    for key, img in theirs.items():
+        np.testing.assert_array_equal(np.asarray(img), ours[key].numpy())
