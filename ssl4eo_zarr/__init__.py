@@ -36,13 +36,14 @@ __all__ = [
     "open_chunk",
     "open_dataset",
     "open_files",
+    "read_metadata",
     "schema",
     "write_chunk",
 ]
 
 
-_SUBMODULES = {"build", "geo", "layout", "loader", "plot", "rgb", "stats", "storage", "synthetic", "validate",
-               "webdataset", "zarrv2"}
+_SUBMODULES = {"build", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
+               "shardview", "stats", "storage", "synthetic", "timeorder", "validate", "webdataset", "zarrv2"}
 
 
 def __getattr__(name: str):
@@ -51,6 +52,8 @@ def __getattr__(name: str):
 
     if name == "ChunkDataset":
         return importlib.import_module(".loader", __name__).ChunkDataset
+    if name == "read_metadata":  # geopandas is optional (the build extra)
+        return importlib.import_module(".metadata", __name__).read_metadata
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ssl4eo_zarr' has no attribute {name!r}")

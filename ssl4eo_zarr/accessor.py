@@ -123,6 +123,41 @@ class SSL4EOAccessor:
         keep = (frac <= max_cloud).all("time") if all_times else (frac <= max_cloud).any("time")
         return self._ds.isel(sample=np.flatnonzero(keep.values))
 
+    # -- the published metadata tables and seasonal order -------------------------------------------------
+    def join_metadata(self, table) -> xr.Dataset:
+        """This Dataset with the facts of a :func:`ssl4eo_zarr.read_metadata` table along ``sample``:
+        ``cloud_cover`` float64 ``[sample, time]`` (fraction 0..1), ``s1_time``/``s2_time`` datetime64[ns]
+        ``[sample, time]``, ``tile_id`` and ``tar`` ``[sample]``. Locations missing from the table get NaN/NaT."""
+        ds = self._ds
+        rows = table.reindex(np.asarray(ds["sample"].values).astype(str))
+        n_t = schema.N_TIMESTAMPS
+
+        def stack(prefix: str) -> np.ndarray:
+            return np.stack([rows[f"{prefix}_{t}"].to_numpy() for t in range(n_t)], axis=1)
+
+        out = ds.assign(
+            cloud_cover=(("sample", "time"), stack("cloud").astype(np.float64)),
+            s2_time=(("sample", "time"), stack("s2_time").astype("datetime64[ns]")),
+            s1_time=(("sample", "time"), stack("s1_time").astype("datetime64[ns]")),
+            tile_id=(("sample",), rows["tile_id"].astype(object).to_numpy()),
+            tar=(("sample",), rows["tar"].astype(object).to_numpy()),
+        )
+        return out
+
+    def reindex_seasonal(self) -> xr.Dataset:
+        """Timestamps ordered by month of year instead of by date, per location (the published loader's
+        ``reindex_seasonal``): position ``k`` of ``time`` holds the acquisition whose month comes k-th in the
+        calendar year, for every variable with a ``time`` axis, following the reference S2 modality's times
+        (``time_S2L2A`` ..., or ``time_`` of a single file). Reads those times; the images stay lazy."""
+        from .timeorder import seasonal_order, take_time
+
+        ds = self._ds
+        ref = next((f"time_{m}" for m in schema.REFERENCE_ORDER if f"time_{m}" in ds), "time_")
+        if ref not in ds:
+            raise KeyError("no acquisition times (time_ / time_<MOD>) in this Dataset")
+        order = seasonal_order(np.asarray(ds[ref].values).astype("datetime64[ns]").astype(np.int64))
+        return take_time(ds, order)
+
     # -- display ---------------------------------------------------------------------------------------
     def rgb(self) -> xr.DataArray:
         """uint8 RGB ``[sample, time, rgb, y, x]``: the S2RGB modality when present, else made from S2L2A

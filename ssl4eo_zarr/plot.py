@@ -95,17 +95,20 @@ def quicklook(ds: xr.Dataset, sample: int | str = 0):
     return fig
 
 
-def plot_locations(ds: xr.Dataset, *, ax=None, s: float = 4.0):
-    """World map (equirectangular, graticule, no basemap download) of sample centres coloured by split."""
+def plot_locations(ds, *, ax=None, s: float = 4.0):
+    """World map (equirectangular, graticule, no basemap download) of sample centres coloured by split, as in
+    the SSL4EO-S12 paper's Fig. 2. ``ds`` is an ``open_dataset`` result or a :func:`ssl4eo_zarr.read_metadata`
+    table (which needs no image file at all). Returns the Figure."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(10, 5.2))
     else:
         fig = ax.figure
-    lat = np.asarray(ds["center_lat"].values)
-    lon = np.asarray(ds["center_lon"].values)
-    splits = np.asarray(ds["split"].values).astype(str) if "split" in ds.coords else np.full(lat.shape, "all")
+    lat = np.asarray(ds["center_lat"].values, dtype=float)
+    lon = np.asarray(ds["center_lon"].values, dtype=float)
+    has_split = "split" in (ds.columns if hasattr(ds, "columns") else ds.coords)
+    splits = np.asarray(ds["split"].values).astype(str) if has_split else np.full(lat.shape, "all")
     colors = {"train": "tab:blue", "val": "tab:orange"}
     for name in sorted(set(splits.tolist())):
         sel = splits == name

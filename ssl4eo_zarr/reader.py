@@ -351,6 +351,7 @@ def open_dataset(
     verify_grid: bool = False,
     fix_s1_order: bool = True,
     s2_offset: bool = True,
+    reindex_seasonal: bool = False,
     distribution: str | None = None,
     threads: int = 8,
     storage_options: Mapping[str, Any] | None = None,
@@ -389,6 +390,9 @@ def open_dataset(
     s2_offset:
         Multi-modal views: S2L1C/S2L2A as DN + 1000 (``True``, the chunk-file convention) or with the offset
         removed (``False``, the shard convention), whichever distribution they come from.
+    reindex_seasonal:
+        Order each location's timestamps by month of year instead of date, as the published loader's option
+        does (see :meth:`ssl4eo_zarr.accessor.SSL4EOAccessor.reindex_seasonal`; reads the acquisition times).
     distribution:
         ``"chunks"`` or ``"shards"`` where a root holds both (default: detected). Over shards the Dataset has
         the same layout (see :func:`ssl4eo_zarr.shardview.open_shard_dataset`), DEM as ``[sample, band_DEM, y, x]``.
@@ -411,13 +415,15 @@ def open_dataset(
             return xr.open_zarr(zarr_store(os.fspath(source)), **zarr_open_kwargs())
         if engine != "ssl4eo":
             raise ValueError(f"engine must be 'ssl4eo' or 'zarr', got {engine!r}")
-        return _modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
+        ds = _modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
+        return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
                    distribution=distribution)
     if sets and sets[0].kind == SHARDS:
         from .shardview import open_shard_dataset
 
-        return open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads, **kwargs)
+        ds = open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads, **kwargs)
+        return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order, **kwargs)
     if not s2_offset:
         for m in ds.attrs["modalities"]:
@@ -425,7 +431,7 @@ def open_dataset(
                 ds[m] = (ds[m] - schema.MODALITIES[m].offset).assign_attrs(
                     units="DN (offset removed; reflectance = DN / 10000)")
     ds.attrs.update(distribution="chunks", s2_offset="DN + 1000" if s2_offset else "removed")
-    return ds
+    return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
 
 
 def open_files(paths: Sequence[str | os.PathLike], **archive_kwargs: Any) -> xr.Dataset:

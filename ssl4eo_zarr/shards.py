@@ -296,15 +296,20 @@ def _scalar(archive: ZipArchive, group: GroupMeta, name: str, default: Any) -> A
 def member_metadata(archive: ZipArchive, group: GroupMeta) -> dict[str, Any]:
     """Per-location facts of a member: ``center_lat``/``center_lon`` float (degrees), ``crs`` int (EPSG),
     ``time`` int64 ``[T]`` (ns since 1970), ``file_id`` str ``[T]``."""
-    out = {"center_lat": float(_scalar(archive, group, "center_lat", np.nan)),
-           "center_lon": float(_scalar(archive, group, "center_lon", np.nan)),
-           "crs": int(_scalar(archive, group, "crs", 0))}
+    out: dict[str, Any] = {"center_lat": float(_scalar(archive, group, "center_lat", np.nan)),
+                           "center_lon": float(_scalar(archive, group, "center_lon", np.nan)),
+                           "crs": int(_scalar(archive, group, "crs", 0))}
+    out["time"], out["file_id"] = member_times(archive, group)
+    return out
+
+
+def member_times(archive: ZipArchive, group: GroupMeta) -> tuple[np.ndarray, np.ndarray]:
+    """``(time int64 [T] ns since 1970, file_id str [T])`` of a member (empty where absent)."""
     times = group.arrays.get("time")
     raw = read_array(archive, times) if times is not None else np.zeros(0, np.int64)
-    out["time"] = raw.astype("datetime64[ns]").astype(np.int64) if raw.dtype.kind == "M" else raw.astype(np.int64)
+    raw = raw.astype("datetime64[ns]").astype(np.int64) if raw.dtype.kind == "M" else raw.astype(np.int64)
     ids = group.arrays.get("file_id")
-    out["file_id"] = read_array(archive, ids).astype(str) if ids is not None else np.array([], dtype=str)
-    return out
+    return raw, (read_array(archive, ids).astype(str) if ids is not None else np.array([], dtype=str))
 
 
 def member_grid(archive: ZipArchive, group: GroupMeta) -> tuple[np.ndarray, np.ndarray]:
@@ -337,5 +342,5 @@ def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupM
 
 
 __all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "cache_dir", "member_grid",
-           "member_metadata", "member_modality", "open_binary", "open_member_group", "read_time", "scan_shard",
+           "member_metadata", "member_modality", "member_times", "open_binary", "open_member_group", "read_time", "scan_shard",
            "shard_index", "write_shard"]

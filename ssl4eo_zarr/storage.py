@@ -610,6 +610,31 @@ class MemoryZipArchive(ZipArchive):
     def _open_fileobj(self):
         return io.BytesIO(self._data)
 
+    def read_into(self, name: str, scratch: ScratchBuffer, *, max_bytes: int = MAX_MEMBER_BYTES) -> memoryview:
+        """A CRC-checked view of a stored member's bytes where they already lie in memory: no copy."""
+        with self._lock:
+            entry = self._entry(name, max_bytes)
+            if not self._stored(entry):
+                stored = False
+            else:
+                stored = True
+                at = entry.header_offset
+                header = self._data[at: at + 30]
+                if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                    raise CorruptFileError(self.path, "bad local file header", member=name)
+                name_len, extra_len = struct.unpack("<HH", header[26:30])
+                self._check_local_name(name, self._data[at + 30: at + 30 + name_len])
+                begin = at + 30 + name_len + extra_len
+        if not stored:
+            return super().read_into(name, scratch, max_bytes=max_bytes)
+        view = memoryview(self._data)[begin: begin + entry.file_size]
+        if len(view) != entry.file_size:
+            raise CorruptFileError(self.path, f"member ends after {len(view)} of {entry.file_size} bytes (truncated)",
+                                   member=name)
+        if zlib.crc32(view) != entry.crc:
+            raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
+        return view
+
 
 def zarr_store(path: PathLike, *, mode: str = "r"):
     """A zarr store for ``path`` that works with the installed zarr-python (2.18 or 3.x).

@@ -127,3 +127,31 @@ class RangeHTTPServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def _serve(folder: str, conn) -> None:
+    with RangeHTTPServer(folder) as server:
+        conn.send(server.url)
+        conn.recv()  # until the parent says stop
+
+
+class ServerProcess:
+    """A :class:`RangeHTTPServer` in a child process, so its Python threads do not compete for the caller's
+    GIL (benchmarks compare remote with local reading; a real host runs elsewhere). Context manager: ``url``."""
+
+    def __init__(self, folder: str):
+        import multiprocessing as mp
+
+        self._parent, child = mp.get_context("fork").Pipe()
+        self._proc = mp.get_context("fork").Process(target=_serve, args=(os.fspath(folder), child), daemon=True)
+
+    def __enter__(self) -> ServerProcess:
+        self._proc.start()
+        self.url = self._parent.recv()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._parent.send("stop")
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()

@@ -147,7 +147,7 @@ def chunks_to_shards(src: str, dst: str, *, split: str, modalities: Sequence[str
         pending: list[tuple[str, bytes]] = []
         items = progress(sets, desc=f"{m} -> shards", unit="file") if progress else sets
         for cs in items:
-            chunk = open_dataset(cs.paths[m])
+            chunk = open_dataset(cs.paths[m]).load()  # once: per-location reads would decode each chunk 64 times
             for i in range(chunk.sizes["sample"]):
                 loc = location_dataset(chunk, i, m)
                 pending.append((loc.attrs["sample"] + MEMBER_SUFFIX, member_bytes(loc)))

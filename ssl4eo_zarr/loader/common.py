@@ -12,6 +12,7 @@ import torch
 
 from .. import schema
 from ..layout import ChunkSet
+from ..timeorder import seasonal_order
 from .plan import SALT_TIMESTAMP, rng_for
 
 
@@ -72,17 +73,6 @@ class RowMeta:
     crs: int
     times: dict[str, np.ndarray]
     timestamp: int | None = None
-
-
-def seasonal_order(times_ns: np.ndarray) -> np.ndarray:
-    """Timestamps ordered by month of year instead of date (the published loader's ``reindex_seasonal``).
-
-    ``times_ns`` int64 ``[..., T]`` (ns since 1970) -> int64 ``[..., T]`` indices: position k holds the
-    timestamp whose acquisition month comes k-th in the calendar year (ties keep date order). Useful when the
-    four seasons of a location span two calendar years (winter 2020 acquired before spring 2021).
-    """
-    months = (np.asarray(times_ns).astype("datetime64[ns]").astype("datetime64[M]").astype(np.int64) % 12)
-    return np.argsort(months, axis=-1, kind="stable")
 
 
 def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:

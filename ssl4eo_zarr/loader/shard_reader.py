@@ -16,7 +16,8 @@ from .. import schema
 from ..errors import CorruptFileError, ModalityMismatchError, SSL4EOError
 from ..reader import warn_s1_order
 from ..s1order import chronological_order
-from ..shards import ShardStream, bands_meta, member_metadata, member_modality, open_member_group, read_time
+from ..shards import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
+from ..storage import ScratchBuffer
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc
 from .plan import Batch
@@ -38,6 +39,7 @@ class ShardReader:
         self.held: dict[tuple[int, int], Member] = {}
         self.picks: dict[int, np.ndarray] = {}
         self.skipped: list[str] = []
+        self.scratch = ScratchBuffer()  # members lie in memory: chunks are read as views of them
 
     # -- reading members in shard order ----------------------------------------------------------------------
     def _open(self, s: int) -> dict[str, ShardStream]:
@@ -129,22 +131,23 @@ class ShardReader:
         shard = spec.sets[s]
         opened = {m: open_member_group(data, f"{shard.paths[m]}/{key}.zarr.zip") for m, data in datas.items()}
         ref = schema.reference_modality(spec.modalities)
-        facts = {m: member_metadata(*opened[m]) for m in opened}
-        order = self._times_order(facts[ref]["time"])
+        # The small per-location arrays are read only when something needs them.
+        facts = {m: member_metadata(*opened[m]) for m in opened} if spec.return_metadata else {}
+        order = self._times_order(member_times(*opened[ref])[0]) if spec.reindex_seasonal else None
         pick = int(self._pick(s)[i]) if spec.timestamps == "random" else None
         wanted = [pick] if pick is not None else spec.listed()
-        stored = [int(order[t]) for t in wanted]
+        stored = [int(order[t]) for t in wanted] if order is not None else wanted
         for m, (archive, group) in opened.items():
             meta = bands_meta(group, archive.path)
             mod = member_modality(m, archive, group)
             static = meta.shape[0] == 1
             ts = [0] if static else stored
             if m == "S1GRD" and spec.fix_s1_order:
-                ts = self._s1_chronological(archive.path, facts[m], ts)
+                ts = self._s1_chronological(archive.path, *member_times(archive, group), ts)
             self._slot(m, out, tensors, meta, n, static, len(wanted), archive.path)
             dst = out[m][j]
             for k, t in enumerate(ts):
-                read_time(archive, meta, t, dst if (spec.single and not static) else dst[k])
+                read_time(archive, meta, t, dst if (spec.single and not static) else dst[k], self.scratch)
             delta = offset_delta(mod, False, spec.s2_offset)
             if delta:
                 dst += np.asarray(delta, dtype=dst.dtype)
@@ -157,16 +160,19 @@ class ShardReader:
                 self._slot(schema.CLOUD_VAR, out, tensors, cm, n, False, len(wanted), archive.path)
                 dst = out[schema.CLOUD_VAR][j]
                 for k, t in enumerate(stored):
-                    read_time(archive, cm, t, dst if spec.single else dst[k])
+                    read_time(archive, cm, t, dst if spec.single else dst[k], self.scratch)
+        if not spec.return_metadata:
+            return RowMeta(sample=key, file=shard.name, center_lat=np.nan, center_lon=np.nan, crs=0, times={},
+                           timestamp=pick)
         times = {m: (f["time"][self._times_order(facts[ref]["time"])] if len(f["time"]) > 1 else f["time"])
                  for m, f in facts.items()}
         first = facts[ref]
         return RowMeta(sample=key, file=shard.name, center_lat=first["center_lat"], center_lon=first["center_lon"],
                        crs=first["crs"], times=times, timestamp=pick)
 
-    def _s1_chronological(self, path: str, facts: dict[str, Any], ts: list[int]) -> list[int]:
+    def _s1_chronological(self, path: str, times: np.ndarray, file_id: np.ndarray, ts: list[int]) -> list[int]:
         """Stored timesteps of an S1 member for ``ts``, in ``time`` order when its data follow product names."""
-        perm = chronological_order(facts["file_id"][None], facts["time"][None].view("datetime64[ns]"))
+        perm = chronological_order(file_id[None], times[None].view("datetime64[ns]"))
         if perm is None:
             return ts
         warn_s1_order(path, 1)
