@@ -115,8 +115,8 @@ def _first_release(table):
 
     ids = table["sample_id"] if "sample_id" in table.columns else pd.Series(table.index, index=table.index)
     df = table.assign(sample=_sample_of(ids.values), time_id=table["time_id"].astype(int))
-    first = df.sort_values("time_id").groupby("sample", sort=False).first()
-    times = df.pivot_table(index="sample", columns="time_id", values="time", aggfunc="first")
+    first = df.sort_values("time_id", kind="stable").groupby("sample", sort=False).first()  # table order kept
+    times = df.pivot_table(index="sample", columns="time_id", values="time", aggfunc="first").reindex(first.index)
     out = pd.DataFrame(index=pd.Index(first.index, name="sample"))
     out["file"] = first["file"] if "file" in first else None
     out["split"] = _split_of(out["file"]) if "file" in first else None

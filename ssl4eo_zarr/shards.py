@@ -44,7 +44,7 @@ from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, re
 #: Suffix of every member of a shard.
 MEMBER_SUFFIX = ".zarr.zip"
 #: Read-ahead when a remote shard is streamed front to back.
-STREAM_BLOCK = 8 << 20
+STREAM_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True)
