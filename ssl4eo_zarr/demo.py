@@ -29,6 +29,35 @@ def _demo_build(folder: str, n_locations: int, size: int, seed: int, log) -> Non
             log(f"  dropped {name}: {entry['reason']}")
 
 
+def _demo_shards(folder: str, n_locations: int, size: int, seed: int, workers: int, log) -> int:
+    """The WebDataset distribution: seven-modality shards, streamed with the same loader and viewed lazily."""
+    import shutil
+
+    from torch.utils.data import DataLoader
+
+    from . import ChunkDataset, open_dataset
+    from .synthetic import make_shards
+
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    written = make_shards(folder, n_locations, per_shard=max(n_locations // 3, 1), size=size, seed=seed, split="val")
+    log(f"\nWebDataset shards: {len(written['S2L2A'])} per modality x {len(written)} modalities under {folder}/val "
+        f"in {time.perf_counter() - t0:.1f} s")
+    view = open_dataset(folder, split="val")
+    log(f"open_dataset over shards: {view.sizes['sample']} locations, modalities {view.attrs['modalities']}")
+    loader = ChunkDataset(folder, split="val", modalities=["S2L1C", "S2L2A", "S1GRD", "DEM"], batch_size=8,
+                          timestamps="random", return_metadata=True)
+    t0 = time.perf_counter()
+    n = 0
+    shapes = None
+    for batch in DataLoader(loader, batch_size=None, num_workers=workers):
+        n += len(batch["sample"])
+        shapes = shapes or {k: list(batch[k].shape) for k in ("S2L1C", "S1GRD", "DEM", "cloud_mask")}
+    log(f"ChunkDataset over shards (one random season per location): {n} locations in "
+        f"{time.perf_counter() - t0:.2f} s; shapes {shapes}")
+    return n
+
+
 def run_demo(out: str = "ssl4eo-demo", *, n_files: int = 3, samples: int = 16, size: int = 264, workers: int = 2,
              seed: int = 0, build_locations: int = 4, log=print) -> dict:
     """Make a demo dataset under ``out``, build chunk files from synthetic raw GeoTIFFs (``build_locations`` of
@@ -73,6 +102,7 @@ def run_demo(out: str = "ssl4eo-demo", *, n_files: int = 3, samples: int = 16, s
         log(f"  {key:11s} {dtype:8s} {list(shape)}")
 
     result = {"samples_per_s": n_samples / elapsed, "batches": n_batches, "quicklook": None}
+    result["shards"] = _demo_shards(os.path.join(out, "shards"), n_files * samples, size, seed, workers, log)
     try:
         import matplotlib
 
