@@ -134,16 +134,28 @@ def test_deterministic_and_the_same_on_a_dask_cluster(raw, built, tmp_path):
         assert filecmp.cmp(os.path.join(out, rel), os.path.join(again, rel), shallow=False), rel
 
 
-def test_rerun_is_a_no_op_and_resumes_a_missing_file(raw, built, tmp_path):
+def test_rerun_is_a_no_op_and_resumes_a_missing_file(raw, built, tmp_path, monkeypatch):
+    import ssl4eo_zarr.build as driver
+
     out = str(tmp_path / "out")
     build_dataset(raw[0], out, size=SIZE, workers=0, val_fraction=0.3, seed=7)
     stamps = {rel: os.path.getmtime(os.path.join(out, rel)) for rel in _files(out)}
+    processed, loaded = [], []
+    real_process, real_load = driver.process_location, driver.load
+    monkeypatch.setattr(driver, "process_location", lambda loc, **kw: processed.append(loc.location)
+                        or real_process(loc, **kw))
+    monkeypatch.setattr(driver, "load", lambda path: loaded.append(path) or real_load(path))
     build_dataset(raw[0], out, size=SIZE, workers=0, val_fraction=0.3, seed=7)
     assert {rel: os.path.getmtime(os.path.join(out, rel)) for rel in _files(out)} == stamps
+    assert processed == [] and loaded == [], "resuming a finished build reads no image data"
     victim = _files(out)[0]
     os.remove(os.path.join(out, victim))
     build_dataset(raw[0], out, size=SIZE, workers=0, val_fraction=0.3, seed=7)
     assert filecmp.cmp(os.path.join(out, victim), os.path.join(built[0], victim), shallow=False)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    split, name = victim.split(os.sep)[0], victim.split(os.sep)[-1]
+    in_file = sorted(manifest["files"][f"{split}/{name}"]["locations"])
+    assert sorted(processed) == in_file, "only the missing file's locations are processed again"
     with pytest.raises(BuildError, match="other settings"):
         build_dataset(raw[0], out, size=SIZE, workers=0, val_fraction=0.3, seed=8)
 

@@ -99,21 +99,29 @@ def _write_json(path: str, doc: dict) -> None:
         json.dump(doc, f, indent=1, sort_keys=True, default=str)
 
 
+def _facts(p: Processed) -> dict[str, Any]:
+    """What the driver needs of a staged location (kept in the manifest, so a resume reads no image data)."""
+    return {"sample": p.sample, "lat": p.lat, "lon": p.lon, "cloud_source": p.cloud_source}
+
+
 def stage_location(loc: RawLocation, staging: str, size: int, cloud_policy: str) -> dict[str, Any]:
     """Phase-1 task: process one location, stage it, return its status (small, goes back to the driver)."""
     path = os.path.join(staging, f"{loc.location}.npz")
+    sidecar = path[: -len(".npz")] + ".facts.json"
     if os.path.exists(path):
-        p = load(path)
-        return {"name": loc.location, "status": "staged", "sample": p.sample, "lat": p.lat, "lon": p.lon,
-                "cloud_source": p.cloud_source}
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                return {"name": loc.location, "status": "staged", **json.load(f)}
+        except (OSError, ValueError):  # staged by an older version: learn the facts once from the arrays
+            return {"name": loc.location, "status": "staged", **_facts(load(path))}
     p = process_location(loc, size=size, cloud_policy=cloud_policy)
     if p.reason:
         return {"name": loc.location, "status": "dropped", "reason": p.reason}
     t0 = time.perf_counter()
     save(p, path)
+    _write_json(sidecar, _facts(p))  # after the arrays: a sidecar always means a complete .npz
     p.timings["stage"] = time.perf_counter() - t0
-    return {"name": loc.location, "status": "staged", "sample": p.sample, "lat": p.lat, "lon": p.lon,
-            "cloud_source": p.cloud_source, "timings": p.timings}
+    return {"name": loc.location, "status": "staged", **_facts(p), "timings": p.timings}
 
 
 def write_file(plan: FilePlan, out: str, staging: str, size: int) -> tuple[str, dict[str, float]]:
@@ -223,13 +231,13 @@ def build_dataset(
         _remove_stale_temporaries(out)
         locations = discover(raw)
         runner = _Runner(workers, scheduler)
-        try:
-            todo = [loc for loc in locations if manifest["locations"].get(loc.location, {}).get("status") != "dropped"]
+        timings: dict[str, float] = {}
+
+        def stage(todo: list[RawLocation]) -> None:
             results = runner.map(stage_location, todo, staging, size, cloud_mask, keys=[f"stage-{loc.location}"
                                                                                          for loc in todo])
             if progress:
                 results = progress(results, total=len(todo), desc="locations", unit="loc")
-            timings: dict[str, float] = {}
             for status in results:
                 for k, v in status.pop("timings", {}).items():
                     timings[k] = timings.get(k, 0.0) + v
@@ -237,6 +245,14 @@ def build_dataset(
                 if entry.get("status") != "written" or status["status"] == "dropped":
                     manifest["locations"][status["name"]] = status
             _write_json(manifest_path, manifest)
+
+        def known(name: str) -> bool:
+            # Dropped, or staged/written with the facts the plan needs: a resume reads none of these again.
+            entry = manifest["locations"].get(name, {})
+            return entry.get("status") == "dropped" or (entry.get("status") in ("staged", "written") and "lat" in entry)
+
+        try:
+            stage([loc for loc in locations if not known(loc.location)])
 
             kept = {n: (e["lat"], e["lon"]) for n, e in manifest["locations"].items() if e["status"] != "dropped"}
             if not kept:
@@ -253,6 +269,11 @@ def build_dataset(
                     os.path.exists(os.path.join(out, plan.split, m, plan.name)) for m in schema.CHUNK_MODALITIES)
 
             pending = [p for p in plans if not done(p)]
+            needed = {n for p in pending for n in p.locations}
+            # Files still to write need their locations staged; those staged no more (finished builds remove
+            # the staging folder) are processed again from the raw input.
+            stage([loc for loc in locations if loc.location in needed
+                   and not os.path.exists(os.path.join(staging, f"{loc.location}.npz"))])
             by_name = {f"{p.split}/{p.name}": p for p in plans}
             results = runner.map(write_file, pending, out, staging, size,
                                  keys=[f"write-{p.split}-{p.name}" for p in pending])
