@@ -20,11 +20,15 @@ import tempfile
 import threading
 import time
 import zipfile
-import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+
+try:  # ISA-L computes the zip CRC-32 several times faster than zlib (a quarter of a chunk read otherwise)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same values
+    from zlib import crc32
 
 #: Bytes read from the end of an archive when it is opened.
 TAIL_BYTES = 32768
@@ -576,7 +580,7 @@ class ZipArchive:
             raise CorruptFileError(
                 self.path, f"member holds {len(data)} bytes, its header says {entry.file_size}", member=name
             )
-        if zlib.crc32(data) != entry.crc:
+        if crc32(data) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return data
 
@@ -594,7 +598,7 @@ class ZipArchive:
                 self._read_stored(name, entry, view)
         if not stored:
             return memoryview(self.read(name, max_bytes=max_bytes))
-        if zlib.crc32(view) != entry.crc:
+        if crc32(view) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return view
 
@@ -631,7 +635,7 @@ class MemoryZipArchive(ZipArchive):
         if len(view) != entry.file_size:
             raise CorruptFileError(self.path, f"member ends after {len(view)} of {entry.file_size} bytes (truncated)",
                                    member=name)
-        if zlib.crc32(view) != entry.crc:
+        if crc32(view) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return view
 

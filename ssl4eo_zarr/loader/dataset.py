@@ -19,6 +19,7 @@ from ..shards import shard_index
 from .chunk_reader import ChunkReader
 from .common import ReadSpec
 from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_plan, rng_for
+from .pool import LeasedBatch, lease_table, worker_pool
 from .shard_reader import ShardReader
 from .transforms import call_transform
 from .transforms import normalize as normalize_batch
@@ -131,6 +132,11 @@ class ChunkDataset(IterableDataset):
         following the reference S2 modality's acquisition times; index/list ``timestamps`` refer to that order.
     distribution:
         ``"chunks"`` or ``"shards"`` where a root holds both (default: detected).
+    buffer_slots:
+        Reused shared-memory arenas per worker (each holds one batch; 0 turns reuse off). A batch's arena is
+        reused only after the consuming process has dropped every tensor of it, so batches you keep are never
+        overwritten; when all arenas are held the worker allocates fresh memory instead of waiting. Batches
+        arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     fix_s1_order:
         S1GRD files published before the 2026-02-19 fix hold S1 in product-name order; by default each
         location's S1 timestamps are reordered to follow ``time_`` (so S1 season ``t`` pairs with S2 season
@@ -167,6 +173,7 @@ class ChunkDataset(IterableDataset):
         retries: int = 5,
         retry_backoff: float = 0.2,
         fix_s1_order: bool = True,
+        buffer_slots: int = 2,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -205,8 +212,13 @@ class ChunkDataset(IterableDataset):
         self.archive_kwargs = {"storage_options": storage_options, "cache_dir": cache_dir, "retries": retries,
                                "backoff": retry_backoff}
         self.rows: list[list[int]] | None = None
+        self.buffer_slots = max(int(buffer_slots), 0)
+        # Made here, before the DataLoader starts its workers, so that they and the main process share it.
+        self._leases = lease_table(self.buffer_slots) if self.buffer_slots else None
         self.counts = self._sample_counts(samples_per_file, samples)
-        self.epoch = 0
+        # Shared memory, so that persistent DataLoader workers (which keep their own copy of the dataset) see
+        # the epoch set in the main process.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.skipped: list[str] = []
         self._resume_batches: int | None = None
         self._resume_worker: dict[int, int] = {}
@@ -270,6 +282,15 @@ class ChunkDataset(IterableDataset):
         return [len(keys) if keys is not None else default for keys in self._scan()]
 
     # -- epochs, length, resume ------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The current epoch (shared with DataLoader workers, persistent ones included)."""
+        return int(self._epoch[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch[0] = int(value)
+
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: a new file and sample order (same seed -> same order)."""
         if epoch != self.epoch:
@@ -349,12 +370,16 @@ class ChunkDataset(IterableDataset):
         if info is None:
             self._resume_batches = None
         reader = (ShardReader if self.streaming else ChunkReader)(self._spec(), mine, shared=shared)
+        pool = worker_pool(self._leases, worker, shared=shared) if self._leases is not None else None
         self._yielded[worker] = consumed
         try:
             for bi, batch in enumerate(mine):
-                out = reader.batch(batch)
+                lease = pool.acquire() if pool is not None else None
+                out = reader.batch(batch, lease)
                 self.skipped += reader.skipped
                 reader.skipped = []
+                if out is None and lease is not None:
+                    pool.release(lease)
                 if out is not None:
                     if self.transform is not None:
                         # Seeded by the batch's identity, not its position, so a resumed epoch augments identically.
@@ -364,6 +389,9 @@ class ChunkDataset(IterableDataset):
                         out = call_transform(self.transform, out, gen)
                     if self.normalize:
                         out = normalize_batch(out, s2_offset=self.s2_offset)
+                    if lease is not None and lease.token is not None:
+                        # The arena comes back when the consumer has dropped every tensor of the batch.
+                        out = LeasedBatch(out, lease.token, track=not shared)
                     self._yielded[worker] = consumed + bi + 1
                     yield out
                     del out  # the consumer owns the batch now; holding it would double the worker's memory

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,12 +142,17 @@ def decode_set(
     with_meta: bool,
     scratch: ScratchBuffer | None = None,
     s1_perm: np.ndarray | None = None,
+    allocate: Callable[[Sequence[int], np.dtype], torch.Tensor] | None = None,
 ) -> Decoded:
     """Decode the ``bands`` chunks of ``timestamps`` of each modality (and the cloud mask) into new tensors.
 
     ``s1_perm`` (int64 ``[sample, time]``, see :mod:`ssl4eo_zarr.s1order`) reorders S1GRD so that timestamp
     ``t`` of sample ``s`` comes from stored timestamp ``s1_perm[s, t]``; only the stored chunks it needs are read.
+    ``allocate(shape, dtype)`` provides the output tensors (reused buffers); default: new ones.
     """
+    if allocate is None:
+        def allocate(shape, dtype):
+            return alloc(shape, dtype, shared=shared)
     ref_path = next(iter(files.values())).path
     images: dict[str, torch.Tensor] = {}
     n = 0
@@ -158,7 +163,7 @@ def decode_set(
         if meta.dtype != expected.dtype or c != expected.n_bands:
             raise CorruptFileError(cf.path, f"'bands' is {meta.dtype} with {c} bands, expected {expected.dtype} with "
                                             f"{expected.n_bands} for {mod}")
-        out = alloc((len(timestamps), n, c, h, w), meta.dtype, shared=shared)
+        out = allocate((len(timestamps), n, c, h, w), meta.dtype)
         arr = out.numpy()
         if mod == "S1GRD" and s1_perm is not None:
             _read_reordered(cf, meta, timestamps, s1_perm, arr, scratch)
@@ -172,7 +177,7 @@ def decode_set(
                    None)
         if src is not None:
             cm = src.array(schema.CLOUD_VAR)
-            cloud = alloc((len(timestamps), n, *cm.shape[2:]), cm.dtype, shared=shared)
+            cloud = allocate((len(timestamps), n, *cm.shape[2:]), cm.dtype)
             carr = cloud.numpy()
             for k, t in enumerate(timestamps):
                 _read_timestamp(src, cm, t, carr[k], scratch)

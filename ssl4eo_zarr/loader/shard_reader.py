@@ -21,6 +21,7 @@ from ..storage import ScratchBuffer
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc
 from .plan import Batch
+from .pool import Lease
 
 Member = tuple[str, dict[str, bytes]]  # (key, modality -> member bytes)
 
@@ -95,9 +96,11 @@ class ShardReader:
             self.picks[s] = self.spec.random_t(s)
         return self.picks[s]
 
-    def batch(self, batch: Batch) -> dict[str, Any] | None:
-        """The batch of ``batch.rows``; rows whose members are damaged are skipped with ``on_error="skip"``."""
+    def batch(self, batch: Batch, lease: Lease | None = None) -> dict[str, Any] | None:
+        """The batch of ``batch.rows`` (tensors from ``lease``, a reused arena, when given); rows whose members
+        are damaged are skipped with ``on_error="skip"``."""
         spec = self.spec
+        self._new = lease.alloc if lease is not None else (lambda shape, dtype: alloc(shape, dtype, shared=self.shared))
         out: dict[str, np.ndarray] = {}
         tensors: dict[str, torch.Tensor] = {}
         metas: list[RowMeta] = []
@@ -184,7 +187,7 @@ class ShardReader:
         item = tuple(meta.shape[1:])
         shape = delivered_shape(self.spec, static, n, n_t, item)
         if key not in out:
-            tensors[key] = alloc(shape, meta.dtype, shared=self.shared)
+            tensors[key] = self._new(shape, meta.dtype)
             out[key] = tensors[key].numpy()
         elif out[key].shape != shape or out[key].dtype != meta.dtype:
             raise CorruptFileError(path, f"{key!r} is {meta.dtype} {list(shape)[1:]}, other locations of the batch "

@@ -1,0 +1,108 @@
+"""Reused shared-memory buffers: a batch still held is never overwritten, arenas come back when batches die."""
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import ssl4eo_zarr as sz
+from ssl4eo_zarr.loader.pool import BufferPool, LeasedBatch, lease_table
+
+
+def _digest(batch):
+    return {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_arena_is_reused_only_after_its_batch_is_gone():
+    table = lease_table(2)
+    pool = BufferPool(table, 0, shared=False)
+    first = pool.acquire()
+    x = first.alloc((4, 8), np.int16)  # the first batch sizes the arenas: fresh memory
+    x2 = first.alloc((3,), np.float64)
+    assert first.slot == 0 and pool.high_water >= 64 + 24
+    batch = LeasedBatch({"x": x, "x2": x2}, first.token, track=True)
+    del x, x2
+    second = pool.acquire()
+    y = second.alloc((4, 8), np.int16)
+    assert second.slot == 1
+    LeasedBatch({"y": y}, second.token, track=True)
+    del y  # the batch and its only tensor are gone: slot 1 is free again
+    gc.collect()
+    third = pool.acquire()
+    assert third.slot == 1, "slot 0 is still held by `batch`"
+    z = third.alloc((4, 8), np.int16)
+    z2 = third.alloc((3,), np.float64)
+    assert z.untyped_storage().data_ptr() == z2.untyped_storage().data_ptr(), "both carved from one arena"
+    keep = LeasedBatch({"z": z, "z2": z2}, third.token, track=True)
+    fourth = pool.acquire()
+    assert fourth.slot is None, "every arena held: fresh memory, no waiting"
+    del batch
+    gc.collect()
+    assert pool.acquire().slot == 0
+    assert int(table[0, 2]) != 0 and keep  # slot 1 still leased by `keep`
+
+
+def test_a_late_release_never_frees_a_newer_lease():
+    table = lease_table(1)
+    pool = BufferPool(table, 3, shared=False)
+    lease = pool.acquire()
+    t = lease.alloc((2,), np.uint8)
+    copy = LeasedBatch({"t": t}, lease.token, track=True)
+    token = lease.token
+    del t, copy
+    gc.collect()
+    newer = pool.acquire()
+    assert newer.slot == 0
+    from ssl4eo_zarr.loader.pool import _Release
+
+    _Release(*token, count=1)()  # a stale release of the older generation
+    assert int(table[3, 1]) == newer.generation != 0
+
+
+@pytest.mark.parametrize("workers, pin", [(2, False), (2, True), (0, False)])
+def test_held_batches_stay_intact_while_the_epoch_goes_on(root, workers, pin):
+    kw = {"split": "val", "batch_size": 5, "timestamps": "all", "return_metadata": True, "seed": 4}
+    reference = [_digest(b) for b in DataLoader(sz.ChunkDataset(root, buffer_slots=0, **kw), batch_size=None,
+                                                num_workers=workers)]
+    held, digests = [], []
+    loader = DataLoader(sz.ChunkDataset(root, buffer_slots=2, **kw), batch_size=None, num_workers=workers,
+                        pin_memory=pin)
+    for k, batch in enumerate(loader):
+        assert isinstance(batch, dict)
+        if k % 2 == 0:  # keep every other batch; the others are dropped and their arenas reused
+            held.append(batch)
+            digests.append(_digest(batch))
+        del batch
+    assert len(held) == (len(reference) + 1) // 2
+    for batch, digest, ref in zip(held, digests, reference[::2]):
+        assert _same(_digest(batch), digest), "a held batch was overwritten"
+        assert _same(digest, ref)
+
+
+def test_whole_chunks_and_shards_with_persistent_workers_over_epochs(root, tmp_path):
+    from ssl4eo_zarr import synthetic
+
+    synthetic.make_shards(str(tmp_path), 30, per_shard=10, size=16, seed=2, modalities=("S2L2A", "S1GRD"))
+    for source, kw in ((root, {"batch_size": None}), (str(tmp_path), {"batch_size": 4, "modalities": ["S2L2A", "S1GRD"]})):
+        ds = sz.ChunkDataset(source, split="val", seed=1, **kw)
+        ref_ds = sz.ChunkDataset(source, split="val", seed=1, buffer_slots=0, **kw)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+        kept = []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            ref_ds.set_epoch(epoch)
+            got = list(loader)  # every batch of the epoch held until the end
+            want = list(DataLoader(ref_ds, batch_size=None, num_workers=2))
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                assert _same(_digest(a), _digest(b))
+            kept.append((got, [_digest(b) for b in got]))
+        for got, digests in kept:  # batches of earlier epochs survived the later ones
+            for a, d in zip(got, digests):
+                assert _same(_digest(a), d)
