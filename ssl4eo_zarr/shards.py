@@ -38,7 +38,7 @@ import numpy as np
 
 from . import schema
 from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
-from .storage import MemoryZipArchive, RetryingFile, ZipArchive, atomic_write, is_url, remote_fs
+from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, is_url, remote_fs
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
 
 #: Suffix of every member of a shard.
@@ -195,24 +195,14 @@ class ShardStream:
 
 # -- one member ----------------------------------------------------------------------------------------------
 
-class _Window(io.RawIOBase):
+class _Window(PositionedFile):
     """The bytes ``[offset, offset + size)`` of a seekable file, as a file of their own."""
 
     def __init__(self, fh, offset: int, size: int):
-        self._fh, self._offset, self._size, self._pos = fh, offset, size, 0
+        self._fh, self._offset, self._size = fh, offset, size
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
+    def _end(self) -> int:
+        return self._size
 
     def read(self, n: int = -1) -> bytes:
         n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
@@ -222,11 +212,6 @@ class _Window(io.RawIOBase):
         data = self._fh.read(n)
         self._pos += len(data)
         return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         self._fh.close()

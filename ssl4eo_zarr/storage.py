@@ -201,7 +201,34 @@ def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> st
     return retry(lambda: fs.cat_file(p).decode("utf-8"))
 
 
-class RetryingFile(io.RawIOBase):
+class PositionedFile(io.RawIOBase):
+    """A read-only, seekable file that keeps its own position; subclasses give ``read`` and ``_end``."""
+
+    _pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _end(self) -> int:
+        raise NotImplementedError
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._end() + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class RetryingFile(PositionedFile):
     """A seekable remote file that retries failed reads with exponential backoff.
 
     fsspec's HTTP and S3 files raise on the first transient failure (connection reset, 5xx); a training job
@@ -219,25 +246,10 @@ class RetryingFile(io.RawIOBase):
     def _reopen(self) -> None:
         self._f = self._opener()
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            self._pos = offset
-        elif whence == 1:
-            self._pos += offset
-        else:
-            if self._size is None:
-                self._size = self._f.seek(0, 2)
-            self._pos = self._size + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
+    def _end(self) -> int:
+        if self._size is None:
+            self._size = self._f.seek(0, 2)
+        return self._size
 
     def _read_at(self, n: int) -> bytes:
         self._f.seek(self._pos)
@@ -247,11 +259,6 @@ class RetryingFile(io.RawIOBase):
         data = retry(self._read_at, n, retries=self._retries, backoff=self._backoff, on_retry=self._reopen)
         self._pos += len(data)
         return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         try:
