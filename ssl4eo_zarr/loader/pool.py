@@ -75,7 +75,7 @@ class LeasedBatch(dict):
     """A batch dict whose tensors live in a reused arena of a worker; behaves as a plain ``dict``.
 
     The arena is handed back when every tensor of the batch has been garbage-collected in the process that
-    consumes it. ``pin_memory()`` and ``copy.copy`` give plain dicts.
+    consumes it. ``pin_memory()`` gives a plain dict of pinned copies.
     """
 
     def __init__(self, data: Mapping[str, Any] | None = None, token: tuple | None = None, *, track: bool = False):
@@ -87,8 +87,10 @@ class LeasedBatch(dict):
     def __reduce__(self):
         return _rebuild, (dict(self), self._token)
 
-    def __copy__(self) -> dict[str, Any]:
-        return dict(self)
+    def __copy__(self) -> LeasedBatch:
+        # The DataLoader copies batches in the worker (default_convert); the copy carries the lease, and holds
+        # the same tensors, so it needs no tracking of its own.
+        return LeasedBatch(self, self._token)
 
     def pin_memory(self) -> dict[str, Any]:
         """Pinned copies (the DataLoader's ``pin_memory=True``); the shared originals are then released."""
