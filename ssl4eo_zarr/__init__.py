@@ -17,7 +17,7 @@ from .errors import (
     SSL4EOError,
     UnsafeFileError,
 )
-from .reader import open_chunk, open_dataset, open_files
+from .reader import open_chunk, open_dataset
 from .schema import CloudClass
 from .writer import write_chunk
 
@@ -35,7 +35,6 @@ __all__ = [
     "UnsafeFileError",
     "open_chunk",
     "open_dataset",
-    "open_files",
     "read_metadata",
     "schema",
     "write_chunk",

@@ -434,10 +434,5 @@ def open_dataset(
     return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
 
 
-def open_files(paths: Sequence[str | os.PathLike], **archive_kwargs: Any) -> xr.Dataset:
-    """Files of one modality concatenated along ``sample`` in the single-file schema (``bands``, ...)."""
-    return _modality_dataset([open_chunk(os.fspath(p), **archive_kwargs) for p in paths])
-
-
-__all__ = ["ChunkFile", "open_chunk", "open_dataset", "open_files", "open_multimodal", "s1_permutation", "times_ns",
+__all__ = ["ChunkFile", "open_chunk", "open_dataset", "open_multimodal", "s1_permutation", "times_ns",
            "warn_s1_order"]

@@ -12,8 +12,6 @@ import ssl4eo_zarr as sz
 from ssl4eo_zarr import CorruptFileError
 from ssl4eo_zarr.storage import MemoryZipArchive, ScratchBuffer
 
-from .helpers import chunk_path
-
 names = st.text(alphabet="abcdefghij./_0123456789é", min_size=1, max_size=20).filter(
     lambda n: not n.startswith("/") and ".." not in n.split("/") and not n.endswith("/"))
 
@@ -52,4 +50,3 @@ def test_a_split_holds_no_file_descriptors(root):
     assert len(os.listdir("/proc/self/fd")) == before
     ds["S2L1C"].isel(sample=slice(0, 20)).load()  # reads reopen and close again
     assert len(os.listdir("/proc/self/fd")) <= before + 1
-    assert chunk_path(root, "S2L1C", 1)

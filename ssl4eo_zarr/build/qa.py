@@ -11,13 +11,6 @@ from .. import schema
 MAX_NAN_FRACTION = 0.01
 
 
-def worst_nan_fraction(stack: np.ndarray) -> float:
-    """Largest fraction of NaN pixels over every ``[..., H, W]`` image of ``stack`` (e.g. ``[T, C, H, W]``)."""
-    if stack.size == 0:
-        return 0.0
-    return float(np.isnan(stack).mean(axis=(-2, -1)).max())
-
-
 def fill_nearest(image: np.ndarray) -> np.ndarray:
     """NaNs of each ``[H, W]`` image in ``image`` ``[..., H, W]`` replaced by the nearest valid pixel.
 
