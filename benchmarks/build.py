@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loader import machine  # noqa: E402
 
-from ssl4eo_zarr.build import build_dataset  # noqa: E402
+from ssl4eo_zarr.builder import build_dataset  # noqa: E402
 from ssl4eo_zarr.synthetic import make_raw  # noqa: E402
 
 

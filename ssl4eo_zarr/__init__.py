@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {"build", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
+_SUBMODULES = {"builder", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
                "shardview", "stats", "storage", "synthetic", "timeorder", "validate", "webdataset", "zarrv2"}
 
 

@@ -86,8 +86,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_dataset
-    from .build.cloud import ENV_CONFIG, ENV_WEIGHTS
+    from .builder import build_dataset
+    from .builder.cloud import ENV_CONFIG, ENV_WEIGHTS
 
     # Through the environment, so that dask worker processes started by the build see them too.
     for var, value in ((ENV_CONFIG, args.sensei_config), (ENV_WEIGHTS, args.sensei_weights)):
@@ -109,7 +109,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_locations(args: argparse.Namespace) -> int:
-    from .build.sampling import overlapping_pairs, read_cities, sample_locations, write_locations
+    from .builder.sampling import overlapping_pairs, read_cities, sample_locations, write_locations
 
     points = sample_locations(read_cities(args.cities), args.n, seed=args.seed, sigma_km=args.sigma_km,
                               exact=not args.published_method)

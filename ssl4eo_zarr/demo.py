@@ -10,7 +10,7 @@ def _demo_build(folder: str, n_locations: int, size: int, seed: int, log) -> Non
     """The builder's path: synthetic raw GeoTIFFs -> chunk files."""
     import shutil
 
-    from .build import build_dataset
+    from .builder import build_dataset
     from .synthetic import make_raw
 
     shutil.rmtree(folder, ignore_errors=True)

@@ -75,7 +75,7 @@ class CloudClass(enum.IntEnum):
 CLOUDY_CLASSES = (CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD)
 
 #: Spectral range (min, max) in nm of each Sentinel-2 MSI band, as SEnSeIv2 describes the bands to its model
-#: (ESA's spectral response; see :func:`ssl4eo_zarr.build.cloud.sensei_descriptors`).
+#: (ESA's spectral response; see :func:`ssl4eo_zarr.builder.cloud.sensei_descriptors`).
 S2_WAVELENGTHS_NM: dict[str, tuple[float, float]] = {
     "B01": (425.0, 461.0), "B02": (446.0, 542.0), "B03": (537.5, 582.5), "B04": (645.5, 684.5),
     "B05": (694.0, 714.0), "B06": (731.0, 749.0), "B07": (767.0, 795.0), "B08": (763.5, 904.5),
@@ -341,6 +341,17 @@ def parse_chunk_file_name(name: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match["split"], int(match["index"])
+
+
+#: Folders of the raw per-band layout (SSL4EO-S12 v1): ``{s1,s2a,s2c}/{location}/{season}/{band}.tif``.
+RAW_FOLDERS = {"S1GRD": "s1", "S2L2A": "s2a", "S2L1C": "s2c"}
+
+
+def raw_band_file(modality: str, band: str) -> str:
+    """File name of a band in the raw layout: S2 ``B1.tif`` (no leading zero), ``B8A.tif``; S1 ``VV.tif``."""
+    if modality == "S1GRD":
+        return f"{band.upper()}.tif"
+    return f"B{int(band[1:])}.tif" if band[1:].isdigit() else f"{band}.tif"
 
 
 def split_list_name(split: str) -> str:

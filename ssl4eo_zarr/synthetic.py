@@ -409,7 +409,7 @@ def make_raw(root: str | os.PathLike, n_locations: int = 6, *, size: int = schem
 
     Returns ``{location folder: {"lat", "lon", "sample", "drop"}}``.
     """
-    from .build.raw import raw_band_file
+    from .schema import raw_band_file
 
     root = os.fspath(root)
     locs = sample_locations(n_locations, seed=seed)

@@ -13,10 +13,10 @@ import pytest
 
 import ssl4eo_zarr as sz
 from ssl4eo_zarr import BuildError, CloudClass, geo, schema, synthetic
-from ssl4eo_zarr.build import BuildLock, build_dataset
-from ssl4eo_zarr.build.cloud import scl_to_sensei
-from ssl4eo_zarr.build.qa import fill_nearest, to_s1_db, to_s2_dn
-from ssl4eo_zarr.build.sampling import City, overlapping_pairs, sample_locations
+from ssl4eo_zarr.builder import BuildLock, build_dataset
+from ssl4eo_zarr.builder.cloud import scl_to_sensei
+from ssl4eo_zarr.builder.qa import fill_nearest, to_s1_db, to_s2_dn
+from ssl4eo_zarr.builder.sampling import City, overlapping_pairs, sample_locations
 from ssl4eo_zarr.validate import validate
 
 pytest.importorskip("rasterio")
@@ -135,7 +135,7 @@ def test_deterministic_and_the_same_on_a_dask_cluster(raw, built, tmp_path):
 
 
 def test_rerun_is_a_no_op_and_resumes_a_missing_file(raw, built, tmp_path, monkeypatch):
-    import ssl4eo_zarr.build as driver
+    import ssl4eo_zarr.builder.driver as driver
 
     out = str(tmp_path / "out")
     build_dataset(raw[0], out, size=SIZE, workers=0, val_fraction=0.3, seed=7)
@@ -170,7 +170,7 @@ def test_a_second_build_into_the_same_folder_is_refused(raw, tmp_path):
 
 def test_killed_builds_resume_to_the_uninterrupted_result(raw, built, tmp_path):
     out = str(tmp_path / "out")
-    code = ("import sys; from ssl4eo_zarr.build import build_dataset; "
+    code = ("import sys; from ssl4eo_zarr.builder import build_dataset; "
             f"build_dataset({raw[0]!r}, {out!r}, size={SIZE}, workers=0, val_fraction=0.3, seed=7)")
     lock = os.path.join(out, ".ssl4eo-build.lock")
     interrupted = 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssl4eo_zarr import BuildError, CloudClass, schema
-from ssl4eo_zarr.build import cloud
+from ssl4eo_zarr.builder import cloud
 
 
 def test_descriptors_follow_the_band_order():
@@ -85,7 +85,7 @@ def test_a_build_with_sensei_masks(tmp_path, monkeypatch):
 
     import ssl4eo_zarr as sz
     from ssl4eo_zarr import synthetic
-    from ssl4eo_zarr.build import build_dataset
+    from ssl4eo_zarr.builder import build_dataset
 
     config = {"MODEL_TYPE": "NN", "NUM_CHANNELS": 13, "CLASSES": 7, "PATCH_SIZE": 16}
     torch.manual_seed(1)

@@ -1,8 +1,8 @@
-"""The builder: raw Sentinel-1/2 GeoTIFFs -> aligned analysis-ready chunk files, on dask.distributed.
+"""The build driver: plans the two phases, runs them on an executor, keeps the manifest.
 
 Two planned phases, each a set of independent tasks:
 
-1. **per location** (:func:`~ssl4eo_zarr.build.location.process_location`): choose the majority UTM zone of
+1. **per location** (:func:`~ssl4eo_zarr.builder.location.process_location`): choose the majority UTM zone of
    the S2 timestamps, resample every band of every timestamp onto the 264 x 264 px 10 m grid (nearest for S2,
    bilinear for S1), drop the location if any timestamp/channel misses > 1 % of its pixels, fill the rest by
    nearest neighbour, encode (S2 DN + 1000 as int16, S1 dB as float16), derive RGB, attach cloud masks. The
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,72 +30,15 @@ from ..errors import BuildError
 from ..layout import write_split_list
 from ..storage import atomic_write
 from ..writer import write_chunk
+from .executor import Executor
 from .location import Processed, load, process_location, save
+from .lock import BuildLock
+from .manifest import MANIFEST, load_manifest, write_json
 from .pack import FilePlan, assign_splits, chunk_datasets, metadata_rows, plan_files
 from .raw import RawLocation, discover
 
-__all__ = ["BuildLock", "build_dataset"]
-
-MANIFEST = "manifest.json"
-LOCK = ".ssl4eo-build.lock"
 STAGING = ".staging"
 TABLE = "ssl4eos12_metadata.parquet"
-
-
-class BuildLock:
-    """An exclusive lock on an output folder; a lock left by a dead process on this host is taken over."""
-
-    def __init__(self, out: str):
-        self.path = os.path.join(out, LOCK)
-        self.held = False
-
-    def _owner(self) -> tuple[str, int] | None:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                host, pid = f.read().split()
-            return host, int(pid)
-        except (OSError, ValueError):
-            return None
-
-    def acquire(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and owner[0] == socket.gethostname():
-                    try:
-                        os.kill(owner[1], 0)
-                    except ProcessLookupError:
-                        os.unlink(self.path)  # stale: its build was killed
-                        continue
-                    except PermissionError:
-                        pass
-                where = f"pid {owner[1]} on {owner[0]}" if owner else "another process"
-                raise BuildError(f"{os.path.dirname(self.path)} is being written by another build ({where}); "
-                                 f"wait for it, or remove {self.path} if that build is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} {os.getpid()}\n")
-            self.held = True
-            return
-        raise BuildError(f"cannot take the lock {self.path}")
-
-    def release(self) -> None:
-        if self.held:
-            os.unlink(self.path)
-            self.held = False
-
-    def __enter__(self) -> BuildLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _write_json(path: str, doc: dict) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True, default=str)
 
 
 def _facts(p: Processed) -> dict[str, Any]:
@@ -119,7 +61,7 @@ def stage_location(loc: RawLocation, staging: str, size: int, cloud_policy: str)
         return {"name": loc.location, "status": "dropped", "reason": p.reason}
     t0 = time.perf_counter()
     save(p, path)
-    _write_json(sidecar, _facts(p))  # after the arrays: a sidecar always means a complete .npz
+    write_json(sidecar, _facts(p))  # after the arrays: a sidecar always means a complete .npz
     p.timings["stage"] = time.perf_counter() - t0
     return {"name": loc.location, "status": "staged", **_facts(p), "timings": p.timings}
 
@@ -134,44 +76,6 @@ def write_file(plan: FilePlan, out: str, staging: str, size: int) -> tuple[str, 
     with open(os.path.join(staging, f"{plan.name}.{plan.split}.rows.pkl"), "wb") as f:
         pickle.dump(metadata_rows(locs, plan.name), f)
     return f"{plan.split}/{plan.name}", {"unstage": t1 - t0, "write": time.perf_counter() - t1}
-
-
-class _Runner:
-    """Runs task lists in-process (``workers=0``) or on a dask.distributed cluster, yielding results as they end."""
-
-    def __init__(self, workers: int, scheduler: str | None):
-        self.client = None
-        self.cluster = None
-        if scheduler or workers > 0:
-            try:
-                from distributed import Client, LocalCluster
-            except ImportError as exc:
-                raise BuildError("parallel builds need dask.distributed: pip install 'ssl4eo-zarr[build]' "
-                                 "(or run with workers=0)") from exc
-            if scheduler:
-                self.client = Client(scheduler)
-            else:
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
-                self.client = Client(self.cluster)
-
-    def map(self, fn: Callable, items: Sequence, *args: Any, keys: Sequence[str]):
-        if self.client is None:
-            for item in items:
-                yield fn(item, *args)
-            return
-        from distributed import as_completed
-
-        futures = self.client.map(fn, items, *[[a] * len(items) for a in args], key=list(keys), pure=False)
-        for future in as_completed(futures):
-            yield future.result()
-            future.release()
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
 
 
 def build_dataset(
@@ -194,7 +98,7 @@ def build_dataset(
     Parameters
     ----------
     raw:
-        Folder with ``s1/``, ``s2a/``, ``s2c/`` (see :mod:`ssl4eo_zarr.build.raw`).
+        Folder with ``s1/``, ``s2a/``, ``s2c/`` (see :mod:`ssl4eo_zarr.builder.raw`).
     out:
         Dataset root to write (``{split}/{modality}/*.zarr.zip``, ``splits/*.txt``, ``manifest.json``,
         ``ssl4eos12_metadata.parquet``).
@@ -218,19 +122,12 @@ def build_dataset(
                 "val_locations": sorted(val_locations) if val_locations else None, "drop_remainder": drop_remainder}
     with BuildLock(out):
         manifest_path = os.path.join(out, MANIFEST)
-        manifest: dict[str, Any] = {"settings": settings, "locations": {}, "files": {}}
-        if os.path.exists(manifest_path):
-            with open(manifest_path, encoding="utf-8") as f:
-                previous = json.load(f)
-            if previous.get("settings") != settings:
-                raise BuildError(f"{out} holds a build with other settings ({previous.get('settings')}); "
-                                 "write into a new folder or rerun with the same settings to resume")
-            manifest = previous
+        manifest = load_manifest(out, settings)
         staging = os.path.join(out, STAGING)
         os.makedirs(staging, exist_ok=True)
         _remove_stale_temporaries(out)
         locations = discover(raw)
-        runner = _Runner(workers, scheduler)
+        runner = Executor(workers, scheduler)
         timings: dict[str, float] = {}
 
         def stage(todo: list[RawLocation]) -> None:
@@ -244,7 +141,7 @@ def build_dataset(
                 entry = manifest["locations"].get(status["name"], {})
                 if entry.get("status") != "written" or status["status"] == "dropped":
                     manifest["locations"][status["name"]] = status
-            _write_json(manifest_path, manifest)
+            write_json(manifest_path, manifest)
 
         def known(name: str) -> bool:
             # Dropped, or staged/written with the facts the plan needs: a resume reads none of these again.
@@ -287,7 +184,7 @@ def build_dataset(
                 for index, loc in enumerate(p.locations):
                     manifest["locations"][loc] = {**manifest["locations"][loc], "status": "written",
                                                   "split": p.split, "file": p.name, "index": index}
-                _write_json(manifest_path, manifest)
+                write_json(manifest_path, manifest)
         finally:
             runner.close()
         _finish(out, plans, staging, keep_staging)
@@ -298,7 +195,7 @@ def build_dataset(
             "dropped": sum(e["status"] == "dropped" for e in manifest["locations"].values()),
             "files": {s: sum(p.split == s for p in plans) for s in ("train", "val")},
         }
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         return manifest
 
 

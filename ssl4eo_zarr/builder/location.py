@@ -12,11 +12,12 @@ import rasterio
 from .. import geo, schema
 from ..errors import BuildError
 from ..rgb import rgb_from_l2a
+from ..schema import raw_band_file
 from ..storage import atomic_write
 from . import cloud as cloud_sources
 from .align import raster_epsg, read_onto_grid
 from .qa import MAX_NAN_FRACTION, fill_nearest, majority, to_s1_db, to_s2_dn
-from .raw import RawLocation, location_id, raw_band_file
+from .raw import RawLocation, location_id
 
 IMAGE_MODALITIES = ("S2L1C", "S2L2A", "S1GRD")
 

@@ -17,17 +17,10 @@ import numpy as np
 
 from .. import schema
 from ..errors import BuildError
+from ..schema import RAW_FOLDERS
 
 #: Raw product folder of each modality (S2RGB is made from S2L2A).
-RAW_FOLDERS = {"S1GRD": "s1", "S2L2A": "s2a", "S2L1C": "s2c"}
 _TIME = re.compile(r"(\d{8}T\d{6})")
-
-
-def raw_band_file(modality: str, band: str) -> str:
-    """File name of a band in the raw layout: S2 ``B1.tif`` (no leading zero), ``B8A.tif``; S1 ``VV.tif``."""
-    if modality == "S1GRD":
-        return f"{band.upper()}.tif"
-    return f"B{int(band[1:])}.tif" if band[1:].isdigit() else f"{band}.tif"
 
 
 @dataclass
