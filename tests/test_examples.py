@@ -72,3 +72,55 @@ def test_lightning_datamodule_fits(root):
         assert model.epochs_seen == [0, 1], "Lightning calls set_epoch on the train dataset"
     finally:
         shutil.rmtree(tmp)
+
+
+def test_lightning_checkpoint_resumes_the_loader_mid_epoch(root, tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    import shutil
+
+    import torch
+
+    from ssl4eo_zarr.loader.lightning import SSL4EODataModule
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen = []
+
+        def training_step(self, batch, _):
+            self.seen.append(tuple(batch["sample"]))
+            return self.layer(torch.ones(1, 1)).sum()
+
+        def predict_step(self, batch, _):
+            return batch["sample"]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = str(tmp_path / "data")
+    shutil.copytree(os.path.join(root, "val"), os.path.join(data, "train"))
+    shutil.copytree(os.path.join(root, "val"), os.path.join(data, "val"))
+
+    def module():
+        return SSL4EODataModule(data, modalities=("S2L2A",), batch_size=4, num_workers=2, pin_memory=False,
+                                return_metadata=True, timestamps=0)
+
+    def trainer(**kw):
+        kw.setdefault("enable_checkpointing", False)
+        return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=str(tmp_path), limit_val_batches=0, **kw)
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    full = Recorder()
+    every4 = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=4, save_top_k=-1)
+    trainer(max_epochs=1, callbacks=[every4], enable_checkpointing=True).fit(full, module())
+    assert len(full.seen) == 11  # 42 locations in batches of 4
+    mid = os.path.join(str(tmp_path / "ckpt"), "epoch=0-step=4.ckpt")
+    assert os.path.exists(mid), os.listdir(tmp_path / "ckpt")
+    resumed = Recorder()
+    trainer(max_epochs=1).fit(resumed, module(), ckpt_path=mid)
+    assert resumed.seen == full.seen[4:], "the resumed run gets exactly the batches that would have come next"
+    predicted = trainer().predict(Recorder(), module())
+    assert sorted(s for batch in predicted for s in batch) == sorted(s for b in full.seen for s in b)

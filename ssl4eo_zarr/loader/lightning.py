@@ -49,7 +49,12 @@ class EpochDataLoader(DataLoader):
 
 
 class SSL4EODataModule(pl.LightningDataModule):
-    """Train/val DataLoaders of :class:`~ssl4eo_zarr.ChunkDataset` for a dataset root.
+    """Train/val/test/predict DataLoaders of :class:`~ssl4eo_zarr.ChunkDataset` for a dataset root of either
+    distribution (chunk files or WebDataset shards).
+
+    The training loader's position is saved in checkpoints (:meth:`state_dict`) and restored on
+    ``trainer.fit(..., ckpt_path=...)``: a run resumed from a mid-epoch checkpoint gets exactly the batches the
+    interrupted run would have seen next, in the same order, with the same augmentations.
 
     Under DDP each dataset picks up the rank and world size from ``torch.distributed`` when the loaders are
     made (after Lightning initialised the process group), and :meth:`on_train_epoch_start`-style reshuffling
@@ -71,6 +76,8 @@ class SSL4EODataModule(pl.LightningDataModule):
         num_workers: int = 4,
         train_split: str = "train",
         val_split: str = "val",
+        test_split: str | None = None,
+        predict_split: str | None = None,
         transform: Callable[..., dict[str, Any]] | None = None,
         seed: int = 0,
         pin_memory: bool = True,
@@ -82,19 +89,34 @@ class SSL4EODataModule(pl.LightningDataModule):
         self.timestamps = timestamps
         self.num_workers = num_workers
         self.splits = (train_split, val_split)
+        self.test_split = test_split or val_split
+        self.predict_split = predict_split or val_split
         self.transform = transform
         self.pin_memory = pin_memory
         self.train_dataset: ChunkDataset | None = None
         self.val_dataset: ChunkDataset | None = None
+        self.test_dataset: ChunkDataset | None = None
+        self.predict_dataset: ChunkDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.train_dataset = ChunkDataset(self.root, split=self.splits[0], timestamps=self.timestamps,
                                               transform=self.transform, shuffle=True, num_workers=self.num_workers,
                                               **self.kwargs)
+            if getattr(self, "_resume", None):
+                self.train_dataset.load_state_dict(self._resume)
         if stage in (None, "fit", "validate"):
-            self.val_dataset = ChunkDataset(self.root, split=self.splits[1], timestamps="all", shuffle=False,
-                                            num_workers=self.num_workers, **self.kwargs)
+            self.val_dataset = self._eval(self.splits[1])
+        if stage in (None, "test"):
+            self.test_dataset = self._eval(self.test_split)
+        if stage in (None, "predict"):
+            self.predict_dataset = self._eval(self.predict_split, return_metadata=True)
+
+    def _eval(self, split: str, **overrides: Any) -> ChunkDataset:
+        """Every location once per rank, all timestamps, in stored order."""
+        kwargs = {**self.kwargs, **overrides}
+        return ChunkDataset(self.root, split=split, timestamps="all", shuffle=False, num_workers=self.num_workers,
+                            **kwargs)
 
     def _loader(self, ds: ChunkDataset) -> DataLoader:
         return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -105,3 +127,26 @@ class SSL4EODataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches with metadata (``sample``, ``center_lat`` ...), to write predictions back per location."""
+        return self._loader(self.predict_dataset)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position (epoch and batches completed in it), saved in every checkpoint."""
+        if self.train_dataset is None or self.trainer is None:
+            return {}
+        # "processed": checkpoint callbacks run after a batch's step but before Lightning counts it completed,
+        # and a resumed fit continues after the processed batches.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train": self.train_dataset.state_dict(batches=done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training loader where the checkpoint left it (Lightning calls this after ``setup``)."""
+        self._resume = state_dict.get("train")
+        if self._resume and self.train_dataset is not None:
+            self.train_dataset.load_state_dict(self._resume)
