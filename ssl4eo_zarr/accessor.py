@@ -11,27 +11,12 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from .checks import infer_modality
+from .checks import infer_modality, sample_index
 from .geo import grid_transform
 
 
 def _band_dim(da: xr.DataArray) -> str:
     return next(d for d in da.dims if d == "band" or d.startswith("band_"))
-
-
-def sample_index(ds: xr.Dataset, sample: int | str) -> int:
-    """Position of ``sample`` (an index, negative allowed, or a 7-digit id) along ``ds.sample``."""
-    if isinstance(sample, str) and not sample.lstrip("-").isdigit():
-        raise ValueError(f"sample must be an index or a 7-digit id, got {sample!r}")
-    if isinstance(sample, str) and len(sample) == schema.SAMPLE_ID_WIDTH:
-        hits = np.flatnonzero(np.asarray(ds["sample"].values).astype(str) == sample)
-        if not hits.size:
-            raise KeyError(f"sample {sample} is not in this Dataset")
-        return int(hits[0])
-    index, n = int(sample), ds.sizes["sample"]
-    if not -n <= index < n:
-        raise IndexError(f"sample index {index} is outside 0..{n - 1}")
-    return index % n
 
 
 @xr.register_dataset_accessor("ssl4eo")

@@ -1,4 +1,5 @@
-"""Pure checks of a modality Dataset against the schema, shared by the writer and the validator.
+"""Pure checks of a modality Dataset against the schema, shared by the writer and the validator, and the
+lookup of a location in a Dataset, shared by the accessor and the plots.
 
 Each check returns a list of human-readable problems; an empty list means the Dataset conforms.
 Only metadata (dims, dtypes, coordinate values) is inspected here: no image data is loaded.
@@ -92,3 +93,18 @@ def dataset_problems(ds: xr.Dataset, modality: Modality | None = None, *, size: 
     if "time" in ds.coords and list(np.asarray(ds["time"].values)) != list(range(ds.sizes["time"])):
         problems.append(f"coordinate 'time' must be 0..{ds.sizes['time'] - 1}")
     return problems
+
+
+def sample_index(ds: xr.Dataset, sample: int | str) -> int:
+    """Position of ``sample`` (an index, negative allowed, or a 7-digit id) along ``ds.sample``."""
+    if isinstance(sample, str) and not sample.lstrip("-").isdigit():
+        raise ValueError(f"sample must be an index or a 7-digit id, got {sample!r}")
+    if isinstance(sample, str) and len(sample) == schema.SAMPLE_ID_WIDTH:
+        hits = np.flatnonzero(np.asarray(ds["sample"].values).astype(str) == sample)
+        if not hits.size:
+            raise KeyError(f"sample {sample} is not in this Dataset")
+        return int(hits[0])
+    index, n = int(sample), ds.sizes["sample"]
+    if not -n <= index < n:
+        raise IndexError(f"sample index {index} is outside 0..{n - 1}")
+    return index % n

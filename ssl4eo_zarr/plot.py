@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from .accessor import sample_index
+from .checks import sample_index
 from .rgb import rgb_from_l2a
 from .schema import CloudClass
 

@@ -12,10 +12,8 @@ image data stays lazy (one dask chunk per file and timestamp) until computed.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -24,10 +22,11 @@ import xarray as xr
 from dask.base import tokenize
 
 from . import s1order, schema
-from .errors import CorruptFileError, ModalityMismatchError, S1OrderWarning, SchemaError
+from .chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
+from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
 from .storage import ZipArchive
-from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group
+from .zarrv2 import ArrayMeta, read_chunk
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
 _INDEX_COORDS = schema.COORDS
@@ -35,56 +34,6 @@ _INDEX_COORDS = schema.COORDS
 _SHARED_VARS = (schema.CLOUD_VAR, "center_lat", "center_lon", "crs", "x_", "y_", "sample_id")
 #: Variables that differ per modality (S1 and S2 were acquired at different times).
 _PER_MODALITY_VARS = ("file_id", "time_")
-
-
-@dataclass
-class ChunkFile:
-    """One opened modality file: its archive, metadata and ``sample`` ids (nothing else is read)."""
-
-    path: str
-    archive: ZipArchive
-    group: GroupMeta
-    samples: np.ndarray
-
-    @property
-    def n_samples(self) -> int:
-        return len(self.samples)
-
-    def array(self, name: str) -> ArrayMeta:
-        try:
-            return self.group.arrays[name]
-        except KeyError:
-            raise CorruptFileError(self.path, f"variable {name!r} is missing") from None
-
-    def read(self, name: str, *, release: bool = True) -> np.ndarray:
-        """Variable ``name`` as numpy (the archive is released afterwards unless ``release=False``)."""
-        try:
-            return read_array(self.archive, self.array(name))
-        finally:
-            if release:
-                self.archive.release()
-
-
-def open_chunk(path: str | os.PathLike | ZipArchive, *, require_sample: bool = True, keep_open: bool = False,
-               **archive_kwargs: Any) -> ChunkFile:
-    """Open one modality file: read its metadata and sample ids.
-
-    Unless ``keep_open``, the archive is released afterwards (a local file's descriptor is closed and reopens
-    on the next read), so a split of thousands of files never holds thousands of descriptors.
-    ``require_sample=False`` also opens per-location archives (WebDataset members), which have no ``sample``.
-    Raises :class:`CorruptFileError` (or :class:`UnsafeFileError`) naming the file when it is damaged.
-    """
-    archive = path if isinstance(path, ZipArchive) else ZipArchive(path, **archive_kwargs)
-    group = read_group(archive)
-    if "sample" in group.arrays:
-        samples = read_array(archive, group.arrays["sample"])
-    elif require_sample:
-        raise CorruptFileError(archive.path, "coordinate 'sample' is missing")
-    else:
-        samples = np.array([], dtype=f"<U{schema.SAMPLE_ID_WIDTH}")
-    if not keep_open:
-        archive.release()
-    return ChunkFile(archive.path, archive, group, samples)
 
 
 def _load_block(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...]) -> np.ndarray:
@@ -167,7 +116,7 @@ def _variable(files: Sequence[ChunkFile], name: str, *, eager: bool = False) -> 
     return xr.Variable(meta.dims, data, attrs)
 
 
-def _modality_dataset(files: Sequence[ChunkFile], *, fix_s1_order: bool = False) -> xr.Dataset:
+def modality_dataset(files: Sequence[ChunkFile], *, fix_s1_order: bool = False) -> xr.Dataset:
     """Variables of one modality over ``files``, concatenated along sample and CF-decoded like ``xr.open_zarr``.
 
     With ``fix_s1_order``, S1 files from before the 2026-02-19 fix come back in ``time_`` order (see
@@ -188,42 +137,6 @@ def _modality_dataset(files: Sequence[ChunkFile], *, fix_s1_order: bool = False)
     if fix_s1_order and "band" in ds.coords and tuple(map(str, ds["band"].values)) == schema.S1GRD.bands:
         ds = _chronological_s1(ds, files)
     return ds
-
-
-_WARNED: set[str] = set()
-
-
-def warn_s1_order(path: str, rows: int) -> None:
-    """One :class:`S1OrderWarning` per file and process."""
-    if path in _WARNED:
-        return
-    _WARNED.add(path)
-    warnings.warn(f"{path}: {s1order.FIX_NOTE}; {rows} locations are delivered in time_ order "
-                  "(fix_s1_order=False delivers the file as stored; `ssl4eo-zarr repair` rewrites it)",
-                  S1OrderWarning, stacklevel=4)
-
-
-def s1_permutation(cf: ChunkFile) -> np.ndarray | None:
-    """int64 ``[sample, time]`` that puts an S1 file in ``time_`` order, or ``None`` (reads ``file_id`` and
-    ``time_``, a few kB)."""
-    if "file_id" not in cf.group.arrays or "time_" not in cf.group.arrays:
-        return None
-    ids = cf.read("file_id", release=False)
-    times = times_ns(cf)
-    return s1order.chronological_order(ids, times.view("datetime64[ns]"))
-
-
-def times_ns(cf: ChunkFile) -> np.ndarray:
-    """``time_`` as int64 nanoseconds since 1970 ``[n, 4]``, whatever CF units the file uses."""
-    meta = cf.array("time_")
-    raw = read_array(cf.archive, meta)
-    units = meta.attrs.get("units", "")
-    if units == schema.TIME_UNITS or raw.dtype.kind == "M":
-        return raw.astype(np.int64)
-    from xarray.coding.times import decode_cf_datetime
-
-    decoded = decode_cf_datetime(raw, units, meta.attrs.get("calendar"))
-    return np.asarray(decoded, dtype="datetime64[ns]").astype(np.int64)
 
 
 def _chronological_s1(ds: xr.Dataset, files: Sequence[ChunkFile]) -> xr.Dataset:
@@ -323,11 +236,11 @@ def open_multimodal(
     opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
     _check_agreement(opened, verify_grid)
     ref = schema.reference_modality(mods)
-    out = _modality_dataset(opened[ref], fix_s1_order=fix_s1_order)
+    out = modality_dataset(opened[ref], fix_s1_order=fix_s1_order)
     keep = [v for v in out.data_vars if v in _SHARED_VARS and (v != schema.CLOUD_VAR or ref != "S1GRD")]
     ds = out[keep]
     for m in mods:
-        dsm = out if m == ref else _modality_dataset(opened[m], fix_s1_order=fix_s1_order)
+        dsm = out if m == ref else modality_dataset(opened[m], fix_s1_order=fix_s1_order)
         band_dim = f"band_{m}"
         ds[m] = dsm[schema.BANDS_VAR].rename(band=band_dim).assign_attrs(units=schema.MODALITIES[m].units)
         for v in _PER_MODALITY_VARS:
@@ -415,7 +328,7 @@ def open_dataset(
             return xr.open_zarr(zarr_store(os.fspath(source)), **zarr_open_kwargs())
         if engine != "ssl4eo":
             raise ValueError(f"engine must be 'ssl4eo' or 'zarr', got {engine!r}")
-        ds = _modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
+        ds = modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
                    distribution=distribution)
@@ -434,5 +347,5 @@ def open_dataset(
     return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
 
 
-__all__ = ["ChunkFile", "open_chunk", "open_dataset", "open_multimodal", "s1_permutation", "times_ns",
-           "warn_s1_order"]
+__all__ = ["ChunkFile", "modality_dataset", "open_chunk", "open_dataset", "open_multimodal", "s1_permutation",
+           "times_ns", "warn_s1_order"]

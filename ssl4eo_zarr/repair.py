@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .chunkfile import open_chunk, s1_permutation
 from .layout import SUFFIX
-from .reader import open_chunk, s1_permutation
 from .s1order import misordered_rows, reorder
 from .schema import MODALITIES
 from .storage import ZipArchive

@@ -20,9 +20,9 @@ import xarray as xr
 from dask.base import tokenize
 
 from . import schema
+from .chunkfile import warn_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import ChunkSet
-from .reader import warn_s1_order
 from .s1order import chronological_order
 from .shards import Member, MemberArchive, bands_meta, member_metadata, member_modality, read_time, shard_index
 from .zarrv2 import GroupMeta, read_array, read_group

@@ -19,9 +19,10 @@ import numpy as np
 
 from . import s1order, schema
 from .checks import dataset_problems, infer_modality
+from .chunkfile import ChunkFile, open_chunk
 from .errors import SSL4EOError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
-from .reader import ChunkFile, _modality_dataset, open_chunk
+from .reader import modality_dataset
 from .zarrv2 import read_array, read_chunk
 
 #: Fraction of pixels outside the typical range above which a file is reported (values outside do occur).
@@ -142,7 +143,7 @@ def validate_file(path: str, *, modality: str | None = None, size: int | None = 
             report.errors.append(f"{len(dups)} duplicate zip entries (e.g. {dups[0]!r}); readers see only the last")
         if not cf.group.consolidated:
             report.errors.append("consolidated metadata (.zmetadata) missing; xr.open_zarr needs it")
-        ds = _modality_dataset([cf])
+        ds = modality_dataset([cf])
         mod = schema.get_modality(modality) if modality else infer_modality(ds)
         report.modality = mod.name if mod else None
         report.errors += dataset_problems(ds, mod, size=size)

@@ -25,7 +25,7 @@ import xarray as xr
 from . import schema
 from .errors import ModalityMismatchError
 from .layout import SHARDS, resolve, write_split_list
-from .reader import _modality_dataset, open_chunk, open_dataset
+from .reader import modality_dataset, open_chunk, open_dataset
 from .shards import MEMBER_SUFFIX, ShardStream, member_archive, write_shard
 from .writer import encode_members, write_chunk, zip_bytes
 
@@ -128,7 +128,7 @@ def iter_shard(path: str, **archive_kwargs: Any) -> Iterator[xr.Dataset]:
     try:
         while (member := stream.advance()) is not None:
             archive = member_archive(stream.read(), f"{path}/{member.name}")
-            ds = _modality_dataset([open_chunk(archive, require_sample=False)]).load()
+            ds = modality_dataset([open_chunk(archive, require_sample=False)]).load()
             ds.attrs["sample"] = member.key
             yield ds
     finally:

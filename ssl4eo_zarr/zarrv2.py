@@ -14,7 +14,9 @@ import functools
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numcodecs
@@ -171,12 +173,13 @@ def _dtype_str(dtype: np.dtype) -> Any:
     return dtype.str
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupMeta:
-    """A format-2 group: its attributes and arrays, from one archive."""
+    """A format-2 group: its attributes and arrays, from one archive. Read-only (the mappings are proxies),
+    since one parse serves every file whose ``.zmetadata`` has the same bytes."""
 
-    attrs: dict[str, Any]
-    arrays: dict[str, ArrayMeta]
+    attrs: Mapping[str, Any]
+    arrays: Mapping[str, ArrayMeta]
     consolidated: bool
 
 
@@ -221,7 +224,8 @@ def read_group(archive: ZipArchive) -> GroupMeta:
         if "/" in name:
             continue  # nested groups are not part of this format
         arrays[name] = ArrayMeta.from_json(name, zarray, meta.get(f"{name}/.zattrs"), path=archive.path)
-    group = GroupMeta(attrs=dict(meta.get(".zattrs", {})), arrays=arrays, consolidated=consolidated)
+    group = GroupMeta(attrs=MappingProxyType(dict(meta.get(".zattrs", {}))), arrays=MappingProxyType(arrays),
+                      consolidated=consolidated)
     if consolidated:
         if len(_GROUP_CACHE) > 64:
             _GROUP_CACHE.clear()

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import schema
+from ..chunkfile import open_chunk
 from ..errors import SSL4EOError
 from ..layout import SHARDS, ChunkSet, resolve
-from ..reader import open_chunk
 from ..shards import shard_index
 from .chunk_reader import ChunkReader
 from .common import ReadSpec

@@ -3,7 +3,6 @@ numcodecs into preallocated tensors (shared memory inside DataLoader workers). N
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ import numpy as np
 import torch
 
 from .. import schema
+from ..chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
 from ..errors import CorruptFileError, ModalityMismatchError
-from ..reader import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
 from ..s1order import misordered_rows
 from ..storage import ScratchBuffer
 from ..zarrv2 import read_array, read_chunk
@@ -45,14 +44,10 @@ class ArchiveCache:
         self.archive_kwargs = dict(archive_kwargs or {})
         self._files: OrderedDict[str, ChunkFile] = OrderedDict()
         self._perms: dict[str, np.ndarray | None] = {}
-        self._pid = os.getpid()
         #: One reusable buffer for compressed chunk bytes.
         self.scratch = ScratchBuffer()
 
     def get(self, path: str) -> ChunkFile:
-        if self._pid != os.getpid():  # inherited through fork: never share handles with the parent
-            self._files.clear()
-            self._pid = os.getpid()
         cf = self._files.pop(path, None)
         if cf is None:
             cf = open_chunk(path, keep_open=True, **self.archive_kwargs)

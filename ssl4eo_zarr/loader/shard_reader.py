@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .. import schema
+from ..chunkfile import warn_s1_order
 from ..errors import CorruptFileError, ModalityMismatchError, SSL4EOError
-from ..reader import warn_s1_order
 from ..s1order import chronological_order
 from ..shards import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
 from ..storage import ScratchBuffer

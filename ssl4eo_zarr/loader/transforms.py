@@ -1,4 +1,4 @@
-"""Batch transforms on torch tensors, applied in the worker.
+"""BatchDict transforms on torch tensors, applied in the worker.
 
 A batch is the dict yielded by :class:`~ssl4eo_zarr.ChunkDataset`. Spatial transforms act on every image
 tensor (one per modality, ``[B, T, C, H, W]`` or ``[B, C, H, W]``) and on ``cloud_mask`` with the same
@@ -16,20 +16,21 @@ import torch
 
 from .. import schema
 
-Batch = dict[str, Any]
+#: A batch as ChunkDataset yields it: modality and metadata keys -> tensors or lists.
+BatchDict = dict[str, Any]
 
 
-#: Batch keys that are metadata, never images.
+#: BatchDict keys that are metadata, never images.
 _META_KEYS = {"sample", "file", "center_lat", "center_lon", "crs", "timestamp"}
 
 
-def spatial_keys(batch: Batch) -> list[str]:
+def spatial_keys(batch: BatchDict) -> list[str]:
     """Keys of the batch holding images: modality tensors (known or new ones) and ``cloud_mask``."""
     return [k for k, v in batch.items() if k not in _META_KEYS and not k.startswith("time_") and torch.is_tensor(v)
             and v.dim() >= 3]
 
 
-def _apply_per_sample(batch: Batch, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Batch:
+def _apply_per_sample(batch: BatchDict, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> BatchDict:
     out = dict(batch)
     for key in spatial_keys(batch):
         x = batch[key]
@@ -45,7 +46,7 @@ class RandomCrop:
     def __init__(self, size: int):
         self.size = int(size)
 
-    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+    def __call__(self, batch: BatchDict, generator: torch.Generator | None = None) -> BatchDict:
         keys = spatial_keys(batch)
         if not keys:
             return batch
@@ -68,7 +69,7 @@ class CenterCrop:
     def __init__(self, size: int):
         self.size = int(size)
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: BatchDict) -> BatchDict:
         out = dict(batch)
         for key in spatial_keys(batch):
             x = batch[key]
@@ -85,7 +86,7 @@ class RandomD4:
 
     needs_generator = True
 
-    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+    def __call__(self, batch: BatchDict, generator: torch.Generator | None = None) -> BatchDict:
         keys = spatial_keys(batch)
         if not keys:
             return batch
@@ -104,7 +105,7 @@ class Normalize:
 
     needs_generator = False
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: BatchDict) -> BatchDict:
         return normalize(batch)
 
 
@@ -113,24 +114,24 @@ class Compose:
 
     needs_generator = True
 
-    def __init__(self, transforms: Sequence[Callable[..., Batch]]):
+    def __init__(self, transforms: Sequence[Callable[..., BatchDict]]):
         self.transforms = list(transforms)
 
-    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+    def __call__(self, batch: BatchDict, generator: torch.Generator | None = None) -> BatchDict:
         for t in self.transforms:
             batch = call_transform(t, batch, generator)
         return batch
 
 
-def call_transform(t: Callable[..., Batch], batch: Batch, generator: torch.Generator | None) -> Batch:
+def call_transform(t: Callable[..., BatchDict], batch: BatchDict, generator: torch.Generator | None) -> BatchDict:
     """Call a built-in transform with the generator, a user callable with the batch alone."""
     if getattr(t, "needs_generator", False):
         return t(batch, generator=generator)
     return t(batch)
 
 
-def normalize(batch: Batch, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-              s2_offset: bool = True) -> Batch:
+def normalize(batch: BatchDict, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+              s2_offset: bool = True) -> BatchDict:
     """Standardised copy of a batch: each modality as ``dtype`` ``(x - mean) / std`` per band, with the
     published statistics (modalities without published statistics, such as LULC classes, are left as they are).
 

@@ -1,29 +1,25 @@
-"""Read-only access to ``*.zarr.zip`` archives, local or remote, safe to move into worker processes.
+"""Read-only ``*.zarr.zip`` archives, local, remote or in memory, safe to move into worker processes.
 
 One :class:`ZipArchive` owns one archive. It opens lazily in the process that reads it, reopens after
 ``fork``/pickling, serialises access to the shared file handle with a lock, checks every member's
-CRC-32 on read (``zipfile`` does this when a member is read to its end) and refuses archives that could
-harm the reader (names with ``..`` or absolute paths, members larger than the caller allows).
-
-Remote archives (``https://``, ``s3://``, ``hf://``, any fsspec protocol) are read with range
-requests through fsspec; only the central directory and the members asked for are transferred.
-Transient network errors are retried with exponential backoff.
+CRC-32 on read and refuses archives that could harm the reader (names with ``..`` or absolute paths,
+members larger than the caller allows). Remote archives (any fsspec protocol) are read with exact range
+requests: only the central directory and the members asked for are transferred.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
-import tempfile
 import threading
-import time
 import zipfile
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+from .paths import PathLike, is_url, strip_file_scheme
+from .retry import RetryingFile
 
 try:  # ISA-L computes the zip CRC-32 several times faster than zlib (a quarter of a chunk read otherwise)
     from isal.isal_zlib import crc32
@@ -35,236 +31,6 @@ TAIL_BYTES = 32768
 #: Largest member this library reads by default (a full S2L1C timestamp chunk is ~116 MB decoded,
 #: members are stored compressed, so 1 GiB is far beyond any legitimate file).
 MAX_MEMBER_BYTES = 1 << 30
-
-PathLike = str | os.PathLike
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it
-        old = os.umask(0o022)
-        os.umask(old)
-    return old
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file beside ``path`` for writing; on success it is synced and renamed to ``path``,
-    on any error removed. A crash therefore never leaves a partial file under the final name (temporaries end
-    in ``.tmp``, which a resumed build cleans up).
-
-    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), or those
-    of the file it replaces: datasets live on shared storage and are served by other users' processes, and the
-    private ``0o600`` of a temporary file must not leak into them.
-    """
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    try:
-        perms = os.stat(target).st_mode & 0o7777
-    except OSError:
-        perms = 0o666 & ~current_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
-            yield fh
-            fh.flush()
-            os.fchmod(fh.fileno(), perms)
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def is_url(path: Any) -> bool:
-    """True for ``protocol://...`` strings other than ``file://``."""
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
-
-
-def _strip_file_scheme(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts for local paths and URLs alike."""
-    base = str(base)
-    if is_url(base):
-        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
-    return os.path.join(base, *parts)
-
-
-def basename(path: str) -> str:
-    return str(path).rstrip("/").rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]
-
-
-def parent(path: str) -> str:
-    path = str(path).rstrip("/")
-    if is_url(path):
-        return path.rsplit("/", 1)[0]
-    return os.path.dirname(path)
-
-
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, TimeoutError]
-    try:
-        import aiohttp
-
-        errors.append(aiohttp.ClientError)
-    except ImportError:
-        pass
-    try:
-        from botocore.exceptions import BotoCoreError
-
-        errors.append(BotoCoreError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_found_retries: int = 0):
-    """``fn(*args)``, retried with exponential backoff on transient network errors.
-
-    A missing file is retried only ``not_found_retries`` times: fsspec's HTTP filesystem reports a server
-    error while it looks up a file's size as ``FileNotFoundError``, so opens give it a second chance.
-    """
-    transient = _transient_errors()
-    delay = backoff
-    for attempt in range(retries + 1):
-        try:
-            return fn(*args)
-        except FileNotFoundError:
-            if attempt >= min(not_found_retries, retries):
-                raise
-            time.sleep(delay)
-            delay *= 2
-            continue
-        except (IsADirectoryError, PermissionError):
-            raise
-        except transient:
-            if attempt == retries:
-                raise
-            time.sleep(delay)
-            delay *= 2
-            if on_retry is not None:
-                try:
-                    on_retry()
-                except Exception:  # noqa: BLE001 - the next attempt reports the real error
-                    pass
-    raise AssertionError("unreachable")
-
-
-def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
-    """Whether a local path or URL exists (remote checks are retried on transient errors)."""
-    if not is_url(path):
-        return os.path.exists(_strip_file_scheme(str(path)))
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-
-    def info() -> bool:
-        try:
-            fs.info(p)
-            return True
-        except FileNotFoundError:
-            return False
-
-    return retry(info)
-
-
-def remote_fs(path: str, storage_options: Mapping[str, Any] | None = None):
-    """``(fsspec filesystem, path inside it)`` for a URL."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-
-
-def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Text of a small local or remote file."""
-    if not is_url(path):
-        with open(_strip_file_scheme(str(path)), encoding="utf-8") as f:
-            return f.read()
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-    return retry(lambda: fs.cat_file(p).decode("utf-8"))
-
-
-class PositionedFile(io.RawIOBase):
-    """A read-only, seekable file that keeps its own position; subclasses give ``read`` and ``_end``."""
-
-    _pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def _end(self) -> int:
-        raise NotImplementedError
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._end() + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-
-class RetryingFile(PositionedFile):
-    """A seekable remote file that retries failed reads with exponential backoff.
-
-    fsspec's HTTP and S3 files raise on the first transient failure (connection reset, 5xx); a training job
-    that runs for days must ride those out.
-    """
-
-    def __init__(self, opener, retries: int, backoff: float):
-        self._opener = opener
-        self._retries = retries
-        self._backoff = backoff
-        self._pos = 0
-        self._f = retry(opener, retries=retries, backoff=backoff, not_found_retries=2)
-        self._size = getattr(self._f, "size", None)
-
-    def _reopen(self) -> None:
-        self._f = self._opener()
-
-    def _end(self) -> int:
-        if self._size is None:
-            self._size = self._f.seek(0, 2)
-        return self._size
-
-    def _read_at(self, n: int) -> bytes:
-        self._f.seek(self._pos)
-        return self._f.read(n)
-
-    def read(self, n: int = -1) -> bytes:
-        data = retry(self._read_at, n, retries=self._retries, backoff=self._backoff, on_retry=self._reopen)
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        finally:
-            super().close()
 
 
 class _Entry(NamedTuple):
@@ -377,7 +143,7 @@ class ZipArchive:
         backoff: float = 0.2,
         cache_dir: str | None = None,
     ):
-        self.path = _strip_file_scheme(os.fspath(path))
+        self.path = strip_file_scheme(os.fspath(path))
         self.storage_options = dict(storage_options or {})
         self.retries = retries
         self.backoff = backoff
@@ -647,27 +413,3 @@ class MemoryZipArchive(ZipArchive):
         return view
 
 
-def zarr_store(path: PathLike, *, mode: str = "r"):
-    """A zarr store for ``path`` that works with the installed zarr-python (2.18 or 3.x).
-
-    zarr-python 3 does not open ``*.zarr.zip`` paths by itself; this wraps them in its ``ZipStore``.
-    Use it as ``zarr.open_group(zarr_store(path), mode="r")`` or
-    ``xr.open_zarr(zarr_store(path), **zarr_open_kwargs())``.
-    """
-    import zarr
-
-    return zarr.storage.ZipStore(os.fspath(path), mode=mode)
-
-
-def zarr_major() -> int:
-    import zarr
-
-    return int(zarr.__version__.split(".")[0])
-
-
-def zarr_open_kwargs() -> dict[str, Any]:
-    """Keyword arguments for ``xr.open_zarr`` that read these format-2 files under either zarr major version."""
-    kwargs: dict[str, Any] = {"consolidated": True}
-    if zarr_major() >= 3:
-        kwargs["zarr_format"] = 2
-    return kwargs

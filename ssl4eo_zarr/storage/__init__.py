@@ -1,0 +1,27 @@
+"""Archive and file I/O, one module per concern (zarr-python 3's ``storage/`` is the model):
+
+* :mod:`.paths`: paths and URLs, existence, small reads, atomic writes with the caller's umask;
+* :mod:`.retry`: retries with backoff, seekable remote files;
+* :mod:`.zip`: read-only zip archives (local, remote, in memory), CRC-checked, pickle-safe;
+* :mod:`.zarrcompat`: zarr-python 2.18 / 3.x compatibility for ``*.zarr.zip``.
+"""
+
+from .paths import (
+    PathLike,
+    atomic_write,
+    basename,
+    current_umask,
+    exists,
+    is_url,
+    join,
+    parent,
+    read_text,
+    remote_fs,
+)
+from .retry import PositionedFile, RetryingFile, retry
+from .zarrcompat import zarr_major, zarr_open_kwargs, zarr_store
+from .zip import MAX_MEMBER_BYTES, TAIL_BYTES, MemoryZipArchive, ScratchBuffer, ZipArchive, crc32
+
+__all__ = ["MAX_MEMBER_BYTES", "TAIL_BYTES", "MemoryZipArchive", "PathLike", "PositionedFile", "RetryingFile",
+           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "crc32", "current_umask", "exists", "is_url",
+           "join", "parent", "read_text", "remote_fs", "retry", "zarr_major", "zarr_open_kwargs", "zarr_store"]
