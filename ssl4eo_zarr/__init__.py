@@ -45,6 +45,11 @@ _SUBMODULES = {"builder", "geo", "layout", "loader", "metadata", "plot", "repair
                "shardview", "stats", "storage", "synthetic", "timeorder", "validate", "webdataset", "zarrv2"}
 
 
+def __dir__() -> list[str]:
+    # The lazily imported names too, so that tab completion and dir() show the whole package.
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+
+
 def __getattr__(name: str):
     # torch and matplotlib are heavy and not needed for exploration: import on first use only.
     import importlib

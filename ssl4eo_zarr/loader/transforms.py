@@ -101,12 +101,16 @@ class RandomD4:
 
 
 class Normalize:
-    """Cast images to float32 and standardise each band with the published mean/std (stored units)."""
+    """Cast images to float32 and standardise each band with the published mean/std; ``s2_offset`` says
+    whether the batch's S2 values carry the +1000 offset (the dataset's option of the same name)."""
 
     needs_generator = False
 
+    def __init__(self, s2_offset: bool = True):
+        self.s2_offset = s2_offset
+
     def __call__(self, batch: BatchDict) -> BatchDict:
-        return normalize(batch)
+        return normalize(batch, s2_offset=self.s2_offset)
 
 
 class Compose:
