@@ -124,3 +124,33 @@ def test_lightning_checkpoint_resumes_the_loader_mid_epoch(root, tmp_path):
     assert resumed.seen == full.seen[4:], "the resumed run gets exactly the batches that would have come next"
     predicted = trainer().predict(Recorder(), module())
     assert sorted(s for batch in predicted for s in batch) == sorted(s for b in full.seen for s in b)
+
+
+def _cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ssl4eo_cli", os.path.join(EXAMPLES, "lightning", "cli.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("config, shape", [("ssl4eo.yaml", (2, 12, 24, 24)), ("terratorch.yaml", (12, 4, 24, 24))])
+def test_lightning_cli_configs_train(root, tmp_path, config, shape):
+    """Both shipped YAML files train through LightningCLI for a few steps (small crops on the test data)."""
+    pytest.importorskip("jsonargparse")
+    pytest.importorskip("lightning.pytorch")
+    cli = _cli().main(args=[
+        "fit", "--config", os.path.join(EXAMPLES, "lightning", config), "--data.root", root,
+        "--data.train_split", "val", "--data.crop", "24", "--data.num_workers", "0", "--data.pin_memory", "false",
+        "--data.batch_size", "8" if config == "ssl4eo.yaml" else "null", "--trainer.max_steps", "2",
+        "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ])
+    assert cli.trainer.global_step == 2
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert tuple(batch["S2L2A"].shape[1:]) == shape
+    if config == "terratorch.yaml":
+        assert batch["S2L2A"].shape[0] in (16, 10), "whole 64-location chunks (16 and 10 in the test data)"
+        assert tuple(batch["S1GRD"].shape[1:]) == (2, 4, 24, 24)

@@ -72,3 +72,18 @@ def test_s1_pseudocolor_scales_vv_and_vh_to_their_ranges():
 def test_package_dir_lists_the_lazy_names():
     names = dir(sz)
     assert {"ChunkDataset", "read_metadata", "shards", "builder", "webdataset"} <= set(names)
+
+
+def test_to_layout_and_normalize_in_terratorchs_layout():
+    from ssl4eo_zarr.loader import ToLayout, normalize
+
+    batch = _batch()
+    out = ToLayout("BCTHW")(batch)
+    assert out["S2L2A"].shape == (2, 12, 4, 10, 10) and torch.equal(out["S2L2A"][:, 3, 1], batch["S2L2A"][:, 1, 3])
+    assert out["cloud_mask"].shape == batch["cloud_mask"].shape
+    assert ToLayout("BTCHW")(batch) is batch
+    with pytest.raises(ValueError, match="layout"):
+        ToLayout("TBCHW")
+    a = normalize(batch)["S2L2A"]
+    b = normalize(out, layout="BCTHW")["S2L2A"]
+    torch.testing.assert_close(b, a.permute(0, 2, 1, 3, 4))

@@ -2,6 +2,7 @@
 
 from .dataset import ChunkDataset
 from .plan import epoch_plan
-from .transforms import CenterCrop, Compose, Normalize, RandomCrop, RandomD4, normalize
+from .transforms import CenterCrop, Compose, Normalize, RandomCrop, RandomD4, ToLayout, normalize
 
-__all__ = ["CenterCrop", "ChunkDataset", "Compose", "Normalize", "RandomCrop", "RandomD4", "epoch_plan", "normalize"]
+__all__ = ["CenterCrop", "ChunkDataset", "Compose", "Normalize", "RandomCrop", "RandomD4", "ToLayout", "epoch_plan",
+           "normalize"]

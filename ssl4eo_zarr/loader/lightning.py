@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from .. import schema
 from .dataset import ChunkDataset
+from .transforms import Compose, RandomCrop, RandomD4, ToLayout
 
 try:
     import lightning.pytorch as pl
@@ -79,10 +80,17 @@ class SSL4EODataModule(pl.LightningDataModule):
         test_split: str | None = None,
         predict_split: str | None = None,
         transform: Callable[..., dict[str, Any]] | None = None,
+        crop: int | None = None,
+        d4: bool = False,
+        layout: str = "BTCHW",
         seed: int = 0,
         pin_memory: bool = True,
         **dataset_kwargs: Any,
     ):
+        """``crop``/``d4``/``layout`` build the training transform from a config file (LightningCLI):
+        ``RandomCrop(crop)``, ``RandomD4()`` and :class:`~ssl4eo_zarr.loader.ToLayout` (``"BCTHW"`` for
+        TerraTorch's ``[B, C, T, H, W]``), after ``transform`` when both are given. ``layout`` applies to every
+        loader. Other keyword arguments go to :class:`~ssl4eo_zarr.ChunkDataset`."""
         super().__init__()
         self.root = root
         self.kwargs = dict(modalities=modalities, batch_size=batch_size, seed=seed, **dataset_kwargs)
@@ -91,7 +99,11 @@ class SSL4EODataModule(pl.LightningDataModule):
         self.splits = (train_split, val_split)
         self.test_split = test_split or val_split
         self.predict_split = predict_split or val_split
-        self.transform = transform
+        steps: list[Callable[..., dict[str, Any]]] = [transform] if transform is not None else []
+        steps += [RandomCrop(crop)] if crop else []
+        steps += [RandomD4()] if d4 else []
+        self.layout = ToLayout(layout)
+        self.transform = Compose([*steps, self.layout]) if steps else self.layout
         self.pin_memory = pin_memory
         self.train_dataset: ChunkDataset | None = None
         self.val_dataset: ChunkDataset | None = None
@@ -116,7 +128,7 @@ class SSL4EODataModule(pl.LightningDataModule):
         """Every location once per rank, all timestamps, in stored order."""
         kwargs = {**self.kwargs, **overrides}
         return ChunkDataset(self.root, split=split, timestamps="all", shuffle=False, num_workers=self.num_workers,
-                            **kwargs)
+                            transform=self.layout, **kwargs)
 
     def _loader(self, ds: ChunkDataset) -> DataLoader:
         return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,

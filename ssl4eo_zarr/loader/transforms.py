@@ -113,6 +113,29 @@ class Normalize:
         return normalize(batch, s2_offset=self.s2_offset)
 
 
+class ToLayout:
+    """Reorder the image axes of every modality: ``"BCTHW"`` gives ``[B, C, T, H, W]`` (TerraTorch's temporal
+    layout) from the loader's ``[B, T, C, H, W]``; ``"BTCHW"`` leaves them. Tensors without a time axis and the
+    cloud mask are left as they are."""
+
+    needs_generator = False
+
+    def __init__(self, layout: str = "BCTHW"):
+        if layout not in ("BCTHW", "BTCHW"):
+            raise ValueError(f"layout must be 'BCTHW' or 'BTCHW', got {layout!r}")
+        self.layout = layout
+
+    def __call__(self, batch: BatchDict) -> BatchDict:
+        if self.layout == "BTCHW":
+            return batch
+        out = dict(batch)
+        for key in spatial_keys(batch):
+            x = batch[key]
+            if key != schema.CLOUD_VAR and x.dim() == 5:
+                out[key] = x.permute(0, 2, 1, 3, 4)
+        return out
+
+
 class Compose:
     """Apply transforms in order; passes the generator to those that need one."""
 
@@ -135,13 +158,14 @@ def call_transform(t: Callable[..., BatchDict], batch: BatchDict, generator: tor
 
 
 def normalize(batch: BatchDict, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-              s2_offset: bool = True) -> BatchDict:
+              s2_offset: bool = True, layout: str = "BTCHW") -> BatchDict:
     """Standardised copy of a batch: each modality as ``dtype`` ``(x - mean) / std`` per band, with the
     published statistics (modalities without published statistics, such as LULC classes, are left as they are).
 
     Use it on the GPU after a native-dtype batch arrived (``normalize(batch, device="cuda")``): the copy
-    to the device moves 2 bytes per value instead of 4. Band axis: dim -3 (``[B, T, C, H, W]`` or ``[B, C, H, W]``).
-    ``s2_offset`` says which S2 convention the batch follows (the dataset's ``s2_offset``).
+    to the device moves 2 bytes per value instead of 4. Band axis: dim -3 (``[B, T, C, H, W]`` or ``[B, C, H, W]``),
+    dim 1 with ``layout="BCTHW"`` (:class:`ToLayout`). ``s2_offset`` says which S2 convention the batch follows
+    (the dataset's ``s2_offset``).
     """
     out = dict(batch)
     for key, value in batch.items():
@@ -149,7 +173,8 @@ def normalize(batch: BatchDict, *, device: torch.device | str | None = None, dty
         if mod is None or not mod.has_stats or not torch.is_tensor(value):
             continue
         x = value.to(device=device, non_blocking=True) if device is not None else value
-        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, 1, 1)
+        trailing = x.dim() - 2 if layout == "BCTHW" and x.dim() == 5 else 2
+        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, *([1] * trailing))
                      for v in mod.stats(with_offset=s2_offset))
         out[key] = (x.to(dtype) - mean) / std
     return out
