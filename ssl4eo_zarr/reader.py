@@ -20,13 +20,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from xarray.backends import BackendArray
+from xarray.core import indexing as xr_indexing
 
 from . import s1order, schema
 from .chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
-from .storage import ZipArchive
-from .zarrv2 import ArrayMeta, read_chunk
+from .zarrv2 import ArrayMeta, read_region
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
 _INDEX_COORDS = schema.COORDS
@@ -36,13 +37,82 @@ _SHARED_VARS = (schema.CLOUD_VAR, "center_lat", "center_lon", "crs", "x_", "y_",
 _PER_MODALITY_VARS = ("file_id", "time_")
 
 
-def _load_block(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...]) -> np.ndarray:
-    try:
-        chunk = read_chunk(archive, meta, index)
-    finally:
-        archive.release()  # a computation over thousands of files must not keep thousands of descriptors
-    crop = tuple(slice(0, min(c, s - i * c)) for i, c, s in zip(index, meta.chunks, meta.shape))
-    return chunk[crop]
+class FilesArray(BackendArray):
+    """Variable ``name`` of several chunk files as one lazily indexed array, stacked along ``sample`` (or the
+    first file's, for variables without that dimension).
+
+    Indexing reads only the stored chunks the index touches, file by file, and releases each archive
+    afterwards (a split of thousands of files never holds thousands of descriptors). xarray indexes it
+    through its explicit indexers; dask through plain slices (:func:`_lazy`), one task per stored chunk.
+    """
+
+    def __init__(self, files: Sequence[ChunkFile], metas: Sequence[ArrayMeta], axis: int | None):
+        first = metas[0]
+        # Archives and array metadata only: that is what a task needs, and what travels to dask workers.
+        self.archives, self.metas, self.axis = [f.archive for f in files], list(metas), axis
+        sizes = [m.shape[axis] for m in metas] if axis is not None else [0]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        shape = list(first.shape)
+        if axis is not None:
+            shape[axis] = int(self.starts[-1])
+        self.shape = tuple(shape)
+        self.dtype = first.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, xr_indexing.ExplicitIndexer):
+            return xr_indexing.explicit_indexing_adapter(key, self.shape, xr_indexing.IndexingSupport.BASIC,
+                                                         self._read)
+        return self._read(key if isinstance(key, tuple) else (key,))
+
+    def _read(self, key: tuple) -> np.ndarray:
+        key = tuple(key) + (slice(None),) * (len(self.shape) - len(key))
+        spans, steps, drop = [], [], []
+        for dim, (k, size) in enumerate(zip(key, self.shape)):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(size)
+                if step < 0:  # read the covered span forwards, then step through it backwards
+                    start, stop = stop + 1, start + 1
+                spans.append((start, max(stop, start)))
+                steps.append(step)
+            else:
+                i = int(k) % size
+                spans.append((i, i + 1))
+                steps.append(1)
+                drop.append(dim)
+        if not self.shape:
+            out = self._region(0, ())
+        elif self.axis is None:
+            out = self._region(0, tuple(slice(a, b) for a, b in spans))
+        else:
+            out = self._stack(spans)
+        if any(s != 1 for s in steps):
+            out = out[tuple(slice(None, None, s) for s in steps)]
+        if drop:
+            out = out[tuple(0 if d in drop else slice(None) for d in range(out.ndim))]
+        return out
+
+    def _stack(self, spans: list[tuple[int, int]]) -> np.ndarray:
+        a, b = spans[self.axis]
+        parts = []
+        for f in range(max(int(np.searchsorted(self.starts, a, side="right")) - 1, 0), len(self.archives)):
+            lo, hi = int(self.starts[f]), int(self.starts[f + 1])
+            if lo >= b:
+                break
+            if hi <= a:
+                continue
+            region = [slice(x, y) for x, y in spans]
+            region[self.axis] = slice(max(a, lo) - lo, min(b, hi) - lo)
+            parts.append(self._region(f, tuple(region)))
+        if not parts:
+            return np.empty([y - x for x, y in spans], dtype=self.dtype)
+        return np.concatenate(parts, axis=self.axis) if len(parts) > 1 else parts[0]
+
+    def _region(self, f: int, region: tuple[slice, ...]) -> np.ndarray:
+        archive = self.archives[f]
+        try:
+            return read_region(archive, self.metas[f], region)
+        finally:
+            archive.release()  # a computation over thousands of files must not keep thousands of descriptors
 
 
 def _edge_sizes(meta: ArrayMeta, axis: int) -> list[int]:
@@ -52,7 +122,7 @@ def _edge_sizes(meta: ArrayMeta, axis: int) -> list[int]:
 def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
     """Variable ``name`` of ``files`` as one dask array, concatenated along ``sample`` when it has that dim.
 
-    One dask chunk per stored chunk; a task reads and decodes exactly one zip member.
+    One dask chunk per stored chunk; a task reads and decodes exactly one zip member (see :class:`FilesArray`).
     """
     first = files[0].array(name)
     concat = "sample" in first.dims
@@ -70,6 +140,9 @@ def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
                 f"but {files[0].path} has {first.dtype} {dict(zip(first.dims, first.shape))}"
             )
     token = "ssl4eo-" + name + "-" + tokenize([f.path for f in use], name)
+    if not first.shape:
+        return da.from_array(FilesArray(use, metas, None), chunks=(), name=token, asarray=False, fancy=False,
+                             meta=np.empty((), dtype=first.dtype))
     chunks: list[list[int]] = []
     for i, (s, c) in enumerate(zip(first.shape, first.chunks)):
         if i == axis:
@@ -79,26 +152,10 @@ def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
             chunks.append(sizes)
         else:
             chunks.append([min(c, s - k * c) for k in range(first.grid[i])])
-    dsk: dict[Any, Any] = {}
-    offset = 0
-    local_cache: dict[int, list[tuple[int, ...]]] = {}
-    for f, meta in zip(use, metas):
-        indices = local_cache.get(id(meta))
-        if indices is None:
-            indices = local_cache[id(meta)] = [tuple(int(i) for i in idx) for idx in np.ndindex(*meta.grid)]
-        archive = f.archive
-        if axis is None:
-            for index in indices:
-                dsk[(token, *index)] = (_load_block, archive, meta, index)
-        else:
-            for index in indices:
-                key = index[:axis] + (index[axis] + offset,) + index[axis + 1:]
-                dsk[(token, *key)] = (_load_block, archive, meta, index)
-            offset += meta.grid[axis]
-    if not first.shape:
-        dsk = {(token,): (_load_block, use[0].archive, first, ())}
-    return da.Array(dsk, token, chunks=tuple(tuple(c) for c in chunks), dtype=first.dtype,
-                    meta=np.empty((0,) * len(first.shape), dtype=first.dtype))
+    # One task per stored chunk, in a graph dask builds lazily (a split of thousands of files opens in
+    # constant time here).
+    return da.from_array(FilesArray(use, metas, axis), chunks=tuple(tuple(c) for c in chunks), name=token,
+                         asarray=False, fancy=False, meta=np.empty((0,) * len(first.shape), dtype=first.dtype))
 
 
 def _variable(files: Sequence[ChunkFile], name: str, *, eager: bool = False) -> xr.Variable:

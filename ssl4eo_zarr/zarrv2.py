@@ -182,6 +182,13 @@ class GroupMeta:
     arrays: Mapping[str, ArrayMeta]
     consolidated: bool
 
+    def __reduce__(self):  # the read-only proxies do not pickle; their contents do
+        return _group_meta, (dict(self.attrs), dict(self.arrays), self.consolidated)
+
+
+def _group_meta(attrs: dict[str, Any], arrays: dict[str, ArrayMeta], consolidated: bool) -> GroupMeta:
+    return GroupMeta(MappingProxyType(attrs), MappingProxyType(arrays), consolidated)
+
 
 _GROUP_CACHE: dict[bytes, GroupMeta] = {}
 
