@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,9 @@ class ChunkFile:
     archive: ZipArchive
     group: GroupMeta
     samples: np.ndarray
+    #: The S1 time order when already known (from a split index): a permutation, ``None`` (in order), or
+    #: ``"unknown"``.
+    s1_order: Any = field(default="unknown", compare=False, repr=False)
 
     @property
     def n_samples(self) -> int:

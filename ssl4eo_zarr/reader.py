@@ -27,6 +27,7 @@ from . import s1order, schema
 from .chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
+from .splitindex import SplitIndex
 from .zarrv2 import ArrayMeta, read_region
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
@@ -204,11 +205,14 @@ def _chronological_s1(ds: xr.Dataset, files: Sequence[ChunkFile]) -> xr.Dataset:
     """
     perms = []
     for cf in files:
-        try:
-            perm = s1_permutation(cf)
-        finally:
-            cf.archive.release()
-        perms.append(perm)
+        if isinstance(cf.s1_order, str):  # not known from an index
+            try:
+                perm = s1_permutation(cf)
+            finally:
+                cf.archive.release()
+            cf.s1_order = perm
+        perms.append(cf.s1_order)
+        perm = cf.s1_order
         if perm is not None:
             warn_s1_order(cf.path, len(s1order.misordered_rows(perm)))
     if all(p is None for p in perms):
@@ -251,11 +255,25 @@ def _decode_epoch_ns(var: xr.Variable) -> xr.Variable:
     return xr.Variable(var.dims, data, attrs, encoding=encoding)
 
 
-def _open_all(paths: Sequence[str], threads: int, **archive_kwargs: Any) -> list[ChunkFile]:
-    if len(paths) == 1 or threads <= 1:
-        return [open_chunk(p, **archive_kwargs) for p in paths]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda p: open_chunk(p, **archive_kwargs), paths))
+def _open_all(paths: Sequence[str], threads: int, index: SplitIndex | None = None,
+              **archive_kwargs: Any) -> list[ChunkFile]:
+    """Open files (from the split index where it knows them, concurrently from disk otherwise)."""
+    found = [index.get(p, **archive_kwargs) if index is not None else None for p in paths]
+    todo = [p for p, cf in zip(paths, found) if cf is None]
+    if len(todo) <= 1 or threads <= 1:
+        opened = [open_chunk(p, keep_open=index is not None, **archive_kwargs) for p in todo]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            opened = list(pool.map(lambda p: open_chunk(p, keep_open=index is not None, **archive_kwargs), todo))
+    fresh = iter(opened)
+    out = []
+    for cf in found:
+        if cf is None:
+            cf = next(fresh)
+            if index is not None:
+                index.put(cf)
+        out.append(cf)
+    return out
 
 
 def _check_agreement(opened: Mapping[str, list[ChunkFile]], verify_grid: bool) -> None:
@@ -282,6 +300,7 @@ def open_multimodal(
     threads: int = 8,
     verify_grid: bool = False,
     fix_s1_order: bool = True,
+    use_index: bool = True,
     **archive_kwargs: Any,
 ) -> xr.Dataset:
     """One multi-modal Dataset over ``sets`` (see :func:`open_dataset`)."""
@@ -290,7 +309,8 @@ def open_multimodal(
     mods = [m for m in schema.CHUNK_MODALITIES if all(m in cs.paths for cs in sets)]
     if not mods:
         raise SchemaError("the chunk files share no modality")
-    opened = {m: _open_all([cs.paths[m] for cs in sets], threads, **archive_kwargs) for m in mods}
+    index = SplitIndex([cs.paths[m] for m in mods for cs in sets]) if use_index else None
+    opened = {m: _open_all([cs.paths[m] for cs in sets], threads, index, **archive_kwargs) for m in mods}
     _check_agreement(opened, verify_grid)
     ref = schema.reference_modality(mods)
     out = modality_dataset(opened[ref], fix_s1_order=fix_s1_order)
@@ -309,6 +329,11 @@ def open_multimodal(
         split=("sample", np.repeat([cs.split or "" for cs in sets], sizes)),
     )
     ds.attrs.update(modalities=list(mods), title="SSL4EO-S12 v1.1")
+    if index is not None:
+        for cf in opened.get("S1GRD", []):
+            if not isinstance(cf.s1_order, str):
+                index.put_s1_order(cf, cf.s1_order)
+        index.save()
     return ds
 
 
@@ -323,6 +348,7 @@ def open_dataset(
     s2_offset: bool = True,
     reindex_seasonal: bool = False,
     distribution: str | None = None,
+    use_index: bool = True,
     threads: int = 8,
     storage_options: Mapping[str, Any] | None = None,
     **archive_kwargs: Any,
@@ -366,6 +392,10 @@ def open_dataset(
     distribution:
         ``"chunks"`` or ``"shards"`` where a root holds both (default: detected). Over shards the Dataset has
         the same layout (see :func:`ssl4eo_zarr.shardview.open_shard_dataset`), DEM as ``[sample, band_DEM, y, x]``.
+    use_index:
+        Keep what opening local chunk files learns (zip directories, metadata, sample ids, S1 order) in a split
+        index in ``$SSL4EO_ZARR_CACHE`` (see :mod:`ssl4eo_zarr.splitindex`), so reopening reads none of it;
+        entries are checked against each file's size and modification time.
     threads:
         Files opened concurrently (helps on network storage).
     storage_options:
@@ -394,7 +424,8 @@ def open_dataset(
 
         ds = open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads, **kwargs)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
-    ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order, **kwargs)
+    ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order,
+                         use_index=use_index, **kwargs)
     if not s2_offset:
         for m in ds.attrs["modalities"]:
             if schema.MODALITIES[m].offset:

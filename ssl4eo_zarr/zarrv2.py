@@ -199,30 +199,49 @@ def read_group(archive: ZipArchive) -> GroupMeta:
     Files of one modality usually carry byte-identical ``.zmetadata``; its parse is reused (the result is
     immutable), which makes opening thousands of files cheaper.
     """
-    names = None
     if ".zmetadata" in archive:
-        raw = archive.read(".zmetadata", max_bytes=64 << 20)
-        cached = _GROUP_CACHE.get(raw)
-        if cached is not None:
-            return cached
-        try:
-            doc = json.loads(raw)
-            meta = doc["metadata"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptFileError(archive.path, f"invalid consolidated metadata: {exc!r}", member=".zmetadata") from None
-        consolidated = True
-    else:
-        names = archive.names()
-        meta = {}
-        for name in names:
-            if name.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup"):
-                try:
-                    meta[name] = json.loads(archive.read(name, max_bytes=16 << 20))
-                except ValueError as exc:
-                    raise CorruptFileError(archive.path, f"invalid JSON: {exc}", member=name) from None
-        consolidated = False
+        return parse_group(archive.read(".zmetadata", max_bytes=64 << 20), archive.path)
+    names = archive.names()
+    meta = {}
+    for name in names:
+        if name.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup"):
+            try:
+                meta[name] = json.loads(archive.read(name, max_bytes=16 << 20))
+            except ValueError as exc:
+                raise CorruptFileError(archive.path, f"invalid JSON: {exc}", member=name) from None
+    return _group_from(meta, archive.path, consolidated=False)
+
+
+def parse_group(raw: bytes, path: str = "") -> GroupMeta:
+    """A group from the bytes of its ``.zmetadata`` (parsed once per distinct content)."""
+    cached = _GROUP_CACHE.get(raw)
+    if cached is not None:
+        return cached
+    try:
+        meta = json.loads(raw)["metadata"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(path, f"invalid consolidated metadata: {exc!r}", member=".zmetadata") from None
+    group = _group_from(meta, path, consolidated=True)
+    if len(_GROUP_CACHE) > 64:
+        _GROUP_CACHE.clear()
+        _GROUP_BYTES.clear()
+    _GROUP_CACHE[raw] = group
+    _GROUP_BYTES[id(group)] = raw
+    return group
+
+
+_GROUP_BYTES: dict[int, bytes] = {}
+
+
+def group_bytes(group: GroupMeta) -> bytes | None:
+    """The ``.zmetadata`` bytes a cached group was parsed from (``None`` when it is no longer cached)."""
+    raw = _GROUP_BYTES.get(id(group))
+    return raw if raw is not None and _GROUP_CACHE.get(raw) is group else None
+
+
+def _group_from(meta: dict[str, Any], path: str, *, consolidated: bool) -> GroupMeta:
     if ".zgroup" not in meta:
-        raise CorruptFileError(archive.path, "no zarr format-2 group at the archive root (.zgroup missing)")
+        raise CorruptFileError(path, "no zarr format-2 group at the archive root (.zgroup missing)")
     arrays = {}
     for key, zarray in meta.items():
         if not key.endswith("/.zarray"):
@@ -230,14 +249,9 @@ def read_group(archive: ZipArchive) -> GroupMeta:
         name = key[: -len("/.zarray")]
         if "/" in name:
             continue  # nested groups are not part of this format
-        arrays[name] = ArrayMeta.from_json(name, zarray, meta.get(f"{name}/.zattrs"), path=archive.path)
-    group = GroupMeta(attrs=MappingProxyType(dict(meta.get(".zattrs", {}))), arrays=MappingProxyType(arrays),
-                      consolidated=consolidated)
-    if consolidated:
-        if len(_GROUP_CACHE) > 64:
-            _GROUP_CACHE.clear()
-        _GROUP_CACHE[raw] = group
-    return group
+        arrays[name] = ArrayMeta.from_json(name, zarray, meta.get(f"{name}/.zattrs"), path=path)
+    return GroupMeta(attrs=MappingProxyType(dict(meta.get(".zattrs", {}))), arrays=MappingProxyType(arrays),
+                     consolidated=consolidated)
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,6 +13,13 @@ SIZE = 32
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def pytest_configure(config):
+    # Split and shard indexes go to a folder of this run, never to the user's cache.
+    import tempfile
+
+    os.environ["SSL4EO_ZARR_CACHE"] = tempfile.mkdtemp(prefix="ssl4eo-test-cache-")
+
+
 @pytest.fixture(scope="session")
 def root(tmp_path_factory) -> str:
     """A dataset root with a val split: 3 files (16 + 16 + 10 locations), 4 modalities, 32 x 32 px."""

@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
@@ -156,11 +156,14 @@ class ZipArchive:
         self._tail = b""
         self._tail_start = 0
         self._duplicates: list[str] = []
+        self._adopted = False
+        self._pending: Callable[[], list[tuple[str, tuple[int, ...]]]] | None = None
 
     # -- pickling: never ship an open handle to another process ------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _zip=None, _fh=None, _pid=None, _infos=None, _duplicates=[], _tail=b"")
+        state.update(_lock=None, _zip=None, _fh=None, _pid=None, _infos=None, _duplicates=[], _tail=b"", _pending=None,
+                     _adopted=False)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -210,7 +213,11 @@ class ZipArchive:
 
     def _ensure_open(self) -> dict[str, _Entry]:
         # A handle inherited through fork shares its file offset with the parent: reopen per process.
+        if self._infos is None and self._pending is not None and self._pid == os.getpid():
+            self._infos = {name: _Entry(*entry) for name, entry in self._pending()}
         if self._infos is not None and self._pid == os.getpid():
+            if self._fh is None:  # directory known (adopted from an index): reopen the file only
+                self._fh = self._open_fileobj()
             return self._infos
         self._zip = None
         fh = self._open_fileobj()
@@ -262,8 +269,26 @@ class ZipArchive:
         with self._lock:
             if self.is_remote:
                 self._tail = b""
+            elif self._adopted and self._zip is None:  # the directory came from an index: keep it
+                if self._fh is not None and self._pid == os.getpid():
+                    self._fh.close()
+                self._fh = None
+                self._tail = b""
             else:
                 self._close()
+
+    # -- the directory, for an index kept across sessions ----------------------------------------------
+    def directory(self) -> list[tuple[str, tuple[int, ...]]]:
+        """``(name, (offset, compressed size, size, crc, method, flags))`` of every member, in order."""
+        with self._lock:
+            return [(name, tuple(entry)) for name, entry in self._ensure_open().items()]
+
+    def adopt(self, directory: Callable[[], list[tuple[str, tuple[int, ...]]]]) -> None:
+        """Take the directory from an index instead of reading it (the caller checked the file is unchanged).
+        ``directory`` is called on the first read, so opening thousands of indexed files builds no entries."""
+        with self._lock:
+            self._pending = directory
+            self._infos, self._duplicates, self._pid, self._fh, self._adopted = None, [], os.getpid(), None, True
 
     # -- queries ---------------------------------------------------------------------------------------
     def names(self) -> list[str]:
