@@ -20,6 +20,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m ruff check .
+	$(VENV)/bin/python -m mypy
 
 test: lint
 	$(VENV)/bin/python -c "import zarr, xarray; print('zarr', zarr.__version__, 'xarray', xarray.__version__)"

@@ -6,6 +6,8 @@ IterableDataset for training (torch is imported only when it is used).
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import accessor as _accessor  # noqa: F401 - registers ds.ssl4eo
 from . import schema
 from .errors import (
@@ -50,7 +52,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | _SUBMODULES)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # torch and matplotlib are heavy and not needed for exploration: import on first use only.
     import importlib
 

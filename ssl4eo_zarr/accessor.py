@@ -16,7 +16,7 @@ from .geo import grid_transform
 
 
 def _band_dim(da: xr.DataArray) -> str:
-    return next(d for d in da.dims if d == "band" or d.startswith("band_"))
+    return next(str(d) for d in da.dims if str(d) == "band" or str(d).startswith("band_"))
 
 
 @xr.register_dataset_accessor("ssl4eo")
@@ -79,7 +79,7 @@ class SSL4EOAccessor:
     def reflectance(self, modality: str | None = None) -> xr.DataArray:
         """S2 reflectance, float32 in 0..1 (nominally): ``(DN - 1000) / 10000``. Lazy."""
         img = self.image(modality)
-        mod = schema.get_modality(img.name)
+        mod = schema.get_modality(str(img.name))
         if mod.name not in ("S2L1C", "S2L2A"):
             raise ValueError(f"reflectance() needs S2L1C or S2L2A, not {mod.name}")
         out = (img.astype(np.float32) - np.float32(mod.offset)) / np.float32(schema.S2_SCALE)

@@ -32,7 +32,7 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
     open_dataset_parameters = ("filename_or_obj", "drop_variables", "split", "modalities", "s2_offset",
                                "fix_s1_order", "reindex_seasonal", "distribution", "storage_options")
 
-    def open_dataset(  # type: ignore[override]
+    def open_dataset(
         self,
         filename_or_obj: Any,
         *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 
 def _demo_build(folder: str, n_locations: int, size: int, seed: int, log) -> None:
@@ -101,7 +102,7 @@ def run_demo(out: str = "ssl4eo-demo", *, n_files: int = 3, samples: int = 16, s
     for key, (shape, dtype) in (first or {}).items():
         log(f"  {key:11s} {dtype:8s} {list(shape)}")
 
-    result = {"samples_per_s": n_samples / elapsed, "batches": n_batches, "quicklook": None}
+    result: dict[str, Any] = {"samples_per_s": n_samples / elapsed, "batches": n_batches, "quicklook": None}
     result["shards"] = _demo_shards(os.path.join(out, "shards"), n_files * samples, size, seed, workers, log)
     try:
         import matplotlib

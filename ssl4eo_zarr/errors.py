@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SSL4EOError(Exception):
     """Base class of every error this library raises on purpose."""
@@ -25,7 +27,7 @@ class CorruptFileError(SSL4EOError, OSError):
         where = f"{self.path}" + (f" (member {member!r})" if member else "")
         super().__init__(f"{where}: {problem}")
 
-    def __reduce__(self):  # keep the structured fields when raised in a DataLoader worker
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the structured fields when raised in a DataLoader worker
         return (type(self), (self.path, self.problem), {"member": self.member})
 
 

@@ -198,12 +198,13 @@ def _resolve_local(src: str, split: str | None, mods: list[str] | None, distribu
 
 # -- remote roots (no listing) ----------------------------------------------------------------------------------
 
-def _probe_shards(root: str, split: str, candidates: Sequence[str], storage_options) -> list[str]:
+def _probe_shards(root: str, split: str, candidates: Sequence[str],
+                  storage_options: Mapping[str, Any] | None) -> list[str]:
     return [m for m in candidates if exists(join(root, split, m, schema.shard_name(1)), storage_options)]
 
 
 def _resolve_url(src: str, split: str | None, mods: list[str] | None, distribution: str | None,
-                 storage_options) -> list[ChunkSet]:
+                 storage_options: Mapping[str, Any] | None) -> list[ChunkSet]:
     src = src.rstrip("/")
     if schema.find_modality(basename(src)) is not None:  # a modality folder: its split folder
         src = parent(src)
@@ -227,8 +228,10 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
                                            f"(probed <modality>/{schema.shard_name(1)})")
             first = join(root, s, shard_mods[0])
             guess = schema.SHARD_SPLITS.get(s, (None,))[0]
-            n = count_by_probing(lambda i, first=first: exists(join(first, schema.shard_name(i)), storage_options),
-                                 guess=guess)
+            def shard_exists(i: int, first: str = first) -> bool:
+                return exists(join(first, schema.shard_name(i)), storage_options)
+
+            n = count_by_probing(shard_exists, guess=guess)
             names = [schema.shard_name(i) for i in range(1, n + 1)]
             for m in shard_mods[1:]:
                 if not exists(join(root, s, m, names[-1]), storage_options):

@@ -87,7 +87,7 @@ def match_time_columns(columns: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _read_parquet(path: str, storage_options: Mapping[str, Any] | None):
+def _read_parquet(path: str, storage_options: Mapping[str, Any] | None) -> Any:
     import geopandas as gpd
 
     if not is_url(path):
@@ -97,11 +97,11 @@ def _read_parquet(path: str, storage_options: Mapping[str, Any] | None):
         return gpd.read_parquet(f)
 
 
-def _sample_of(values) -> np.ndarray:
+def _sample_of(values: Any) -> np.ndarray:
     return np.array([schema.sample_id(str(v).split("_")[0]) for v in values])
 
 
-def _split_of(names) -> list[str | None]:
+def _split_of(names: Any) -> list[str | None]:
     out = []
     for n in names:
         parsed = schema.parse_chunk_file_name(str(n)) if n is not None else None
@@ -109,7 +109,7 @@ def _split_of(names) -> list[str | None]:
     return out
 
 
-def _first_release(table):
+def _first_release(table: Any) -> Any:
     import geopandas as gpd
     import pandas as pd
 
@@ -133,7 +133,7 @@ def _first_release(table):
     return gpd.GeoDataFrame(out, geometry=geometry.values, crs=geometry.crs)
 
 
-def _second_release(table):
+def _second_release(table: Any) -> Any:
     import geopandas as gpd
     import pandas as pd
 
@@ -155,7 +155,7 @@ def _second_release(table):
     return gpd.GeoDataFrame(out, geometry=table.geometry.values, crs=table.crs or "EPSG:4326")
 
 
-def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None):
+def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None) -> Any:
     """A published metadata table (either generation), local or URL, as one row per location.
 
     Returns
@@ -171,9 +171,9 @@ def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None
     return out[list(COLUMNS)]
 
 
-def select(table, *, max_cloud: float | None = None, all_times: bool = True,
+def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True,
            bbox: tuple[float, float, float, float] | None = None, start: Any = None, end: Any = None,
-           tiles: Sequence[str] | None = None, split: str | None = None):
+           tiles: Sequence[str] | None = None, split: str | None = None) -> Any:
     """Rows of a :func:`read_metadata` table that pass every filter given.
 
     ``max_cloud``: cloud fraction at most this in every timestamp (``all_times``) or in at least one; unknown

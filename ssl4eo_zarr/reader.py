@@ -93,7 +93,8 @@ class FilesArray(BackendArray):
         return out
 
     def _stack(self, spans: list[tuple[int, int]]) -> np.ndarray:
-        a, b = spans[self.axis]
+        axis = self.axis if self.axis is not None else 0
+        a, b = spans[axis]
         parts = []
         for f in range(max(int(np.searchsorted(self.starts, a, side="right")) - 1, 0), len(self.archives)):
             lo, hi = int(self.starts[f]), int(self.starts[f + 1])
@@ -102,11 +103,11 @@ class FilesArray(BackendArray):
             if hi <= a:
                 continue
             region = [slice(x, y) for x, y in spans]
-            region[self.axis] = slice(max(a, lo) - lo, min(b, hi) - lo)
+            region[axis] = slice(max(a, lo) - lo, min(b, hi) - lo)
             parts.append(self._region(f, tuple(region)))
         if not parts:
             return np.empty([y - x for x, y in spans], dtype=self.dtype)
-        return np.concatenate(parts, axis=self.axis) if len(parts) > 1 else parts[0]
+        return np.concatenate(parts, axis=axis) if len(parts) > 1 else parts[0]
 
     def _region(self, f: int, region: tuple[slice, ...]) -> np.ndarray:
         archive = self.archives[f]
@@ -170,7 +171,7 @@ def _variable(files: Sequence[ChunkFile], name: str, *, eager: bool = False) -> 
         else:
             data = files[0].read(name)
     else:
-        data = _lazy(files, name)
+        data = _lazy(files, name)  # type: ignore[assignment]  # a dask array stands where numpy may
     return xr.Variable(meta.dims, data, attrs)
 
 
@@ -284,7 +285,7 @@ def _check_agreement(opened: Mapping[str, list[ChunkFile]], verify_grid: bool) -
         for m in mods[1:]:
             b = opened[m][i]
             if not np.array_equal(a.samples, b.samples):
-                diff = np.flatnonzero(a.samples != b.samples) if len(a.samples) == len(b.samples) else []
+                diff: Any = np.flatnonzero(a.samples != b.samples) if len(a.samples) == len(b.samples) else []
                 detail = (f"first difference at index {diff[0]}: {a.samples[diff[0]]!r} vs {b.samples[diff[0]]!r}"
                           if len(diff) else f"{len(a.samples)} vs {len(b.samples)} samples")
                 raise ModalityMismatchError(f"{b.path} and {a.path} hold different sample ids ({detail})")
@@ -412,10 +413,11 @@ def open_dataset(
         if engine == "zarr":
             from .storage import zarr_open_kwargs, zarr_store
 
-            return xr.open_zarr(zarr_store(os.fspath(source)), **zarr_open_kwargs())
+            return xr.open_zarr(zarr_store(str(os.fspath(source))), **zarr_open_kwargs())  # type: ignore[arg-type]
         if engine != "ssl4eo":
             raise ValueError(f"engine must be 'ssl4eo' or 'zarr', got {engine!r}")
-        ds = modality_dataset([open_chunk(os.fspath(source), **kwargs)], fix_s1_order=fix_s1_order)
+        ds = modality_dataset([open_chunk(str(os.fspath(source)), **kwargs)],  # type: ignore[arg-type]
+                              fix_s1_order=fix_s1_order)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
                    distribution=distribution)

@@ -88,7 +88,7 @@ def repair_s1_order(path: str | os.PathLike, out: str | os.PathLike | None = Non
 def find_chunk_files(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     """``(file, path relative to its argument)`` for each ``*.zarr.zip`` named or found under a folder."""
     found = []
-    for p in map(os.fspath, paths):
+    for p in (str(os.fspath(q)) for q in paths):
         if os.path.isdir(p):
             for folder, _dirs, names in sorted(os.walk(p)):
                 for n in sorted(names):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -322,7 +323,7 @@ def modality_from_metadata(name: str, dtype: np.dtype, bands: tuple[str, ...], n
                     n_timestamps=int(n_timestamps), known=False, description="not in this library's schema")
 
 
-def reference_modality(names) -> str:
+def reference_modality(names: Iterable[str]) -> str:
     """Of ``names``, the modality that provides shared variables (see :data:`REFERENCE_ORDER`)."""
     names = list(names)
     return next((m for m in REFERENCE_ORDER if m in names), names[0])

@@ -42,7 +42,7 @@ class _Members:
         return {"paths": self.paths, "kwargs": self.kwargs, "capacity": self.capacity}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["paths"], state["kwargs"], state["capacity"])
+        _Members.__init__(self, state["paths"], state["kwargs"], state["capacity"])
 
     def get(self, shard: int, member: Member) -> tuple[MemberArchive, GroupMeta]:
         key = (shard, member.name)
@@ -131,6 +131,10 @@ class MemberStack:
         return self.name in (schema.BANDS_VAR, schema.CLOUD_VAR)
 
 
+def _as_datetime(block: np.ndarray) -> np.ndarray:
+    return block.view("datetime64[ns]")
+
+
 def _lazy(stack: MemberStack, chunks: tuple[int, ...]) -> da.Array:
     token = tokenize(stack.members.paths, stack.name, len(stack.rows), stack.delta, stack.s1_fix)
     return da.from_array(stack, chunks=chunks, asarray=False, fancy=False, name=f"ssl4eo-{stack.name}-{token}")
@@ -200,8 +204,7 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
             ds = ds.assign_coords({band_dim: [str(b) for b in read_array(archive, group.arrays["band"])]})
         if not mod.static and t > 1:
             times = _lazy(MemberStack(stacks, mrows, "time", (t,), np.dtype("int64"), s1_fix=False), (1, t))
-            ds[f"time_{m}"] = xr.Variable(("sample", "time"), times.map_blocks(lambda b: b.view("datetime64[ns]"),
-                                                                              dtype="datetime64[ns]"))
+            ds[f"time_{m}"] = xr.Variable(("sample", "time"), da.map_blocks(_as_datetime, times, dtype="datetime64[ns]"))
             if "file_id" in group.arrays:
                 ids = _lazy(MemberStack(stacks, mrows, "file_id", (t,), group.arrays["file_id"].dtype, s1_fix=s1_fix),
                             (1, t))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import dask
@@ -81,7 +82,7 @@ def band_stats(ds: xr.Dataset, modalities: list[str] | None = None, *, bins: int
     for m, r in results.items():
         mod = schema.get_modality(m)
         img = _image(ds, m)
-        n = int(np.prod([img.sizes[d] for d in img.dims if not d.startswith("band")]))
+        n = math.prod(int(img.sizes[d]) for d in img.dims if not str(d).startswith("band"))
         mean = r["s"] / n
         var = np.maximum(r["ss"] / n - mean**2, 0.0)
         out[m] = BandStats(m, mod.bands, mean, np.sqrt(var), np.asarray(r["mn"], np.float64),

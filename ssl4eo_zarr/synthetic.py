@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -437,7 +438,7 @@ def make_raw(root: str | os.PathLike, n_locations: int = 6, *, size: int = schem
                           else f"{stamp}_{stamp}_T{tile}")
                 base = os.path.join(root, folder, name, season)
                 os.makedirs(base, exist_ok=True)
-                meta = {"system:time_start": int(when.astype("datetime64[ms]").astype(np.int64))}
+                meta: dict[str, Any] = {"system:time_start": int(when.astype("datetime64[ms]").astype(np.int64))}
                 if mod == "S1GRD":
                     meta.update({"system:index": season, "instrumentMode": "IW", "orbitProperties_pass": "ASCENDING"})
                 else:

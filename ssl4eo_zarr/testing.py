@@ -113,7 +113,7 @@ class RangeHTTPServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def reset_counts(self) -> None:
         with self._lock:

@@ -21,7 +21,8 @@ def seasonal_order(times_ns: np.ndarray) -> np.ndarray:
     return np.argsort(months, axis=-1, kind="stable").astype(np.int64)
 
 
-def _take(block: np.ndarray, perm: np.ndarray, block_info=None) -> np.ndarray:
+def _take(block: np.ndarray, perm: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    assert block_info is not None  # dask passes it to functions that take it
     lo, hi = block_info[0]["array-location"][0]
     return reorder(block, perm[lo:hi])
 

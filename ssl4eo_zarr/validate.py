@@ -336,5 +336,10 @@ def _validate_shards(sets: Sequence[ChunkSet], *, size: int | None, check_values
         reports[p], found = validate_shard(p, modality=m, size=size, check_values=check_values)
         keys[p] = found if reports[p].ok else None
     for cs in sets:
-        _check_shard_keys(cs, {m: keys[p] for m, p in cs.paths.items()}, reports)
+        known: dict[str, list[str]] = {}
+        for m, p in cs.paths.items():
+            shard_keys = keys[p]
+            if shard_keys is not None:
+                known[m] = shard_keys
+        _check_shard_keys(cs, known, reports)
     return Report(list(reports.values()))

@@ -168,7 +168,7 @@ class ArrayMeta:
 def _dtype_str(dtype: np.dtype) -> Any:
     if dtype == np.dtype(object):
         return "|O"
-    if dtype.fields:
+    if dtype.fields and dtype.names:
         return [[n, _dtype_str(dtype.fields[n][0])] for n in dtype.names]
     return dtype.str
 
@@ -263,7 +263,7 @@ def _codec_pipeline(meta: ArrayMeta):
     return meta.pipeline
 
 
-def _check_blosc_size(raw: bytes, expected: int, archive_path: str, key: str) -> None:
+def _check_blosc_size(raw: bytes | memoryview, expected: int, archive_path: str, key: str) -> None:
     # The 16-byte blosc header (stable since blosc 1.0) states decoded and compressed sizes: check them
     # before decompressing anything, so a crafted chunk cannot make us allocate more than .zarray declares.
     if len(raw) < 16:
@@ -278,7 +278,8 @@ def _check_blosc_size(raw: bytes, expected: int, archive_path: str, key: str) ->
         )
 
 
-def decode_chunk(raw: bytes, meta: ArrayMeta, *, out: np.ndarray | None = None, path: str = "", key: str = "") -> np.ndarray:
+def decode_chunk(raw: bytes | memoryview, meta: ArrayMeta, *, out: np.ndarray | None = None, path: str = "",
+                 key: str = "") -> np.ndarray:
     """Decode one stored chunk of ``meta`` into an array of shape ``meta.chunks``.
 
     With ``out`` (a C-contiguous array of ``meta.chunks`` and ``meta.dtype``, e.g. a slice of a shared batch
@@ -287,6 +288,7 @@ def decode_chunk(raw: bytes, meta: ArrayMeta, *, out: np.ndarray | None = None, 
     """
     filters, compressor = _codec_pipeline(meta)
     expected = meta.chunk_nbytes
+    data: Any
     try:
         if compressor is not None and compressor.codec_id == "blosc" and not filters and meta.dtype != object:
             _check_blosc_size(raw, expected, path, key)
@@ -313,7 +315,7 @@ def decode_chunk(raw: bytes, meta: ArrayMeta, *, out: np.ndarray | None = None, 
         raise CorruptFileError(path, f"cannot decode chunk: {exc}", member=key) from None
     if data.size != math.prod(meta.chunks):
         raise CorruptFileError(path, f"chunk holds {data.size} values, expected {math.prod(meta.chunks)}", member=key)
-    data = data.reshape(meta.chunks, order=meta.order)
+    data = data.reshape(meta.chunks, order="F" if meta.order == "F" else "C")
     if out is not None:
         out[...] = data
         return out

@@ -33,10 +33,10 @@ class Processed:
     lat: float = float("nan")
     lon: float = float("nan")
     epsg: int = 0
-    x: np.ndarray | None = None
-    y: np.ndarray | None = None
+    x: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    y: np.ndarray = field(default_factory=lambda: np.zeros(0))
     images: dict[str, np.ndarray] = field(default_factory=dict)
-    cloud: np.ndarray | None = None
+    cloud: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     times: dict[str, np.ndarray] = field(default_factory=dict)
     file_ids: dict[str, list[str]] = field(default_factory=dict)
     tiles: list[str] = field(default_factory=list)
@@ -85,7 +85,7 @@ def process_location(loc: RawLocation, *, size: int = schema.PATCH_SIZE, cloud_p
     lat, lon = _centre(ref_band)
     zones = [_zone_epsg(ts.mgrs_tile, raster_epsg(os.path.join(ts.folder, raw_band_file("S2L2A", "B04"))), lat, lon)
              for ts in l2a]
-    epsg = int(majority(zones))  # the majority CRS of the S2 timestamps wins
+    epsg = int(str(majority(zones)))  # the majority CRS of the S2 timestamps wins
     epsg, x, y = geo.patch_grid(lat, lon, epsg=epsg, size=size)
     out = Processed(loc.location, sample, lat=lat, lon=lon, epsg=epsg, x=x, y=y)
     tm = out.timings
@@ -103,7 +103,7 @@ def process_location(loc: RawLocation, *, size: int = schema.PATCH_SIZE, cloud_p
         t0 = time.perf_counter()
         frac = np.isnan(stack).mean(axis=(-2, -1))
         if frac.max() > MAX_NAN_FRACTION:
-            t, c = np.unravel_index(int(frac.argmax()), frac.shape)
+            t, c = (int(v) for v in np.unravel_index(int(frac.argmax()), frac.shape))
             return Processed(loc.location, sample, reason=f"{mod} timestamp {t} band {spec.bands[c]}: "
                                                       f"{frac.max():.1%} missing (> {MAX_NAN_FRACTION:.0%})")
         stack = fill_nearest(stack)
@@ -120,13 +120,15 @@ def process_location(loc: RawLocation, *, size: int = schema.PATCH_SIZE, cloud_p
     out.tiles = [ts.mgrs_tile or geo.mgrs_tile(lat, lon) for ts in l2a]
     masks, sources = [], set()
     for ts in l2a:
-        kind, path = cloud_sources.choose_source(ts.folder, cloud_policy)
+        kind, source = cloud_sources.choose_source(ts.folder, cloud_policy)
         sources.add(kind)
-        if kind == "file":
-            raw = read_onto_grid(path, epsg, x, y)
+        if kind in ("file", "scl") and source is None:
+            raise BuildError(f"{ts.folder}: cloud-mask source {kind!r} names no file")
+        if kind == "file" and source is not None:
+            raw = read_onto_grid(source, epsg, x, y)
             masks.append(np.where(np.isnan(raw), schema.CloudClass.NO_DATA, raw).astype(np.uint8))
-        elif kind == "scl":
-            masks.append(cloud_sources.scl_to_sensei(read_onto_grid(path, epsg, x, y)))
+        elif kind == "scl" and source is not None:
+            masks.append(cloud_sources.scl_to_sensei(read_onto_grid(source, epsg, x, y)))
         elif kind == "sensei":
             masks.append(cloud_sources.run_sensei(out.images["S2L1C"][len(masks)]))
         else:
@@ -146,7 +148,7 @@ def save(p: Processed, path: str) -> None:
                   scalars=np.array([p.lat, p.lon, p.epsg], dtype=np.float64),
                   names=np.array([p.name, p.sample, p.cloud_source]))
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
 def load(path: str) -> Processed:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import schema
-from ..errors import SSL4EOError
+from ..errors import CorruptFileError, SSL4EOError
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import ArchiveCache, Decoded, alloc, decode_set, open_set
 from .plan import Batch
@@ -80,6 +80,13 @@ class ChunkReader:
             return None
 
     # -- batches -------------------------------------------------------------------------------------------------
+    def _held(self, f: int) -> Decoded:
+        """The decoded file ``f`` of a row being assembled (rows of skipped files were left out before)."""
+        dec = self.decoded[f]
+        if dec is None:
+            raise RuntimeError(f"file {f} was skipped but a row of it is being assembled")
+        return dec
+
     def _zero_copy(self, batch: Batch) -> bool:
         return batch.whole_file is not None and self.spec.timestamps != "random" and not self.spec.reindex_seasonal
 
@@ -116,7 +123,7 @@ class ChunkReader:
             t = spec.listed()[k]
         if spec.reindex_seasonal:
             t = int(self.orders[f][i, t])
-        return int(np.flatnonzero(self.decoded[f].meta["_ts"] == t)[0])
+        return int(np.flatnonzero(self._held(f).meta["_ts"] == t)[0])
 
     def _assemble(self, batch: Batch, rows: list[tuple[int, int]], new) -> dict[str, Any]:
         spec = self.spec
@@ -127,10 +134,10 @@ class ChunkReader:
         n_t = 1 if spec.single else len(spec.listed())
         for key in keys:
             def source(f: int, key: str = key) -> torch.Tensor | None:
-                dec = self.decoded[f]
+                dec = self._held(f)
                 return dec.images[key] if key != schema.CLOUD_VAR else dec.cloud
 
-            if zero_copy:
+            if zero_copy and batch.whole_file is not None:
                 t = source(batch.whole_file)
                 if t is not None:
                     out[key] = t[0] if spec.single else t.transpose(0, 1)  # a view of time-major storage
@@ -141,6 +148,8 @@ class ChunkReader:
             dst = new(delivered_shape(spec, False, len(rows), n_t, proto.shape[2:]), proto.numpy().dtype)
             for j, (f, i) in enumerate(rows):
                 src = source(f)
+                if src is None:
+                    raise CorruptFileError(spec.sets[f].name, f"{key!r} is missing in this file but not in others")
                 if spec.single:
                     dst[j].copy_(src[self._stored_slot(f, i, 0), i])
                 else:
@@ -153,7 +162,7 @@ class ChunkReader:
 
     def _row_meta(self, f: int, i: int) -> RowMeta:
         spec = self.spec
-        meta = self.decoded[f].meta
+        meta = self._held(f).meta
         times = {}
         for mod in spec.modalities:
             t = meta[f"time_{mod}"][i]

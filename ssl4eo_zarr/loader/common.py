@@ -51,7 +51,11 @@ class ReadSpec:
         """Timestamps asked for when they are "all", an index or a list."""
         if self.timestamps == "all":
             return list(range(schema.N_TIMESTAMPS))
-        return [self.timestamps] if isinstance(self.timestamps, int) else list(self.timestamps)
+        if isinstance(self.timestamps, int):
+            return [self.timestamps]
+        if isinstance(self.timestamps, str):
+            raise ValueError(f"timestamps={self.timestamps!r} lists no indices")
+        return list(self.timestamps)
 
 
 def offset_delta(mod: schema.Modality, stored_with_offset: bool, want_offset: bool) -> int:

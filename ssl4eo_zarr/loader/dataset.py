@@ -209,8 +209,8 @@ class ChunkDataset(IterableDataset):
         self.s2_offset = bool(s2_offset)
         self.reindex_seasonal = bool(reindex_seasonal)
         self.fix_s1_order = fix_s1_order
-        self.archive_kwargs = {"storage_options": storage_options, "cache_dir": cache_dir, "retries": retries,
-                               "backoff": retry_backoff}
+        self.archive_kwargs: dict[str, Any] = {"storage_options": storage_options, "cache_dir": cache_dir,
+                                               "retries": retries, "backoff": retry_backoff}
         self.rows: list[list[int]] | None = None
         self.buffer_slots = max(int(buffer_slots), 0)
         # Made here, before the DataLoader starts its workers, so that they and the main process share it.

@@ -33,7 +33,7 @@ def alloc(shape: Sequence[int], dtype: np.dtype, *, shared: bool) -> torch.Tenso
         storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
     except (AttributeError, RuntimeError):  # older/newer torch without the private constructor
         return torch.empty(tuple(shape), dtype=tdtype).share_memory_()
-    return torch.empty(0, dtype=tdtype).set_(storage, 0, tuple(shape))
+    return torch.empty(0, dtype=tdtype).set_(storage, 0, tuple(shape))  # type: ignore[call-overload]
 
 
 class ArchiveCache:

@@ -115,8 +115,9 @@ class SSL4EODataModule(pl.LightningDataModule):
             self.train_dataset = ChunkDataset(self.root, split=self.splits[0], timestamps=self.timestamps,
                                               transform=self.transform, shuffle=True, num_workers=self.num_workers,
                                               **self.kwargs)
-            if getattr(self, "_resume", None):
-                self.train_dataset.load_state_dict(self._resume)
+            resume = getattr(self, "_resume", None)
+            if resume:
+                self.train_dataset.load_state_dict(resume)
         if stage in (None, "fit", "validate"):
             self.val_dataset = self._eval(self.splits[1])
         if stage in (None, "test"):
@@ -130,7 +131,9 @@ class SSL4EODataModule(pl.LightningDataModule):
         return ChunkDataset(self.root, split=split, timestamps="all", shuffle=False, num_workers=self.num_workers,
                             transform=self.layout, **kwargs)
 
-    def _loader(self, ds: ChunkDataset) -> DataLoader:
+    def _loader(self, ds: ChunkDataset | None) -> DataLoader:
+        if ds is None:
+            raise RuntimeError("call setup() for this stage first (Lightning does)")
         return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                                persistent_workers=False)
 
@@ -154,7 +157,7 @@ class SSL4EODataModule(pl.LightningDataModule):
             return {}
         # "processed": checkpoint callbacks run after a batch's step but before Lightning counts it completed,
         # and a resumed fit continues after the processed batches.
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
         return {"train": self.train_dataset.state_dict(batches=done)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -187,6 +187,7 @@ def epoch_plan(
     """
     if buffer is not None and batch_size is None:
         raise ValueError("streaming shards needs a batch_size")
+    stream_size = batch_size or 0
     n_files = len(counts)
     workers = max(num_workers, 1)
 
@@ -194,7 +195,7 @@ def epoch_plan(
         rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
                                     shuffle=shuffle, drop_last=drop_last)
         if buffer is not None:
-            return [stream_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size,
+            return [stream_batches(files_for_worker(rank_files, w, workers), counts, batch_size=stream_size,
                                    buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
                                    rows=rows)
                     for w in range(workers)]

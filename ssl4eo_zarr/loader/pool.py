@@ -60,7 +60,8 @@ def _track(data: Mapping[str, Any], token: tuple | None) -> None:
     tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
     if not tensors:
         return
-    release = _Release(*token, count=len(tensors))
+    table, worker, slot, pid, generation = token
+    release = _Release(table, worker, slot, pid, generation, count=len(tensors))
     for t in tensors:
         weakref.finalize(t, release)
 
@@ -122,7 +123,7 @@ class Lease:
             arena = pool.arenas[self.slot]
             if arena is not None and self._offset <= arena.nbytes():
                 tensor = alloc((0,), dtype, shared=False)
-                return tensor.set_(arena, start // dtype.itemsize, tuple(shape))
+                return tensor.set_(arena, start // dtype.itemsize, tuple(shape))  # type: ignore[call-overload]
         return alloc(shape, dtype, shared=pool.shared)
 
 

@@ -57,14 +57,15 @@ class ShardReader:
         mods = list(streams)
         members = {m: streams[m].advance() for m in mods}
         first = streams[mods[0]]
-        if members[mods[0]] is None:
+        lead = members[mods[0]]
+        if lead is None:
             raise CorruptFileError(first.path, f"the shard ends after {first.index} locations; its index said more "
                                                "(the file changed or is truncated)")
         for m in mods[1:]:
             other = members[m]
-            if other is None or other.key != members[mods[0]].key:
+            if other is None or other.key != lead.key:
                 raise ModalityMismatchError(
-                    f"shards diverge at location {first.index}: {first.path} holds {members[mods[0]].key!r}, "
+                    f"shards diverge at location {first.index}: {first.path} holds {lead.key!r}, "
                     f"{streams[m].path} holds {None if other is None else other.key!r}; the shards of all modalities "
                     "must hold the same keys in the same order")
         return first.index
@@ -78,7 +79,10 @@ class ShardReader:
             while True:
                 j = self._advance(s, streams)
                 if j == i or self.uses.get((s, j)):
-                    key = next(iter(streams.values())).member.key
+                    current = next(iter(streams.values())).member
+                    if current is None:
+                        raise CorruptFileError(self.spec.sets[s].name, "shard stream lost its place")
+                    key = current.key
                     self.held[(s, j)] = (key, {m: st.read() for m, st in streams.items()})
                 if j == i:
                     break

@@ -6,8 +6,8 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
 
 from .retry import retry
 
@@ -33,7 +33,7 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed to ``path``,
     on any error removed. A crash therefore never leaves a partial file under the final name (temporaries end
     in ``.tmp``, which a resumed build cleans up).
@@ -51,7 +51,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         perms = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
             fh.flush()
             os.fchmod(fh.fileno(), perms)
@@ -109,7 +109,7 @@ def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     return retry(info)
 
 
-def remote_fs(path: str, storage_options: Mapping[str, Any] | None = None):
+def remote_fs(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """``(fsspec filesystem, path inside it)`` for a URL."""
     import fsspec
 

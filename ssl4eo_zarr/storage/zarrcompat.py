@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from .paths import PathLike
 
 
-def zarr_store(path: PathLike, *, mode: str = "r"):
+def zarr_store(path: PathLike, *, mode: Literal["r", "w", "a"] = "r"):
     """A zarr store for ``path`` that works with the installed zarr-python (2.18 or 3.x).
 
     zarr-python 3 does not open ``*.zarr.zip`` paths by itself; this wraps them in its ``ZipStore``.
