@@ -95,8 +95,11 @@ class MemberStack:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
         rows = range(*key[0].indices(self.shape[0])) if isinstance(key[0], slice) else [int(key[0])]
-        timed = self.ndim >= 2 and self.name != "spatial_ref" and self.shape[1:] and self._has_time
-        times = range(*key[1].indices(self.shape[1])) if timed and isinstance(key[1], slice) else None
+        # Images and masks are read one timestep at a time (only those asked for); small arrays whole.
+        timed = self._has_time and self.ndim >= 2
+        one_time = timed and not isinstance(key[1], slice)
+        times = (range(int(key[1]), int(key[1]) + 1) if one_time else range(*key[1].indices(self.shape[1]))
+                 if timed else None)
         out = []
         for r in rows:
             shard, member = self.rows[r]
@@ -104,10 +107,12 @@ class MemberStack:
             meta = group.arrays.get(self.name)
             if meta is None:
                 raise SchemaError(f"{archive.path}: variable {self.name!r} is missing")
-            if timed and times is not None:
+            if times is not None:
                 item = np.empty((len(times), *meta.shape[1:]), dtype=meta.dtype)
                 for k, t in enumerate(self._times(archive, group, times)):
                     read_time(archive, meta, t, item[k])
+                if one_time:
+                    item = item[0]
                 rest = key[2:]
             else:
                 item = read_array(archive, meta)
