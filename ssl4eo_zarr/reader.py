@@ -261,20 +261,24 @@ def _open_all(paths: Sequence[str], threads: int, index: SplitIndex | None = Non
     """Open files (from the split index where it knows them, concurrently from disk otherwise)."""
     found = [index.get(p, **archive_kwargs) if index is not None else None for p in paths]
     todo = [p for p, cf in zip(paths, found) if cf is None]
+
+    def one(path: str) -> ChunkFile:
+        if index is None:
+            return open_chunk(path, **archive_kwargs)
+        cf = open_chunk(path, keep_open=True, **archive_kwargs)
+        try:
+            index.put(cf)  # while its directory is in memory; never more than `threads` files open at once
+        finally:
+            cf.archive.release()
+        return cf
+
     if len(todo) <= 1 or threads <= 1:
-        opened = [open_chunk(p, keep_open=index is not None, **archive_kwargs) for p in todo]
+        opened = [one(p) for p in todo]
     else:
         with ThreadPoolExecutor(threads) as pool:
-            opened = list(pool.map(lambda p: open_chunk(p, keep_open=index is not None, **archive_kwargs), todo))
+            opened = list(pool.map(one, todo))
     fresh = iter(opened)
-    out = []
-    for cf in found:
-        if cf is None:
-            cf = next(fresh)
-            if index is not None:
-                index.put(cf)
-        out.append(cf)
-    return out
+    return [cf if cf is not None else next(fresh) for cf in found]
 
 
 def _check_agreement(opened: Mapping[str, list[ChunkFile]], verify_grid: bool) -> None:

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ class SplitIndex:
         self.entries: dict[str, dict[str, Any]] = {}
         self.blobs: list[str] = []
         self.dirty = False
+        self._lock = threading.Lock()
         if self.enabled:
             self._load()
 
@@ -111,6 +113,10 @@ class SplitIndex:
         """Record a file opened from disk (its directory, metadata and samples are in memory already)."""
         if not self.enabled:
             return
+        with self._lock:  # files are opened on several threads
+            self._put(cf)
+
+    def _put(self, cf: ChunkFile) -> None:
         full = os.path.abspath(cf.path)
         finger = _fingerprint(full)
         if finger is None or ".zmetadata" not in cf.archive:
@@ -120,14 +126,18 @@ class SplitIndex:
         if id(cf.group) not in groups:  # files of a modality share one parsed group: encode its bytes once
             raw = group_bytes(cf.group) or cf.archive.read(".zmetadata")
             groups[id(cf.group)] = (cf.group, self._blob(base64.b64encode(raw).decode("ascii")))
+        names = self.__dict__.setdefault("_names_blobs", {})
+        # Files of one modality with the same metadata hold the same members: join their names once.
+        shape_key = (id(cf.group), len(directory), directory[0][0], directory[-1][0])
+        if shape_key not in names:
+            names[shape_key] = self._blob("\n".join(name for name, _ in directory))
         self.entries[full] = {
             "version": list(finger),
-            "names": self._blob("\n".join(name for name, _ in directory)),
+            "names": names[shape_key],
             "directory": base64.b64encode(np.asarray([e for _, e in directory], dtype="<i8").tobytes()).decode(),
             "zmetadata": groups[id(cf.group)][1],
             "samples": self._blob("\n".join(str(s) for s in cf.samples)),
         }
-        cf.archive.release()
         self.dirty = True
 
     def put_s1_order(self, cf: ChunkFile, perm: np.ndarray | None) -> None:
@@ -143,9 +153,9 @@ class SplitIndex:
         wanted = set(self.paths)
         live = {p: e for p, e in self.entries.items() if p in wanted}
         try:
-            with atomic_write(self.file, "w") as f:
-                json.dump({"version": VERSION, "paths": self.paths, "entries": live, "blobs": self.blobs}, f,
-                          separators=(",", ":"))
+            with atomic_write(self.file, "w") as f:  # dumps, not dump: only dumps uses the C encoder
+                f.write(json.dumps({"version": VERSION, "paths": self.paths, "entries": live, "blobs": self.blobs},
+                                   separators=(",", ":")))
             self.dirty = False
         except OSError:
             pass  # a read-only cache costs a slower open next time, nothing else
