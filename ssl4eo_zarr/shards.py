@@ -38,7 +38,7 @@ import numpy as np
 
 from . import schema
 from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
-from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, is_url, remote_fs
+from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, is_url, remote_fs
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
 
 #: Suffix of every member of a shard.
@@ -104,15 +104,6 @@ def scan_shard(path: str, **archive_kwargs: Any) -> list[Member]:
 
 
 # -- the shard index cache ---------------------------------------------------------------------------------
-
-def cache_dir() -> str:
-    """Where indexes are kept: ``$SSL4EO_ZARR_CACHE``, else the platform's user cache folder."""
-    env = os.environ.get("SSL4EO_ZARR_CACHE")
-    if env:
-        return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ssl4eo_zarr")
-
 
 def _fingerprint(path: str, storage_options: Mapping[str, Any] | None) -> str | None:
     """Identity of a file's current version: size + mtime locally, ETag or Last-Modified (+ size) remotely."""
@@ -326,6 +317,6 @@ def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupM
     return archive, read_group(archive)
 
 
-__all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "cache_dir", "member_grid",
+__all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "member_grid",
            "member_metadata", "member_modality", "member_times", "open_binary", "open_member_group", "read_time", "scan_shard",
            "shard_index", "write_shard"]

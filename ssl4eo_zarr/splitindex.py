@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from .chunkfile import ChunkFile
-from .shards import cache_dir
-from .storage import ZipArchive, atomic_write, is_url
+from .storage import ZipArchive, atomic_write, cache_dir, is_url
 from .zarrv2 import group_bytes, parse_group
 
 #: Bumped when the layout of the index changes (older indexes are then rebuilt).

@@ -127,8 +127,7 @@ class ChunkReader:
 
     def _assemble(self, batch: Batch, rows: list[tuple[int, int]], new) -> dict[str, Any]:
         spec = self.spec
-        zero_copy = (batch.whole_file is not None and spec.timestamps != "random" and not spec.reindex_seasonal
-                     and len(rows) == len(batch.rows))
+        zero_copy = self._zero_copy(batch) and len(rows) == len(batch.rows)
         out: dict[str, Any] = {}
         keys = list(spec.modalities) + ([schema.CLOUD_VAR] if spec.return_metadata else [])
         n_t = 1 if spec.single else len(spec.listed())

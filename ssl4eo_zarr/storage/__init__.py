@@ -10,6 +10,7 @@ from .paths import (
     PathLike,
     atomic_write,
     basename,
+    cache_dir,
     current_umask,
     exists,
     is_url,
@@ -23,5 +24,5 @@ from .zarrcompat import zarr_major, zarr_open_kwargs, zarr_store
 from .zip import MAX_MEMBER_BYTES, TAIL_BYTES, MemoryZipArchive, ScratchBuffer, ZipArchive, crc32
 
 __all__ = ["MAX_MEMBER_BYTES", "TAIL_BYTES", "MemoryZipArchive", "PathLike", "PositionedFile", "RetryingFile",
-           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "crc32", "current_umask", "exists", "is_url",
+           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "cache_dir", "crc32", "current_umask", "exists", "is_url",
            "join", "parent", "read_text", "remote_fs", "retry", "zarr_major", "zarr_open_kwargs", "zarr_store"]

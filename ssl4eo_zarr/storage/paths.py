@@ -63,6 +63,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise
 
 
+def cache_dir() -> str:
+    """Where indexes are kept: ``$SSL4EO_ZARR_CACHE``, else the platform's user cache folder."""
+    env = os.environ.get("SSL4EO_ZARR_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ssl4eo_zarr")
+
+
 def is_url(path: Any) -> bool:
     """True for ``protocol://...`` strings other than ``file://``."""
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
