@@ -1,9 +1,12 @@
-"""ChunkDataset over loopback HTTP (Range requests) vs local files, and bytes moved per batch vs chunk bytes.
+"""ChunkDataset over a loopback static HTTP server vs local files, with and without fetching ahead, and bytes
+moved vs chunk bytes.
 
-    python benchmarks/remote.py [--files 6] [--workers 2] [--data bench-data]
+    python benchmarks/remote.py [--files 6] [--workers 2] [--data bench-data] [--repeat 2]
 
-Uses the full-size files of benchmarks/loader.py (generated there if missing) served by
-``ssl4eo_zarr.testing.RangeHTTPServer`` on 127.0.0.1.
+Uses the full-size files of benchmarks/loader.py (generated there if missing), served by
+``ssl4eo_zarr.testing.ServerProcess`` (Range requests answered with sendfile, in its own process, as a real
+host runs elsewhere) on 127.0.0.1. Each configuration runs 3 epochs with persistent workers, epochs 2-3
+timed (steady state); configurations interleaved over rounds, best round each.
 """
 
 from __future__ import annotations
@@ -14,24 +17,19 @@ import sys
 import time
 import zipfile
 
-from torch.utils.data import DataLoader
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loader import MODS, ensure_data, machine  # noqa: E402
+from loader import MODS, bench_chunkdataset, ensure_data, machine  # noqa: E402
 
-from ssl4eo_zarr import ChunkDataset  # noqa: E402
-from ssl4eo_zarr.testing import RangeHTTPServer  # noqa: E402
+from ssl4eo_zarr.testing import ServerProcess  # noqa: E402
+
+EPOCHS = 3
 
 
-def run(source: str, workers: int, **kwargs) -> tuple[float, int]:
-    ds = ChunkDataset(source, split="train", modalities=MODS, seed=0, **kwargs)
-    t0 = time.perf_counter()
-    n = batches = 0
-    for batch in DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="fork"):
-        x = batch["S2L1C"]
-        n += x.shape[0] * (x.shape[1] if x.ndim == 5 else 1)
-        batches += 1
-    return n / (time.perf_counter() - t0), batches
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def chunk_bytes(root: str, names: list[str], timestamps: list[int]) -> int:
@@ -51,26 +49,41 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     names = ensure_data(args.data, args.files)
-    rows = []
-    for label, kwargs, ts in (("all 4 timestamps", {}, [0, 1, 2, 3]), ("one timestamp", {"timestamps": 1}, [1])):
-        best_local = best_http = 0.0
-        moved = 0
-        with RangeHTTPServer(args.data) as server:
-            for _ in range(args.repeat):
-                best_local = max(best_local, run(args.data, args.workers, **kwargs)[0])
-                server.reset_counts()
-                rate, batches = run(server.url, args.workers, **kwargs)
-                best_http = max(best_http, rate)
-                moved, requests = server.bytes_served, server.requests
+    modes = (("all 4 timestamps", {}, [0, 1, 2, 3]), ("one timestamp", {"timestamps": 1}, [1]))
+    configs = (("local", False, {}), ("HTTP, on demand (prefetch=0)", True, {"prefetch": 0}),
+               ("HTTP, fetching ahead (prefetch=1, default)", True, {}))
+    best: dict[tuple[str, str], float] = {}
+    traffic: dict[tuple[str, str], tuple[float, float]] = {}
+    server_cpu: dict[tuple[str, str], float] = {}
+    with ServerProcess(args.data) as server:
+        for rnd in range(args.repeat):
+            for mode, mode_kwargs, _ts in modes:
+                for label, remote, kwargs in configs:
+                    server.reset_counts()
+                    cpu0 = cpu_seconds(server.pid)
+                    out = bench_chunkdataset(server.url if remote else args.data, args.workers, label,
+                                             epochs=EPOCHS, **mode_kwargs, **kwargs)
+                    rate = out["samples"] / out["seconds"]
+                    moved, requests = server.counts()
+                    best[mode, label] = max(best.get((mode, label), 0.0), rate)
+                    if remote:
+                        traffic[mode, label] = (moved / EPOCHS, requests / EPOCHS)
+                        server_cpu[mode, label] = (cpu_seconds(server.pid) - cpu0) / EPOCHS
+                    print(f"round {rnd}: {mode:17s} {label:45s} {rate:7.1f}/s", flush=True)
+    print(f"\nmachine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}; {args.files} files, {args.workers} workers, "
+          f"epochs 2-{EPOCHS} timed\n")
+    print("| timestamps | configuration | patch-timestamps/s | vs local | MB moved per epoch | moved / chunk bytes "
+          "| requests per epoch | server CPU s per epoch |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for mode, _kw, ts in modes:
         needed = chunk_bytes(args.data, names, ts)
-        rows.append((label, best_local, best_http, moved / batches, needed / batches, requests / batches))
-    print(f"\nmachine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}; {args.files} files, {args.workers} workers\n")
-    print("| timestamps | local /s | HTTP /s | HTTP vs local | MB moved per batch | chunk MB per batch | moved / chunk "
-          "| requests per batch |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for label, local, http, moved, needed, reqs in rows:
-        print(f"| {label} | {local:.0f} | {http:.0f} | {http / local:.2f} | {moved / 2**20:.1f} | {needed / 2**20:.1f} "
-              f"| {moved / needed:.4f} | {reqs:.0f} |")
+        local = best[mode, "local"]
+        for label, remote, _kwargs in configs:
+            rate = best[mode, label]
+            moved, reqs = traffic.get((mode, label), (float("nan"), float("nan")))
+            print(f"| {mode} | {label} | {rate:.0f} | {rate / local:.2f} | "
+                  + (f"{moved / 2**20:.1f} | {moved / needed:.4f} | {reqs:.0f} | {server_cpu[mode, label]:.1f} |"
+                     if remote else "- | - | - | - |"))
 
 
 if __name__ == "__main__":

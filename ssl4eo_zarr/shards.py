@@ -38,7 +38,7 @@ import numpy as np
 
 from . import schema
 from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
-from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, is_url, remote_fs
+from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, http, is_url, remote_fs
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
 
 #: Suffix of every member of a shard.
@@ -77,10 +77,20 @@ def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping
             return open(path, "rb", buffering=1 << 20 if sequential else -1)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"shard not found: {path}") from None
-    fs, remote = remote_fs(path, storage_options)
-    kwargs = {"cache_type": "readahead", "block_size": STREAM_BLOCK} if sequential else {"cache_type": "none"}
+    if http.handles(path, storage_options):  # plain HTTP(S): responses read straight into memory
+        headers = dict(storage_options or {}).get("headers")
+
+        def opener():
+            raw = http.HTTPRangeFile(path, headers, tail=0)  # a tar is read from its start
+            return io.BufferedReader(raw, STREAM_BLOCK) if sequential else raw
+    else:
+        fs, remote = remote_fs(path, storage_options)
+        kwargs = {"cache_type": "readahead", "block_size": STREAM_BLOCK} if sequential else {"cache_type": "none"}
+
+        def opener():
+            return fs.open(remote, "rb", **kwargs)
     try:
-        return RetryingFile(lambda: fs.open(remote, "rb", **kwargs), retries, backoff)
+        return RetryingFile(opener, retries, backoff)
     except FileNotFoundError:
         raise DatasetNotFoundError(f"shard not found: {path}") from None
 

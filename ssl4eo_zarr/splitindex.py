@@ -2,7 +2,9 @@
 sample ids and S1 time order), kept in the user's cache so the next open reads none of it again.
 
 One index file per set of paths, in ``$SSL4EO_ZARR_CACHE`` (default the platform cache folder), written
-atomically. Every entry is keyed by the file's size and modification time: a file replaced, truncated or
+atomically, on a background thread after the first open returns (encoding 15,000 directories cost
+that open ~1 s); a later open in the same process waits for it.
+Every entry is keyed by the file's size and modification time: a file replaced, truncated or
 deleted since is opened afresh and its entry replaced, so a stale entry is never used; a missing or damaged
 index is rebuilt silently. Remote files are not indexed (checking their version would cost a request each).
 """
@@ -14,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,15 @@ from .zarrv2 import group_bytes, parse_group
 
 #: Bumped when the layout of the index changes (older indexes are then rebuilt).
 VERSION = 1
+
+
+_SAVING: dict[str, threading.Thread] = {}  # index file -> its save in flight, in this process
+
+
+def wait_for_saves() -> None:
+    """Block until every index this process is writing in the background is written."""
+    for thread in list(_SAVING.values()):
+        thread.join()
 
 
 def _fingerprint(path: str) -> tuple[int, int] | None:
@@ -48,7 +59,13 @@ class SplitIndex:
         self.blobs: list[str] = []
         self.dirty = False
         self._lock = threading.Lock()
+        # Recorded while opening, encoded when saving: path -> (version, directory, group, samples).
+        self._pending: dict[str, tuple[tuple[int, int], Mapping[str, tuple[int, ...]], Any, np.ndarray]] = {}
+        self._pending_s1: dict[str, np.ndarray | None] = {}
         if self.enabled:
+            saving = _SAVING.get(self.file)
+            if saving is not None:
+                saving.join()
             self._load()
 
     def _load(self) -> None:
@@ -109,55 +126,89 @@ class SplitIndex:
         return i
 
     def put(self, cf: ChunkFile) -> None:
-        """Record a file opened from disk (its directory, metadata and samples are in memory already)."""
+        """Record a file opened from disk (its directory, metadata and samples are in memory already): only
+        references are kept here, the encoding happens in :meth:`save`."""
         if not self.enabled:
             return
-        with self._lock:  # files are opened on several threads
-            self._put(cf)
-
-    def _put(self, cf: ChunkFile) -> None:
         full = os.path.abspath(cf.path)
         finger = _fingerprint(full)
         if finger is None or ".zmetadata" not in cf.archive:
             return
-        directory = cf.archive.directory()
+        directory = cf.archive.directory_view()
+        with self._lock:  # files are opened on several threads
+            self._pending[full] = (finger, directory, cf.group, cf.samples)
+            self.dirty = True
+
+    def _encode(self, full: str, finger: tuple[int, int], directory: Mapping[str, tuple[int, ...]], group: Any,
+                samples: np.ndarray) -> None:
         groups = self.__dict__.setdefault("_group_blobs", {})
-        if id(cf.group) not in groups:  # files of a modality share one parsed group: encode its bytes once
-            raw = group_bytes(cf.group) or cf.archive.read(".zmetadata")
-            groups[id(cf.group)] = (cf.group, self._blob(base64.b64encode(raw).decode("ascii")))
+        if id(group) not in groups:  # files of a modality share one parsed group: encode its bytes once
+            raw = group_bytes(group)
+            if raw is None:
+                return
+            groups[id(group)] = (group, self._blob(base64.b64encode(raw).decode("ascii")))
         names = self.__dict__.setdefault("_names_blobs", {})
+        members = list(directory)
         # Files of one modality with the same metadata hold the same members: join their names once.
-        shape_key = (id(cf.group), len(directory), directory[0][0], directory[-1][0])
+        shape_key = (id(group), len(members), members[0], members[-1])
         if shape_key not in names:
-            names[shape_key] = self._blob("\n".join(name for name, _ in directory))
+            names[shape_key] = self._blob("\n".join(members))
         self.entries[full] = {
             "version": list(finger),
             "names": names[shape_key],
-            "directory": base64.b64encode(np.asarray([e for _, e in directory], dtype="<i8").tobytes()).decode(),
-            "zmetadata": groups[id(cf.group)][1],
-            "samples": self._blob("\n".join(str(s) for s in cf.samples)),
+            "directory": base64.b64encode(np.asarray(list(directory.values()), dtype="<i8").tobytes()).decode(),
+            "zmetadata": groups[id(group)][1],
+            "samples": self._blob("\n".join(str(s) for s in samples)),
         }
-        self.dirty = True
 
     def put_s1_order(self, cf: ChunkFile, perm: np.ndarray | None) -> None:
         """Record the S1 time order found for a file (``None``: already chronological)."""
-        entry = self.entries.get(os.path.abspath(cf.path)) if self.enabled else None
+        if not self.enabled:
+            return
+        full = os.path.abspath(cf.path)
+        with self._lock:
+            if full in self._pending:
+                self._pending_s1[full] = perm
+                return
+        entry = self.entries.get(full)
         if entry is not None and entry.get("s1", "unset") != (None if perm is None else perm.tolist()):
             entry["s1"] = None if perm is None else perm.tolist()
             self.dirty = True
 
-    def save(self) -> None:
+    def save(self, *, background: bool = False) -> None:
+        """Write the index if anything changed; with ``background`` on a thread of its own (the process waits
+        for it at exit, and a later open of the same files waits for it first)."""
         if not (self.enabled and self.dirty):
             return
-        wanted = set(self.paths)
-        live = {p: e for p, e in self.entries.items() if p in wanted}
+        if not background:
+            self._save_now()
+            return
+        thread = threading.Thread(target=self._save_now, name="ssl4eo-split-index")
+        _SAVING[self.file] = thread
+        thread.start()
+
+    def _save_now(self) -> None:
         try:
-            with atomic_write(self.file, "w") as f:  # dumps, not dump: only dumps uses the C encoder
-                f.write(json.dumps({"version": VERSION, "paths": self.paths, "entries": live, "blobs": self.blobs},
-                                   separators=(",", ":")))
-            self.dirty = False
-        except OSError:
-            pass  # a read-only cache costs a slower open next time, nothing else
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                pending_s1, self._pending_s1 = self._pending_s1, {}
+            for full, item in pending.items():
+                self._encode(full, *item)
+                if full in pending_s1 and full in self.entries:
+                    perm = pending_s1[full]
+                    self.entries[full]["s1"] = None if perm is None else perm.tolist()
+            wanted = set(self.paths)
+            live = {p: e for p, e in self.entries.items() if p in wanted}
+            try:
+                with atomic_write(self.file, "w") as f:  # dumps, not dump: only dumps uses the C encoder
+                    f.write(json.dumps({"version": VERSION, "paths": self.paths, "entries": live, "blobs": self.blobs},
+                                       separators=(",", ":")))
+                self.dirty = False
+            except OSError:
+                pass  # a read-only cache costs a slower open next time, nothing else
+        finally:
+            if _SAVING.get(self.file) is threading.current_thread():
+                del _SAVING[self.file]
 
 
-__all__ = ["SplitIndex"]
+__all__ = ["SplitIndex", "wait_for_saves"]

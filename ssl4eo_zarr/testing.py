@@ -16,14 +16,20 @@ class RangeHTTPServer:
     """Serve ``folder`` on ``http://127.0.0.1:<port>/`` in a background thread, as a static host does: files
     only, a folder is 404 (no listing; ``listing=True`` restores Python's folder pages).
 
-    ``fail_every=k`` answers every k-th request with 503 (to test retries). ``bytes_served`` and ``requests``
-    count what went out. Use as a context manager; it stops by itself on exit.
+    ``fail_every=k`` answers every k-th request with 503 (to test retries). ``redirect=True`` answers paths
+    under ``/r/`` with a 302 to the path without it (a hub sending ``resolve/main`` URLs to its CDN).
+    ``ranges=False`` ignores Range headers and sends whole files, as some servers do. ``bytes_served`` and
+    ``requests`` count what went out. Use as a context manager; it stops by itself on exit.
     """
 
-    def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False):
+    def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False, redirect: bool = False,
+                 ranges: bool = True):
         self.folder = os.fspath(folder)
         self.fail_every = fail_every
         self.listing = listing
+        self.redirect = redirect
+        self.ranges = ranges
+        self.redirects = 0
         self.bytes_served = 0
         self.requests = 0
         self.failures = 0
@@ -51,22 +57,36 @@ class RangeHTTPServer:
                     return None
                 return super().send_head()
 
+            def _redirected(self) -> bool:
+                if not (server.redirect and self.path.startswith("/r/")):
+                    return False
+                with server._lock:
+                    server.redirects += 1
+                self.send_response(HTTPStatus.FOUND)
+                self.send_header("Location", self.path[2:])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
+
             def do_HEAD(self):
                 if self._should_fail():
                     self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
                     return
-                super().do_HEAD()
+                if not self._redirected():
+                    super().do_HEAD()
 
             def do_GET(self):
                 if self._should_fail():
                     self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
+                    return
+                if self._redirected():
                     return
                 path = self.translate_path(self.path)
                 if not server.listing and os.path.isdir(path):
                     self.send_error(HTTPStatus.NOT_FOUND, "static host: no folder listing")
                     return
                 match = _RANGE.match(self.headers.get("Range", "").strip())
-                if not os.path.isfile(path) or match is None:
+                if not os.path.isfile(path) or match is None or not server.ranges:
                     return super().do_GET()
                 size = os.path.getsize(path)
                 start_s, end_s = match.groups()
@@ -79,18 +99,22 @@ class RangeHTTPServer:
                     self.send_header("Content-Range", f"bytes */{size}")
                     self.end_headers()
                     return
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    data = f.read(end - start + 1)
+                length = end - start + 1
                 self.send_response(HTTPStatus.PARTIAL_CONTENT)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
-                self.wfile.write(data)
+                sent = 0
+                with open(path, "rb") as f:  # sendfile, as static hosts serve files (no copy through Python)
+                    while sent < length:
+                        n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, length - sent)
+                        if not n:
+                            break
+                        sent += n
                 with server._lock:
-                    server.bytes_served += len(data)
+                    server.bytes_served += sent
 
             def copyfile(self, source, outputfile):  # whole-file GETs are counted too
                 data = source.read()
@@ -132,12 +156,20 @@ class RangeHTTPServer:
 def _serve(folder: str, conn) -> None:
     with RangeHTTPServer(folder) as server:
         conn.send(server.url)
-        conn.recv()  # until the parent says stop
+        while True:  # until the parent says stop
+            msg = conn.recv()
+            if msg == "counts":
+                conn.send((server.bytes_served, server.requests))
+            elif msg == "reset":
+                server.reset_counts()
+            else:
+                break
 
 
 class ServerProcess:
     """A :class:`RangeHTTPServer` in a child process, so its Python threads do not compete for the caller's
-    GIL (benchmarks compare remote with local reading; a real host runs elsewhere). Context manager: ``url``."""
+    GIL (benchmarks compare remote with local reading; a real host runs elsewhere). Context manager: ``url``;
+    :meth:`counts` gives (bytes served, requests) since :meth:`reset_counts`."""
 
     def __init__(self, folder: str):
         import multiprocessing as mp
@@ -149,6 +181,17 @@ class ServerProcess:
         self._proc.start()
         self.url = self._parent.recv()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def counts(self) -> tuple[int, int]:
+        self._parent.send("counts")
+        return self._parent.recv()
+
+    def reset_counts(self) -> None:
+        self._parent.send("reset")
 
     def __exit__(self, *exc) -> None:
         self._parent.send("stop")

@@ -338,6 +338,22 @@ def chunk_indices(meta: ArrayMeta) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in idx) for idx in np.ndindex(*meta.grid)] if meta.shape else [()]
 
 
+def _check_no_stray_chunks(archive: ZipArchive, meta: ArrayMeta) -> None:
+    """A chunk absent from the directory is the fill value (zarr may skip empty chunks), unless the directory
+    is damaged: a member that is neither metadata nor a chunk key of an array with a ``.zarray`` means a name
+    was altered, hiding a real chunk behind it."""
+    names = archive.names()
+    present = set(names)
+    valid = {meta.chunk_key(i) for i in chunk_indices(meta)}
+    for name in names:
+        head, _, tail = name.rpartition("/")
+        if tail.startswith("."):
+            continue
+        if f"{head}/.zarray" not in present or (head == meta.name and name not in valid):
+            raise CorruptFileError(archive.path, f"member {name!r} is no chunk of any array: the zip directory is "
+                                                 "damaged", member=name)
+
+
 def read_chunk(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...], *, out: np.ndarray | None = None,
                scratch: ScratchBuffer | None = None) -> np.ndarray:
     """Chunk ``index`` of ``meta`` from ``archive`` (full chunk shape); a missing chunk is the fill value.
@@ -346,6 +362,7 @@ def read_chunk(archive: ZipArchive, meta: ArrayMeta, index: tuple[int, ...], *, 
     """
     key = meta.chunk_key(index)
     if key not in archive:
+        _check_no_stray_chunks(archive, meta)
         if meta.fill_value is None:  # no fill value: the chunk must exist, or the file lost it
             raise CorruptFileError(archive.path, "chunk member is missing and the array has no fill value", member=key)
         chunk = out if out is not None else np.empty(meta.chunks, dtype=meta.dtype)

@@ -174,6 +174,20 @@ def test_mutated_archives_over_http_give_identical_data_or_a_named_error(files, 
     xr.testing.assert_identical(got, files["ds"])
 
 
+def test_a_chunk_renamed_in_the_directory_is_damage_not_an_empty_chunk(files, http):
+    """A flipped bit in a central-directory name hides the chunk; it must not read as fill values (NaN)."""
+    blob = open(files["good"], "rb").read()
+    with zipfile.ZipFile(files["good"]) as zf:
+        at = blob.index(b"bands/0.3.0.0.0", zf.start_dir)  # the directory's copy of the name, not the member's
+    damaged = blob[:at] + b"c" + blob[at + 1:]
+    with open(os.path.join(files["folder"], "renamed.zarr.zip"), "wb") as f:
+        f.write(damaged)
+    for path in (os.path.join(files["folder"], "renamed.zarr.zip"), f"{http.url}/renamed.zarr.zip"):
+        with pytest.raises(CorruptFileError, match="cands/0.3.0.0.0.*damaged") as err:
+            sz.open_dataset(path, retries=0).load()
+        assert path in str(err.value)
+
+
 def test_shard_members_in_memory_are_checked_like_files(files, tmp_path):
     """A member damaged inside a shard fails with the shard and member named, from the loader too."""
     from ssl4eo_zarr.webdataset import location_dataset, member_bytes

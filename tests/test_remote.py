@@ -63,6 +63,74 @@ def test_split_over_http_and_loader_with_workers(http, root):
             assert (a[key] == b[key]).all()
 
 
+@pytest.mark.parametrize("timestamps", ["all", [3, 1]])
+def test_prefetch_delivers_each_location_once_moving_the_same_bytes(http, root, timestamps):
+    def run(**kwargs):
+        http.reset_counts()
+        ds = sz.ChunkDataset(http.url, split="val", return_metadata=True, timestamps=timestamps, seed=3, **kwargs)
+        batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+        return batches, http.bytes_served, http.requests
+
+    ahead, moved_ahead, requests_ahead = run()
+    on_demand, moved, requests = run(prefetch=0)
+    local = list(DataLoader(sz.ChunkDataset(root, split="val", return_metadata=True, timestamps=timestamps, seed=3),
+                            batch_size=None, num_workers=2))
+    samples = [s for b in ahead for s in b["sample"]]
+    assert len(samples) == len(set(samples)) == 42
+    for a, b, c in zip(ahead, on_demand, local):
+        assert a["sample"] == b["sample"] == c["sample"]
+        for key in ("S2L1C", "S2L2A", "S1GRD", "cloud_mask"):
+            assert (a[key] == b[key]).all() and (a[key] == c[key]).all()
+    # Each member is fetched once, header and data in one request (two on demand): the same bytes, fewer requests.
+    assert abs(moved_ahead - moved) <= 0.01 * moved, (moved_ahead, moved)
+    assert requests_ahead < requests
+
+
+def test_redirects_are_followed_once_per_file(root):
+    """A hub answers its resolve/main URLs with a redirect to its CDN; reads follow it and remember where it led."""
+    with RangeHTTPServer(root, redirect=True) as server:
+        path = chunk_path(root, "S2L2A", 2)
+        url = server.url + "/r/" + os.path.relpath(path, root).replace(os.sep, "/")
+        xr.testing.assert_identical(sz.open_dataset(url).load(), sz.open_dataset(path).load())
+        assert 1 <= server.redirects <= 2, server.redirects  # the first request (and fsspec's size check), not every read
+        ds = sz.ChunkDataset(server.url + "/r", split="val", timestamps=[2, 0], seed=1)
+        ref = sz.ChunkDataset(root, split="val", timestamps=[2, 0], seed=1)
+        for a, b in zip(DataLoader(ds, batch_size=None, num_workers=2), DataLoader(ref, batch_size=None, num_workers=2)):
+            assert all((a[k] == b[k]).all() for k in ("S2L1C", "S2L2A", "S1GRD"))
+
+
+def test_a_server_that_ignores_range_is_still_read_correctly(root):
+    with RangeHTTPServer(root, ranges=False) as server:
+        path = chunk_path(root, "S1GRD", 3)
+        url = _url(server, root, path)
+        xr.testing.assert_identical(sz.open_dataset(url).load(), sz.open_dataset(path).load())
+        assert server.bytes_served > os.path.getsize(path)  # whole files came: the reader skipped to each range
+
+
+def test_credentials_in_headers_reach_the_server_and_refusals_are_named(root):
+    seen = []
+    with RangeHTTPServer(root) as server:
+        handler = server._httpd.RequestHandlerClass
+
+        def guard(method):
+            def guarded(self):
+                seen.append((self.command, self.headers.get("Authorization")))
+                if self.headers.get("Authorization") != "Bearer token":
+                    self.send_error(403, "no token")
+                    return None
+                return method(self)
+            return guarded
+
+        handler.do_GET, handler.do_HEAD = guard(handler.do_GET), guard(handler.do_HEAD)
+        path = chunk_path(root, "S2L1C", 1)
+        url = _url(server, root, path)
+        with pytest.raises(PermissionError, match="403"):
+            sz.open_dataset(url, retries=0)
+        got = sz.open_dataset(url, storage_options={"headers": {"Authorization": "Bearer token"}}).load()
+        xr.testing.assert_identical(got, sz.open_dataset(path).load())
+        assert ("GET", "Bearer token") in seen and all(auth == "Bearer token" for _, auth in seen[1:])
+
+
 def test_transient_failures_are_retried(root):
     with RangeHTTPServer(root, fail_every=3) as server:
         ds = sz.ChunkDataset(server.url, split="val", timestamps=0, return_metadata=True, retry_backoff=0.01)

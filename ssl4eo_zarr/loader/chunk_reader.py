@@ -1,10 +1,13 @@
 """Planned rows of chunk files -> batches. Each chunk file's needed timestamp chunks are decoded once (all its
-modalities, straight from the zip into shared memory) and released after the last batch that uses them."""
+modalities, straight from the zip into shared memory) and released after the last batch that uses them.
+Remote chunk sets are fetched ahead on a background thread while the current one decodes."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -12,10 +15,38 @@ import torch
 
 from .. import schema
 from ..errors import CorruptFileError, SSL4EOError
+from ..storage import is_url, prefetch
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
-from .decode import ArchiveCache, Decoded, alloc, decode_set, open_set
+from .decode import ArchiveCache, Decoded, alloc, decode_set, needed_members, open_set
 from .plan import Batch
 from .pool import Lease
+
+
+class _Arenas:
+    """Memory that fetched members land in, kept per process across epochs: reading into pages that are already
+    mapped is what makes remote reads cheap (a new buffer of hundreds of MB faults in every page)."""
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bytearray:
+        with self._lock:
+            fits = [a for a in self._free if len(a) >= nbytes]
+            if fits:
+                arena = min(fits, key=len)
+                self._free.remove(arena)
+                return arena
+        return bytearray(nbytes + nbytes // 16)  # slack: the next set is a little larger or smaller
+
+    def give(self, arena: bytearray, *, keep: int) -> None:
+        with self._lock:
+            self._free.append(arena)
+            self._free.sort(key=len, reverse=True)
+            del self._free[keep:]
+
+
+_FETCH_ARENAS = _Arenas()
 
 
 class ChunkReader:
@@ -25,10 +56,19 @@ class ChunkReader:
         self.spec = spec
         self.shared = shared
         self.last_use: dict[int, int] = {}
+        self.order: list[int] = []  # files in the order they are first decoded
         for bi, batch in enumerate(batches):
             for f in batch.files:
+                if f not in self.last_use:
+                    self.order.append(f)
                 self.last_use[f] = bi
-        self.cache = ArchiveCache(capacity=max(4, 2 * spec.mix), archive_kwargs=spec.archive_kwargs)
+        self.position = {f: k for k, f in enumerate(self.order)}
+        # Room for the files of the batches being assembled plus those fetched ahead, per modality.
+        sets_open = max(4, 2 * spec.mix) + spec.prefetch
+        self.cache = ArchiveCache(capacity=sets_open * len(spec.modalities), archive_kwargs=spec.archive_kwargs)
+        self._ahead: dict[int, Future] = {}
+        self._fetcher: ThreadPoolExecutor | None = None
+        self._arena_of: dict[int, bytearray] = {}
         self.decoded: dict[int, Decoded | None] = {}
         self.picks: dict[int, np.ndarray] = {}
         self.orders: dict[int, np.ndarray] = {}
@@ -46,19 +86,77 @@ class ChunkReader:
             self.picks[f] = self.spec.random_t(f)
         return self.picks[f]
 
-    def _decode(self, f: int, allocate=None) -> Decoded:
+    def _timestamps(self, f: int) -> list[int]:
+        """Stored timestamps decoded for file ``f`` (before the S1 order fix)."""
         spec = self.spec
         if spec.reindex_seasonal:
-            ts = list(range(schema.N_TIMESTAMPS))  # the order differs per location: read every season
-        elif spec.timestamps == "random":
-            ts = sorted(set(self._pick(f).tolist()))
-        else:
-            ts = spec.listed()
-        files = open_set(spec.sets[f].paths, self.cache)
-        perm = self.cache.s1_permutation(files["S1GRD"]) if spec.fix_s1_order and "S1GRD" in files else None
-        dec = decode_set(files, ts, shared=self.shared, with_cloud=spec.return_metadata,
-                         with_meta=spec.return_metadata or spec.reindex_seasonal, scratch=self.cache.scratch,
-                         s1_perm=perm, allocate=allocate)
+            return list(range(schema.N_TIMESTAMPS))  # the order differs per location: read every season
+        if spec.timestamps == "random":
+            return sorted(set(self._pick(f).tolist()))
+        return spec.listed()
+
+    def _s1_perm(self, files) -> np.ndarray | None:
+        return self.cache.s1_permutation(files["S1GRD"]) if self.spec.fix_s1_order and "S1GRD" in files else None
+
+    # -- fetching ahead (remote files) ---------------------------------------------------------------------------
+    def _take_arena(self, f: int, nbytes: int) -> memoryview:
+        arena = _FETCH_ARENAS.take(nbytes)
+        self._arena_of[f] = arena
+        return memoryview(arena)[:nbytes]
+
+    def _recycle(self, f: int) -> None:
+        """After file ``f`` was decoded: forget what was fetched for it and reuse its memory."""
+        for p in self.spec.sets[f].paths.values():
+            cf = self.cache.peek(p)
+            if cf is not None:
+                cf.archive.forget_prefetched()
+        arena = self._arena_of.pop(f, None)
+        if arena is not None:
+            _FETCH_ARENAS.give(arena, keep=self.spec.prefetch + 1)
+
+    def _fetch(self, f: int) -> None:
+        """Open the files of chunk set ``f`` and fetch the members its decode will read."""
+        files = open_set(self.spec.sets[f].paths, self.cache)
+        ts = self._timestamps(f)
+        wanted = needed_members(files, ts, with_cloud=self.spec.return_metadata, s1_perm=self._s1_perm(files))
+        prefetch([(cf.archive, names) for cf, names in wanted], into=lambda nbytes: self._take_arena(f, nbytes))
+
+    def _fetch_ahead(self, f: int) -> None:
+        """Wait for the fetch of ``f`` if one runs, and start fetching the next ``prefetch`` sets after it."""
+        pending = self._ahead.pop(f, None)
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - the decode reads the same members and reports the real error
+                pass
+        if self.spec.prefetch <= 0 or not any(is_url(p) for p in self.spec.sets[f].paths.values()):
+            return
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="ssl4eo-prefetch")
+        start = self.position.get(f, -1) + 1
+        for nxt in self.order[start: start + self.spec.prefetch]:
+            if nxt not in self._ahead and nxt not in self.decoded:
+                self._ahead[nxt] = self._fetcher.submit(self._fetch, nxt)
+
+    def close(self) -> None:
+        """Stop fetching ahead: queued fetches are cancelled, one in flight is waited for."""
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True, cancel_futures=True)
+            self._fetcher = None
+        self._ahead.clear()
+
+    def _decode(self, f: int, allocate=None) -> Decoded:
+        spec = self.spec
+        self._fetch_ahead(f)
+        ts = self._timestamps(f)
+        try:
+            files = open_set(spec.sets[f].paths, self.cache)
+            perm = self._s1_perm(files)
+            dec = decode_set(files, ts, shared=self.shared, with_cloud=spec.return_metadata,
+                             with_meta=spec.return_metadata or spec.reindex_seasonal, scratch=self.cache.scratch,
+                             s1_perm=perm, allocate=allocate)
+        finally:
+            self._recycle(f)
         for mod, tensor in dec.images.items():
             delta = offset_delta(schema.get_modality(mod), True, spec.s2_offset)
             if delta:

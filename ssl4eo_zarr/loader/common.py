@@ -37,6 +37,7 @@ class ReadSpec:
     archive_kwargs: dict[str, Any] = field(default_factory=dict)
     mix: int = 1
     reindex_seasonal: bool = False
+    prefetch: int = 1
 
     @property
     def single(self) -> bool:

@@ -118,6 +118,11 @@ class ChunkDataset(IterableDataset):
         Worker count used by ``len()`` when ``batch_size`` is set (batches split per worker).
     storage_options, cache_dir:
         fsspec options and an optional local cache folder for remote archives.
+    prefetch:
+        Remote chunk files: each worker fetches the members of this many chunk sets ahead on a background
+        thread (all of a set's needed chunks concurrently, at most 8 requests in flight) while it decodes the
+        current one, holding their compressed bytes (about 0.6 GB per full-size set of S2L1C, S2L2A and S1GRD with
+        four timestamps) until decoded. 0 reads on demand. Local files and ``cache_dir`` ignore it.
     retries, retry_backoff:
         Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
     s2_offset:
@@ -174,6 +179,7 @@ class ChunkDataset(IterableDataset):
         retry_backoff: float = 0.2,
         fix_s1_order: bool = True,
         buffer_slots: int = 2,
+        prefetch: int = 1,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -211,6 +217,7 @@ class ChunkDataset(IterableDataset):
         self.fix_s1_order = fix_s1_order
         self.archive_kwargs: dict[str, Any] = {"storage_options": storage_options, "cache_dir": cache_dir,
                                                "retries": retries, "backoff": retry_backoff}
+        self.prefetch = max(int(prefetch), 0)
         self.rows: list[list[int]] | None = None
         self.buffer_slots = max(int(buffer_slots), 0)
         # Made here, before the DataLoader starts its workers, so that they and the main process share it.
@@ -360,7 +367,8 @@ class ChunkDataset(IterableDataset):
         return ReadSpec(sets=self.sets, counts=self.counts, modalities=self.modalities, timestamps=self.timestamps,
                         return_metadata=self.return_metadata, s2_offset=self.s2_offset,
                         fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
-                        archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal)
+                        archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
+                        prefetch=self.prefetch)
 
     def __iter__(self):
         info = get_worker_info()

@@ -3,6 +3,7 @@ numcodecs into preallocated tensors (shared memory inside DataLoader workers). N
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,36 +38,46 @@ def alloc(shape: Sequence[int], dtype: np.dtype, *, shared: bool) -> torch.Tenso
 
 
 class ArchiveCache:
-    """Open chunk files of one worker, least recently used evicted; archives stay open between reads."""
+    """Open chunk files of one worker, least recently used evicted; archives stay open between reads.
+    Thread-safe: a prefetching thread opens the next files while the worker decodes."""
 
     def __init__(self, capacity: int = 32, archive_kwargs: Mapping[str, Any] | None = None):
         self.capacity = capacity
         self.archive_kwargs = dict(archive_kwargs or {})
+        self._lock = threading.RLock()
         self._files: OrderedDict[str, ChunkFile] = OrderedDict()
         self._perms: dict[str, np.ndarray | None] = {}
         #: One reusable buffer for compressed chunk bytes.
         self.scratch = ScratchBuffer()
 
     def get(self, path: str) -> ChunkFile:
-        cf = self._files.pop(path, None)
-        if cf is None:
-            cf = open_chunk(path, keep_open=True, **self.archive_kwargs)
-        self._files[path] = cf
-        while len(self._files) > self.capacity:
-            _, old = self._files.popitem(last=False)
-            old.archive.close()
-        return cf
+        with self._lock:
+            cf = self._files.pop(path, None)
+            if cf is None:
+                cf = open_chunk(path, keep_open=True, **self.archive_kwargs)
+            self._files[path] = cf
+            while len(self._files) > self.capacity:
+                _, old = self._files.popitem(last=False)
+                old.archive.close()
+            return cf
+
+    def peek(self, path: str) -> ChunkFile | None:
+        """The open file of ``path``, if any, without opening it."""
+        with self._lock:
+            return self._files.get(path)
 
     def s1_permutation(self, cf: ChunkFile) -> np.ndarray | None:
         """:func:`~ssl4eo_zarr.reader.s1_permutation` of an open S1 file, computed once per worker."""
-        if cf.path not in self._perms:
-            perm = self._perms[cf.path] = s1_permutation(cf)
-            if perm is not None:
-                warn_s1_order(cf.path, len(misordered_rows(perm)))
-        return self._perms[cf.path]
+        with self._lock:
+            if cf.path not in self._perms:
+                perm = self._perms[cf.path] = s1_permutation(cf)
+                if perm is not None:
+                    warn_s1_order(cf.path, len(misordered_rows(perm)))
+            return self._perms[cf.path]
 
     def drop(self, path: str) -> None:
-        cf = self._files.pop(path, None)
+        with self._lock:
+            cf = self._files.pop(path, None)
         if cf is not None:
             cf.archive.close()
 
@@ -99,17 +110,23 @@ def open_set(paths: Mapping[str, str], cache: ArchiveCache) -> dict[str, ChunkFi
     return files
 
 
+def _timestamp_chunks(meta, t: int) -> list[tuple[int, ...]]:
+    """Chunk indices holding timestamp ``t`` of a ``[sample, time, ...]`` array (one in the published layout)."""
+    rest = (0,) * (len(meta.shape) - 2)
+    return [(s, t, *rest) for s in range(meta.grid[0])]
+
+
 def _read_timestamp(cf: ChunkFile, meta, t: int, dst: np.ndarray, scratch: ScratchBuffer | None) -> None:
     """Timestamp ``t`` of a ``[sample, time, ...]`` array into ``dst`` ``[sample, ...]``: decoded in place when
     the file has one chunk per timestamp (the published layout), else chunk by chunk and copied."""
     n = meta.shape[0]
-    rest = (0,) * (len(meta.shape) - 2)
+    chunks = _timestamp_chunks(meta, t)
     if meta.chunks == (n, 1, *meta.shape[2:]):
-        read_chunk(cf.archive, meta, (0, t, *rest), out=dst.reshape(meta.chunks), scratch=scratch)
+        read_chunk(cf.archive, meta, chunks[0], out=dst.reshape(meta.chunks), scratch=scratch)
         return
-    for s in range(meta.grid[0]):
-        block = read_chunk(cf.archive, meta, (s, t, *rest), scratch=scratch)
-        lo = s * meta.chunks[0]
+    for index in chunks:
+        block = read_chunk(cf.archive, meta, index, scratch=scratch)
+        lo = index[0] * meta.chunks[0]
         hi = min(lo + meta.chunks[0], n)
         dst[lo:hi] = block[: hi - lo, 0]
 
@@ -118,7 +135,7 @@ def _read_reordered(cf: ChunkFile, meta, timestamps: Sequence[int], perm: np.nda
                     scratch: ScratchBuffer | None) -> None:
     """``arr[k, s] = stored[s, perm[s, timestamps[k]]]`` reading each needed stored timestamp once."""
     wanted = perm[:, list(timestamps)]  # [n, K] stored timestamp of each output slot
-    stored = sorted(set(wanted.ravel().tolist()))
+    stored = stored_timestamps("S1GRD", timestamps, perm)
     tmp = np.empty((len(stored), *arr.shape[1:]), dtype=arr.dtype)
     for j, t in enumerate(stored):
         _read_timestamp(cf, meta, t, tmp[j], scratch)
@@ -126,6 +143,32 @@ def _read_reordered(cf: ChunkFile, meta, timestamps: Sequence[int], perm: np.nda
     rows = np.arange(arr.shape[1])
     for k in range(len(timestamps)):
         arr[k] = tmp[slot[:, k], rows]
+
+
+def stored_timestamps(mod: str, timestamps: Sequence[int], s1_perm: np.ndarray | None) -> list[int]:
+    """Stored timestamps of modality ``mod`` that :func:`decode_set` reads to deliver ``timestamps``."""
+    if mod == "S1GRD" and s1_perm is not None:
+        return sorted(set(s1_perm[:, list(timestamps)].ravel().tolist()))
+    return list(timestamps)
+
+
+def needed_members(files: Mapping[str, ChunkFile], timestamps: Sequence[int], *, with_cloud: bool,
+                   s1_perm: np.ndarray | None = None) -> list[tuple[ChunkFile, list[str]]]:
+    """The zip members :func:`decode_set` reads with the same arguments, per file (to fetch them ahead)."""
+    out = []
+    for mod, cf in files.items():
+        meta = cf.array(schema.BANDS_VAR)
+        keys = [meta.chunk_key(i) for t in stored_timestamps(mod, timestamps, s1_perm) for i in _timestamp_chunks(meta, t)]
+        if with_cloud and mod == _cloud_source(files):
+            cm = cf.array(schema.CLOUD_VAR)
+            keys += [cm.chunk_key(i) for t in timestamps for i in _timestamp_chunks(cm, t)]
+        out.append((cf, keys))
+    return out
+
+
+def _cloud_source(files: Mapping[str, ChunkFile]) -> str | None:
+    """The modality whose file holds the cloud mask the loader delivers."""
+    return next((m for m in schema.CLOUD_MODALITIES if m in files and schema.CLOUD_VAR in files[m].group.arrays), None)
 
 
 def decode_set(
@@ -168,9 +211,9 @@ def decode_set(
         images[mod] = out
     cloud = None
     if with_cloud:
-        src = next((files[m] for m in schema.CLOUD_MODALITIES if m in files and schema.CLOUD_VAR in files[m].group.arrays),
-                   None)
-        if src is not None:
+        source = _cloud_source(files)
+        if source is not None:
+            src = files[source]
             cm = src.array(schema.CLOUD_VAR)
             cloud = allocate((len(timestamps), n, *cm.shape[2:]), cm.dtype)
             carr = cloud.numpy()

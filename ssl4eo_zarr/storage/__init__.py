@@ -2,10 +2,12 @@
 
 * :mod:`.paths`: paths and URLs, existence, small reads, atomic writes with the caller's umask;
 * :mod:`.retry`: retries with backoff, seekable remote files;
+* :mod:`.http`: Range reads over plain HTTP(S) straight into the caller's memory;
 * :mod:`.zip`: read-only zip archives (local, remote, in memory), CRC-checked, pickle-safe;
 * :mod:`.zarrcompat`: zarr-python 2.18 / 3.x compatibility for ``*.zarr.zip``.
 """
 
+from . import http
 from .paths import (
     PathLike,
     atomic_write,
@@ -21,8 +23,9 @@ from .paths import (
 )
 from .retry import PositionedFile, RetryingFile, retry
 from .zarrcompat import zarr_major, zarr_open_kwargs, zarr_store
-from .zip import MAX_MEMBER_BYTES, TAIL_BYTES, MemoryZipArchive, ScratchBuffer, ZipArchive, crc32
+from .zip import MAX_MEMBER_BYTES, TAIL_BYTES, MemoryZipArchive, ScratchBuffer, ZipArchive, crc32, prefetch
 
 __all__ = ["MAX_MEMBER_BYTES", "TAIL_BYTES", "MemoryZipArchive", "PathLike", "PositionedFile", "RetryingFile",
-           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "cache_dir", "crc32", "current_umask", "exists", "is_url",
-           "join", "parent", "read_text", "remote_fs", "retry", "zarr_major", "zarr_open_kwargs", "zarr_store"]
+           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "cache_dir", "crc32", "current_umask", "exists",
+           "http", "is_url", "join", "parent", "prefetch", "read_text", "remote_fs", "retry", "zarr_major",
+           "zarr_open_kwargs", "zarr_store"]

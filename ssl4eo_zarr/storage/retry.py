@@ -114,6 +114,16 @@ class RetryingFile(PositionedFile):
         self._pos += len(data)
         return data
 
+    def _readinto_at(self, b) -> int:
+        self._f.seek(self._pos)
+        return self._f.readinto(b)
+
+    def readinto(self, b) -> int:
+        """Straight into ``b`` where the file can (no intermediate ``bytes``), retried like :meth:`read`."""
+        n = retry(self._readinto_at, b, retries=self._retries, backoff=self._backoff, on_retry=self._reopen)
+        self._pos += n
+        return n
+
     def close(self) -> None:
         try:
             self._f.close()

@@ -14,10 +14,11 @@ import os
 import struct
 import threading
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+from . import http
 from .paths import PathLike, is_url, strip_file_scheme
 from .retry import RetryingFile
 
@@ -31,6 +32,8 @@ TAIL_BYTES = 32768
 #: Largest member this library reads by default (a full S2L1C timestamp chunk is ~116 MB decoded,
 #: members are stored compressed, so 1 GiB is far beyond any legitimate file).
 MAX_MEMBER_BYTES = 1 << 30
+#: Remote members up to this size are read with their local header in one request (coordinates, ids).
+SMALL_MEMBER = 1 << 16
 
 
 class _Entry(NamedTuple):
@@ -158,12 +161,14 @@ class ZipArchive:
         self._duplicates: list[str] = []
         self._adopted = False
         self._pending: Callable[[], list[tuple[str, tuple[int, ...]]]] | None = None
+        self._fs: tuple[Any, str, int] | None = None  # (fsspec filesystem, path on it, pid)
+        self._held: dict[str, bytes | memoryview] = {}  # prefetched members (local header + data), each read once
 
     # -- pickling: never ship an open handle to another process ------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(_lock=None, _zip=None, _fh=None, _pid=None, _infos=None, _duplicates=[], _tail=b"", _pending=None,
-                     _adopted=False)
+                     _adopted=False, _fs=None, _held={})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -183,6 +188,26 @@ class ZipArchive:
     def is_remote(self) -> bool:
         return is_url(self.path)
 
+    @property
+    def direct_http(self) -> bool:
+        """Read with :mod:`.http` (Range requests into the caller's memory) rather than fsspec."""
+        return not self.cache_dir and http.handles(self.path, self.storage_options)
+
+    def _filesystem(self) -> tuple[Any, str]:
+        """(fsspec filesystem, path on it) of a remote archive, made once per process."""
+        if self._fs is None or self._fs[2] != os.getpid():
+            import fsspec
+
+            url = self.path
+            options = dict(self.storage_options)
+            if self.cache_dir:
+                url = f"filecache::{url}"
+                proto = self.path.split("://", 1)[0]
+                options = {proto: options, "filecache": {"cache_storage": self.cache_dir}}
+            fs, remote_path = fsspec.core.url_to_fs(url, **options)
+            self._fs = (fs, remote_path, os.getpid())
+        return self._fs[0], self._fs[1]
+
     def _open_fileobj(self):
         if not self.is_remote:
             try:
@@ -191,20 +216,18 @@ class ZipArchive:
                 raise DatasetNotFoundError(f"chunk file not found: {self.path}") from None
             except IsADirectoryError:
                 raise CorruptFileError(self.path, "is a directory, expected a .zarr.zip file") from None
-        import fsspec
+        if self.direct_http:
+            headers = self.storage_options.get("headers")
 
-        url = self.path
-        options = dict(self.storage_options)
-        if self.cache_dir:
-            url = f"filecache::{url}"
-            proto = self.path.split("://", 1)[0]
-            options = {proto: options, "filecache": {"cache_storage": self.cache_dir}}
-        fs, remote_path = fsspec.core.url_to_fs(url, **options)
+            def opener():
+                return http.HTTPRangeFile(self.path, headers)
+        else:
+            fs, remote_path = self._filesystem()
 
-        def opener():
-            # No read-ahead cache: zipfile asks for exact ranges (the directory, then each member), so
-            # reading one chunk moves that chunk and not the blocks around it.
-            return fs.open(remote_path, "rb", cache_type="none")
+            def opener():
+                # No read-ahead cache: zipfile asks for exact ranges (the directory, then each member), so
+                # reading one chunk moves that chunk and not the blocks around it.
+                return fs.open(remote_path, "rb", cache_type="none")
 
         try:
             return RetryingFile(opener, self.retries, self.backoff)
@@ -261,6 +284,7 @@ class ZipArchive:
             self._fh.close()
         self._zip = self._fh = self._infos = None
         self._tail = b""
+        self._held = {}
 
     def release(self) -> None:
         """Free what is not needed between reads. A local archive closes its descriptor (it reopens on the next
@@ -269,6 +293,7 @@ class ZipArchive:
         with self._lock:
             if self.is_remote:
                 self._tail = b""
+                self._held = {}
             elif self._adopted and self._zip is None:  # the directory came from an index: keep it
                 if self._fh is not None and self._pid == os.getpid():
                     self._fh.close()
@@ -280,8 +305,13 @@ class ZipArchive:
     # -- the directory, for an index kept across sessions ----------------------------------------------
     def directory(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(name, (offset, compressed size, size, crc, method, flags))`` of every member, in order."""
+        return [(name, tuple(entry)) for name, entry in self.directory_view().items()]
+
+    def directory_view(self) -> Mapping[str, tuple[int, ...]]:
+        """The member table itself, name -> (offset, compressed size, size, crc, method, flags), in order; not
+        copied (closing the archive drops its reference, not the table), so keep it read-only."""
         with self._lock:
-            return [(name, tuple(entry)) for name, entry in self._ensure_open().items()]
+            return self._ensure_open()
 
     def adopt(self, directory: Callable[[], list[tuple[str, tuple[int, ...]]]]) -> None:
         """Take the directory from an index instead of reading it (the caller checked the file is unchanged).
@@ -315,24 +345,46 @@ class ZipArchive:
                                              "allowed", member=name)
         return entry
 
-    def _read_stored(self, name: str, entry: _Entry, view: memoryview) -> None:
-        local = entry.header_offset - self._tail_start
-        if self._tail and local >= 0 and local + 30 <= len(self._tail):  # already read with the directory
-            header = self._tail[local: local + 30]
-            if header[:4] == b"PK\x03\x04":
-                name_len, extra_len = struct.unpack("<HH", header[26:30])
-                self._check_local_name(name, self._tail[local + 30: local + 30 + name_len])
-                begin = local + 30 + name_len + extra_len
-                if begin + len(view) <= len(self._tail):
-                    view[:] = self._tail[begin: begin + len(view)]
-                    return
-        fh = self._fh
-        fh.seek(entry.header_offset)
-        header = fh.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+    def _view_in(self, name: str, entry: _Entry, data: bytes | memoryview, at: int) -> memoryview | None:
+        """The data of member ``name`` whose local header starts at ``data[at]`` (shorter than the member when
+        ``data`` ends early), or ``None`` when ``data`` does not reach past the header."""
+        header = bytes(data[at: at + 30])
+        if len(header) < 30:
+            return None
+        if header[:4] != b"PK\x03\x04":
             raise CorruptFileError(self.path, "bad local file header", member=name)
         name_len, extra_len = struct.unpack("<HH", header[26:30])
-        self._check_local_name(name, fh.read(name_len))
+        begin = at + 30 + name_len + extra_len
+        if begin > len(data):
+            return None
+        self._check_local_name(name, bytes(data[at + 30: at + 30 + name_len]))
+        return memoryview(data)[begin: begin + entry.file_size]
+
+    def _read_stored(self, name: str, entry: _Entry, view: memoryview) -> None:
+        local = entry.header_offset - self._tail_start
+        if self._tail and local >= 0:  # already read with the directory
+            cached = self._view_in(name, entry, self._tail, local)
+            if cached is not None and len(cached) == len(view):
+                view[:] = cached
+                return
+        fh = self._fh
+        encoded = name.encode("utf-8")
+        if self.is_remote and entry.compress_size <= SMALL_MEMBER:  # one request for header, name and data
+            fh.seek(entry.header_offset)
+            whole = fh.read(30 + len(encoded) + entry.compress_size)
+            found = self._view_in(name, entry, whole, 0) if whole[:4] == b"PK\x03\x04" else None
+            if found is not None and len(found) == len(view):
+                view[:] = found
+                return
+        fh.seek(entry.header_offset)
+        header = fh.read(30 + len(encoded))  # header and name in one read (one request remotely)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise CorruptFileError(self.path, "bad local file header", member=name)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        local_name = header[30: 30 + name_len]
+        if len(local_name) < name_len:  # the header's name is longer than the directory's: damaged
+            local_name += fh.read(name_len - len(local_name))
+        self._check_local_name(name, local_name)
         fh.seek(entry.header_offset + 30 + name_len + extra_len)
         got = 0
         size = len(view)
@@ -386,20 +438,110 @@ class ZipArchive:
         """Member ``name`` read into the reusable buffer ``scratch``; CRC-checked.
 
         The loader's hot path: reusing one buffer per worker avoids allocating (and page-faulting) a new
-        ``bytes`` of tens of MB for every chunk. Deflated members fall back to :meth:`read`.
+        ``bytes`` of tens of MB for every chunk. A member fetched by :func:`prefetch` is served from memory
+        (a view, no copy) and forgotten. Deflated members fall back to :meth:`read`.
         """
         with self._lock:
             entry = self._entry(name, max_bytes)
             stored = self._stored(entry)
             if stored:
-                view = scratch.view(entry.file_size)
-                self._read_stored(name, entry, view)
+                held = self._held.pop(name, None)
+                found = self._view_in(name, entry, held, 0) if held is not None else None
+                if found is not None and len(found) == entry.file_size:
+                    view = found
+                else:  # not fetched ahead, or an extra field made the guessed range short
+                    view = scratch.view(entry.file_size)
+                    self._read_stored(name, entry, view)
         if not stored:
             return memoryview(self.read(name, max_bytes=max_bytes))
         if crc32(view) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return view
 
+    # -- prefetching (remote archives) -----------------------------------------------------------------
+    def _spans(self, names: Sequence[str]) -> list[tuple[str, int, int]]:
+        """``(name, start, end)``: the byte range of each stored member's local header and data, assuming no
+        extra field (what zipfile and zarr write); members read from memory already are left out."""
+        with self._lock:
+            infos = self._ensure_open()
+            spans = []
+            for name in names:
+                entry = infos.get(name)
+                if entry is None or not self._stored(entry) or entry.file_size > MAX_MEMBER_BYTES or name in self._held:
+                    continue
+                end = entry.header_offset + 30 + len(name.encode()) + entry.compress_size
+                if self._tail and entry.header_offset >= self._tail_start and end - self._tail_start <= len(self._tail):
+                    continue
+                spans.append((name, entry.header_offset, end))
+            return spans
+
+    def _hold(self, name: str, data: bytes | memoryview) -> None:
+        with self._lock:
+            if self._infos is not None:  # still open: closing forgets what was held
+                self._held[name] = data
+
+    def forget_prefetched(self) -> None:
+        """Drop members fetched ahead and not read (their memory is about to be reused)."""
+        with self._lock:
+            self._held = {}
+
+
+
+def prefetch(requests: Sequence[tuple[ZipArchive, Sequence[str]]], *, concurrency: int = 8,
+             into: Callable[[int], memoryview] | None = None) -> int:
+    """Fetch members of remote archives ahead of their reads, ``concurrency`` range requests in flight at once
+    (one request per member: its local header and data); each archive's next :meth:`~ZipArchive.read_into`
+    of a fetched member is then served from memory. Local archives and those with a ``cache_dir`` are left
+    alone. A failed fetch is dropped: the read itself then retries and reports as usual. Returns the bytes
+    fetched. Safe to call from a background thread while other archives are being read.
+
+    ``into(nbytes)`` gives the memory that plain HTTP(S) members are read into (all of one call's members
+    side by side; a reused buffer avoids faulting in new pages); it must stay untouched until they are read
+    or :meth:`~ZipArchive.forget_prefetched` is called. Default: new memory.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    direct: list[tuple[ZipArchive, str, int, int]] = []
+    groups: dict[int, tuple[Any, list[tuple[ZipArchive, str, str, int, int]]]] = {}
+    for archive, names in requests:
+        if not archive.is_remote or archive.cache_dir:
+            continue
+        spans = archive._spans(names)
+        if archive.direct_http:
+            direct += [(archive, name, start, end) for name, start, end in spans]
+            continue
+        fs, rpath = archive._filesystem()
+        for name, start, end in spans:
+            groups.setdefault(id(fs), (fs, []))[1].append((archive, name, rpath, start, end))
+    fetched = 0
+    if direct:
+        total = sum(end - start for _a, _n, start, end in direct)
+        buf = into(total) if into is not None else memoryview(bytearray(total))
+        views, at = [], 0
+        for _a, _n, start, end in direct:
+            views.append(buf[at: at + end - start])
+            at += end - start
+
+        def fetch(k: int) -> int:
+            archive, name, start, _end = direct[k]
+            try:
+                http.read_range(archive.path, start, views[k], archive.storage_options.get("headers"))
+            except OSError:
+                return 0
+            archive._hold(name, views[k])
+            return len(views[k])
+
+        with ThreadPoolExecutor(min(concurrency, len(direct)), thread_name_prefix="ssl4eo-fetch") as pool:
+            fetched += sum(pool.map(fetch, range(len(direct))))
+    for fs, items in groups.values():
+        extra = {"batch_size": concurrency} if getattr(fs, "async_impl", False) else {}
+        results = fs.cat_ranges([i[2] for i in items], [i[3] for i in items], [i[4] for i in items],
+                                on_error="return", **extra)
+        for (archive, name, _rpath, start, end), data in zip(items, results):
+            if isinstance(data, (bytes, bytearray)) and len(data) == end - start:  # a server that ignored Range: not held
+                archive._hold(name, bytes(data))
+                fetched += len(data)
+    return fetched
 
 
 class MemoryZipArchive(ZipArchive):
@@ -416,25 +558,15 @@ class MemoryZipArchive(ZipArchive):
         """A CRC-checked view of a stored member's bytes where they already lie in memory: no copy."""
         with self._lock:
             entry = self._entry(name, max_bytes)
-            if not self._stored(entry):
-                stored = False
-            else:
-                stored = True
-                at = entry.header_offset
-                header = self._data[at: at + 30]
-                if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                    raise CorruptFileError(self.path, "bad local file header", member=name)
-                name_len, extra_len = struct.unpack("<HH", header[26:30])
-                self._check_local_name(name, self._data[at + 30: at + 30 + name_len])
-                begin = at + 30 + name_len + extra_len
+            stored = self._stored(entry)
+            view = self._view_in(name, entry, self._data, entry.header_offset) if stored else None
         if not stored:
             return super().read_into(name, scratch, max_bytes=max_bytes)
-        view = memoryview(self._data)[begin: begin + entry.file_size]
+        if view is None:
+            raise CorruptFileError(self.path, "bad local file header", member=name)
         if len(view) != entry.file_size:
             raise CorruptFileError(self.path, f"member ends after {len(view)} of {entry.file_size} bytes (truncated)",
                                    member=name)
         if crc32(view) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
         return view
-
-
