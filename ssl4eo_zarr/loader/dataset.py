@@ -120,9 +120,10 @@ class ChunkDataset(IterableDataset):
         fsspec options and an optional local cache folder for remote archives.
     prefetch:
         Remote chunk files: each worker fetches the members of this many chunk sets ahead on a background
-        thread (all of a set's needed chunks concurrently, at most 8 requests in flight) while it decodes the
-        current one, holding their compressed bytes (about 0.6 GB per full-size set of S2L1C, S2L2A and S1GRD with
-        four timestamps) until decoded. 0 reads on demand. Local files and ``cache_dir`` ignore it.
+        thread (all of a set's needed chunks at once, at most 8 requests in flight) while it decodes the
+        current one. Fetched bytes land in memory the worker keeps for reuse: ``prefetch + 1`` buffers of one
+        set's compressed chunks (about 0.6 GB for full-size S2L1C + S2L2A + S1GRD with four timestamps).
+        0 reads on demand. Local files and ``cache_dir`` ignore it.
     retries, retry_backoff:
         Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
     s2_offset:
