@@ -8,7 +8,9 @@ each delivering float32 standardised tensors on the GPU:
   A. ``ChunkDataset(normalize=True)`` (float32 in the workers), ``pin_memory=True``, copy to the GPU;
   B. native dtypes (int16/float16), ``pin_memory=True``, ``normalize(batch, device="cuda")`` on the GPU;
   C. as B without ``pin_memory`` (pageable copies);
-  D. native dtypes on the CPU only, nothing sent to the GPU (the loader's own ceiling).
+  D. native dtypes on the CPU only, nothing sent to the GPU (the loader's own ceiling);
+  E. as B, but the consumer maps each arrived batch afresh (``pool.KEEP_MAPPED = False``, the behaviour
+     before arenas were kept mapped).
 Each runs 3 epochs with persistent workers, epochs 2-3 timed, configurations interleaved over rounds (best
 round each). Also reported: the consumer process's CPU seconds per batch and the host-to-device copy of one
 whole-chunk batch, pinned or pageable, native or float32 (CUDA events).
@@ -47,9 +49,13 @@ def _cpu() -> float:
 def run(root: str, workers: int, config: str) -> dict:
     from torch.utils.data import DataLoader
 
+    from ssl4eo_zarr.loader import pool
+
+    pool.KEEP_MAPPED = config != "E"
+
     ds = ChunkDataset(root, split="train", modalities=MODS, seed=0, normalize=config == "A")
     loader = DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="fork",
-                        persistent_workers=True, pin_memory=config in ("A", "B") and DEVICE == "cuda")
+                        persistent_workers=True, pin_memory=config in ("A", "B", "E") and DEVICE == "cuda")
     timed_n = timed_s = timed_cpu = 0.0
     batches = 0
     for epoch in range(EPOCHS):
@@ -61,7 +67,7 @@ def run(root: str, workers: int, config: str) -> dict:
             n += x.shape[0] * (x.shape[1] if x.ndim == 5 else 1)
             if config == "A":
                 out = {m: batch[m].to(DEVICE, non_blocking=True) for m in MODS}
-            elif config in ("B", "C"):
+            elif config in ("B", "C", "E"):
                 out = normalize({m: batch[m] for m in MODS}, device=DEVICE)
             else:
                 out = batch
@@ -126,7 +132,8 @@ def main() -> None:
     names = {"A": "A: float32 normalised in the workers, pinned, copied",
              "B": "B: native dtypes, pinned, normalised on the GPU",
              "C": "C: native dtypes, pageable, normalised on the GPU",
-             "D": "D: native dtypes, CPU only (no GPU work)"}
+             "D": "D: native dtypes, CPU only (no GPU work)",
+             "E": "E: as B, each batch mapped afresh in the consumer"}
     best: dict[tuple[int, str], dict] = {}
     for rnd in range(args.repeat):
         for workers in args.workers:

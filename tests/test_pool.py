@@ -106,3 +106,38 @@ def test_whole_chunks_and_shards_with_persistent_workers_over_epochs(root, tmp_p
         for got, digests in kept:  # batches of earlier epochs survived the later ones
             for a, d in zip(got, digests):
                 assert _same(_digest(a), d)
+
+
+def _faults_per_batch(root, monkeypatch, keep: bool) -> tuple[float, set[int]]:
+    """Median page faults of touching every page of a batch in the consuming process, and the worker pids."""
+    import resource
+    import statistics
+
+    from ssl4eo_zarr.loader import pool
+
+    monkeypatch.setattr(pool, "KEEP_MAPPED", keep)
+    ds = sz.ChunkDataset(root, split="val", batch_size=4, timestamps="all", seed=2)
+    faults, pids = [], set()
+    for batch in DataLoader(ds, batch_size=None, num_workers=1):
+        if getattr(batch, "_token", None) is None:  # made in fresh memory (every slot was busy)
+            continue
+        pids.add(batch._token[3])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for key in ("S2L1C", "S2L2A", "S1GRD"):
+            batch[key].contiguous().view(torch.uint8).view(-1)[::4096].sum()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        del batch
+    return statistics.median(faults[2:]), pids  # the first batch of each slot maps it
+
+
+def test_the_consumer_keeps_each_arena_mapped_and_forgets_those_of_ended_workers(root, monkeypatch):
+    """A batch arriving in a reused arena lands in the mapping the consumer already has, so its pages are not
+    faulted in again for every batch; arenas of workers that ended are let go when new workers start."""
+    from ssl4eo_zarr.loader import pool
+
+    remapped, _ = _faults_per_batch(root, monkeypatch, keep=False)
+    kept, first = _faults_per_batch(root, monkeypatch, keep=True)
+    assert kept < remapped / 2, (kept, remapped)
+    _, second = _faults_per_batch(root, monkeypatch, keep=True)  # new workers: the ended ones are forgotten
+    live = {pid for pid, _slot in pool._MAPPED}
+    assert live <= second and not live & first

@@ -66,9 +66,38 @@ def _track(data: Mapping[str, Any], token: tuple | None) -> None:
         weakref.finalize(t, release)
 
 
+#: The arenas' memory as last received, per (worker pid, slot), kept mapped in the consuming process: torch
+#: maps shared memory it receives again only when no live storage holds that mapping, so without this every
+#: batch would arrive in a new mapping whose pages the consumer (pin thread, copy to the GPU) faults in anew.
+_MAPPED: dict[tuple[int, int], list[torch.UntypedStorage]] = {}
+#: Off only to measure what it saves (benchmarks/loader.py).
+KEEP_MAPPED = True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _keep_mapped(data: Mapping[str, Any], pid: int, slot: int) -> None:
+    if not any(key[0] == pid for key in _MAPPED):  # a new worker: forget the arenas of workers that ended
+        for key in [k for k in _MAPPED if not _alive(k[0])]:
+            del _MAPPED[key]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in data.values() if isinstance(t, torch.Tensor)}
+    _MAPPED[pid, slot] = list(storages.values())
+
+
 def _rebuild(data: dict[str, Any], token: tuple | None) -> LeasedBatch:
-    batch = LeasedBatch(data)
+    batch = LeasedBatch(data, token)
     _track(batch, token)  # in the process that received the batch: it owns the tensors now
+    if token is not None and KEEP_MAPPED:
+        _table, _worker, slot, pid, _generation = token
+        _keep_mapped(data, pid, slot)
     return batch
 
 
