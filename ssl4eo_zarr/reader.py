@@ -30,6 +30,7 @@ from .chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_
 from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
 from .splitindex import SplitIndex
+from .storage import is_url
 from .zarrv2 import ArrayMeta, read_region
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
@@ -258,9 +259,19 @@ def _decode_epoch_ns(var: xr.Variable) -> xr.Variable:
     return xr.Variable(var.dims, data, attrs, encoding=encoding)
 
 
-def _open_all(paths: Sequence[str], threads: int, index: SplitIndex | None = None,
+#: Files opened at once when ``threads`` is not given: remote opens wait on the network, local ones on disk.
+LOCAL_THREADS, REMOTE_THREADS = 8, 32
+
+
+def default_threads(paths: Sequence[str]) -> int:
+    """Files opened at once by default for ``paths``: 32 when any is a URL, else 8."""
+    return REMOTE_THREADS if any(is_url(p) for p in paths) else LOCAL_THREADS
+
+
+def _open_all(paths: Sequence[str], threads: int | None, index: SplitIndex | None = None,
               **archive_kwargs: Any) -> list[ChunkFile]:
     """Open files (from the split index where it knows them, concurrently from disk otherwise)."""
+    threads = default_threads(paths) if threads is None else threads
     found = [index.get(p, **archive_kwargs) if index is not None else None for p in paths]
     todo = [p for p, cf in zip(paths, found) if cf is None]
 
@@ -319,7 +330,7 @@ def _gc_paused() -> Iterator[None]:
 def open_multimodal(
     sets: Sequence[ChunkSet],
     *,
-    threads: int = 8,
+    threads: int | None = None,
     verify_grid: bool = False,
     fix_s1_order: bool = True,
     use_index: bool = True,
@@ -371,7 +382,7 @@ def open_dataset(
     reindex_seasonal: bool = False,
     distribution: str | None = None,
     use_index: bool = True,
-    threads: int = 8,
+    threads: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
     **archive_kwargs: Any,
 ) -> xr.Dataset:
@@ -419,7 +430,7 @@ def open_dataset(
         index in ``$SSL4EO_ZARR_CACHE`` (see :mod:`ssl4eo_zarr.splitindex`), so reopening reads none of it;
         entries are checked against each file's size and modification time.
     threads:
-        Files opened concurrently (helps on network storage).
+        Files opened concurrently; default 8 local, 32 remote (a remote open waits on round trips).
     storage_options:
         fsspec options for URLs.
 

@@ -161,7 +161,7 @@ def _check_keys(sets: Sequence[ChunkSet], indexes: dict[str, list[list[Member]]]
 
 
 def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_s1_order: bool = True,
-                       threads: int = 8, **archive_kwargs: Any) -> xr.Dataset:
+                       threads: int | None = None, **archive_kwargs: Any) -> xr.Dataset:
     """One multi-modal Dataset over the shards ``sets`` (see :func:`ssl4eo_zarr.open_dataset`).
 
     Variables: ``<MOD>`` ``[sample, time, band_<MOD>, y, x]`` (static modalities such as DEM
@@ -172,6 +172,7 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
     """
     mods = list(sets[0].paths)
     jobs = [(m, cs.paths[m]) for m in mods for cs in sets]
+    threads = 8 if threads is None else threads
     with ThreadPoolExecutor(max(1, threads)) as pool:
         found = list(pool.map(lambda job: shard_index(job[1], **archive_kwargs), jobs))
     indexes = {m: found[k * len(sets): (k + 1) * len(sets)] for k, m in enumerate(mods)}

@@ -18,18 +18,22 @@ class RangeHTTPServer:
 
     ``fail_every=k`` answers every k-th request with 503 (to test retries). ``redirect=True`` answers paths
     under ``/r/`` with a 302 to the path without it (a hub sending ``resolve/main`` URLs to its CDN).
-    ``ranges=False`` ignores Range headers and sends whole files, as some servers do. ``bytes_served`` and
-    ``requests`` count what went out. Use as a context manager; it stops by itself on exit.
+    ``ranges=False`` ignores Range headers and sends whole files, as some servers do. ``drop_every=k`` cuts
+    every k-th ranged response off after half its body and closes the connection (a dropped connection).
+    ``bytes_served`` and ``requests`` count what went out. Use as a context manager; it stops by itself on exit.
     """
 
     def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False, redirect: bool = False,
-                 ranges: bool = True):
+                 ranges: bool = True, drop_every: int = 0):
         self.folder = os.fspath(folder)
         self.fail_every = fail_every
         self.listing = listing
         self.redirect = redirect
         self.ranges = ranges
         self.redirects = 0
+        self.drop_every = drop_every
+        self.drops = 0
+        self._ranged = 0
         self.bytes_served = 0
         self.requests = 0
         self.failures = 0
@@ -37,6 +41,9 @@ class RangeHTTPServer:
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real hosts speak (every response has a length)
+            disable_nagle_algorithm = True  # as they do too: headers and body go out at once, no delayed-ACK stall
+
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, directory=server.folder, **kwargs)
 
@@ -97,9 +104,14 @@ class RangeHTTPServer:
                 if start >= size or start > end:
                     self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
                     self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 length = end - start + 1
+                with server._lock:
+                    server._ranged += 1
+                    drop = bool(server.drop_every) and server._ranged % server.drop_every == 0
+                    server.drops += drop
                 self.send_response(HTTPStatus.PARTIAL_CONTENT)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Accept-Ranges", "bytes")
@@ -107,14 +119,17 @@ class RangeHTTPServer:
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
                 sent = 0
+                stop = length // 2 if drop else length
                 with open(path, "rb") as f:  # sendfile, as static hosts serve files (no copy through Python)
-                    while sent < length:
-                        n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, length - sent)
+                    while sent < stop:
+                        n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, stop - sent)
                         if not n:
                             break
                         sent += n
                 with server._lock:
                     server.bytes_served += sent
+                if drop:
+                    self.close_connection = True
 
             def copyfile(self, source, outputfile):  # whole-file GETs are counted too
                 data = source.read()

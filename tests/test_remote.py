@@ -131,6 +131,23 @@ def test_credentials_in_headers_reach_the_server_and_refusals_are_named(root):
         assert ("GET", "Bearer token") in seen and all(auth == "Bearer token" for _, auth in seen[1:])
 
 
+def test_dropped_connections_mid_body_are_retried(root):
+    """A connection cut off after half a response (Content-Length not reached) is retried, never a hang or
+    a short read; fetching ahead drops such a fetch and the read itself retries."""
+    with RangeHTTPServer(root, drop_every=5) as server:
+        ds = sz.ChunkDataset(server.url, split="val", timestamps=[1, 3], return_metadata=True, retry_backoff=0.01)
+        ref = sz.ChunkDataset(root, split="val", timestamps=[1, 3], return_metadata=True)
+        got = list(DataLoader(ds, batch_size=None, num_workers=2))
+        want = list(DataLoader(ref, batch_size=None, num_workers=2))
+        for a, b in zip(got, want):
+            assert a["sample"] == b["sample"]
+            assert all((a[k] == b[k]).all() for k in ("S2L1C", "S2L2A", "S1GRD", "cloud_mask"))
+        assert server.drops > 3
+        path = chunk_path(root, "S2L1C", 2)
+        xr.testing.assert_identical(sz.open_dataset(_url(server, root, path), backoff=0.01).load(),
+                                    sz.open_dataset(path).load())
+
+
 def test_transient_failures_are_retried(root):
     with RangeHTTPServer(root, fail_every=3) as server:
         ds = sz.ChunkDataset(server.url, split="val", timestamps=0, return_metadata=True, retry_backoff=0.01)

@@ -96,7 +96,7 @@ def _request(method: str, url: str, headers: Mapping[str, str]) -> tuple[http.cl
                 if fresh:
                     raise ConnectionError(f"{method} {target}: {exc}") from None
         if resp.status in _REDIRECTS and resp.getheader("Location"):
-            resp.read()
+            _read_all(resp, target)
             _POOL.put(scheme, host, port, conn)
             target = urljoin(target, resp.getheader("Location", ""))
             continue
@@ -113,13 +113,27 @@ def _fail(resp: http.client.HTTPResponse, url: str) -> None:
 
 
 def _fill(resp: http.client.HTTPResponse, view: memoryview) -> int:
+    """Read the body into ``view``; returns the bytes that arrived (fewer when the connection dropped)."""
     got = 0
     while got < len(view):
-        n = resp.readinto(view[got:])
+        try:
+            n = resp.readinto(view[got:])
+        except http.client.IncompleteRead:  # the connection dropped mid-body: the caller reports it as transient
+            break
+        except http.client.HTTPException as exc:
+            raise ConnectionError(f"{exc!r}") from None
         if not n:
             break
         got += n
     return got
+
+
+def _read_all(resp: http.client.HTTPResponse, url: str) -> bytes:
+    """The whole (short) body; a connection dropped mid-body is a transient error."""
+    try:
+        return resp.read()
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"{url}: {exc!r}") from None
 
 
 def read_range(url: str, start: int, view: memoryview, headers: Mapping[str, str] | None = None) -> int:
@@ -176,20 +190,20 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
             if match is None or match.group(3) == "*":
                 raise OSError(f"{url}: unusable Content-Range {resp.getheader('Content-Range')!r}")
             size = int(match.group(3))
-            tail = resp.read()
+            tail = _read_all(resp, url)
             if len(tail) != int(match.group(2)) - int(match.group(1)) + 1:
                 raise ConnectionError(f"{url}: the response ended early")
             reuse = True
         elif resp.status == 416:  # an empty file has no last bytes
             match = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range", ""))
             size, tail = (int(match.group(1)) if match else 0), b""
-            resp.read()
+            _read_all(resp, url)
             reuse = True
         elif resp.status == 200:
             size = int(resp.getheader("Content-Length") or -1)
             if size < 0:
                 raise OSError(f"{url}: the server gives no Content-Length")
-            tail = resp.read() if size <= nbytes else b""  # Range ignored: do not download a large file here
+            tail = _read_all(resp, url) if size <= nbytes else b""  # Range ignored: do not download a large file
             reuse = size <= nbytes
         elif resp.status in (403, 404, 410) and resolved != url:  # an expired CDN URL: resolve again
             _RESOLVED.pop(url, None)

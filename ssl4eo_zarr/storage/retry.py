@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 
 
+@functools.lru_cache(maxsize=1)
 def _transient_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, TimeoutError]
     try:
