@@ -84,12 +84,52 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Kept mappings registered with CUDA (page-locked in place), data_ptr -> bytes; see :func:`pin_in_place`.
+_REGISTERED: dict[int, int] = {}
+
+
+def _unregister(storages: Sequence[torch.UntypedStorage]) -> None:
+    """Undo :func:`pin_in_place` for mappings about to be dropped (after every copy from them has finished)."""
+    doomed = [s for s in storages if s.data_ptr() in _REGISTERED]
+    if not doomed:
+        return
+    torch.cuda.synchronize()
+    for s in doomed:
+        torch.cuda.cudart().cudaHostUnregister(s.data_ptr())
+        del _REGISTERED[s.data_ptr()]
+
+
 def _keep_mapped(data: Mapping[str, Any], pid: int, slot: int) -> None:
     if not any(key[0] == pid for key in _MAPPED):  # a new worker: forget the arenas of workers that ended
         for key in [k for k in _MAPPED if not _alive(k[0])]:
-            del _MAPPED[key]
+            _unregister(_MAPPED.pop(key))
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in data.values() if isinstance(t, torch.Tensor)}
+    old = _MAPPED.get((pid, slot), [])
     _MAPPED[pid, slot] = list(storages.values())
+    _unregister([s for s in old if s.data_ptr() not in storages])  # the arena grew: its old mapping goes
+
+
+def pin_in_place(batch: Mapping[str, Any]) -> bool:
+    """Register the arena a received :class:`LeasedBatch` lives in with CUDA, once per mapping, so that its
+    tensors are page-locked where they are: copies to the GPU then run asynchronously at pinned speed with no
+    pinned copy first. ``False`` (nothing done) for batches in fresh memory or when CUDA refuses.
+
+    The caller must keep the batch alive until its copies have finished (the arena returns to its worker when
+    the batch is gone); :class:`~ssl4eo_zarr.loader.DeviceFeeder` does.
+    """
+    token = getattr(batch, "_token", None)
+    if token is None or not KEEP_MAPPED or not torch.cuda.is_available():
+        return False
+    kept = _MAPPED.get((token[3], token[2]), [])
+    ptrs = {t.untyped_storage().data_ptr() for t in batch.values() if isinstance(t, torch.Tensor)}
+    if not ptrs or not ptrs <= {s.data_ptr() for s in kept}:
+        return False
+    for s in kept:
+        if s.data_ptr() not in _REGISTERED:
+            if int(torch.cuda.cudart().cudaHostRegister(s.data_ptr(), s.nbytes(), 0)) != 0:
+                return False
+            _REGISTERED[s.data_ptr()] = s.nbytes()
+    return True
 
 
 def _rebuild(data: dict[str, Any], token: tuple | None) -> LeasedBatch:
@@ -209,4 +249,4 @@ def worker_pool(table: torch.Tensor, worker: int, *, shared: bool) -> BufferPool
     return pool
 
 
-__all__ = ["BufferPool", "Lease", "LeasedBatch", "lease_table", "worker_pool"]
+__all__ = ["BufferPool", "Lease", "LeasedBatch", "lease_table", "pin_in_place", "worker_pool"]
