@@ -20,7 +20,7 @@ import re
 import ssl
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 from .retry import PositionedFile
@@ -104,7 +104,7 @@ def _request(method: str, url: str, headers: Mapping[str, str]) -> tuple[http.cl
     raise OSError(f"{url}: too many redirects")
 
 
-def _fail(resp: http.client.HTTPResponse, url: str) -> None:
+def _fail(resp: http.client.HTTPResponse, url: str) -> NoReturn:
     if resp.status == 404 or resp.status == 410:
         raise FileNotFoundError(url)
     if resp.status in (401, 403):
@@ -136,14 +136,36 @@ def _read_all(resp: http.client.HTTPResponse, url: str) -> bytes:
         raise ConnectionError(f"{url}: {exc!r}") from None
 
 
+def _send(method: str, url: str, headers: Mapping[str, str]) -> tuple[http.client.HTTPResponse, _Pooled]:
+    """:func:`_request` sent where ``url``'s redirects led last time; an expired redirect target (a signed CDN
+    URL: 403/404/410) is resolved again from ``url`` once. Remembers where a successful request ended."""
+    resolved = _RESOLVED.get(url, url)
+    resp, pooled, final = _request(method, resolved, headers)
+    if resp.status in (403, 404, 410) and resolved != url:
+        pooled[1].close()
+        _RESOLVED.pop(url, None)
+        resp, pooled, final = _request(method, url, headers)
+    if resp.status in (200, 206, 416):
+        _RESOLVED[url] = final
+    return resp, pooled
+
+
+def _done(resp: http.client.HTTPResponse, pooled: _Pooled, reuse: bool) -> None:
+    """Give the connection back when its response was read to the end, else close it."""
+    key, conn = pooled
+    if reuse and resp.isclosed():
+        _POOL.put(*key, conn)
+    else:
+        conn.close()
+
+
 def read_range(url: str, start: int, view: memoryview, headers: Mapping[str, str] | None = None) -> int:
     """Bytes ``start .. start + len(view)`` of ``url`` into ``view`` (one request); returns ``len(view)``.
     Raises ``FileNotFoundError`` (404), ``PermissionError`` (401/403) or ``OSError`` (transient)."""
     if not len(view):
         return 0
     end = start + len(view) - 1
-    resolved = _RESOLVED.get(url, url)
-    resp, (key, conn), final = _request("GET", resolved, {**(headers or {}), "Range": f"bytes={start}-{end}"})
+    resp, pooled = _send("GET", url, {**(headers or {}), "Range": f"bytes={start}-{end}"})
     try:
         if resp.status == 206:
             match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
@@ -157,23 +179,15 @@ def read_range(url: str, start: int, view: memoryview, headers: Mapping[str, str
                 if not n:
                     raise OSError(f"{url}: the response ended before byte {start}")
                 left -= n
-        elif resp.status in (403, 404, 410) and resolved != url:  # an expired CDN URL: resolve again
-            _RESOLVED.pop(url, None)
-            conn.close()
-            return read_range(url, start, view, headers)
         else:
             _fail(resp, url)
         got = _fill(resp, view)
     except BaseException:
-        conn.close()
+        pooled[1].close()
         raise
-    if resp.status == 206 and got == len(view) and resp.isclosed():
-        _POOL.put(*key, conn)  # fully read: the connection can serve the next request
-    else:
-        conn.close()
+    _done(resp, pooled, resp.status == 206 and got == len(view))
     if got != len(view):
         raise ConnectionError(f"{url}: the response ended after {got} of {len(view)} bytes")
-    _RESOLVED[url] = final
     return got
 
 
@@ -181,9 +195,7 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
     """``(size of the file, its last bytes)``: the last ``nbytes`` (fewer for a short file) in one suffix-range
     request, which tells the size too (a zip is read from its end, so this replaces a HEAD request). A server
     that ignores ``Range`` gives the size only, unless the whole file is no longer than ``nbytes``."""
-    resolved = _RESOLVED.get(url, url)
-    resp, (key, conn), final = _request("GET", resolved, {**(headers or {}), "Range": f"bytes=-{nbytes}"})
-    reuse = False
+    resp, pooled = _send("GET", url, {**(headers or {}), "Range": f"bytes=-{nbytes}"})
     try:
         if resp.status == 206:
             match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
@@ -193,49 +205,30 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
             tail = _read_all(resp, url)
             if len(tail) != int(match.group(2)) - int(match.group(1)) + 1:
                 raise ConnectionError(f"{url}: the response ended early")
-            reuse = True
         elif resp.status == 416:  # an empty file has no last bytes
             match = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range", ""))
-            size, tail = (int(match.group(1)) if match else 0), b""
-            _read_all(resp, url)
-            reuse = True
+            size, tail = (int(match.group(1)) if match else 0), _read_all(resp, url)[:0]
         elif resp.status == 200:
             size = int(resp.getheader("Content-Length") or -1)
             if size < 0:
                 raise OSError(f"{url}: the server gives no Content-Length")
             tail = _read_all(resp, url) if size <= nbytes else b""  # Range ignored: do not download a large file
-            reuse = size <= nbytes
-        elif resp.status in (403, 404, 410) and resolved != url:  # an expired CDN URL: resolve again
-            _RESOLVED.pop(url, None)
-            conn.close()
-            return read_tail(url, nbytes, headers)
         else:
             _fail(resp, url)
     except BaseException:
-        conn.close()
+        pooled[1].close()
         raise
-    if reuse and resp.isclosed():
-        _POOL.put(*key, conn)
-    else:
-        conn.close()
-    _RESOLVED[url] = final
+    _done(resp, pooled, resp.status != 200 or size <= nbytes)
     return size, tail
 
 
 def head_size(url: str, headers: Mapping[str, str] | None = None) -> int:
     """The size of ``url`` from a HEAD request."""
-    resolved = _RESOLVED.get(url, url)
-    resp, (key, conn), final = _request("HEAD", resolved, dict(headers or {}))
-    resp.read()
-    if resp.status in (403, 404, 410) and resolved != url:  # an expired CDN URL: resolve again
-        conn.close()
-        _RESOLVED.pop(url, None)
-        return head_size(url, headers)
+    resp, pooled = _send("HEAD", url, dict(headers or {}))
+    _read_all(resp, url)
+    _done(resp, pooled, True)
     if resp.status != 200:
-        conn.close()
         _fail(resp, url)
-    _POOL.put(*key, conn)
-    _RESOLVED[url] = final
     length = resp.getheader("Content-Length")
     if length is None:
         raise OSError(f"{url}: the server gives no Content-Length")

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
 from . import http
-from .paths import PathLike, is_url, strip_file_scheme
+from .paths import PathLike, is_url, remote_fs, strip_file_scheme
 from .retry import RetryingFile
 
 try:  # ISA-L computes the zip CRC-32 several times faster than zlib (a quarter of a chunk read otherwise)
@@ -196,15 +196,13 @@ class ZipArchive:
     def _filesystem(self) -> tuple[Any, str]:
         """(fsspec filesystem, path on it) of a remote archive, made once per process."""
         if self._fs is None or self._fs[2] != os.getpid():
-            import fsspec
-
             url = self.path
             options = dict(self.storage_options)
             if self.cache_dir:
                 url = f"filecache::{url}"
                 proto = self.path.split("://", 1)[0]
                 options = {proto: options, "filecache": {"cache_storage": self.cache_dir}}
-            fs, remote_path = fsspec.core.url_to_fs(url, **options)
+            fs, remote_path = remote_fs(url, options)
             self._fs = (fs, remote_path, os.getpid())
         return self._fs[0], self._fs[1]
 
@@ -372,7 +370,7 @@ class ZipArchive:
         if self.is_remote and entry.compress_size <= SMALL_MEMBER:  # one request for header, name and data
             fh.seek(entry.header_offset)
             whole = fh.read(30 + len(encoded) + entry.compress_size)
-            found = self._view_in(name, entry, whole, 0) if whole[:4] == b"PK\x03\x04" else None
+            found = self._view_in(name, entry, whole, 0)
             if found is not None and len(found) == len(view):
                 view[:] = found
                 return
@@ -484,7 +482,6 @@ class ZipArchive:
         """Drop members fetched ahead and not read (their memory is about to be reused)."""
         with self._lock:
             self._held = {}
-
 
 
 def prefetch(requests: Sequence[tuple[ZipArchive, Sequence[str]]], *, concurrency: int = 8,
