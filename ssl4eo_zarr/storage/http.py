@@ -14,6 +14,7 @@ correctly (the bytes before the range are skipped).
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import re
@@ -67,7 +68,17 @@ class _Pool:
         conn.close()
 
 
+    def close_all(self) -> None:
+        """Close the idle connections (at exit: no socket is left for the interpreter to warn about)."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
 _POOL = _Pool()
+atexit.register(_POOL.close_all)
 _RESOLVED: dict[str, str] = {}  # URL -> where its redirects led (per process; signed CDN URLs expire)
 
 
