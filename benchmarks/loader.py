@@ -116,9 +116,22 @@ class BaselineDataset:
         return torch.from_numpy(np.concatenate(arrays, axis=2))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux); NaN once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _consume(loader, count_fn) -> dict:
     t0 = time.perf_counter()
+    cpu0 = cpu_seconds(os.getpid())
     it = iter(loader)
+    workers = {proc.pid: cpu_seconds(proc.pid) for proc in getattr(it, "_workers", [])}
+    seen = dict(workers)
     first = None
     n = 0
     peaks: dict[int, float] = {}
@@ -128,9 +141,13 @@ def _consume(loader, count_fn) -> dict:
         n += count_fn(batch)
         for proc in getattr(it, "_workers", []):
             peaks[proc.pid] = max(peaks.get(proc.pid, 0.0), _peak_rss(proc.pid))
+            seen[proc.pid] = cpu_seconds(proc.pid)  # the last reading before the worker ends
         del batch
     elapsed = time.perf_counter() - t0
-    return {"samples": n, "seconds": elapsed, "first_batch_s": first, "peak_rss_mb": max(peaks.values(), default=float("nan"))}
+    # The loading side's CPU (consumer + workers), without a test server in another process.
+    client_cpu = cpu_seconds(os.getpid()) - cpu0 + sum(seen[p] - workers.get(p, 0.0) for p in seen)
+    return {"samples": n, "seconds": elapsed, "first_batch_s": first, "client_cpu_s": client_cpu,
+            "peak_rss_mb": max(peaks.values(), default=float("nan"))}
 
 
 def bench_baseline(root: str, names: list[str], workers: int) -> dict:
@@ -163,6 +180,7 @@ def bench_chunkdataset(root: str, workers: int, name: str, epochs: int = 3, **kw
         runs.append(_consume(loader, count))
     timed = runs[1:] or runs
     out = {"samples": sum(r["samples"] for r in timed), "seconds": sum(r["seconds"] for r in timed),
+           "client_cpu_s": sum(r["client_cpu_s"] for r in timed),
            "first_batch_s": runs[0]["first_batch_s"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
            "first_epoch_per_s": runs[0]["samples"] / runs[0]["seconds"]}
     del loader

@@ -209,3 +209,24 @@ def test_shard_members_in_memory_are_checked_like_files(files, tmp_path):
         batches = list(skipping)
     assert batches[0]["S1GRD"].shape[0] == 1
     np.testing.assert_array_equal(batches[0]["S1GRD"][0].numpy(), files["ds"]["bands"].values[0])
+
+
+def test_the_read_buffer_is_kept_per_thread_across_readers_and_grows_with_room_to_spare():
+    """Chunk readers come and go with every epoch; the buffer compressed chunks are read into stays, so its
+    pages are not faulted in again, and a chunk a few kB larger than the last does not replace it."""
+    import threading
+
+    from ssl4eo_zarr.loader.decode import ArchiveCache
+    from ssl4eo_zarr.storage import thread_scratch
+
+    scratch = ArchiveCache().scratch
+    assert ArchiveCache().scratch is scratch is thread_scratch()
+    size = len(scratch._buf) + 1_000_000
+    scratch.view(size)
+    buf = scratch._buf
+    assert len(scratch.view(size + 4096)) == size + 4096 and scratch._buf is buf
+    other = []
+    thread = threading.Thread(target=lambda: other.append(thread_scratch()))
+    thread.start()
+    thread.join()
+    assert other[0] is not scratch, "a prefetching thread never reads into the decoding thread's buffer"

@@ -74,6 +74,76 @@ def test_lightning_datamodule_fits(root):
         shutil.rmtree(tmp)
 
 
+def _fit_tiny(root, tmp_path, module_cls, *, accelerator="cpu", **dm_kwargs):
+    import shutil
+
+    import lightning.pytorch as pl
+
+    from ssl4eo_zarr.loader.lightning import SSL4EODataModule
+
+    data = str(tmp_path / "data")
+    shutil.copytree(os.path.join(root, "val"), os.path.join(data, "train"))
+    shutil.copytree(os.path.join(root, "val"), os.path.join(data, "val"))
+    dm = SSL4EODataModule(data, modalities=("S2L2A",), batch_size=8, num_workers=2, **dm_kwargs)
+    model = module_cls()
+    trainer = pl.Trainer(max_epochs=1, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    return dm, model, trainer
+
+
+def _tiny_module():
+    pl = pytest.importorskip("lightning.pytorch")
+    import torch
+
+    from ssl4eo_zarr.loader.transforms import normalize
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Conv2d(12, 1, 1)
+            self.devices_seen = set()
+
+        def training_step(self, batch, _):
+            self.devices_seen.add(batch["S2L2A"].device.type)
+            return self.layer(normalize(batch)["S2L2A"]).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            self.devices_seen.add(batch["S2L2A"].device.type)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Tiny
+
+
+def test_a_lightning_module_that_moves_batches_itself_keeps_doing_so(root, tmp_path):
+    """The DataModule feeds the GPU from the workers' arenas (its transfer_batch_to_device), but a module's own
+    transfer_batch_to_device still decides."""
+    tiny = _tiny_module()
+
+    class OwnTransfer(tiny):
+        calls = 0
+
+        def transfer_batch_to_device(self, batch, device, dataloader_idx):
+            OwnTransfer.calls += 1
+            return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    dm, model, trainer = _fit_tiny(root, tmp_path, OwnTransfer, pin_memory=False)
+    assert OwnTransfer.calls == trainer.global_step + trainer.num_val_batches[0] > 0
+    assert model.devices_seen == {"cpu"}
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+def test_lightning_on_cuda_feeds_batches_from_the_arenas_pinned_in_place(root, tmp_path):
+    from ssl4eo_zarr.loader import pool
+
+    dm, model, trainer = _fit_tiny(root, tmp_path, _tiny_module(), accelerator="cuda")
+    assert model.devices_seen == {"cuda"}
+    assert trainer.train_dataloader.pin_memory is False, "no pinned copies: the arenas are page-locked in place"
+    assert pool._REGISTERED and dm._feeders
+
+
 def test_lightning_checkpoint_resumes_the_loader_mid_epoch(root, tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     import shutil

@@ -48,6 +48,62 @@ def test_an_arena_is_reused_only_after_its_batch_is_gone():
     assert int(table[0, 2]) != 0 and keep  # slot 1 still leased by `keep`
 
 
+def test_a_worker_waits_briefly_for_an_arena_the_consumer_is_handing_back():
+    """In a worker (shared memory) a full pool waits, bounded by the last batch's time, instead of faulting in a
+    whole fresh set; once a wait runs out (the consumer keeps its batches) it stops waiting until an arena is
+    free again."""
+    import threading
+    import time
+
+    table = lease_table(2)
+    pool = BufferPool(table, 1, shared=True)
+    held = []
+    for _ in range(2):
+        lease = pool.acquire()
+        held.append(LeasedBatch({"x": lease.alloc((64,), np.int16)}, lease.token, track=True))
+    time.sleep(1.0)  # the "previous batch" took 1 s: the next wait may last twice as long
+
+    def let_go():  # once the worker waits, the consumer receives its next batch and drops the one it held
+        while pool.waits == 0:
+            time.sleep(0.001)
+        held.pop(0)
+        gc.collect()
+
+    consumer = threading.Thread(target=let_go)
+    consumer.start()
+    third = pool.acquire()
+    consumer.join()
+    assert third.slot == 0 and pool.waits == 1 and pool.timeouts == 0, "got the arena handed back"
+    held.append(LeasedBatch({"x": third.alloc((64,), np.int16)}, third.token, track=True))
+
+    fourth = pool.acquire()  # nobody lets go now: the wait runs out, fresh memory
+    assert fourth.slot is None and pool.waits == 2 and pool.timeouts == 1 and not pool.patient
+    assert pool.acquire().slot is None and pool.waits == 2, "no more waiting while batches are kept"
+    held.clear()
+    gc.collect()
+    assert pool.acquire().slot is not None and pool.patient
+    assert not BufferPool(lease_table(1), 0, shared=False).patient, "never waits in the consuming process"
+
+
+def test_a_training_loop_gets_every_batch_in_a_reused_arena(root):
+    """The loop holds the batch it works on until the next arrives, and a worker ahead of it finds both arenas
+    taken for a moment: it waits for the one coming back instead of allocating (and paging in) fresh memory."""
+    import time
+
+    ds = sz.ChunkDataset(root, split="val", batch_size=2, timestamps="all", seed=5)
+    loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
+    fresh = leased = 0
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for batch in loader:
+            time.sleep(0.02)  # a training step: the worker gets ahead and fills both arenas
+            if getattr(batch, "_token", None) is None:
+                fresh += 1
+            else:
+                leased += 1
+    assert leased > 40 and fresh <= 2, (leased, fresh)  # the first epoch's first batch sizes the arenas
+
+
 def test_a_late_release_never_frees_a_newer_lease():
     table = lease_table(1)
     pool = BufferPool(table, 3, shared=False)

@@ -122,21 +122,25 @@ class ChunkReader:
         prefetch([(cf.archive, names) for cf, names in wanted], into=lambda nbytes: self._take_arena(f, nbytes))
 
     def _fetch_ahead(self, f: int) -> None:
-        """Wait for the fetch of ``f`` if one runs, and start fetching the next ``prefetch`` sets after it."""
+        """Start fetching the next ``prefetch`` sets after ``f``, and wait for the fetch of ``f``.
+
+        A set nobody fetched ahead (the first of a worker's epoch) is fetched the same way, all its members at
+        once, instead of one request per chunk as the decode asks: with a few sets per worker per epoch (a
+        validation split) that first set is a good part of the epoch."""
+        remote = self.spec.prefetch > 0 and any(is_url(p) for p in self.spec.sets[f].paths.values())
+        if remote:
+            if self._fetcher is None:
+                self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="ssl4eo-prefetch")
+            start = self.position.get(f, -1) + 1
+            for nxt in [f, *self.order[start: start + self.spec.prefetch]]:  # in order: one fetching thread
+                if nxt not in self._ahead and nxt not in self.decoded:
+                    self._ahead[nxt] = self._fetcher.submit(self._fetch, nxt)
         pending = self._ahead.pop(f, None)
         if pending is not None:
             try:
                 pending.result()
             except Exception:  # noqa: BLE001 - the decode reads the same members and reports the real error
                 pass
-        if self.spec.prefetch <= 0 or not any(is_url(p) for p in self.spec.sets[f].paths.values()):
-            return
-        if self._fetcher is None:
-            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="ssl4eo-prefetch")
-        start = self.position.get(f, -1) + 1
-        for nxt in self.order[start: start + self.spec.prefetch]:
-            if nxt not in self._ahead and nxt not in self.decoded:
-                self._ahead[nxt] = self._fetcher.submit(self._fetch, nxt)
 
     def close(self) -> None:
         """Stop fetching ahead: queued fetches are cancelled, one in flight is waited for."""

@@ -16,7 +16,7 @@ from .. import schema
 from ..chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
 from ..errors import CorruptFileError, ModalityMismatchError
 from ..s1order import misordered_rows
-from ..storage import ScratchBuffer
+from ..storage import ScratchBuffer, thread_scratch
 from ..zarrv2 import read_array, read_chunk
 
 _TORCH_DTYPES = {np.dtype("int16"): torch.int16, np.dtype("float16"): torch.float16, np.dtype("uint8"): torch.uint8,
@@ -47,8 +47,11 @@ class ArchiveCache:
         self._lock = threading.RLock()
         self._files: OrderedDict[str, ChunkFile] = OrderedDict()
         self._perms: dict[str, np.ndarray | None] = {}
-        #: One reusable buffer for compressed chunk bytes.
-        self.scratch = ScratchBuffer()
+
+    @property
+    def scratch(self) -> ScratchBuffer:
+        """The reusable buffer for compressed chunk bytes of the calling thread (kept across epochs)."""
+        return thread_scratch()
 
     def get(self, path: str) -> ChunkFile:
         with self._lock:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from .. import schema
 from .dataset import ChunkDataset
+from .device import DeviceFeeder
 from .transforms import Compose, RandomCrop, RandomD4, ToLayout
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.model_helpers import is_overridden
 except ImportError as exc:  # pragma: no cover - exercised only without lightning
     raise ImportError("ssl4eo_zarr.loader.lightning needs lightning: pip install lightning") from exc
 
@@ -65,6 +68,11 @@ class SSL4EODataModule(pl.LightningDataModule):
 
     Batches are dicts of native-dtype tensors (see ChunkDataset); normalise on the device with
     :func:`ssl4eo_zarr.loader.normalize` in your LightningModule's ``on_after_batch_transfer``.
+
+    On a CUDA device (``device_feed=True``, default) batches go to the GPU through
+    :class:`~ssl4eo_zarr.loader.DeviceFeeder`: straight from the workers' reused arenas, page-locked in place,
+    instead of through the DataLoader's pinned copies (``pin_memory`` is then not used: it would copy every
+    batch first). A ``transfer_batch_to_device`` of your LightningModule still takes precedence.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class SSL4EODataModule(pl.LightningDataModule):
         layout: str = "BTCHW",
         seed: int = 0,
         pin_memory: bool = True,
+        device_feed: bool = True,
         **dataset_kwargs: Any,
     ):
         """``crop``/``d4``/``layout`` build the training transform from a config file (LightningCLI):
@@ -105,6 +114,8 @@ class SSL4EODataModule(pl.LightningDataModule):
         self.layout = ToLayout(layout)
         self.transform = Compose([*steps, self.layout]) if steps else self.layout
         self.pin_memory = pin_memory
+        self.device_feed = device_feed
+        self._feeders: dict[torch.device, DeviceFeeder] = {}
         self.train_dataset: ChunkDataset | None = None
         self.val_dataset: ChunkDataset | None = None
         self.test_dataset: ChunkDataset | None = None
@@ -134,8 +145,28 @@ class SSL4EODataModule(pl.LightningDataModule):
     def _loader(self, ds: ChunkDataset | None) -> DataLoader:
         if ds is None:
             raise RuntimeError("call setup() for this stage first (Lightning does)")
-        return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                               persistent_workers=False)
+        feeding = self.device_feed and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory and not feeding, persistent_workers=False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Lightning's hook: on CUDA (``device_feed``) through a :class:`~ssl4eo_zarr.loader.DeviceFeeder` per
+        device (asynchronous copies from the arenas, each batch held until its copies finished); elsewhere, or
+        when the LightningModule moves batches itself, as Lightning would."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is not None and is_overridden("transfer_batch_to_device", model):
+            return model.transfer_batch_to_device(batch, device, dataloader_idx)
+        if not self.device_feed or device.type != "cuda" or not isinstance(batch, Mapping):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        feeder = self._feeders.get(device)
+        if feeder is None:
+            feeder = self._feeders[device] = DeviceFeeder(device)
+        return feeder(batch)
+
+    def teardown(self, stage: str) -> None:
+        """Let go of the batches whose copies to the GPU were still in flight."""
+        for feeder in self._feeders.values():
+            feeder.synchronize()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset)

@@ -5,8 +5,15 @@ Blosc decodes about twice as fast into memory that is already mapped than into f
 keeps ``slots`` arenas (one per batch in flight). A batch is made in one arena and travels to the main process
 as a :class:`LeasedBatch`; when every tensor of it has been garbage-collected there (or pinned and dropped),
 a finalizer marks the arena free in a small shared table, and the worker may fill it again. A batch the user
-still holds is therefore never overwritten. When every arena is taken the worker allocates fresh memory for
-that batch (logged at debug level) and never waits.
+still holds is therefore never overwritten.
+
+When every arena is taken, a worker waits a little for one to come back: a training loop holds the batch it
+works on until the next one arrives, so a worker that is ahead (its finished batch queued) finds both arenas
+taken for a moment, and fresh memory there would cost a whole set of page faults (and a third set's worth of
+RSS) for nothing. The wait is bounded by twice the time since its previous batch; when it runs out the
+consumer is keeping batches, so the worker allocates fresh memory (logged at debug level) and stops waiting
+until it next finds an arena free. It never waits forever, and never in the consuming process itself (with
+``num_workers=0`` the arenas can only come back from the thread that would be waiting).
 
 The shared table holds, per (worker, slot), the generation of the lease (0 = free); a release only frees the
 lease it was made for, so a late or repeated release can never free an arena that was leased again.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -208,26 +216,62 @@ class BufferPool:
         self.arenas: list[torch.UntypedStorage | None] = [None] * self.slots
         self.high_water = 0
         self._generation = 0
+        #: Whether to wait for an arena when all are held (off after a wait ran out, on again once one is free).
+        self.patient = shared
+        self.waits = self.timeouts = 0
+        self._last_acquire: float | None = None
         row = table[worker]
         row[1:] = 0  # arenas of an earlier process of this worker id are not ours; their batches keep theirs
         row[0] = self.pid
 
-    def acquire(self) -> Lease:
-        """A lease on a free arena (grown to the largest batch seen), or on fresh memory when none is free."""
+    def _free_slot(self) -> int | None:
         row = self.table[self.worker]
         for slot in range(self.slots):
             if int(row[1 + slot]) == 0:
-                self._generation += 1
-                row[1 + slot] = self._generation
-                arena = self.arenas[slot]
-                if self.high_water and (arena is None or arena.nbytes() < self.high_water):
-                    self.arenas[slot] = None  # drop ours first: the old arena may be the peak otherwise
-                    self.arenas[slot] = (torch.UntypedStorage._new_shared(self.high_water) if self.shared
-                                         else torch.UntypedStorage(self.high_water))
-                return Lease(self, slot, self._generation)
-        log.debug("worker %d: all %d buffer slots are held by batches still in use; allocating fresh memory",
-                  self.worker, self.slots)
-        return Lease(self, None, 0)
+                return slot
+        return None
+
+    def _wait_for_slot(self, budget: float) -> int | None:
+        deadline = time.monotonic() + budget
+        delay = 2e-4
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 5e-3)
+            slot = self._free_slot()
+            if slot is not None:
+                return slot
+        return None
+
+    def acquire(self) -> Lease:
+        """A lease on a free arena (grown to the largest batch seen), or on fresh memory when none is free
+        (after a bounded wait in a worker process, see the module docstring)."""
+        now = time.monotonic()
+        # The time since the previous batch bounds the wait: the consumer hands an arena back when it receives
+        # its next batch, and a worker that is ahead is handed its next task at the consumer's pace, so that time
+        # is one step of whichever is slower (twice it, for the step that takes longer than the last).
+        budget = min(max(2 * (now - self._last_acquire), 0.02), 2.0) if self._last_acquire is not None else 0.0
+        slot = self._free_slot()
+        if slot is not None:
+            self.patient = self.shared
+        elif self.patient and budget:
+            self.waits += 1
+            slot = self._wait_for_slot(budget)
+            if slot is None:
+                self.timeouts += 1
+                self.patient = False
+        self._last_acquire = time.monotonic()
+        if slot is None:
+            log.debug("worker %d: all %d buffer slots are held by batches still in use; allocating fresh memory",
+                      self.worker, self.slots)
+            return Lease(self, None, 0)
+        self._generation += 1
+        self.table[self.worker, 1 + slot] = self._generation
+        arena = self.arenas[slot]
+        if self.high_water and (arena is None or arena.nbytes() < self.high_water):
+            self.arenas[slot] = None  # drop ours first: the old arena may be the peak otherwise
+            self.arenas[slot] = (torch.UntypedStorage._new_shared(self.high_water) if self.shared
+                                 else torch.UntypedStorage(self.high_water))
+        return Lease(self, slot, self._generation)
 
     def release(self, lease: Lease) -> None:
         """Hand back a lease whose batch was never delivered."""

@@ -17,7 +17,7 @@ from ..chunkfile import warn_s1_order
 from ..errors import CorruptFileError, ModalityMismatchError, SSL4EOError
 from ..s1order import chronological_order
 from ..shards import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
-from ..storage import ScratchBuffer
+from ..storage import thread_scratch
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc
 from .plan import Batch
@@ -40,7 +40,7 @@ class ShardReader:
         self.held: dict[tuple[int, int], Member] = {}
         self.picks: dict[int, np.ndarray] = {}
         self.skipped: list[str] = []
-        self.scratch = ScratchBuffer()  # members lie in memory: chunks are read as views of them
+        self.scratch = thread_scratch()  # members lie in memory: chunks are read as views of them
 
     # -- reading members in shard order ----------------------------------------------------------------------
     def _open(self, s: int) -> dict[str, ShardStream]:

@@ -17,6 +17,8 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
 from . import http
 from .paths import PathLike, is_url, remote_fs, strip_file_scheme
@@ -110,15 +112,30 @@ def _scan_central_directory(fh) -> tuple[list[tuple[str, _Entry]] | None, int, b
 
 class ScratchBuffer:
     """A reusable read buffer. Growing replaces the buffer instead of resizing it, so a view still held
-    elsewhere (say by a traceback) never blocks the next read."""
+    elsewhere (say by a traceback) never blocks the next read; it grows with some room to spare, because chunk
+    sizes differ by a few kB and every new buffer of tens of MB is paged in afresh."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf: np.ndarray = np.empty(0, dtype=np.uint8)
 
     def view(self, size: int) -> memoryview:
         if len(self._buf) < size:
-            self._buf = bytearray(size)
-        return memoryview(self._buf)[:size]
+            self._buf = np.empty(0, dtype=np.uint8)  # let go of the old one first: it may be the peak otherwise
+            self._buf = np.empty(size + size // 8, dtype=np.uint8)  # not zero-filled: every read overwrites it
+        return self._buf.data[:size]
+
+
+_THREAD_SCRATCH = threading.local()
+
+
+def thread_scratch() -> ScratchBuffer:
+    """This thread's scratch buffer, kept for the life of the process: a loader's readers come and go with
+    each epoch, their chunk sizes do not (a fork starts with the parent's buffer, copy-on-write, unused)."""
+    scratch = getattr(_THREAD_SCRATCH, "buffer", None)
+    if scratch is None or _THREAD_SCRATCH.pid != os.getpid():
+        scratch = _THREAD_SCRATCH.buffer = ScratchBuffer()
+        _THREAD_SCRATCH.pid = os.getpid()
+    return scratch
 
 
 class ZipArchive:
