@@ -35,11 +35,15 @@ def ensure_data(folder: str, n_files: int) -> list[str]:
     from ssl4eo_zarr.synthetic import make_dataset
 
     names = [schema.chunk_file_name("train", i + 1) for i in range(n_files)]
-    if all(os.path.exists(os.path.join(folder, "train", m, n)) for m in MODS for n in names):
-        return names
-    t0 = time.perf_counter()
-    make_dataset(folder, n_files=n_files, samples=64, size=264, seed=0, split="train", modalities=MODS)
-    print(f"generated {n_files} full-size chunk files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if not all(os.path.exists(os.path.join(folder, "train", m, n)) for m in MODS for n in names):
+        t0 = time.perf_counter()
+        make_dataset(folder, n_files=n_files, samples=64, size=264, seed=0, split="train", modalities=MODS)
+        print(f"generated {n_files} full-size chunk files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    # The split lists exactly these files, so the loaders read what the raw loop reads (a folder made with more
+    # files than this run asks for keeps them).
+    listing = os.path.join(folder, schema.split_list_name("train"))
+    with open(listing, "w") as f:
+        f.write("".join(n + "\n" for n in names))
     return names
 
 

@@ -2,11 +2,15 @@
 moved vs chunk bytes.
 
     python benchmarks/remote.py [--files 6] [--workers 2] [--data bench-data] [--repeat 2]
+                                [--loader-cpus 0-1 --server-cpus 2-3]
 
 Uses the full-size files of benchmarks/loader.py (generated there if missing), served by
 ``ssl4eo_zarr.testing.ServerProcess`` (Range requests answered with sendfile, in its own process, as a real
 host runs elsewhere) on 127.0.0.1. Each configuration runs 3 epochs with persistent workers, epochs 2-3
 timed (steady state); configurations interleaved over rounds, best round each.
+
+On a machine with cores to spare, ``--loader-cpus``/``--server-cpus`` pin the loader (consumer and workers)
+and the server to separate cores: a host elsewhere, with the loader's cores as scarce as on a small node.
 
 Besides speed, the table gives the loading side's CPU per patch-timestamp (the consuming process and its
 workers, not the server): on a machine whose cores the loopback server shares, speed alone charges the host's
@@ -29,6 +33,21 @@ from ssl4eo_zarr.testing import ServerProcess  # noqa: E402
 EPOCHS = 3
 
 
+def cpu_list(text: str) -> set[int]:
+    """``"0-1,4"`` -> ``{0, 1, 4}``."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cpus`` (threads and processes it starts later inherit that)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
 def chunk_bytes(root: str, names: list[str], timestamps: list[int]) -> int:
     total = 0
     for m in MODS:
@@ -44,7 +63,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", default="bench-data")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--loader-cpus", default=None, help="CPUs of the consumer and its workers, e.g. 0-1")
+    parser.add_argument("--server-cpus", default=None, help="CPUs of the HTTP server, e.g. 2-3")
     args = parser.parse_args()
+    if args.loader_cpus:
+        pin(os.getpid(), cpu_list(args.loader_cpus))
     names = ensure_data(args.data, args.files)
     modes = (("all 4 timestamps", {}, [0, 1, 2, 3]), ("one timestamp", {"timestamps": 1}, [1]))
     configs = (("local", False, {}), ("HTTP, on demand (prefetch=0)", True, {"prefetch": 0}),
@@ -54,6 +77,8 @@ def main() -> None:
     server_cpu: dict[tuple[str, str], float] = {}
     client_cpu: dict[tuple[str, str], float] = {}  # CPU ms per patch-timestamp of the consumer and its workers
     with ServerProcess(args.data) as server:
+        if args.server_cpus:
+            pin(server.pid, cpu_list(args.server_cpus))
         for rnd in range(args.repeat):
             for mode, mode_kwargs, _ts in modes:
                 for label, remote, kwargs in configs:
@@ -70,8 +95,9 @@ def main() -> None:
                         traffic[mode, label] = (moved / EPOCHS, requests / EPOCHS)
                         server_cpu[mode, label] = (cpu_seconds(server.pid) - cpu0) / EPOCHS
                     print(f"round {rnd}: {mode:17s} {label:45s} {rate:7.1f}/s", flush=True)
+    pinned = f"; loader on CPUs {args.loader_cpus}, server on {args.server_cpus}" if args.loader_cpus else ""
     print(f"\nmachine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}; {args.files} files, {args.workers} workers, "
-          f"epochs 2-{EPOCHS} timed\n")
+          f"epochs 2-{EPOCHS} timed{pinned}\n")
     print("| timestamps | configuration | patch-timestamps/s | vs local | loader CPU ms per patch-timestamp "
           "| vs local | MB moved per epoch | moved / chunk bytes | requests per epoch | server CPU s per epoch |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
