@@ -141,8 +141,10 @@ class ChunkDataset(IterableDataset):
     buffer_slots:
         Reused shared-memory arenas per worker (each holds one batch; 0 turns reuse off). A batch's arena is
         reused only after the consuming process has dropped every tensor of it, so batches you keep are never
-        overwritten; when all arenas are held the worker allocates fresh memory instead of waiting. Batches
-        arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
+        overwritten; when all arenas are held the worker waits briefly for one coming back (bounded by twice
+        the time since its previous batch) and otherwise allocates fresh memory, never blocking for long. The
+        default suits the DataLoader's default ``prefetch_factor=2``; with a larger one, raise this to match.
+        Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     fix_s1_order:
         S1GRD files published before the 2026-02-19 fix hold S1 in product-name order; by default each
         location's S1 timestamps are reordered to follow ``time_`` (so S1 season ``t`` pairs with S2 season
