@@ -27,19 +27,20 @@ class _Arenas:
     mapped is what makes remote reads cheap (a new buffer of hundreds of MB faults in every page)."""
 
     def __init__(self) -> None:
-        self._free: list[bytearray] = []
+        self._free: list[np.ndarray] = []
         self._lock = threading.Lock()
 
-    def take(self, nbytes: int) -> bytearray:
+    def take(self, nbytes: int) -> np.ndarray:
         with self._lock:
             fits = [a for a in self._free if len(a) >= nbytes]
             if fits:
                 arena = min(fits, key=len)
-                self._free.remove(arena)
+                self._free = [a for a in self._free if a is not arena]
                 return arena
-        return bytearray(nbytes + nbytes // 16)  # slack: the next set is a little larger or smaller
+        # Slack: the next set is a little larger or smaller. Not zero-filled: fetches overwrite what they use.
+        return np.empty(nbytes + nbytes // 16, dtype=np.uint8)
 
-    def give(self, arena: bytearray, *, keep: int) -> None:
+    def give(self, arena: np.ndarray, *, keep: int) -> None:
         with self._lock:
             self._free.append(arena)
             self._free.sort(key=len, reverse=True)
@@ -68,7 +69,7 @@ class ChunkReader:
         self.cache = ArchiveCache(capacity=sets_open * len(spec.modalities), archive_kwargs=spec.archive_kwargs)
         self._ahead: dict[int, Future] = {}
         self._fetcher: ThreadPoolExecutor | None = None
-        self._arena_of: dict[int, bytearray] = {}
+        self._arena_of: dict[int, np.ndarray] = {}
         self.decoded: dict[int, Decoded | None] = {}
         self.picks: dict[int, np.ndarray] = {}
         self.orders: dict[int, np.ndarray] = {}
@@ -102,7 +103,7 @@ class ChunkReader:
     def _take_arena(self, f: int, nbytes: int) -> memoryview:
         arena = _FETCH_ARENAS.take(nbytes)
         self._arena_of[f] = arena
-        return memoryview(arena)[:nbytes]
+        return arena.data[:nbytes]
 
     def _recycle(self, f: int) -> None:
         """After file ``f`` was decoded: forget what was fetched for it and reuse its memory."""

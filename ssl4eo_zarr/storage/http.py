@@ -67,7 +67,6 @@ class _Pool:
                 return
         conn.close()
 
-
     def close_all(self) -> None:
         """Close the idle connections (at exit: no socket is left for the interpreter to warn about)."""
         with self._lock:
@@ -277,5 +276,5 @@ class HTTPRangeFile(PositionedFile):
     def read(self, n: int = -1) -> bytes:
         left = max(self.size - self._pos, 0)
         buf = bytearray(left if n is None or n < 0 else min(n, left))
-        got = self.readinto(buf)
-        return bytes(buf[:got])
+        del buf[self.readinto(buf):]
+        return bytes(buf)
