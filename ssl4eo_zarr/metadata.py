@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import schema
-from .storage import is_url, remote_fs
+from .storage import is_url, read_bytes
 
 #: The columns of :func:`read_metadata`, in order: name -> meaning.
 COLUMNS: dict[str, str] = {
@@ -92,9 +92,10 @@ def _read_parquet(path: str, storage_options: Mapping[str, Any] | None) -> Any:
 
     if not is_url(path):
         return gpd.read_parquet(path)
-    fs, remote = remote_fs(path, storage_options)
-    with fs.open(remote, "rb") as f:
-        return gpd.read_parquet(f)
+    import io
+
+    # One whole read (the table is tens of MB): plain HTTP(S) needs no fsspec extra, and retries apply.
+    return gpd.read_parquet(io.BytesIO(read_bytes(path, storage_options)))
 
 
 def _sample_of(values: Any) -> np.ndarray:

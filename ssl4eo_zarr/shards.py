@@ -121,8 +121,12 @@ def _fingerprint(path: str, storage_options: Mapping[str, Any] | None) -> str | 
         if not is_url(path):
             st = os.stat(path)
             return f"{st.st_size}:{st.st_mtime_ns}"
-        fs, remote = remote_fs(path, storage_options)
-        info = fs.info(remote)
+        if http.handles(path, storage_options):
+            info = http.head(path, dict(storage_options or {}).get("headers"))
+            info = {"size": info["size"], "ETag": info["etag"], "Last-Modified": info["last_modified"]}
+        else:
+            fs, remote = remote_fs(path, storage_options)
+            info = fs.info(remote)
     except (OSError, ValueError):
         return None
     tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("Last-Modified") or ""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import threading
+import time
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,11 +23,21 @@ class RangeHTTPServer:
     ``ranges=False`` ignores Range headers and sends whole files, as some servers do. ``drop_every=k`` cuts
     every k-th ranged response off after half its body and closes the connection (a dropped connection).
     ``bytes_served`` and ``requests`` count what went out. Use as a context manager; it stops by itself on exit.
+
+    ``redirect_to`` sends the ``/r/`` redirects to another server's base URL (a CDN on another host).
+    :meth:`answer_next` queues statuses (with headers, e.g. ``Retry-After``) for the next requests, as a rate
+    limiting hub answers. ``seen`` logs every request as ``(time, method, path, headers)``. ``tls`` is
+    ``(certfile, keyfile)`` to serve HTTPS.
     """
 
     def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False, redirect: bool = False,
-                 ranges: bool = True, drop_every: int = 0):
+                 ranges: bool = True, drop_every: int = 0, redirect_to: str | None = None,
+                 tls: tuple[str, str] | None = None):
         self.folder = os.fspath(folder)
+        self.redirect_to = redirect_to
+        self.seen: list[tuple[float, str, str, dict[str, str]]] = []
+        self._answers: list[tuple[int, dict[str, str]]] = []
+        self._tls = tls
         self.fail_every = fail_every
         self.listing = listing
         self.redirect = redirect
@@ -53,10 +65,22 @@ class RangeHTTPServer:
             def _should_fail(self) -> bool:
                 with server._lock:
                     server.requests += 1
+                    server.seen.append((time.monotonic(), self.command, self.path, dict(self.headers.items())))
+                    answer = server._answers.pop(0) if server._answers else None
                     fail = server.fail_every and server.requests % server.fail_every == 0
                     if fail:
                         server.failures += 1
-                    return bool(fail)
+                if answer is not None:
+                    status, headers = answer
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return True
+                if fail:
+                    self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
+                return bool(fail)
 
             def send_head(self):
                 if not server.listing and os.path.isdir(self.translate_path(self.path)):
@@ -70,21 +94,19 @@ class RangeHTTPServer:
                 with server._lock:
                     server.redirects += 1
                 self.send_response(HTTPStatus.FOUND)
-                self.send_header("Location", self.path[2:])
+                self.send_header("Location", (server.redirect_to or "") + self.path[2:])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return True
 
             def do_HEAD(self):
                 if self._should_fail():
-                    self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
                     return
                 if not self._redirected():
                     super().do_HEAD()
 
             def do_GET(self):
                 if self._should_fail():
-                    self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "injected failure")
                     return
                 if self._redirected():
                     return
@@ -121,6 +143,10 @@ class RangeHTTPServer:
                 sent = 0
                 stop = length // 2 if drop else length
                 with open(path, "rb") as f:  # sendfile, as static hosts serve files (no copy through Python)
+                    if server._tls is not None:  # TLS encrypts in user space: no sendfile
+                        f.seek(start)
+                        self.wfile.write(f.read(stop))
+                        sent = stop
                     while sent < stop:
                         n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, stop - sent)
                         if not n:
@@ -146,17 +172,31 @@ class RangeHTTPServer:
                 pass
 
         self._httpd = QuietServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host!s}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def answer_next(self, *answers: tuple[int, dict[str, str]]) -> None:
+        """Answer the next requests with these ``(status, headers)`` (empty bodies), in order."""
+        with self._lock:
+            self._answers.extend(answers)
 
     def reset_counts(self) -> None:
         with self._lock:
             self.bytes_served = self.requests = self.failures = 0
+            self.seen = []
 
     def __enter__(self) -> RangeHTTPServer:
         self._thread.start()

@@ -18,6 +18,7 @@ from .paths import (
     is_url,
     join,
     parent,
+    read_bytes,
     read_text,
     remote_fs,
 )
@@ -27,5 +28,5 @@ from .zip import MAX_MEMBER_BYTES, TAIL_BYTES, MemoryZipArchive, ScratchBuffer, 
 
 __all__ = ["MAX_MEMBER_BYTES", "TAIL_BYTES", "MemoryZipArchive", "PathLike", "PositionedFile", "RetryingFile",
            "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "cache_dir", "crc32", "current_umask", "exists",
-           "http", "is_url", "join", "parent", "prefetch", "read_text", "remote_fs", "retry", "thread_scratch", "zarr_major",
+           "http", "is_url", "join", "parent", "prefetch", "read_bytes", "read_text", "remote_fs", "retry", "thread_scratch", "zarr_major",
            "zarr_open_kwargs", "zarr_store"]

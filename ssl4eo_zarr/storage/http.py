@@ -7,9 +7,14 @@ seconds per GB (one kernel copy), so plain ``http://``/``https://`` archives are
 protocol (and HTTP with fsspec options beyond ``headers``) still goes through fsspec.
 
 Behaves as static hosts and hubs do: ``404`` is a missing file, redirects (a hub's ``resolve/main`` URL to its
-CDN) are followed and remembered per process, ``5xx``/``429`` and dropped connections raise ``OSError`` for
-:func:`~ssl4eo_zarr.storage.retry.retry` to ride out, and a server that ignores ``Range`` is still read
-correctly (the bytes before the range are skipped).
+CDN) are followed and remembered per process, ``5xx``/``408``/``429`` and dropped connections raise
+``OSError`` for :func:`~ssl4eo_zarr.storage.retry.retry` to ride out (waiting as ``Retry-After`` says), other
+``4xx`` answers are final, and a server that ignores ``Range`` is still read correctly (the bytes before the
+range are skipped).
+
+Credentials (``Authorization``, ``Cookie``, ``Proxy-Authorization``) go only to the host they were given for:
+a redirect to another host (the hub's CDN) is followed without them, as curl and requests do. Only the
+standard library is used, so ``https://`` works with the base install.
 """
 
 from __future__ import annotations
@@ -24,13 +29,48 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
-from .retry import PositionedFile
+from .retry import PositionedFile, parse_retry_after
 
 #: storage_options this reader understands; anything else selects fsspec.
 SUPPORTED_OPTIONS = frozenset({"headers"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _SKIP = 1 << 20
+#: Headers that carry credentials: never sent to a host other than the one the caller named.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+class HTTPStatusError(OSError):
+    """An HTTP answer that is neither data nor a missing/forbidden file. ``status`` is the HTTP status;
+    ``retry_after`` the seconds the server asked to wait (``Retry-After``), if any. 5xx, 408 and 429 are
+    transient (retried); other 4xx are final (:func:`~ssl4eo_zarr.storage.retry.is_transient`)."""
+
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers pickle errors back to the consumer
+        return (type(self), (str(self), self.status, self.retry_after))
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _origin(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Whether credentials given for ``a`` may go to ``b``: the same host and port, or the same host moved
+    from plain HTTP on port 80 to HTTPS on 443 (an upgrade, which requests allows too)."""
+    (host_a, port_a), (host_b, port_b) = _origin(a), _origin(b)
+    return host_a == host_b and (port_a == port_b or (port_a, port_b) == (80, 443))
+
+
+def _without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
 
 
 def handles(url: str, storage_options: Mapping[str, Any] | None) -> bool:
@@ -84,11 +124,16 @@ _RESOLVED: dict[str, str] = {}  # URL -> where its redirects led (per process; s
 _Pooled = tuple[tuple[str, str, int], http.client.HTTPConnection]
 
 
-def _request(method: str, url: str, headers: Mapping[str, str]) -> tuple[http.client.HTTPResponse, _Pooled, str]:
+def _request(method: str, url: str, headers: Mapping[str, str],
+             origin: str | None = None) -> tuple[http.client.HTTPResponse, _Pooled, str]:
     """Send ``method`` to ``url`` following redirects; the response (body unread), its connection with the
-    pool key, and the final URL."""
+    pool key, and the final URL. Credentials in ``headers`` belong to ``origin`` (default ``url``): every hop
+    to another host goes without them."""
     target = url
+    origin = url if origin is None else origin
     for _ in range(6):
+        if not _same_host(origin, target):
+            headers = _without_credentials(headers)
         parts = urlsplit(target)
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
@@ -119,7 +164,9 @@ def _fail(resp: http.client.HTTPResponse, url: str) -> NoReturn:
         raise FileNotFoundError(url)
     if resp.status in (401, 403):
         raise PermissionError(f"{url}: HTTP {resp.status} (pass credentials as storage_options={{'headers': ...}})")
-    raise OSError(f"{url}: HTTP {resp.status} {resp.reason}")  # 5xx, 429: transient, retried
+    after = parse_retry_after(resp.getheader("Retry-After"))
+    wait = f" (the server asks to wait {after:.0f} s)" if after is not None else ""
+    raise HTTPStatusError(f"{url}: HTTP {resp.status} {resp.reason}{wait}", resp.status, after)
 
 
 def _fill(resp: http.client.HTTPResponse, view: memoryview) -> int:
@@ -150,7 +197,7 @@ def _send(method: str, url: str, headers: Mapping[str, str]) -> tuple[http.clien
     """:func:`_request` sent where ``url``'s redirects led last time; an expired redirect target (a signed CDN
     URL: 403/404/410) is resolved again from ``url`` once. Remembers where a successful request ended."""
     resolved = _RESOLVED.get(url, url)
-    resp, pooled, final = _request(method, resolved, headers)
+    resp, pooled, final = _request(method, resolved, headers, url)
     if resp.status in (403, 404, 410) and resolved != url:
         pooled[1].close()
         _RESOLVED.pop(url, None)
@@ -232,8 +279,10 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
     return size, tail
 
 
-def head_size(url: str, headers: Mapping[str, str] | None = None) -> int:
-    """The size of ``url`` from a HEAD request."""
+def head(url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``{"size": bytes, "etag": str | None, "last_modified": str | None}`` of ``url`` from a HEAD request.
+    Raises ``FileNotFoundError`` (404; a static host's answer for a folder too), ``PermissionError``,
+    :class:`HTTPStatusError`."""
     resp, pooled = _send("HEAD", url, dict(headers or {}))
     _read_all(resp, url)
     _done(resp, pooled, True)
@@ -242,7 +291,29 @@ def head_size(url: str, headers: Mapping[str, str] | None = None) -> int:
     length = resp.getheader("Content-Length")
     if length is None:
         raise OSError(f"{url}: the server gives no Content-Length")
-    return int(length)
+    return {"size": int(length), "etag": resp.getheader("ETag"), "last_modified": resp.getheader("Last-Modified")}
+
+
+def head_size(url: str, headers: Mapping[str, str] | None = None) -> int:
+    """The size of ``url`` from a HEAD request."""
+    return int(head(url, headers)["size"])
+
+
+def read_bytes(url: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """The whole body of a small file (a split list, a metadata table)."""
+    resp, pooled = _send("GET", url, dict(headers or {}))
+    try:
+        if resp.status != 200:
+            _fail(resp, url)
+        data = _read_all(resp, url)
+        length = resp.getheader("Content-Length")
+        if length is not None and len(data) != int(length):
+            raise ConnectionError(f"{url}: the response ended after {len(data)} of {length} bytes")
+    except BaseException:
+        pooled[1].close()
+        raise
+    _done(resp, pooled, True)
+    return data
 
 
 class HTTPRangeFile(PositionedFile):

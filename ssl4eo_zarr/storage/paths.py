@@ -104,9 +104,20 @@ def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether a local path or URL exists (remote checks are retried on transient errors)."""
     if not is_url(path):
         return os.path.exists(strip_file_scheme(str(path)))
-    import fsspec
+    from . import http
 
-    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    if http.handles(path, storage_options):
+        headers = dict(storage_options or {}).get("headers")
+
+        def found() -> bool:
+            try:
+                http.head(path, headers)
+                return True
+            except FileNotFoundError:
+                return False
+
+        return retry(found)
+    fs, p = remote_fs(path, storage_options)
 
     def info() -> bool:
         try:
@@ -118,21 +129,41 @@ def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     return retry(info)
 
 
+#: Protocols whose fsspec packages (aiohttp, s3fs, huggingface_hub) come with this package's ``remote`` extra.
+_REMOTE_EXTRA = frozenset({"http", "https", "s3", "hf"})
+
+
 def remote_fs(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """``(fsspec filesystem, path inside it)`` for a URL."""
+    """``(fsspec filesystem, path inside it)`` for a URL. A protocol whose package is not installed is an
+    ``ImportError`` that names what to install (plain ``http(s)://`` with no options beyond ``headers`` needs
+    nothing: :mod:`.http` reads it with the standard library)."""
     import fsspec
 
-    return fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    try:
+        return fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    except ImportError as exc:
+        proto = str(path).split("://", 1)[0].split("::")[-1]
+        hint = "pip install 'ssl4eo-zarr[remote]'" if proto in _REMOTE_EXTRA else "install the package named below"
+        raise ImportError(f"reading {path}: the {proto}:// protocol needs a package the base install does not have: "
+                          f"{hint} ({exc})") from exc
+
+
+def read_bytes(path: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """Bytes of a small local or remote file (retried on transient errors)."""
+    if not is_url(path):
+        with open(strip_file_scheme(str(path)), "rb") as f:
+            return f.read()
+    from . import http
+
+    if http.handles(path, storage_options):
+        headers = dict(storage_options or {}).get("headers")
+        return retry(http.read_bytes, path, headers)
+    fs, p = remote_fs(path, storage_options)
+    return retry(lambda: fs.cat_file(p))
 
 
 def read_text(path: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Text of a small local or remote file."""
-    if not is_url(path):
-        with open(strip_file_scheme(str(path)), encoding="utf-8") as f:
-            return f.read()
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-    return retry(lambda: fs.cat_file(p).decode("utf-8"))
+    return read_bytes(path, storage_options).decode("utf-8")
 
 

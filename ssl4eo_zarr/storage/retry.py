@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import io
 import time
+from datetime import timezone
+from typing import Any
+
+#: The longest wait a ``Retry-After`` answer can impose, in seconds: a hub that asks for an hour must not
+#: stall a training job silently for that long; it is retried after this and fails loudly if still refused.
+RETRY_AFTER_CAP = 60.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,11 +32,58 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value (delta seconds or an HTTP date); ``None`` if absent
+    or unreadable. Never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = time.time() if now is None else now
+    return max(when.timestamp() - now, 0.0)
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries (this library's :class:`~.http.HTTPStatusError`, aiohttp's
+    ``ClientResponseError``), else ``None``."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a network error may go away by itself. An HTTP 4xx answer is final (the request itself is
+    wrong, or not allowed), except 408 (request timeout) and 429 (rate limit)."""
+    status = http_status(exc)
+    return status is None or not (400 <= status < 500) or status in (408, 429)
+
+
+def retry_wait(exc: BaseException, delay: float) -> float:
+    """How long to wait before the next try: the backoff ``delay``, or longer where the server said so in
+    ``Retry-After`` (429 and 503 answers), capped at :data:`RETRY_AFTER_CAP`."""
+    after = getattr(exc, "retry_after", None)
+    if after is None:
+        headers: Any = getattr(exc, "headers", None)
+        try:
+            after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
+        except AttributeError:
+            after = None
+    return delay if after is None else max(delay, min(float(after), RETRY_AFTER_CAP))
+
+
 def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_found_retries: int = 0):
     """``fn(*args)``, retried with exponential backoff on transient network errors.
 
     A missing file is retried only ``not_found_retries`` times: fsspec's HTTP filesystem reports a server
-    error while it looks up a file's size as ``FileNotFoundError``, so opens give it a second chance.
+    error while it looks up a file's size as ``FileNotFoundError``, so opens give it a second chance. HTTP 4xx
+    answers other than 408 and 429 are raised at once; a ``Retry-After`` answer is waited for
+    (:func:`retry_wait`).
     """
     transient = _transient_errors()
     delay = backoff
@@ -44,10 +98,10 @@ def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_
             continue
         except (IsADirectoryError, PermissionError):
             raise
-        except transient:
-            if attempt == retries:
+        except transient as exc:
+            if attempt == retries or not is_transient(exc):
                 raise
-            time.sleep(delay)
+            time.sleep(retry_wait(exc, delay))
             delay *= 2
             if on_retry is not None:
                 try:

@@ -1,0 +1,164 @@
+"""storage.http against real servers on 127.0.0.1: credentials stay with their host, final and transient
+answers, Retry-After, and HTTPS with nothing but the base install."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import xarray as xr
+
+import ssl4eo_zarr as sz
+from ssl4eo_zarr.storage import http
+from ssl4eo_zarr.testing import RangeHTTPServer
+
+from .helpers import chunk_path
+
+retry_module = importlib.import_module("ssl4eo_zarr.storage.retry")  # the package re-exports the function
+
+TOKEN = {"Authorization": "Bearer secret", "Cookie": "session=1"}
+
+
+def _rel(root: str, path: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_host(root):
+    """The hub (127.0.0.1) redirects to its CDN ("localhost"): the CDN never sees the token, on the first
+    request nor on the later ones sent straight to the remembered CDN URL; the hub sees it on every one."""
+    path = chunk_path(root, "S2L2A", 2)
+    with RangeHTTPServer(root) as cdn, RangeHTTPServer(root, redirect=True,
+                                                       redirect_to="") as hub:
+        hub.redirect_to = f"http://localhost:{cdn.port}"
+        url = f"{hub.url}/r/{_rel(root, path)}"
+        got = sz.open_dataset(url, storage_options={"headers": TOKEN}).load()
+        xr.testing.assert_identical(got, sz.open_dataset(path).load())
+        assert hub.seen and all(h.get("Authorization") == "Bearer secret" for _t, _m, _p, h in hub.seen)
+        assert len(cdn.seen) >= 2, "the data came from the CDN"
+        for _t, _m, _p, headers in cdn.seen:
+            assert "Authorization" not in headers and "Cookie" not in headers, headers
+
+
+def test_credentials_follow_a_redirect_on_the_same_host(root):
+    path = chunk_path(root, "S1GRD", 1)
+    with RangeHTTPServer(root, redirect=True) as server:
+        url = f"{server.url}/r/{_rel(root, path)}"
+        sz.open_dataset(url, storage_options={"headers": TOKEN})["bands"].load()
+        assert all(h.get("Authorization") == "Bearer secret" for _t, _m, _p, h in server.seen)
+
+
+@pytest.mark.parametrize("status", [400, 405, 418, 451])
+def test_client_errors_are_final(root, status):
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        server.answer_next((status, {}))
+        with pytest.raises(http.HTTPStatusError, match=str(status)) as info:
+            retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.01)
+        assert info.value.status == status
+        assert server.requests == 1, "a 4xx other than 408/429 is not retried"
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_transient_answers_are_retried(root, status):
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        server.answer_next((status, {}), (status, {}))
+        size = retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.01)
+        assert size == os.path.getsize(path)
+        assert server.requests == 3
+
+
+def _gaps(server) -> list[float]:
+    times = [t for t, *_ in server.seen]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_is_waited_for(root, status):
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        server.answer_next((status, {"Retry-After": "1"}))
+        retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.01)
+        assert server.requests == 2
+        assert _gaps(server)[0] >= 0.95, _gaps(server)
+
+
+def test_retry_after_as_an_http_date_is_waited_for(root):
+    from email.utils import formatdate
+
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        # HTTP dates have whole seconds: 2 s ahead is at least 1 s of waiting
+        server.answer_next((429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)}))
+        retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.01)
+        assert _gaps(server)[0] >= 0.95, _gaps(server)
+
+
+def test_retry_after_is_capped(root, monkeypatch):
+    monkeypatch.setattr(retry_module, "RETRY_AFTER_CAP", 0.3)
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        server.answer_next((429, {"Retry-After": "3600"}))
+        retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.01)
+        assert 0.25 <= _gaps(server)[0] < 30, _gaps(server)
+
+
+def test_retry_after_parsing():
+    assert retry_module.parse_retry_after("120") == 120.0
+    assert retry_module.parse_retry_after(None) is None and retry_module.parse_retry_after("soon") is None
+    assert retry_module.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_module.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+
+
+def test_status_errors_survive_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(http.HTTPStatusError("u: HTTP 429", 429, 3.0)))
+    assert (err.status, err.retry_after, str(err)) == (429, 3.0, "u: HTTP 429")
+    assert not retry_module.is_transient(http.HTTPStatusError("x", 404)) and retry_module.is_transient(err)
+
+
+_BASE_INSTALL = """
+import sys
+for name in ("aiohttp", "requests", "s3fs", "huggingface_hub"):
+    sys.modules[name] = None  # as if not installed: the base install has none of them
+import numpy as np, ssl4eo_zarr as sz
+ds = sz.open_dataset(sys.argv[1], split="val")
+local = sz.open_dataset(sys.argv[2], split="val")
+assert (ds["S2L2A"].values == local["S2L2A"].values).all()
+assert sz.storage.exists(sys.argv[1] + "/splits/ssl4eos12_val.txt")
+try:
+    sz.open_dataset("s3://bucket/val/S2L2A/ssl4eos12_val_seasonal_data_000001.zarr.zip")
+except ImportError as exc:
+    print("IMPORT-ERROR", exc)
+print("OK")
+"""
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_works_with_the_base_install(root, certificate):
+    """A whole split over HTTPS (layout probing, split list, archives) in a process where aiohttp, requests,
+    s3fs and huggingface_hub cannot be imported; a protocol that needs one names the extra to install."""
+    with RangeHTTPServer(root, tls=certificate) as server:
+        assert server.url.startswith("https://")
+        env = {**os.environ, "SSL_CERT_FILE": certificate[0]}
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(_BASE_INSTALL), server.url, root],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "OK" in out.stdout
+        assert "IMPORT-ERROR" in out.stdout and "ssl4eo-zarr[remote]" in out.stdout, out.stdout
+        assert server.requests > 0
