@@ -45,7 +45,7 @@ def test_an_arena_is_reused_only_after_its_batch_is_gone():
     del batch
     gc.collect()
     assert pool.acquire().slot == 0
-    assert int(table[0, 2]) != 0 and keep  # slot 1 still leased by `keep`
+    assert int(table.tensor[pool.row, 2]) != 0 and keep  # slot 1 still leased by `keep`
 
 
 def test_a_worker_waits_briefly_for_an_arena_the_consumer_is_handing_back():
@@ -118,7 +118,7 @@ def test_a_late_release_never_frees_a_newer_lease():
     from ssl4eo_zarr.loader.pool import _Release
 
     _Release(*token, count=1)()  # a stale release of the older generation
-    assert int(table[3, 1]) == newer.generation != 0
+    assert int(table.tensor[pool.row, 1]) == newer.generation != 0
 
 
 @pytest.mark.parametrize("workers, pin", [(2, False), (2, True), (0, False)])
@@ -197,3 +197,71 @@ def test_the_consumer_keeps_each_arena_mapped_and_forgets_those_of_ended_workers
     _, second = _faults_per_batch(root, monkeypatch, keep=True)  # new workers: the ended ones are forgotten
     live = {pid for pid, _slot in pool._MAPPED}
     assert live <= second and not live & first
+
+
+def _nested(batch):
+    """A transform that returns its tensors inside lists, tuples and dicts (and no tensor at the top)."""
+    return {"pair": [batch["S2L2A"], batch["S1GRD"]], "more": {"l1c": (batch["S2L1C"],)}, "sample": batch["sample"]}
+
+
+def test_tensors_nested_by_a_transform_release_their_arena(root):
+    """The arena comes back when nested tensors are gone, so a training loop still gets reused arenas."""
+    import time
+
+    ds = sz.ChunkDataset(root, split="val", batch_size=2, timestamps="all", seed=5, transform=_nested,
+                         return_metadata=True)
+    fresh = leased = 0
+    for batch in DataLoader(ds, batch_size=None, num_workers=1):
+        time.sleep(0.02)
+        assert isinstance(batch["pair"][0], torch.Tensor) and isinstance(batch["more"]["l1c"][0], torch.Tensor)
+        leased += getattr(batch, "_token", None) is not None
+        fresh += getattr(batch, "_token", None) is None
+    assert leased >= 15 and fresh <= 2, (leased, fresh)
+
+
+def test_a_nested_batch_held_is_never_overwritten(root):
+    kw = {"split": "val", "batch_size": 3, "timestamps": "all", "seed": 4, "transform": _nested, "return_metadata": True}
+    reference = [_nested_digest(b) for b in DataLoader(sz.ChunkDataset(root, buffer_slots=0, **kw), batch_size=None,
+                                                       num_workers=2)]
+    held, digests = [], []
+    for k, batch in enumerate(DataLoader(sz.ChunkDataset(root, buffer_slots=2, **kw), batch_size=None, num_workers=2)):
+        if k % 2 == 0:
+            held.append(batch)
+            digests.append(_nested_digest(batch))
+        del batch
+    for batch, digest, ref in zip(held, digests, reference[::2]):
+        assert _same(_nested_digest(batch), digest) and _same(digest, ref)
+
+
+def _nested_digest(batch):
+    return {"a": batch["pair"][0].clone(), "b": batch["pair"][1].clone(), "c": batch["more"]["l1c"][0].clone()}
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_two_live_iterators_over_one_dataset_never_free_each_others_arenas(root, persistent):
+    """Two DataLoaders (the same worker ids, other processes) over one ChunkDataset, iterated in turn, every
+    batch kept: neither set of workers may reuse an arena whose batch the other's consumer still holds."""
+    kw = {"split": "val", "batch_size": 2, "timestamps": "all", "seed": 6, "return_metadata": True}
+    reference = [_digest(b) for b in DataLoader(sz.ChunkDataset(root, buffer_slots=0, **kw), batch_size=None,
+                                                num_workers=2)]
+    ds = sz.ChunkDataset(root, buffer_slots=2, **kw)
+    a = iter(DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent))
+    held_a = [next(a) for _ in range(4)]  # a's workers' arenas are all held here
+    b = iter(DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent))
+    held_b = [next(b) for _ in range(4)]
+    held_a += list(a)
+    held_b += list(b)
+    assert len(held_a) == len(held_b) == len(reference)
+    for got in (held_a, held_b):
+        for batch, ref in zip(got, reference):
+            assert _same(_digest(batch), ref), "a held batch was overwritten by the other iterator's workers"
+
+
+def test_rows_belong_to_processes_and_are_taken_over_when_their_process_ends():
+    table = lease_table(1)
+    first, second = BufferPool(table, 0, shared=False), BufferPool(table, 0, shared=False)
+    assert first.row != second.row, "one row per pool, whatever its worker id"
+    table.tensor[5, 0] = 2**22 + 12345  # no such process (beyond the kernel's pid limit)
+    table.tensor[5, 1] = 7
+    rows = {BufferPool(table, k, shared=False).row for k in range(4)}
+    assert 5 in rows and int(table.tensor[5, 1]) == 0

@@ -15,18 +15,28 @@ consumer is keeping batches, so the worker allocates fresh memory (logged at deb
 until it next finds an arena free. It never waits forever, and never in the consuming process itself (with
 ``num_workers=0`` the arenas can only come back from the thread that would be waiting).
 
-The shared table holds, per (worker, slot), the generation of the lease (0 = free); a release only frees the
-lease it was made for, so a late or repeated release can never free an arena that was leased again.
+The shared table holds, per (worker process, slot), the generation of the lease (0 = free); a release only
+frees the lease it was made for, so a late or repeated release can never free an arena that was leased again.
+Rows belong to worker *processes*, not worker ids: each process claims a free row (one whose process has
+ended) under a file lock, so two DataLoader iterators over one dataset (two sets of workers with the same ids)
+never touch each other's leases.
+
+What keeps a batch's arena from being reused: any tensor of the batch, at any depth of the dicts, lists and
+tuples a transform returns, and any view of one (slices, ``reshape``, ``view``). What does not: a NumPy array
+from ``tensor.numpy()`` or a storage taken from it; copy (``np.array(t)``, ``t.clone()``) what you keep beyond
+the batch that way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import tempfile
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,9 +51,58 @@ MAX_WORKERS = 256
 _ALIGN = 64
 
 
-def lease_table(slots: int) -> torch.Tensor:
-    """The shared table of arena leases, int64 ``[MAX_WORKERS, slots + 1]``: column 0 is the worker's pid."""
-    return torch.zeros((MAX_WORKERS, slots + 1), dtype=torch.int64).share_memory_()
+def _unlink(path: str, pid: int) -> None:
+    if os.getpid() == pid:  # forked workers inherit the finalizer: only the maker removes the file
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class LeaseTable:
+    """The shared table of arena leases, int64 ``[MAX_WORKERS, slots + 1]`` (``tensor``; column 0 is the pid
+    of the process that owns the row), and the lock file under which processes claim rows. Made in the main
+    process before the DataLoader starts its workers; pickles (both parts travel to spawned workers)."""
+
+    def __init__(self, slots: int):
+        self.tensor = torch.zeros((MAX_WORKERS, slots + 1), dtype=torch.int64).share_memory_()
+        fd, self.lock_path = tempfile.mkstemp(prefix="ssl4eo-leases-", suffix=".lock")
+        os.close(fd)
+        weakref.finalize(self, _unlink, self.lock_path, os.getpid())
+
+    @property
+    def slots(self) -> int:
+        return int(self.tensor.shape[1]) - 1
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # Windows: workers are spawned one after another there; claim without a lock
+            yield
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
+
+    def claim_row(self, pid: int) -> int:
+        """A row for process ``pid``, its leases all free: a row no live process owns (one whose process
+        ended is taken over; the batches still held from it keep their memory, which is not ours)."""
+        with self._locked():
+            owners = self.tensor[:, 0].tolist()
+            for row, owner in enumerate(owners):
+                if owner == 0 or not _alive(int(owner)):
+                    self.tensor[row, 1:] = 0
+                    self.tensor[row, 0] = pid
+                    return row
+        raise RuntimeError(f"more than {MAX_WORKERS} live worker processes share one ChunkDataset's buffers; "
+                           "pass buffer_slots=0 or use fewer workers")
+
+
+def lease_table(slots: int) -> LeaseTable:
+    """A new :class:`LeaseTable` with ``slots`` arenas per worker process."""
+    return LeaseTable(slots)
 
 
 class _Release:
@@ -62,10 +121,21 @@ class _Release:
             row[1 + self.slot] = 0
 
 
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in ``obj``, at any depth of dicts, lists and tuples (what a transform may return)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in tensors_in(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in tensors_in(v)]
+    return []
+
+
 def _track(data: Mapping[str, Any], token: tuple | None) -> None:
     if token is None:
         return
-    tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
+    tensors = tensors_in(data)
     if not tensors:
         return
     table, worker, slot, pid, generation = token
@@ -111,7 +181,7 @@ def _keep_mapped(data: Mapping[str, Any], pid: int, slot: int) -> None:
     if not any(key[0] == pid for key in _MAPPED):  # a new worker: forget the arenas of workers that ended
         for key in [k for k in _MAPPED if not _alive(k[0])]:
             _unregister(_MAPPED.pop(key))
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in data.values() if isinstance(t, torch.Tensor)}
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in tensors_in(data)}
     old = _MAPPED.get((pid, slot), [])
     _MAPPED[pid, slot] = list(storages.values())
     _unregister([s for s in old if s.data_ptr() not in storages])  # the arena grew: its old mapping goes
@@ -129,7 +199,7 @@ def pin_in_place(batch: Mapping[str, Any]) -> bool:
     if token is None or not KEEP_MAPPED or not torch.cuda.is_available():
         return False
     kept = _MAPPED.get((token[3], token[2]), [])
-    ptrs = {t.untyped_storage().data_ptr() for t in batch.values() if isinstance(t, torch.Tensor)}
+    ptrs = {t.untyped_storage().data_ptr() for t in tensors_in(batch)}
     if not ptrs or not ptrs <= {s.data_ptr() for s in kept}:
         return False
     for s in kept:
@@ -152,8 +222,10 @@ def _rebuild(data: dict[str, Any], token: tuple | None) -> LeasedBatch:
 class LeasedBatch(dict):
     """A batch dict whose tensors live in a reused arena of a worker; behaves as a plain ``dict``.
 
-    The arena is handed back when every tensor of the batch has been garbage-collected in the process that
-    consumes it. ``pin_memory()`` gives a plain dict of pinned copies.
+    The arena is handed back when every tensor of the batch (at any depth of nested dicts, lists and tuples)
+    and every view of one has been garbage-collected in the process that consumes it; a NumPy array from
+    ``tensor.numpy()`` does not keep it (see the module docstring). ``pin_memory()`` gives a plain dict of
+    pinned copies.
     """
 
     def __init__(self, data: Mapping[str, Any] | None = None, token: tuple | None = None, *, track: bool = False):
@@ -171,8 +243,19 @@ class LeasedBatch(dict):
         return LeasedBatch(self, self._token)
 
     def pin_memory(self) -> dict[str, Any]:
-        """Pinned copies (the DataLoader's ``pin_memory=True``); the shared originals are then released."""
-        return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.items()}
+        """Pinned copies (the DataLoader's ``pin_memory=True``), nested values too; the shared originals are then
+        released."""
+        return {k: _pinned(v) for k, v in self.items()}
+
+
+def _pinned(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, Mapping):
+        return {k: _pinned(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pinned(v) for v in obj) if not hasattr(obj, "_fields") else type(obj)(*map(_pinned, obj))
+    return obj
 
 
 class Lease:
@@ -186,7 +269,7 @@ class Lease:
     def token(self) -> tuple | None:
         if self.slot is None:
             return None
-        return (self.pool.table, self.pool.worker, self.slot, self.pool.pid, self.generation)
+        return (self.pool.table, self.pool.row, self.slot, self.pool.pid, self.generation)
 
     def alloc(self, shape: Sequence[int], dtype: np.dtype) -> torch.Tensor:
         """An uninitialised tensor ``shape`` of ``dtype`` (shared memory in DataLoader workers)."""
@@ -207,12 +290,12 @@ class Lease:
 class BufferPool:
     """The arenas of one worker process (see the module docstring)."""
 
-    def __init__(self, table: torch.Tensor, worker: int, *, shared: bool):
-        self.table = table
+    def __init__(self, table: LeaseTable, worker: int, *, shared: bool):
+        self.table = table.tensor
         self.worker = worker
         self.shared = shared
         self.pid = os.getpid()
-        self.slots = table.shape[1] - 1
+        self.slots = table.slots
         self.arenas: list[torch.UntypedStorage | None] = [None] * self.slots
         self.high_water = 0
         self._generation = 0
@@ -220,12 +303,11 @@ class BufferPool:
         self.patient = shared
         self.waits = self.timeouts = 0
         self._last_acquire: float | None = None
-        row = table[worker]
-        row[1:] = 0  # arenas of an earlier process of this worker id are not ours; their batches keep theirs
-        row[0] = self.pid
+        #: This process's row of the table (not the worker id: another iterator's workers have the same ids).
+        self.row = table.claim_row(self.pid)
 
     def _free_slot(self) -> int | None:
-        row = self.table[self.worker]
+        row = self.table[self.row]
         for slot in range(self.slots):
             if int(row[1 + slot]) == 0:
                 return slot
@@ -265,7 +347,7 @@ class BufferPool:
                       self.worker, self.slots)
             return Lease(self, None, 0)
         self._generation += 1
-        self.table[self.worker, 1 + slot] = self._generation
+        self.table[self.row, 1 + slot] = self._generation
         arena = self.arenas[slot]
         if self.high_water and (arena is None or arena.nbytes() < self.high_water):
             self.arenas[slot] = None  # drop ours first: the old arena may be the peak otherwise
@@ -275,16 +357,16 @@ class BufferPool:
 
     def release(self, lease: Lease) -> None:
         """Hand back a lease whose batch was never delivered."""
-        if lease.slot is not None and int(self.table[self.worker, 1 + lease.slot]) == lease.generation:
-            self.table[self.worker, 1 + lease.slot] = 0
+        if lease.slot is not None and int(self.table[self.row, 1 + lease.slot]) == lease.generation:
+            self.table[self.row, 1 + lease.slot] = 0
 
 
 _POOLS: dict[tuple[int, int, int], BufferPool] = {}
 
 
-def worker_pool(table: torch.Tensor, worker: int, *, shared: bool) -> BufferPool:
+def worker_pool(table: LeaseTable, worker: int, *, shared: bool) -> BufferPool:
     """The pool of this process for ``worker`` (kept across epochs, so persistent workers reuse their arenas)."""
-    key = (os.getpid(), worker, table.data_ptr())
+    key = (os.getpid(), worker, table.tensor.data_ptr())
     pool = _POOLS.get(key)
     if pool is None:
         for old in [k for k in _POOLS if k[0] != os.getpid()]:  # inherited through fork: not ours
@@ -293,4 +375,4 @@ def worker_pool(table: torch.Tensor, worker: int, *, shared: bool) -> BufferPool
     return pool
 
 
-__all__ = ["BufferPool", "Lease", "LeasedBatch", "lease_table", "pin_in_place", "worker_pool"]
+__all__ = ["BufferPool", "Lease", "LeaseTable", "LeasedBatch", "lease_table", "pin_in_place", "tensors_in", "worker_pool"]
