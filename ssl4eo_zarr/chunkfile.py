@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ class ChunkFile:
     #: The S1 time order when already known (from a split index): a permutation, ``None`` (in order), or
     #: ``"unknown"``.
     s1_order: Any = field(default="unknown", compare=False, repr=False)
+    #: Ids of the locations whose S1 order cannot be reconciled (known with ``s1_order``).
+    s1_left: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def n_samples(self) -> int:
@@ -75,24 +78,38 @@ def open_chunk(path: str | os.PathLike | ZipArchive, *, require_sample: bool = T
 _WARNED: set[str] = set()
 
 
-def warn_s1_order(path: str, rows: int) -> None:
-    """One :class:`S1OrderWarning` per file and process."""
-    if path in _WARNED:
+def warn_s1_order(path: str, rows: int, left: Sequence[str] = (), *, once: bool = True) -> None:
+    """One :class:`S1OrderWarning` per file and process (every time with ``once=False``): ``rows`` locations
+    reordered, and the ids of the locations ``left`` as stored because their ``file_id`` and ``time_`` cannot
+    be reconciled."""
+    if (once and path in _WARNED) or (not rows and not len(left)):
         return
     _WARNED.add(path)
-    warnings.warn(f"{path}: {s1order.FIX_NOTE}; {rows} locations are delivered in time_ order "
-                  "(fix_s1_order=False delivers the file as stored; `ssl4eo-zarr repair` rewrites it)",
-                  S1OrderWarning, stacklevel=4)
+    parts = []
+    if rows:
+        parts.append(f"{path}: {s1order.FIX_NOTE}; {rows} locations are delivered in time_ order "
+                     "(fix_s1_order=False delivers the file as stored; `ssl4eo-zarr repair` rewrites it)")
+    if len(left):
+        names = ", ".join(map(str, list(left)[:10])) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
+        parts.append(f"{path}: {len(left)} locations are delivered as stored because their S1 file_id and time_ "
+                     f"cannot be reconciled by reordering ({names}; `ssl4eo-zarr validate` says what is wrong)")
+    warnings.warn("; ".join(parts), S1OrderWarning, stacklevel=4)
+
+
+def s1_plan(cf: ChunkFile) -> tuple[np.ndarray | None, list[str]]:
+    """:func:`~ssl4eo_zarr.s1order.plan_order` of an S1 file: the permutation int64 ``[sample, time]`` (or
+    ``None``) and the ids of the locations left as stored (reads ``file_id`` and ``time_``, a few kB)."""
+    if "file_id" not in cf.group.arrays or "time_" not in cf.group.arrays:
+        return None, []
+    ids = cf.read("file_id", release=False)
+    times = times_ns(cf)
+    perm, left = s1order.plan_order(ids, times.view("datetime64[ns]"))
+    return perm, [str(cf.samples[i]) for i in left]
 
 
 def s1_permutation(cf: ChunkFile) -> np.ndarray | None:
-    """int64 ``[sample, time]`` that puts an S1 file in ``time_`` order, or ``None`` (reads ``file_id`` and
-    ``time_``, a few kB)."""
-    if "file_id" not in cf.group.arrays or "time_" not in cf.group.arrays:
-        return None
-    ids = cf.read("file_id", release=False)
-    times = times_ns(cf)
-    return s1order.chronological_order(ids, times.view("datetime64[ns]"))
+    """int64 ``[sample, time]`` that puts an S1 file in ``time_`` order, or ``None`` (see :func:`s1_plan`)."""
+    return s1_plan(cf)[0]
 
 
 def times_ns(cf: ChunkFile) -> np.ndarray:
@@ -109,4 +126,4 @@ def times_ns(cf: ChunkFile) -> np.ndarray:
 
 
 
-__all__ = ["ChunkFile", "open_chunk", "s1_permutation", "times_ns", "warn_s1_order"]
+__all__ = ["ChunkFile", "open_chunk", "s1_permutation", "s1_plan", "times_ns", "warn_s1_order"]

@@ -65,11 +65,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.to == "shards":
         written = webdataset.chunks_to_shards(args.src, args.dst, split=args.split, modalities=args.modality or None,
-                                              per_shard=args.per_shard, progress=_progress)
+                                              per_shard=args.per_shard, progress=_progress,
+                                              fix_s1_order=not args.s1_as_stored)
         print(f"wrote {sum(len(v) for v in written.values())} shards under {args.dst}/{args.split}")
     else:
         names = webdataset.shards_to_chunks(args.src, args.dst, split=args.split, modalities=args.modality or None,
-                                            progress=_progress)
+                                            progress=_progress, fix_s1_order=not args.s1_as_stored)
         print(f"wrote {len(names)} chunk files per modality under {args.dst}/{args.split}")
     return 0
 
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--modality", action="append", help="repeat for several (default: all present)")
     p.add_argument("--per-shard", type=int, default=512, help="locations per shard (default 512)")
+    p.add_argument("--s1-as-stored", action="store_true",
+                   help="copy S1GRD as stored (default: each location in time order, as the readers deliver it)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("repair", help="rewrite S1GRD files from before the 2026-02-19 fix in time_ order")

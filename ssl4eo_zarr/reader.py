@@ -26,11 +26,12 @@ from xarray.backends import BackendArray
 from xarray.core import indexing as xr_indexing
 
 from . import s1order, schema
-from .chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
+from .chunkfile import ChunkFile, open_chunk, s1_permutation, s1_plan, times_ns, warn_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
 from .splitindex import SplitIndex
 from .storage import is_url
+from .timeorder import reorder_block
 from .zarrv2 import ArrayMeta, read_region
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
@@ -211,14 +212,11 @@ def _chronological_s1(ds: xr.Dataset, files: Sequence[ChunkFile]) -> xr.Dataset:
     for cf in files:
         if isinstance(cf.s1_order, str):  # not known from an index
             try:
-                perm = s1_permutation(cf)
+                cf.s1_order, cf.s1_left = s1_plan(cf)
             finally:
                 cf.archive.release()
-            cf.s1_order = perm
         perms.append(cf.s1_order)
-        perm = cf.s1_order
-        if perm is not None:
-            warn_s1_order(cf.path, len(s1order.misordered_rows(perm)))
+        warn_s1_order(cf.path, len(s1order.misordered_rows(cf.s1_order)), cf.s1_left)
     if all(p is None for p in perms):
         return ds
     bounds = np.cumsum([0] + [f.n_samples for f in files])
@@ -231,8 +229,9 @@ def _chronological_s1(ds: xr.Dataset, files: Sequence[ChunkFile]) -> xr.Dataset:
             if perm is None:
                 pieces.append(part)
             elif isinstance(part, da.Array):
+                # Each block gets the rows of ``perm`` for its own samples (a file may span several blocks).
                 whole = part.rechunk({1: -1})
-                pieces.append(whole.map_blocks(s1order.reorder, perm, dtype=part.dtype))
+                pieces.append(whole.map_blocks(reorder_block, perm, dtype=part.dtype))
             else:
                 pieces.append(s1order.reorder(np.asarray(part), perm))
         data = da.concatenate(pieces, axis=0) if isinstance(var.data, da.Array) else np.concatenate(pieces)
@@ -365,7 +364,7 @@ def open_multimodal(
     if index is not None:
         for cf in opened.get("S1GRD", []):
             if not isinstance(cf.s1_order, str):
-                index.put_s1_order(cf, cf.s1_order)
+                index.put_s1_order(cf, cf.s1_order, cf.s1_left)
         index.save(background=True)
     return ds
 

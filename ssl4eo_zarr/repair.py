@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .chunkfile import open_chunk, s1_permutation
+from .chunkfile import open_chunk, s1_plan, warn_s1_order
 from .layout import SUFFIX
 from .s1order import misordered_rows, reorder
 from .schema import MODALITIES
@@ -27,16 +27,20 @@ _KEEP = ("time_", "sample_id")
 
 @dataclass(frozen=True)
 class RepairResult:
-    """What :func:`repair_s1_order` did to one file: ``moved`` locations reordered (0: left as it was)."""
+    """What :func:`repair_s1_order` did to one file: ``moved`` locations reordered (0: left as it was), and
+    the ids of the locations ``left`` as stored because their ``file_id`` and ``time_`` cannot be reconciled."""
 
     source: str
     target: str
     moved: int
+    left: tuple[str, ...] = ()
 
 
 def _reordered_members(archive: ZipArchive, perm: np.ndarray) -> dict[str, bytes]:
     cf = open_chunk(archive, keep_open=True)
     out: dict[str, bytes] = {}
+    # Every chunk is written, also those the source skipped as empty (all fill value): reordering may move
+    # data into them.
     for name, meta in cf.group.arrays.items():
         if meta.dims[:2] != ("sample", "time") or name in _KEEP:
             continue
@@ -73,16 +77,20 @@ def repair_s1_order(path: str | os.PathLike, out: str | os.PathLike | None = Non
     target = os.fspath(out) if out is not None else source
     with ZipArchive(source) as archive:
         cf = open_chunk(archive, keep_open=True)
-        perm = s1_permutation(cf)
+        perm, left = s1_plan(cf)
+        if left:
+            warn_s1_order(source, len(misordered_rows(perm)), left, once=False)
         if perm is None:
             if target != source:
                 os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
                 shutil.copyfile(source, target)
-            return RepairResult(source, target, 0)
+            return RepairResult(source, target, 0, tuple(left))
         changed = _reordered_members(archive, perm)
-        names = archive.names()  # directory order, kept
-        write_members(target, ((n, changed[n] if n in changed else archive.read(n)) for n in names))
-    return RepairResult(source, target, int(len(misordered_rows(perm))))
+        names = archive.names()  # directory order, kept; chunks the source lacked follow
+        extra = sorted(n for n in changed if n not in set(names))
+        write_members(target, [(n, changed[n] if n in changed else archive.read(n)) for n in names] +
+                      [(n, changed[n]) for n in extra])
+    return RepairResult(source, target, int(len(misordered_rows(perm))), tuple(left))
 
 
 def find_chunk_files(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:

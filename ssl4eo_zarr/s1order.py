@@ -42,19 +42,30 @@ def product_times(file_id: np.ndarray, pattern: re.Pattern[str] = S1_PRODUCT_TIM
     numpy.ndarray or None
         datetime64[s] of the same shape, or ``None`` when any id does not follow the pattern.
     """
+    out = _parsed_times(file_id, pattern)
+    return None if np.isnat(out).any() else out
+
+
+def _parsed_times(file_id: np.ndarray, pattern: re.Pattern[str]) -> np.ndarray:
+    """datetime64[s] of each id, NaT where an id does not follow ``pattern``."""
     ids = np.asarray(file_id)
-    out = np.empty(ids.shape, "datetime64[s]")
+    out = np.full(ids.shape, np.datetime64("NaT"), "datetime64[s]")
     for idx, text in np.ndenumerate(ids):
         m = pattern.match(str(text))
-        if not m:
-            return None
-        s = m.group(1)
-        out[idx] = np.datetime64(f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}")
+        if m:
+            s = m.group(1)
+            out[idx] = np.datetime64(f"{s[:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}")
     return out
 
 
-def chronological_order(file_id: np.ndarray, time_: np.ndarray) -> np.ndarray | None:
-    """The permutation that puts S1 data in the order of ``time_``, or ``None`` when nothing needs moving.
+def plan_order(file_id: np.ndarray, time_: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per location: the permutation that puts S1 data in the order of ``time_``, and the locations that no
+    reordering reconciles.
+
+    Each location is decided on its own: one whose product ids and ``time_`` agree after sorting is
+    reordered, one that agrees already stays, and one whose ids cannot be reconciled with ``time_`` (an id
+    that carries no time while others do, or times that differ beyond :data:`TOLERANCE_S` in any order) is
+    left as stored and reported, never holding back the others.
 
     Parameters
     ----------
@@ -65,26 +76,35 @@ def chronological_order(file_id: np.ndarray, time_: np.ndarray) -> np.ndarray | 
 
     Returns
     -------
-    numpy.ndarray or None
-        int64 ``[sample, time]``: stored timestamp ``perm[s, t]`` holds the acquisition of ``time_[s, t]``,
-        so ``data[s, perm[s]]`` is chronological. ``None`` when every location is already in order, when the
-        ids do not carry times, or when reordering would not make ``file_id`` agree with ``time_`` (some
-        other problem, which ``validate`` reports).
+    (perm, left)
+        ``perm``: int64 ``[sample, time]`` (stored timestamp ``perm[s, t]`` holds the acquisition of
+        ``time_[s, t]``, so ``data[s, perm[s]]`` is chronological; identity rows for locations not moved), or
+        ``None`` when no location moves. ``left``: int64 ``[k]`` indices of the locations left as stored
+        because they cannot be reconciled (``validate`` reports what is wrong with them).
     """
     ids = np.asarray(file_id)
+    empty = np.zeros(0, dtype=np.int64)
     if ids.ndim != 2 or ids.shape != np.shape(time_):
-        return None
-    from_ids = product_times(ids)
-    if from_ids is None:
-        return None
-    secs = from_ids.astype(np.int64)
+        return None, empty
+    parsed = _parsed_times(ids, S1_PRODUCT_TIME)
+    unparsed = np.isnat(parsed)
+    if unparsed.all():  # ids that carry no times at all (not S1 product ids): nothing to say
+        return None, empty
+    secs = np.where(unparsed, 0, parsed.astype(np.int64))
     want = np.asarray(time_).astype("datetime64[s]").astype(np.int64)
-    if (np.abs(secs - want) <= TOLERANCE_S).all():
-        return None
     perm = np.argsort(secs, axis=1, kind="stable")
-    if not (np.abs(np.take_along_axis(secs, perm, axis=1) - want) <= TOLERANCE_S).all():
-        return None
-    return perm.astype(np.int64)
+    in_order = (np.abs(secs - want) <= TOLERANCE_S).all(axis=1) & ~unparsed.any(axis=1)
+    sortable = (np.abs(np.take_along_axis(secs, perm, axis=1) - want) <= TOLERANCE_S).all(axis=1) & ~unparsed.any(axis=1)
+    identity = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+    perm = np.where((sortable & ~in_order)[:, None], perm, identity).astype(np.int64)
+    left = np.flatnonzero(~in_order & ~sortable).astype(np.int64)
+    return (perm if (perm != identity).any() else None), left
+
+
+def chronological_order(file_id: np.ndarray, time_: np.ndarray) -> np.ndarray | None:
+    """The permutation of :func:`plan_order` (int64 ``[sample, time]``, identity rows for the locations that
+    stay), or ``None`` when no location moves."""
+    return plan_order(file_id, time_)[0]
 
 
 def misordered_rows(perm: np.ndarray | None) -> np.ndarray:

@@ -61,7 +61,7 @@ class SplitIndex:
         self._lock = threading.Lock()
         # Recorded while opening, encoded when saving: path -> (version, directory, group, samples).
         self._pending: dict[str, tuple[tuple[int, int], Mapping[str, tuple[int, ...]], Any, np.ndarray]] = {}
-        self._pending_s1: dict[str, np.ndarray | None] = {}
+        self._pending_s1: dict[str, tuple[np.ndarray | None, list[str]]] = {}
         if self.enabled:
             saving = _SAVING.get(self.file)
             if saving is not None:
@@ -101,6 +101,7 @@ class SplitIndex:
         cf = ChunkFile(archive.path, archive, group, samples)
         if "s1" in entry:
             cf.s1_order = None if entry["s1"] is None else np.asarray(entry["s1"], dtype=np.int64)
+            cf.s1_left = [str(s) for s in entry.get("s1_left", [])]
         return cf
 
     def _decoded(self, i: int) -> bytes:
@@ -161,18 +162,21 @@ class SplitIndex:
             "samples": self._blob("\n".join(str(s) for s in samples)),
         }
 
-    def put_s1_order(self, cf: ChunkFile, perm: np.ndarray | None) -> None:
-        """Record the S1 time order found for a file (``None``: already chronological)."""
+    def put_s1_order(self, cf: ChunkFile, perm: np.ndarray | None, left: Sequence[str] = ()) -> None:
+        """Record the S1 time order found for a file (``None``: already chronological) and the locations left
+        as stored (see :func:`ssl4eo_zarr.s1order.plan_order`)."""
         if not self.enabled:
             return
         full = os.path.abspath(cf.path)
         with self._lock:
             if full in self._pending:
-                self._pending_s1[full] = perm
+                self._pending_s1[full] = (perm, list(left))
                 return
         entry = self.entries.get(full)
-        if entry is not None and entry.get("s1", "unset") != (None if perm is None else perm.tolist()):
+        if entry is not None and (entry.get("s1", "unset"), entry.get("s1_left", [])) != (
+                None if perm is None else perm.tolist(), list(left)):
             entry["s1"] = None if perm is None else perm.tolist()
+            entry["s1_left"] = list(left)
             self.dirty = True
 
     def save(self, *, background: bool = False) -> None:
@@ -195,8 +199,9 @@ class SplitIndex:
             for full, item in pending.items():
                 self._encode(full, *item)
                 if full in pending_s1 and full in self.entries:
-                    perm = pending_s1[full]
+                    perm, left = pending_s1[full]
                     self.entries[full]["s1"] = None if perm is None else perm.tolist()
+                    self.entries[full]["s1_left"] = left
             wanted = set(self.paths)
             live = {p: e for p, e in self.entries.items() if p in wanted}
             try:

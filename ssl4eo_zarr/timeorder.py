@@ -21,7 +21,9 @@ def seasonal_order(times_ns: np.ndarray) -> np.ndarray:
     return np.argsort(months, axis=-1, kind="stable").astype(np.int64)
 
 
-def _take(block: np.ndarray, perm: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+def reorder_block(block: np.ndarray, perm: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    """A dask block ``[samples, time, ...]`` reordered by the rows of ``perm`` ``[sample, time]`` that belong to
+    its own samples (``map_blocks(reorder_block, perm)``: a file may span several blocks along ``sample``)."""
     assert block_info is not None  # dask passes it to functions that take it
     lo, hi = block_info[0]["array-location"][0]
     return reorder(block, perm[lo:hi])
@@ -37,7 +39,7 @@ def take_time(ds: xr.Dataset, perm: np.ndarray) -> xr.Dataset:
             continue
         if isinstance(var.data, da.Array):
             whole = var.data.rechunk({1: -1})
-            data = whole.map_blocks(_take, perm, dtype=var.dtype)
+            data = whole.map_blocks(reorder_block, perm, dtype=var.dtype)
         else:
             data = reorder(np.asarray(var.values), perm)
         out[name] = var.copy(data=data)

@@ -7,7 +7,13 @@ library writes follow the published layout: ``bands`` ``[time, band, y, x]`` wit
 ``[time]``, ``x``/``y`` in UTM metres and the CRS as WKT in ``spatial_ref`` (``crs_wkt``, as rioxarray writes).
 
 ``chunks_to_shards`` and ``shards_to_chunks`` convert between the distributions; a chunk file converted to
-shards and back is byte-identical (the writer is deterministic). DEM, NDVI and LULC exist only as shards:
+shards and back is byte-identical (the writer is deterministic).
+
+S1 order, one rule for :func:`iter_shard`, :func:`chunks_to_shards` and :func:`shards_to_chunks` (as for
+``open_dataset`` and ``ChunkDataset``): with ``fix_s1_order=True`` (default) S1GRD data from before the
+2026-02-19 fix are written in ``time`` order, location by location; a location whose ``file_id`` and times
+cannot be reconciled is kept as stored and named in an :class:`~ssl4eo_zarr.errors.S1OrderWarning`.
+``fix_s1_order=False`` copies every location as stored. DEM, NDVI and LULC exist only as shards:
 chunk files have no place for them, so ``shards_to_chunks`` leaves them out and says so.
 """
 
@@ -23,9 +29,11 @@ import numpy as np
 import xarray as xr
 
 from . import schema
+from .chunkfile import warn_s1_order
 from .errors import ModalityMismatchError
 from .layout import SHARDS, resolve, write_split_list
 from .reader import modality_dataset, open_chunk, open_dataset
+from .s1order import plan_order
 from .shards import MEMBER_SUFFIX, ShardStream, member_archive, write_shard
 from .writer import encode_members, write_chunk, zip_bytes
 
@@ -121,25 +129,45 @@ def member_bytes(ds: xr.Dataset) -> bytes:
     return zip_bytes(encode_members(ds))
 
 
-def iter_shard(path: str, **archive_kwargs: Any) -> Iterator[xr.Dataset]:
+def member_in_time_order(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """An S1GRD member (``bands`` ``[time, band, y, x]``, ``file_id`` ``[time]``, ``time`` int64 ns) with its data
+    and ``file_id`` in ``time`` order; unchanged if already so, or if they cannot be reconciled (then named in an
+    :class:`~ssl4eo_zarr.errors.S1OrderWarning`, ``where`` being the member's path)."""
+    if "file_id" not in ds or "time" not in ds or tuple(map(str, ds["band"].values)) != schema.S1GRD.bands:
+        return ds
+    times = np.asarray(ds["time"].values).astype("datetime64[ns]")
+    perm, left = plan_order(np.asarray(ds["file_id"].values)[None], times[None])
+    warn_s1_order(where, 0 if perm is None else 1, [ds.attrs.get("sample", where)] if len(left) else [])
+    if perm is None:
+        return ds
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if var.dims[:1] == ("time",):
+            out[name] = var.isel(time=perm[0]).assign_coords(time=ds["time"])
+    return out
+
+
+def iter_shard(path: str, *, fix_s1_order: bool = True, **archive_kwargs: Any) -> Iterator[xr.Dataset]:
     """Per-location Datasets (member layout, loaded) of one tar shard, local or URL, streamed in shard order;
-    ``ds.attrs["sample"]`` is the member's key."""
+    ``ds.attrs["sample"]`` is the member's key. S1GRD members in ``time`` order unless ``fix_s1_order=False``
+    (see the module docstring)."""
     stream = ShardStream(path, **archive_kwargs)
     try:
         while (member := stream.advance()) is not None:
             archive = member_archive(stream.read(), f"{path}/{member.name}")
             ds = modality_dataset([open_chunk(archive, require_sample=False)]).load()
             ds.attrs["sample"] = member.key
-            yield ds
+            yield member_in_time_order(ds, f"{path}/{member.name}") if fix_s1_order else ds
     finally:
         stream.close()
 
 
 def chunks_to_shards(src: str, dst: str, *, split: str, modalities: Sequence[str] | None = None,
-                     per_shard: int = LOCATIONS_PER_SHARD, progress: Callable | None = None) -> dict[str, list[str]]:
+                     per_shard: int = LOCATIONS_PER_SHARD, progress: Callable | None = None,
+                     fix_s1_order: bool = True) -> dict[str, list[str]]:
     """Convert a chunk-file dataset root to WebDataset shards under ``dst`` (the same split and modalities),
     numbered from 000001 like the published ones. Returns ``{modality: [shard paths]}``; locations keep their
-    order and shards hold ``per_shard`` locations (the last fewer)."""
+    order and shards hold ``per_shard`` locations (the last fewer). S1 order: see the module docstring."""
     sets = resolve(src, split=split, modalities=modalities)
     mods = list(sets[0].paths)
     written: dict[str, list[str]] = {m: [] for m in mods}
@@ -147,7 +175,8 @@ def chunks_to_shards(src: str, dst: str, *, split: str, modalities: Sequence[str
         pending: list[tuple[str, bytes]] = []
         items = progress(sets, desc=f"{m} -> shards", unit="file") if progress else sets
         for cs in items:
-            chunk = open_dataset(cs.paths[m]).load()  # once: per-location reads would decode each chunk 64 times
+            # once: per-location reads would decode each chunk 64 times
+            chunk = open_dataset(cs.paths[m], fix_s1_order=fix_s1_order).load()
             for i in range(chunk.sizes["sample"]):
                 loc = location_dataset(chunk, i, m)
                 pending.append((loc.attrs["sample"] + MEMBER_SUFFIX, member_bytes(loc)))
@@ -161,9 +190,10 @@ def chunks_to_shards(src: str, dst: str, *, split: str, modalities: Sequence[str
 
 
 def shards_to_chunks(src: str, dst: str, *, split: str, modalities: Sequence[str] | None = None,
-                     progress: Callable | None = None) -> list[str]:
+                     progress: Callable | None = None, fix_s1_order: bool = True) -> list[str]:
     """Convert WebDataset shards under ``src/{split}/{modality}/`` to 64-location chunk files under ``dst`` (S2
-    offset re-added), with ``splits/ssl4eos12_{split}.txt``. Returns the chunk file names.
+    offset re-added), with ``splits/ssl4eos12_{split}.txt``. Returns the chunk file names. S1 order: see the
+    module docstring.
 
     Modalities chunk files cannot hold (DEM, NDVI, LULC, any new one) are left out with a warning.
     """
@@ -178,7 +208,7 @@ def shards_to_chunks(src: str, dst: str, *, split: str, modalities: Sequence[str
         raise ModalityMismatchError(f"none of {present} exists as chunk files ({', '.join(schema.CHUNK_MODALITIES)})")
     def locations(m: str) -> Iterator[xr.Dataset]:
         for cs in sets:
-            yield from iter_shard(cs.paths[m])
+            yield from iter_shard(cs.paths[m], fix_s1_order=fix_s1_order)
 
     streams = {m: locations(m) for m in mods}
     names: list[str] = []

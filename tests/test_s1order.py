@@ -38,6 +38,23 @@ def test_pure_order_functions():
     far = times.copy()
     far[0, 0] += np.timedelta64(3, "D")
     assert s1order.chronological_order(ids, far) is None
+    assert s1order.plan_order(ids, far)[1].tolist() == [0]
+
+
+def test_each_location_is_fixed_on_its_own():
+    """One location that cannot be reconciled no longer holds back the others: it is left as stored and named."""
+    ids = np.array([["S1A_IW_GRDH_1SDV_20210320T100000_x", "S1B_IW_GRDH_1SDV_20210310T100000_x"],  # fixable
+                    ["S1A_IW_GRDH_1SDV_20210120T000000_x", "S1B_IW_GRDH_1SDV_20210101T000000_x"],  # ids far off
+                    ["S1B_IW_GRDH_1SDV_20210101T000000_x", "S1A_IW_GRDH_1SDV_20210201T000000_x"],  # in order
+                    ["not a product id", "S1A_IW_GRDH_1SDV_20210201T000000_x"]])                   # unparsable
+    times = np.array([["2021-03-10T10:00:00", "2021-03-20T10:00:00"], ["2021-02-01", "2021-03-01"],
+                      ["2021-01-01", "2021-02-01"], ["2021-01-01", "2021-02-01"]], dtype="datetime64[ns]")
+    perm, left = s1order.plan_order(ids, times)
+    assert perm.tolist() == [[1, 0], [0, 1], [0, 1], [0, 1]]
+    assert left.tolist() == [1, 3]
+    assert s1order.misordered_rows(perm).tolist() == [0]
+    only_bad = s1order.plan_order(ids[1:2], times[1:2])
+    assert only_bad[0] is None and only_bad[1].tolist() == [0]
 
 
 def _write(ds, path):
@@ -180,3 +197,131 @@ def test_written_files_get_the_umask_permissions(tmp_path, umask):
         assert os.stat(path).st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def _unreconcilable(bad: xr.Dataset, row: int) -> xr.Dataset:
+    """``bad`` with location ``row``'s first product id moved 5 days away from every ``time_``."""
+    out = bad.copy(deep=True)
+    ids = out["file_id"].values.astype(object)
+    text = str(ids[row, 0])
+    day = int(text[23:25])
+    ids[row, 0] = text[:23] + f"{(day + 5) % 28 + 1:02d}" + text[25:]
+    out["file_id"] = (("sample", "time"), ids.astype(str))
+    return out
+
+
+@pytest.fixture(scope="module")
+def partly(tmp_path_factory, prefix):
+    """A pre-fix S1 file in which location 3 cannot be reconciled; returns (root, good, bad as stored)."""
+    src, good = prefix
+    root = str(tmp_path_factory.mktemp("partly") / "root")
+    shutil.copytree(src, root)
+    path = chunk_path(root, "S1GRD", 1)
+    bad = _unreconcilable(synthetic.pre_fix_s1_order(good), 3)
+    assert (bad["bands"].values[3] != good["bands"].values[3]).any(), "location 3 is misordered too"
+    os.remove(path)
+    _write(bad, path)
+    return root, good, bad
+
+
+def _expected(good, bad, left=(3,)):
+    want = good["bands"].values.copy()
+    for row in left:
+        want[row] = bad["bands"].values[row]
+    return want
+
+
+def test_readers_fix_every_location_but_the_one_that_cannot_be_reconciled(partly):
+    root, good, bad = partly
+    path = chunk_path(root, "S1GRD", 1)
+    sample = str(good["sample"].values[3])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ds = sz.open_dataset(path, use_index=False)
+    messages = [str(w.message) for w in _s1_warnings(record)]
+    assert len(messages) == 1 and sample in messages[0] and "as stored" in messages[0], messages
+    np.testing.assert_array_equal(ds["bands"].values, _expected(good, bad))
+    view = sz.open_dataset(root, split="val", modalities=["S1GRD"], use_index=False)
+    np.testing.assert_array_equal(view["S1GRD"].values[:12], _expected(good, bad))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", S1OrderWarning)
+        loader = sz.ChunkDataset(root, split="val", modalities=["S1GRD"], shuffle=False, return_metadata=True)
+        got = {s: b["S1GRD"][k].numpy() for b in DataLoader(loader, batch_size=None, num_workers=1)
+               for k, s in enumerate(b["sample"])}
+    want = _expected(good, bad)
+    for k, s in enumerate(good["sample"].values):
+        np.testing.assert_array_equal(got[str(s)], want[k])
+
+
+def test_repair_fixes_the_rest_and_names_the_location_left(partly, tmp_path):
+    root, good, bad = partly
+    out = str(tmp_path / "fixed.zarr.zip")
+    with pytest.warns(S1OrderWarning, match=str(good["sample"].values[3])):
+        result = repair_s1_order(chunk_path(root, "S1GRD", 1), out)
+    assert result.left == (str(good["sample"].values[3]),) and result.moved >= 2
+    np.testing.assert_array_equal(xr_open_zarr(out)["bands"].values, _expected(good, bad))
+
+
+def test_repair_writes_chunks_the_source_left_out(prefix, tmp_path):
+    """A chunk absent from the source (all fill value, as zarr may skip it) that reordering fills is written."""
+    import zipfile
+
+    root, good = prefix
+    src = chunk_path(root, "S1GRD", 1)
+    holey = str(tmp_path / "holey.zarr.zip")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(holey, "w") as zout:
+        for info in zin.infolist():
+            if info.filename != "bands/0.1.0.0.0":
+                zout.writestr(info, zin.read(info.filename))
+    stored = xr_open_zarr(holey)
+    assert np.isnan(stored["bands"].values[:, 1].astype(np.float32)).all(), "timestamp 1 reads as fill value"
+    perm = s1order.chronological_order(stored["file_id"].values, stored["time_"].values)
+    want = s1order.reorder(stored["bands"].values, perm)
+    out = str(tmp_path / "repaired.zarr.zip")
+    repair_s1_order(holey, out)
+    assert "bands/0.1.0.0.0" in zipfile.ZipFile(out).namelist()
+    np.testing.assert_array_equal(xr_open_zarr(out)["bands"].values, want)
+    assert not np.isnan(want[:, 1].astype(np.float32)).all(), "reordering moved data into timestamp 1"
+
+
+def test_reordering_holds_when_a_file_spans_several_dask_chunks(prefix, tmp_path):
+    """A file written with 4 locations per stored chunk: each dask block gets its own rows of the order."""
+    root, good = prefix
+    bad = synthetic.pre_fix_s1_order(good).drop_encoding()
+    folder, path = str(tmp_path / "small_chunks.zarr"), str(tmp_path / "small_chunks.zarr.zip")
+    kw = {"zarr_format": 2} if ZARR3 else {}  # a folder, then zipped: zarr 3's ZipStore duplicates rewritten keys
+    bad.to_zarr(folder, consolidated=True, encoding={"bands": {"chunks": (4, 1, 2, SIZE, SIZE)}}, **kw)
+    shutil.make_archive(path[: -len(".zip")], "zip", folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", S1OrderWarning)
+        ds = sz.open_dataset(path)
+    assert len(ds["bands"].chunks[0]) == 3
+    np.testing.assert_array_equal(ds["bands"].values, good["bands"].values)
+    assert (ds["file_id"].values == good["file_id"].values).all()
+
+
+@pytest.mark.parametrize("fix", [True, False])
+def test_converters_and_iter_shard_follow_one_rule(partly, tmp_path, fix, monkeypatch):
+    """chunks -> shards, iter_shard and shards -> chunks all fix S1 per location (or all keep it as stored)."""
+    from ssl4eo_zarr import chunkfile, webdataset
+
+    monkeypatch.setattr(chunkfile, "_WARNED", set())  # once per file and process: earlier tests warned already
+    root, good, bad = partly
+    shards = str(tmp_path / "shards")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        webdataset.chunks_to_shards(root, shards, split="val", modalities=["S1GRD"], per_shard=8, fix_s1_order=fix)
+    assert bool(_s1_warnings(record)) == fix
+    want = _expected(good, bad) if fix else bad["bands"].values
+    members = [ds for p in sorted(os.listdir(os.path.join(shards, "val", "S1GRD")))
+               for ds in webdataset.iter_shard(os.path.join(shards, "val", "S1GRD", p), fix_s1_order=fix)]
+    for k in range(12):
+        np.testing.assert_array_equal(members[k]["bands"].values, want[k])
+    back = str(tmp_path / "back")
+    webdataset.shards_to_chunks(shards, back, split="val", modalities=["S1GRD"], fix_s1_order=fix)
+    np.testing.assert_array_equal(xr_open_zarr(chunk_path(back, "S1GRD", 1))["bands"].values[:12], want[:12])
+    if not fix:  # the stored order went through unchanged: iter_shard with the fix now reorders the same way
+        fixed = [ds for p in sorted(os.listdir(os.path.join(shards, "val", "S1GRD")))
+                 for ds in webdataset.iter_shard(os.path.join(shards, "val", "S1GRD", p))]
+        for k in range(12):
+            np.testing.assert_array_equal(fixed[k]["bands"].values, _expected(good, bad)[k])

@@ -141,9 +141,10 @@ class ChunkDataset(IterableDataset):
     buffer_slots:
         Reused shared-memory arenas per worker (each holds one batch; 0 turns reuse off). A batch's arena is
         reused only after the consuming process has dropped every tensor of it (at any depth of the dicts,
-        lists and tuples a transform returns) and every view of one, so batches you keep are never overwritten
-        (an array from ``tensor.numpy()`` does not keep its batch: copy what you keep that way); when all arenas are held the worker waits briefly for one coming back (bounded by twice
-        the time since its previous batch) and otherwise allocates fresh memory, never blocking for long. The
+        lists and tuples a transform returns) and every view of one, so batches you keep are never
+        overwritten (an array from ``tensor.numpy()`` does not keep its batch: copy what you keep so); when
+        all arenas are held the worker waits briefly for one coming back (bounded by twice the time since its
+        previous batch) and otherwise allocates fresh memory, never blocking for long. The
         default suits the DataLoader's default ``prefetch_factor=2``; with a larger one, raise this to match.
         Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     fix_s1_order:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import schema
-from ..chunkfile import ChunkFile, open_chunk, s1_permutation, times_ns, warn_s1_order
+from ..chunkfile import ChunkFile, open_chunk, s1_plan, times_ns, warn_s1_order
 from ..errors import CorruptFileError, ModalityMismatchError
 from ..s1order import misordered_rows
 from ..storage import ScratchBuffer, thread_scratch
@@ -73,9 +73,9 @@ class ArchiveCache:
         """:func:`~ssl4eo_zarr.reader.s1_permutation` of an open S1 file, computed once per worker."""
         with self._lock:
             if cf.path not in self._perms:
-                perm = self._perms[cf.path] = s1_permutation(cf)
-                if perm is not None:
-                    warn_s1_order(cf.path, len(misordered_rows(perm)))
+                perm, left = s1_plan(cf)
+                self._perms[cf.path] = perm
+                warn_s1_order(cf.path, len(misordered_rows(perm)), left)
             return self._perms[cf.path]
 
     def drop(self, path: str) -> None:

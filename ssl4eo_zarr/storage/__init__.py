@@ -27,6 +27,6 @@ from .zarrcompat import zarr_major, zarr_open_kwargs, zarr_store
 from .zip import MAX_MEMBER_BYTES, TAIL_BYTES, MemoryZipArchive, ScratchBuffer, ZipArchive, crc32, prefetch, thread_scratch
 
 __all__ = ["MAX_MEMBER_BYTES", "TAIL_BYTES", "MemoryZipArchive", "PathLike", "PositionedFile", "RetryingFile",
-           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "cache_dir", "crc32", "current_umask", "exists",
-           "http", "is_url", "join", "parent", "prefetch", "read_bytes", "read_text", "remote_fs", "retry", "thread_scratch", "zarr_major",
-           "zarr_open_kwargs", "zarr_store"]
+           "ScratchBuffer", "ZipArchive", "atomic_write", "basename", "cache_dir", "crc32", "current_umask",
+           "exists", "http", "is_url", "join", "parent", "prefetch", "read_bytes", "read_text", "remote_fs",
+           "retry", "thread_scratch", "zarr_major", "zarr_open_kwargs", "zarr_store"]
