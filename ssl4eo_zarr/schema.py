@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -278,12 +278,22 @@ def parse_shard_name(name: str) -> int | None:
     return int(match["index"]) if match else None
 
 
-def published_shard_counts(split: str, n_shards: int) -> list[int] | None:
-    """Locations per shard of a published split when ``n_shards`` matches it (512 each, the rest in the last)."""
-    if split not in SHARD_SPLITS or SHARD_SPLITS[split][0] != n_shards:
+def published_shard_counts(split: str, names: Sequence[str]) -> list[int] | None:
+    """Locations per shard of a published split (512 each, the rest in the last), when ``names`` (file names or
+    paths) are exactly that split's published shard names in order; else ``None`` (count them instead: a
+    subset, a renumbered copy or a reordered list holds other numbers)."""
+    if split not in SHARD_SPLITS:
         return None
-    total = SHARD_SPLITS[split][1]
+    n_shards, total = SHARD_SPLITS[split]
+    if [str(n).replace("\\", "/").rsplit("/", 1)[-1] for n in names] != [shard_name(i) for i in range(1, n_shards + 1)]:
+        return None
     return [LOCATIONS_PER_SHARD] * (n_shards - 1) + [total - LOCATIONS_PER_SHARD * (n_shards - 1)]
+
+
+def is_published_chunk_list(split: str, names: Sequence[str]) -> bool:
+    """Whether ``names`` are exactly a published split's chunk file names in order (64 locations each)."""
+    return split in SPLITS and [str(n).replace("\\", "/").rsplit("/", 1)[-1] for n in names] == [
+        chunk_file_name(split, i) for i in range(1, SPLITS[split] + 1)]
 
 _FILE_RE = re.compile(r"^ssl4eos12_(?P<split>[a-z]+)_seasonal_data_(?P<index>\d{6})\.zarr\.zip$")
 

@@ -75,7 +75,14 @@ def test_shard_names_and_published_counts():
     assert schema.shard_name(1) == "ssl4eos12_shard_000001.tar"
     assert schema.parse_shard_name("a/b/ssl4eos12_shard_000477.tar") == 477
     assert schema.parse_shard_name("ssl4eos12_shard_1.tar") is None
-    train = schema.published_shard_counts("train", 477)
+    names = [schema.shard_name(i) for i in range(1, 478)]
+    train = schema.published_shard_counts("train", names)
     assert len(train) == 477 and sum(train) == 243_968 and train[-1] == 256
-    assert schema.published_shard_counts("val", 5) == [512] * 4 + [128]
-    assert schema.published_shard_counts("val", 4) is None
+    val = [f"root/val/S2L2A/{schema.shard_name(i)}" for i in range(1, 6)]
+    assert schema.published_shard_counts("val", val) == [512] * 4 + [128]
+    assert schema.published_shard_counts("val", val[:4]) is None
+    # Published-looking names that are not the published list: counted, never taken from the table.
+    assert schema.published_shard_counts("val", val[::-1]) is None
+    assert schema.published_shard_counts("val", [schema.shard_name(i) for i in range(2, 7)]) is None
+    chunks = [schema.chunk_file_name("val", i) for i in range(1, 35)]
+    assert schema.is_published_chunk_list("val", chunks) and not schema.is_published_chunk_list("val", chunks[::-1])

@@ -423,3 +423,21 @@ def test_our_shards_open_with_the_published_webdataset_loader(both):
     assert set(theirs) == set(ours) and len(ours) == N
     for key, img in theirs.items():
         np.testing.assert_array_equal(np.asarray(img), ours[key].numpy())
+
+
+def test_published_looking_shards_that_are_not_the_published_list_are_counted(tmp_path):
+    """Five val shards named 000002..000006 (a renumbered subset): their real sizes, not the table's 2,176."""
+    from ssl4eo_zarr import schema, synthetic
+
+    made = synthetic.make_shards(str(tmp_path), 23, per_shard=5, size=8, seed=4, modalities=("S2L2A",))
+    paths = made["S2L2A"]
+    assert len(paths) == 5
+    renamed = []
+    for k, path in reversed(list(enumerate(paths))):
+        new = os.path.join(os.path.dirname(path), schema.shard_name(k + 2))
+        os.rename(path, new)
+        renamed.insert(0, new)
+    ds = sz.ChunkDataset(renamed, modalities=["S2L2A"], batch_size=4, shuffle=False, return_metadata=True)
+    assert sum(ds.counts) == 23 and ds.counts == [5, 5, 5, 5, 3]
+    samples = [s for b in DataLoader(ds, batch_size=None, num_workers=2) for s in b["sample"]]
+    assert len(samples) == len(set(samples)) == 23

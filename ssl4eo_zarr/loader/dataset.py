@@ -282,13 +282,12 @@ class ChunkDataset(IterableDataset):
             return [int(c) for c in given]
         splits = {cs.split for cs in self.sets}
         split = splits.pop() if len(splits) == 1 else None
-        if self.streaming and split is not None and all(schema.parse_shard_name(cs.name) for cs in self.sets):
-            published = schema.published_shard_counts(split, n)
+        names = [cs.name for cs in self.sets]
+        if self.streaming and split is not None:
+            published = schema.published_shard_counts(split, names)
             if published is not None:  # the published shards: 512 each, the rest in the last
                 return published
-        if not self.streaming and split in schema.SPLITS and n == schema.SPLITS[split] and all(
-            schema.parse_chunk_file_name(cs.name) for cs in self.sets
-        ):
+        if not self.streaming and split is not None and schema.is_published_chunk_list(split, names):
             return [schema.SAMPLES_PER_FILE] * n  # the published files hold exactly 64 locations each
         default = schema.LOCATIONS_PER_SHARD if self.streaming else schema.SAMPLES_PER_FILE
         return [len(keys) if keys is not None else default for keys in self._scan()]
