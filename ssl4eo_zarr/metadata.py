@@ -7,7 +7,8 @@ Two generations exist:
   (footprint, EPSG:4326), ``tile_crs`` (EPSG), ``file`` (chunk file name);
 * 2026 release, ``{split}_metadata.parquet``: one row per **location**: ``tar``, ``zarr``, ``sample_id``,
   ``split``, ``center_lon``, ``center_lat``, ``crs``, ``bounds``, ``geometry``, then four S2 times, four S1 times
-  and four cloud-cover fractions. Their names are matched by meaning (see :func:`match_time_columns`).
+  and four cloud-cover fractions. Those twelve names are not published (no source shows them): they are
+  matched by meaning (see :func:`match_time_columns`); the other names are those the dataset's README lists.
 
 :func:`read_metadata` returns both as a GeoDataFrame with one row per location, indexed by ``sample``
 (7-digit id), with the columns of :data:`COLUMNS` (missing facts as NaN/NaT/None). :func:`select` filters it
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import schema
+from .errors import SchemaError
 from .storage import is_url, read_bytes
 
 #: The columns of :func:`read_metadata`, in order: name -> meaning.
@@ -42,27 +44,33 @@ COLUMNS: dict[str, str] = {
     "geometry": "footprint polygon, EPSG:4326",
 }
 
-_SEASONS = {"spring": 0, "summer": 1, "autumn": 2, "fall": 2, "winter": 3}
+#: Season words a column may carry instead of a timestamp number (autumn and fall are one season).
+SEASONS = ("spring", "summer", "autumn", "winter")
+_SEASON_WORDS = {"spring": "spring", "summer": "summer", "autumn": "autumn", "fall": "autumn", "winter": "winter"}
 
 
-def _index_of(name: str) -> int | None:
+def _index_of(name: str) -> int | str | None:
+    """The timestamp a column is about: its last number, or its season word (placed by date later)."""
     low = name.lower()
-    for word, t in _SEASONS.items():
+    for word, season in _SEASON_WORDS.items():
         if word in low:
-            return t
+            return season
     digits = re.findall(r"\d+", low.replace("s1", "").replace("s2", ""))
     return int(digits[-1]) if digits else None
 
 
 def match_time_columns(columns: Sequence[str]) -> dict[str, str]:
-    """Canonical name (``s2_time_t``, ``s1_time_t``, ``cloud_t``) -> column of the table, matched by meaning.
+    """Canonical name -> column of the table, matched by meaning.
 
     Accepted: a column naming the sensor (``s2``/``S2``, ``s1``/``S1``) and a time (``time``, ``date``,
     ``datetime``, ``acq``), or naming cloud (``cloud``, ``cc``), with the timestamp as its last number (0..3, or
-    1..4 when all four are numbered so) or a season word (spring, summer, autumn/fall, winter). Examples:
-    ``S2_time_0``, ``s1_date_3``, ``cloud_cover_2``, ``cloud_fraction_t1``, ``s2_acq_winter``.
+    1..4 when all four are numbered so): canonical ``s2_time_t``, ``s1_time_t``, ``cloud_t``. A column named by
+    a season word (spring, summer, autumn/fall, winter) instead gets ``s2_time_spring``, ``cloud_autumn``, ...:
+    timestamps are stored by date, so timestamp 0 can be any season, and :func:`read_metadata` places season
+    columns per location by their S2 dates. Examples: ``S2_time_0``, ``s1_date_3``, ``cloud_cover_2``,
+    ``cloud_fraction_t1``, ``s2_acq_winter``.
     """
-    found: dict[str, dict[int, str]] = {"s2_time": {}, "s1_time": {}, "cloud": {}}
+    found: dict[str, dict[int | str, str]] = {"s2_time": {}, "s1_time": {}, "cloud": {}}
     for col in columns:
         low = str(col).lower()
         if low in ("time", "time_id", "sample_id", "tile_id", "tile_crs"):
@@ -79,11 +87,74 @@ def match_time_columns(columns: Sequence[str]) -> dict[str, str]:
             found["s1_time"][t] = col
     out = {}
     for kind, by_t in found.items():
-        if sorted(by_t) == [1, 2, 3, 4]:
-            by_t = {t - 1: c for t, c in by_t.items()}
-        for t, col in by_t.items():
+        numbered = {t: c for t, c in by_t.items() if isinstance(t, int)}
+        if sorted(numbered) == [1, 2, 3, 4]:
+            numbered = {t - 1: c for t, c in numbered.items()}
+        for t, col in numbered.items():
             if 0 <= t < schema.N_TIMESTAMPS:
                 out[f"{kind}_{t}"] = col
+        for season, col in by_t.items():
+            if isinstance(season, str):
+                out[f"{kind}_{season}"] = col
+    return out
+
+
+def season_slots(s2_times: Any) -> np.ndarray:
+    """Where each season's column goes, per location: int64 ``[n, 4]``, ``slots[i, k]`` = the timestamp index of
+    season ``SEASONS[k]`` = the rank of its S2 date among the location's four (timestamps are stored by date;
+    unknown dates rank last). ``s2_times``: datetime64 ``[n, 4]`` in :data:`SEASONS` order."""
+    times = np.asarray(s2_times, dtype="datetime64[ns]").astype(np.int64)
+    times = np.where(times == np.iinfo(np.int64).min, np.iinfo(np.int64).max, times)  # NaT last
+    order = np.argsort(times, axis=1, kind="stable")
+    slots = np.empty_like(order)
+    np.put_along_axis(slots, order, np.arange(times.shape[1])[None, :].repeat(len(times), 0), axis=1)
+    return slots.astype(np.int64)
+
+
+#: The middle of each season's acquisition window (day of year): 20 Mar, 21 Jun, 22 Sep, 21 Dec.
+_SEASON_DAYS = np.array([79, 172, 265, 355])
+
+
+def _slots_from_numbered(s2_times: np.ndarray) -> np.ndarray:
+    """int64 ``[n, 4]``: the timestamp whose S2 date lies nearest each season's window (-1 where none is known)."""
+    times = np.asarray(s2_times, dtype="datetime64[ns]")
+    days = (times.astype("datetime64[D]") - times.astype("datetime64[Y]").astype("datetime64[D]")).astype(float)
+    days[np.isnat(times)] = np.nan
+    dist = np.abs(days[:, :, None] - _SEASON_DAYS[None, None, :])
+    dist = np.minimum(dist, 365 - dist)  # the year wraps: 2 Jan is 12 days from 21 Dec
+    slots = np.full((len(times), len(SEASONS)), -1, dtype=np.int64)
+    known = ~np.isnan(dist).all(axis=1)  # [n, 4 seasons]
+    best = np.argmin(np.nan_to_num(dist, nan=np.inf), axis=1)
+    slots[known] = best[known]
+    return slots
+
+
+def _cloud_fraction(values: Any, column: str, path: str) -> np.ndarray:
+    """Cloud cover as a fraction 0..1: fractions pass, percentages (some value above 1, none above 100) are
+    divided by 100; anything else is an error naming the column."""
+    x = np.asarray(values, dtype=float)
+    finite = x[np.isfinite(x)]
+    if finite.size and (finite.min() < 0 or finite.max() > 100):
+        raise SchemaError(f"{path}: column {column!r} holds {finite.min():g}..{finite.max():g}; a cloud-cover "
+                          "fraction (0..1) or percentage (0..100) was expected")
+    return x / 100.0 if finite.size and finite.max() > 1 else x
+
+
+def _epsg(values: Any, column: str, path: str) -> np.ndarray:
+    """EPSG codes as int64 from integers, integral floats or ``"EPSG:32633"`` strings; missing -> 0."""
+    out = np.zeros(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        text = str(v).strip().upper().removeprefix("EPSG:")
+        try:
+            code = float(text)
+        except ValueError:
+            code = float("nan")
+        if not np.isfinite(code) or code != int(code) or not 1024 <= code <= 999_999:
+            raise SchemaError(f"{path}: column {column!r} row {i} holds {v!r}, not an EPSG code (e.g. 32633 or "
+                              "'EPSG:32633')")
+        out[i] = int(code)
     return out
 
 
@@ -110,7 +181,7 @@ def _split_of(names: Any) -> list[str | None]:
     return out
 
 
-def _first_release(table: Any) -> Any:
+def _first_release(table: Any, path: str) -> Any:
     import geopandas as gpd
     import pandas as pd
 
@@ -125,7 +196,7 @@ def _first_release(table: Any) -> Any:
     geometry = gpd.GeoSeries(first["geometry"], crs=table.crs or "EPSG:4326")
     centroid = np.array([(g.centroid.x, g.centroid.y) if g is not None else (np.nan, np.nan) for g in geometry])
     out["center_lon"], out["center_lat"] = centroid[:, 0], centroid[:, 1]
-    out["crs"] = first["tile_crs"].astype("int64") if "tile_crs" in first else 0
+    out["crs"] = _epsg(first["tile_crs"].to_numpy(), "tile_crs", path) if "tile_crs" in first else 0
     out["tile_id"] = first["tile_id"] if "tile_id" in first else None
     for t in range(schema.N_TIMESTAMPS):
         out[f"s2_time_{t}"] = pd.to_datetime(times[t]) if t in times.columns else pd.NaT
@@ -134,7 +205,7 @@ def _first_release(table: Any) -> Any:
     return gpd.GeoDataFrame(out, geometry=geometry.values, crs=geometry.crs)
 
 
-def _second_release(table: Any) -> Any:
+def _second_release(table: Any, path: str) -> Any:
     import geopandas as gpd
     import pandas as pd
 
@@ -145,14 +216,40 @@ def _second_release(table: Any) -> Any:
     out["tar"] = table["tar"].astype(str).values if "tar" in table.columns else None
     for name in ("center_lon", "center_lat"):
         out[name] = table[name].astype(float).values
-    out["crs"] = table["crs"].astype("int64").values if "crs" in table.columns else 0
+    out["crs"] = _epsg(table["crs"].to_numpy(), "crs", path) if "crs" in table.columns else 0
     out["tile_id"] = table["tile_id"].values if "tile_id" in table.columns else None
+    n = len(table)
+    values: dict[str, np.ndarray] = {}
     for t in range(schema.N_TIMESTAMPS):
         for kind in ("s2_time", "s1_time"):
             col = matched.get(f"{kind}_{t}")
-            out[f"{kind}_{t}"] = pd.to_datetime(table[col].values) if col else pd.NaT
+            values[f"{kind}_{t}"] = (pd.to_datetime(table[col].values).to_numpy("datetime64[ns]") if col
+                                     else np.full(n, np.datetime64("NaT"), "datetime64[ns]"))
         col = matched.get(f"cloud_{t}")
-        out[f"cloud_{t}"] = table[col].astype(float).values if col else np.nan
+        values[f"cloud_{t}"] = _cloud_fraction(table[col].values, col, path) if col else np.full(n, np.nan)
+    seasonal = [k for k in matched if k.rsplit("_", 1)[-1] in SEASONS]
+    if seasonal:  # columns by season: placed per location by date
+        if all(f"s2_time_{s}" in matched for s in SEASONS):
+            s2 = np.stack([pd.to_datetime(table[matched[f"s2_time_{s}"]].values).to_numpy("datetime64[ns]")
+                           for s in SEASONS], axis=1)
+            slots = season_slots(s2)
+        else:  # the S2 times are numbered: each timestamp's season from its date
+            s2 = np.stack([values[f"s2_time_{t}"] for t in range(schema.N_TIMESTAMPS)], axis=1)
+            slots = _slots_from_numbered(s2)
+        rows = np.arange(n)
+        for kind in ("s2_time", "s1_time", "cloud"):
+            for k, season in enumerate(SEASONS):
+                col = matched.get(f"{kind}_{season}")
+                if col is None:
+                    continue
+                v = (pd.to_datetime(table[col].values).to_numpy("datetime64[ns]") if kind != "cloud"
+                     else _cloud_fraction(table[col].values, col, path))
+                for t in range(schema.N_TIMESTAMPS):
+                    pick = slots[:, k] == t
+                    values[f"{kind}_{t}"] = values[f"{kind}_{t}"].copy()
+                    values[f"{kind}_{t}"][rows[pick]] = v[pick]
+    for name, v in values.items():
+        out[name] = v
     return gpd.GeoDataFrame(out, geometry=table.geometry.values, crs=table.crs or "EPSG:4326")
 
 
@@ -165,10 +262,12 @@ def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None
         Index ``sample`` (7-digit str); columns :data:`COLUMNS` in that order: ``split``, ``file``, ``tar``,
         ``center_lon``/``center_lat`` (float64 degrees), ``crs`` (int64 EPSG), ``tile_id``,
         ``s2_time_0..3`` and ``s1_time_0..3`` (datetime64[ns]), ``cloud_0..3`` (float64, 0..1), ``geometry``
-        (footprint, EPSG:4326).
+        (footprint, EPSG:4326). Cloud cover given in percent is converted to fractions; values outside
+        0..100, or a ``crs`` that is not an EPSG code, raise :class:`~ssl4eo_zarr.errors.SchemaError` naming the
+        column. Columns named by season are placed per location by their S2 dates (see :func:`season_slots`).
     """
     table = _read_parquet(path, storage_options)
-    out = _first_release(table) if "time_id" in table.columns else _second_release(table)
+    out = _first_release(table, path) if "time_id" in table.columns else _second_release(table, path)
     return out[list(COLUMNS)]
 
 
@@ -203,4 +302,4 @@ def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True
     return table[keep]
 
 
-__all__ = ["COLUMNS", "match_time_columns", "read_metadata", "select"]
+__all__ = ["COLUMNS", "SEASONS", "match_time_columns", "read_metadata", "season_slots", "select"]

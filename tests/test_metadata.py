@@ -60,7 +60,8 @@ def test_time_columns_are_matched_by_meaning():
     got = match_time_columns(names)
     assert got["s2_time_0"] == "S2_time_0" and got["s2_time_3"] == "S2_time_3"
     assert got["s1_time_0"] == "s1_date_1" and got["s1_time_3"] == "s1_date_4"  # numbered 1..4
-    assert got["cloud_0"] == "cloud_fraction_t0" and got["cloud_3"] == "cc_winter"
+    assert got["cloud_0"] == "cloud_fraction_t0" and got["cloud_winter"] == "cc_winter"  # placed by date later
+    assert "cloud_3" not in got, "a season is no fixed index"
     assert "center_lat" not in got.values() and "time_id" not in got.values()
 
 
@@ -145,3 +146,87 @@ def test_reindex_seasonal_in_the_view_and_the_loader(root, tmp_path):
     one = next(iter(sz.ChunkDataset(work, split="val", modalities=["S2L2A"], reindex_seasonal=True, shuffle=False,
                                     timestamps=0)))
     assert torch.equal(one["S2L2A"][0], torch.from_numpy(expected[0, 0]))  # season 0 of location 0: its December
+
+
+def test_season_columns_are_placed_by_date_not_by_a_fixed_index(view, tmp_path):
+    """Timestamp 0 can be any season: a location whose first timestamp is its winter (the December before)
+    gets its winter columns at timestamp 0."""
+    import pandas as pd
+
+    n = view.sizes["sample"]
+    rng = np.random.default_rng(3)
+    base = {"spring": "2021-03-20", "summer": "2021-06-21", "autumn": "2021-09-22", "winter": "2021-12-21"}
+    early_winter = np.arange(n) % 2 == 0  # these locations' winter is December 2020: their timestamp 0
+    data = {"sample_id": [str(s) for s in view["sample"].values], "split": ["val"] * n,
+            "center_lon": view["center_lon"].values, "center_lat": view["center_lat"].values, "crs": view["crs"].values}
+    clouds = {}
+    for season, day in base.items():
+        times = np.full(n, np.datetime64(day), "datetime64[ns]")
+        if season == "winter":
+            times[early_winter] = np.datetime64("2020-12-21")
+        data[f"s2_time_{season}"] = times
+        clouds[season] = rng.uniform(0, 1, n)
+        data[f"cloud_{season}"] = clouds[season]
+    geometry = [box(lo - 0.01, la - 0.01, lo + 0.01, la + 0.01) for lo, la in zip(data["center_lon"], data["center_lat"])]
+    path = str(tmp_path / "val_metadata.parquet")
+    gpd.GeoDataFrame(data, geometry=geometry, crs="EPSG:4326").to_parquet(path)
+    table = sz.read_metadata(path)
+    winter_first = early_winter
+    np.testing.assert_allclose(table["cloud_0"].to_numpy()[winter_first], clouds["winter"][winter_first])
+    np.testing.assert_allclose(table["cloud_1"].to_numpy()[winter_first], clouds["spring"][winter_first])
+    np.testing.assert_allclose(table["cloud_0"].to_numpy()[~winter_first], clouds["spring"][~winter_first])
+    np.testing.assert_allclose(table["cloud_3"].to_numpy()[~winter_first], clouds["winter"][~winter_first])
+    assert (table["s2_time_0"][winter_first] == pd.Timestamp("2020-12-21")).all()
+    times = table[[f"s2_time_{t}" for t in range(4)]].to_numpy()
+    assert (np.diff(times.astype("datetime64[ns]").astype(np.int64), axis=1) > 0).all(), "by date, as stored"
+
+
+def test_season_cloud_columns_beside_numbered_times_follow_each_timestamps_date(view, tmp_path):
+    n = view.sizes["sample"]
+    data = {"sample_id": [str(s) for s in view["sample"].values], "center_lon": view["center_lon"].values,
+            "center_lat": view["center_lat"].values}
+    days = ["2020-12-28", "2021-03-18", "2021-06-25", "2021-09-20"]  # timestamp 0 is winter
+    for t, day in enumerate(days):
+        data[f"S2_time_{t}"] = np.full(n, np.datetime64(day), "datetime64[ns]")
+    for k, season in enumerate(("spring", "summer", "autumn", "winter")):
+        data[f"cloud_{season}"] = np.full(n, 0.1 * (k + 1))
+    path = str(tmp_path / "val_metadata.parquet")
+    gpd.GeoDataFrame(data, geometry=[box(0, 0, 1, 1)] * n, crs="EPSG:4326").to_parquet(path)
+    table = sz.read_metadata(path)
+    assert [round(float(table[f"cloud_{t}"].iloc[0]), 3) for t in range(4)] == [0.4, 0.1, 0.2, 0.3]
+
+
+def test_cloud_percentages_become_fractions_and_nonsense_is_named(view, tmp_path):
+    from ssl4eo_zarr.errors import SchemaError
+
+    clouds = np.random.default_rng(1).uniform(0, 0.3, (view.sizes["sample"], 4))
+    percent = sz.read_metadata(_second_release(view, str(tmp_path / "p.parquet"), clouds * 100))
+    np.testing.assert_allclose(percent[[f"cloud_{t}" for t in range(4)]].to_numpy(), clouds)
+    bad = clouds.copy()
+    bad[0, 2] = 250.0
+    with pytest.raises(SchemaError, match="cloud_cover_2"):
+        sz.read_metadata(_second_release(view, str(tmp_path / "b.parquet"), bad))
+    bad[0, 2] = -0.5
+    with pytest.raises(SchemaError, match="cloud_cover_2"):
+        sz.read_metadata(_second_release(view, str(tmp_path / "n.parquet"), bad))
+
+
+def test_crs_strings_and_floats_are_read_and_nonsense_is_named(view, tmp_path):
+    import pandas as pd
+
+    from ssl4eo_zarr.errors import SchemaError
+
+    clouds = np.zeros((view.sizes["sample"], 4))
+    path = _second_release(view, str(tmp_path / "c.parquet"), clouds)
+    table = gpd.read_parquet(path)
+    table["crs"] = [f"EPSG:{c}" for c in view["crs"].values]
+    table.to_parquet(path)
+    assert (sz.read_metadata(path)["crs"].to_numpy() == view["crs"].values).all()
+    table["crs"] = pd.array([float(c) for c in view["crs"].values[:-1]] + [np.nan])
+    table.to_parquet(path)
+    got = sz.read_metadata(path)["crs"].to_numpy()
+    assert (got[:-1] == view["crs"].values[:-1]).all() and got[-1] == 0
+    table["crs"] = ["UTM 33N"] * len(table)
+    table.to_parquet(path)
+    with pytest.raises(SchemaError, match="'crs' row 0 holds 'UTM 33N'"):
+        sz.read_metadata(path)
