@@ -52,17 +52,103 @@ def scl_to_sensei(scl: np.ndarray) -> np.ndarray:
 SENSEI_MODEL = "SEnSeIv2-SegFormerB2-alldata-ambiguous"
 
 #: SEnSeIv2 output channel -> schema class, by the model's class count (``CLASSES`` in its config), read with
-#: ``output_style=None``. The 7-class models predict the seven published classes in the published order; the
-#: package's 4-class order is clear, thick, thin, shadow.
+#: ``output_style=None``. The 7-class models predict the seven published classes in the published order. The
+#: 4-class order is clear, thin, thick, shadow, as the package itself uses it: its training data pipeline maps
+#: the seven classes with ``clear=[0, 1, 2], thin=[3], thick=[4], shadow=[5]`` (``train.construct_data``) and its
+#: inference post-processing (``CloudMask.postprocess``, ``output_style="4-class"``) turns 7-class scores into
+#: ``[clear, thin, thick, shadow]``. (A comment in its metrics code says CloudSEN12's clear, thick, thin,
+#: shadow; that is the order of CloudSEN12's own labels, not what the package trains or outputs.) "Clear"
+#: becomes land: a 4-class model cannot tell land, water and snow apart.
 SENSEI_CLASS_TABLE: dict[int, tuple[CloudClass, ...]] = {
     7: (CloudClass.LAND, CloudClass.WATER, CloudClass.SNOW, CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD,
         CloudClass.CLOUD_SHADOW, CloudClass.NO_DATA),
-    4: (CloudClass.LAND, CloudClass.THICK_CLOUD, CloudClass.THIN_CLOUD, CloudClass.CLOUD_SHADOW),
+    4: (CloudClass.LAND, CloudClass.THIN_CLOUD, CloudClass.THICK_CLOUD, CloudClass.CLOUD_SHADOW),
 }
 
 #: Environment variables that point a build at a local SEnSeIv2 model (build machines may be offline).
 ENV_CONFIG, ENV_WEIGHTS, ENV_MODEL, ENV_DEVICE = ("SSL4EO_SENSEI_CONFIG", "SSL4EO_SENSEI_WEIGHTS", "SSL4EO_SENSEI_MODEL",
                                                   "SSL4EO_SENSEI_DEVICE")
+#: A folder holding the files a model config names (the layout of :func:`resolve_model_config`).
+ENV_DIR = "SSL4EO_SENSEI_DIR"
+
+#: The offline folder layout, as ``senseiv2.utils.get_model_files`` lays out its ``hf_models`` folder plus a
+#: ``segformer`` folder: ``full-models/<model>/{config.yaml,weights.pt}``, ``sensei-configs/<SEnSeIv2 config>``,
+#: ``segformer/<hub id with "/" as "--">/`` (``config.json`` and weights, as ``save_pretrained`` writes them).
+OFFLINE_LAYOUT = ("full-models/<model>/config.yaml", "full-models/<model>/weights.pt", "sensei-configs/<name>.yaml",
+                  "segformer/<org>--<name>/config.json")
+
+
+def _search_folders(config_path: str, extra: Sequence[str]) -> list[str]:
+    here = os.path.dirname(os.path.abspath(config_path))
+    folders = [*extra, here, os.path.dirname(os.path.dirname(here))]  # the model folder, and hf_models above it
+    env = os.environ.get(ENV_DIR)
+    if env:
+        folders.insert(0, env)
+    return list(dict.fromkeys(folders))
+
+
+def _find(candidates: Sequence[str], test=os.path.isfile) -> str | None:
+    return next((os.path.abspath(c) for c in candidates if test(c)), None)
+
+
+def resolve_model_config(config_path: str, folders: Sequence[str] = (), *, out_dir: str | None = None) -> str:
+    """A copy of a SEnSeIv2 model ``config.yaml`` whose file references all point at local files, so that the
+    package loads the model without reaching the hub; returns the copy's path (the original when nothing
+    needed resolving).
+
+    The package resolves a relative ``SEnSeIv2`` entry (the descriptor front end's config) against its own
+    install folder, and ``SEGFORMER_CONFIG`` (a hub id such as ``nvidia/mit-b2``) through
+    ``from_pretrained``: both fail offline. They are looked for in ``folders``, ``$SSL4EO_SENSEI_DIR``, the
+    config's folder and the ``hf_models`` folder above it, in the layout of :data:`OFFLINE_LAYOUT`. A
+    ``SEnSeIv2`` entry that is nowhere is a :class:`BuildError` naming where it was looked for; a SegFormer id
+    not found locally is left to ``transformers`` (its cache and ``HF_HUB_OFFLINE`` still apply).
+    """
+    import yaml
+
+    with open(config_path, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    search = _search_folders(config_path, folders)
+    changed = False
+    front = config.get("SEnSeIv2")
+    if front:
+        entry = str(front)
+        base = os.path.basename(entry)
+        candidates = [entry] if os.path.isabs(entry) else []
+        for folder in search:
+            candidates += [os.path.join(folder, entry), os.path.join(folder, "sensei-configs", base),
+                           os.path.join(folder, base)]
+        found = _find(candidates)
+        if found is None:
+            raise BuildError(f"{config_path}: its SEnSeIv2 entry {entry!r} (the descriptor front end's config) is not "
+                             f"a local file; looked in {', '.join(search)} (as <folder>/sensei-configs/{base}). Put it "
+                             f"there, or set {ENV_DIR} to a folder laid out as {', '.join(OFFLINE_LAYOUT)}")
+        if found != entry:
+            config["SEnSeIv2"], changed = found, True
+    segformer = config.get("SEGFORMER_CONFIG")
+    if config.get("MODEL_TYPE") == "Segformer" and segformer and not os.path.isdir(str(segformer)):
+        name = str(segformer)
+        candidates = []
+        for folder in search:
+            candidates += [os.path.join(folder, "segformer", name.replace("/", "--")),
+                           os.path.join(folder, "segformer", name.rsplit("/", 1)[-1]), os.path.join(folder, name)]
+        found = _find(candidates, lambda c: os.path.isfile(os.path.join(c, "config.json")))
+        if found is not None:
+            config["SEGFORMER_CONFIG"], changed = found, True
+    if not changed:
+        return config_path
+    import hashlib
+    import tempfile
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    where = out_dir or os.path.join(tempfile.gettempdir(), "ssl4eo-sensei")
+    os.makedirs(where, exist_ok=True)
+    path = os.path.join(where, hashlib.sha256(text.encode()).hexdigest()[:16] + "-config.yaml")
+    if not os.path.exists(path):
+        from ..storage import atomic_write
+
+        with atomic_write(path, "w") as f:
+            f.write(text)
+    return path
 
 _INSTALL_HINT = ("SEnSeIv2 is not on the package index: install it from its repository "
                  "(git clone https://github.com/aliFrancis/SEnSeIv2 && pip install ./SEnSeIv2)")
@@ -139,6 +225,7 @@ class SenseiMasker:
             except Exception as exc:  # noqa: BLE001 - a hub download fails in many ways offline
                 raise BuildError(f"cannot get SEnSeIv2 model {name!r} ({exc}); on an offline machine set "
                                  f"{ENV_CONFIG} and {ENV_WEIGHTS} to local copies of its config.yaml and weights.pt") from None
+        config = resolve_model_config(config)
         kwargs: dict[str, Any] = {"device": device or os.environ.get(ENV_DEVICE, "cpu"), "output_style": None,
                                   "categorise": False}
         params = inspect.signature(CloudMask).parameters
@@ -147,7 +234,11 @@ class SenseiMasker:
         self.descriptors = sensei_descriptors()
         if "descriptors" in params:  # releases before the inference refactor took them here
             kwargs["descriptors"] = self.descriptors
-        self._mask = CloudMask(config, weights, **kwargs)
+        try:
+            self._mask = CloudMask(config, weights, **kwargs)
+        except OSError as exc:  # transformers' "can't load the config of 'nvidia/mit-b2'", a missing file
+            raise BuildError(f"cannot load the SEnSeIv2 model {config} ({exc}); offline, lay its files out as "
+                             f"{', '.join(OFFLINE_LAYOUT)} under {ENV_DIR} (see docs/build.md)") from None
         self.patch_size = int(self._mask.model_config["PATCH_SIZE"])
 
     def __call__(self, l1c: np.ndarray) -> np.ndarray:
