@@ -197,12 +197,11 @@ def test_a_segformer_model_loads_with_the_hub_unreachable(tmp_path, monkeypatch)
     through the resolved local folder."""
     pytest.importorskip("senseiv2.inference", reason="SEnSeIv2 is not installed (not on the package index; "
                                                      "see docs/build.md)")
+    import huggingface_hub.constants
     import torch
     import yaml
     from senseiv2 import models
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: set it where it is kept
