@@ -27,7 +27,7 @@ def test_feeder_on_the_cpu_normalises_like_normalize(root):
             assert a[m].dtype == torch.float32 and torch.equal(a[m], b[m])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_copies_come_from_arenas_pinned_in_place_and_never_see_them_reused(root):
     from ssl4eo_zarr.loader import pool
 
@@ -44,3 +44,34 @@ def test_cuda_copies_come_from_arenas_pinned_in_place_and_never_see_them_reused(
         assert pool._REGISTERED, "arenas were page-locked in place"
         mapped = {s.data_ptr() for kept in pool._MAPPED.values() for s in kept}
         assert set(pool._REGISTERED) <= mapped
+
+
+def test_arenas_of_ended_workers_are_let_go_without_new_workers(root):
+    """After an epoch with non-persistent workers and no epoch after it, the consumer's kept mappings of their
+    arenas (pinned ones unpinned) go when asked, not only when a new worker's first batch arrives."""
+    from ssl4eo_zarr.loader import pool
+
+    pool.release_ended_workers()
+    batches = list(DataLoader(sz.ChunkDataset(root, **KW), batch_size=None, num_workers=1))
+    pids = {b._token[3] for b in batches if getattr(b, "_token", None) is not None}
+    assert pids and any(k[0] in pids for k in pool.kept_mappings())
+    feed = DeviceFeeder("cpu")
+    feed.synchronize()  # on the CPU nothing was pinned: mappings stay until released explicitly
+    assert pool.release_ended_workers() >= 1
+    assert not any(k[0] in pids for k in pool.kept_mappings())
+    assert all(torch.equal(b["S2L2A"], b["S2L2A"].clone()) for b in batches), "held batches still readable"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_copies_to_a_device_that_is_not_current_are_waited_for(root):
+    """The copy-done event is recorded on the target device's stream: with cuda:0 current and batches fed to
+    cuda:1, a held arena is never handed back before its copy to cuda:1 finished."""
+    want = _reference(root, "cuda:1")
+    ds = sz.ChunkDataset(root, buffer_slots=2, **KW)
+    feed = DeviceFeeder("cuda:1", normalize=True)
+    torch.cuda.set_device(0)
+    got = [feed(b) for b in DataLoader(ds, batch_size=None, num_workers=2)]
+    feed.synchronize()
+    for a, b in zip(got, want):
+        for m in MODS:
+            assert a[m].device == torch.device("cuda:1") and torch.equal(a[m], b[m])

@@ -134,7 +134,7 @@ def test_a_lightning_module_that_moves_batches_itself_keeps_doing_so(root, tmp_p
     assert model.devices_seen == {"cpu"}
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_lightning_on_cuda_feeds_batches_from_the_arenas_pinned_in_place(root, tmp_path):
     from ssl4eo_zarr.loader import pool
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .pool import pin_in_place
+from .pool import pin_in_place, release_ended_workers
 from .transforms import normalize as _normalize
 
 
@@ -59,16 +59,21 @@ class DeviceFeeder:
         pinned = cuda and pin_in_place(batch)
         out = {k: v.to(self.device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         if pinned:  # the arena must outlive the asynchronous copies from it
-            event = torch.cuda.Event()
-            event.record()
+            # The copies were queued on the target device's current stream, whichever device is current here.
+            with torch.cuda.device(self.device):
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(self.device))
             self._in_flight.append((event, batch))
         if self.normalize:
             out = _normalize(out, s2_offset=self.s2_offset, layout=self.layout)
         return out
 
     def synchronize(self) -> None:
-        """Wait for every copy in flight and let go of the batches they read."""
+        """Wait for every copy in flight and let go of the batches they read; arenas of workers that have
+        ended are unpinned and let go (call it at the end of an epoch when workers are not persistent)."""
         self._drain(wait=True)
+        if self.device.type == "cuda":
+            release_ended_workers()
 
 
 __all__ = ["DeviceFeeder"]

@@ -166,21 +166,43 @@ def _alive(pid: int) -> bool:
 _REGISTERED: dict[int, int] = {}
 
 
+#: ``cudaHostRegisterPortable``: pinned for every device's context, not only the current one's (a feeder may
+#: copy to ``cuda:1`` while ``cuda:0`` is current).
+_PORTABLE = 1
+
+
 def _unregister(storages: Sequence[torch.UntypedStorage]) -> None:
-    """Undo :func:`pin_in_place` for mappings about to be dropped (after every copy from them has finished)."""
+    """Undo :func:`pin_in_place` for mappings about to be dropped, after every copy from them has finished on
+    every device (copies may go to any GPU)."""
     doomed = [s for s in storages if s.data_ptr() in _REGISTERED]
     if not doomed:
         return
-    torch.cuda.synchronize()
+    for device in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(device)
     for s in doomed:
         torch.cuda.cudart().cudaHostUnregister(s.data_ptr())
         del _REGISTERED[s.data_ptr()]
 
 
+def release_ended_workers() -> int:
+    """Drop the kept mappings of arenas whose worker process has ended, unpinning those :func:`pin_in_place`
+    page-locked; returns how many arenas were let go. Runs by itself when a new worker's first batch arrives;
+    :meth:`~ssl4eo_zarr.loader.DeviceFeeder.synchronize` runs it too, so pinned memory does not outlive an
+    epoch's workers when no new ones follow."""
+    ended = [k for k in _MAPPED if not _alive(k[0])]
+    for key in ended:
+        _unregister(_MAPPED.pop(key))
+    return len(ended)
+
+
+def kept_mappings() -> dict[tuple[int, int], int]:
+    """``{(worker pid, slot): bytes}`` of the arena mappings the consuming process keeps (see :data:`_MAPPED`)."""
+    return {key: sum(s.nbytes() for s in storages) for key, storages in _MAPPED.items()}
+
+
 def _keep_mapped(data: Mapping[str, Any], pid: int, slot: int) -> None:
     if not any(key[0] == pid for key in _MAPPED):  # a new worker: forget the arenas of workers that ended
-        for key in [k for k in _MAPPED if not _alive(k[0])]:
-            _unregister(_MAPPED.pop(key))
+        release_ended_workers()
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in tensors_in(data)}
     old = _MAPPED.get((pid, slot), [])
     _MAPPED[pid, slot] = list(storages.values())
@@ -204,7 +226,7 @@ def pin_in_place(batch: Mapping[str, Any]) -> bool:
         return False
     for s in kept:
         if s.data_ptr() not in _REGISTERED:
-            if int(torch.cuda.cudart().cudaHostRegister(s.data_ptr(), s.nbytes(), 0)) != 0:
+            if int(torch.cuda.cudart().cudaHostRegister(s.data_ptr(), s.nbytes(), _PORTABLE)) != 0:
                 return False
             _REGISTERED[s.data_ptr()] = s.nbytes()
     return True
@@ -375,4 +397,5 @@ def worker_pool(table: LeaseTable, worker: int, *, shared: bool) -> BufferPool:
     return pool
 
 
-__all__ = ["BufferPool", "Lease", "LeaseTable", "LeasedBatch", "lease_table", "pin_in_place", "tensors_in", "worker_pool"]
+__all__ = ["BufferPool", "Lease", "LeaseTable", "LeasedBatch", "kept_mappings", "lease_table", "pin_in_place",
+           "release_ended_workers", "tensors_in", "worker_pool"]
