@@ -3,6 +3,8 @@ object stores and the dataset hub do), counts the bytes it serves and can fail o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import ssl
@@ -10,6 +12,7 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -25,6 +28,10 @@ class RangeHTTPServer:
     ``bytes_served`` and ``requests`` count what went out. Use as a context manager; it stops by itself on exit.
 
     ``redirect_to`` sends the ``/r/`` redirects to another server's base URL (a CDN on another host).
+    ``hub_repo="org/name"`` also answers as the Hugging Face Hub does for a dataset repository holding
+    ``folder`` (what ``huggingface_hub.HfFileSystem`` asks: repository info, tree listings, ``paths-info``,
+    and ``/datasets/org/name/resolve/<revision>/<path>`` with Range), so ``hf://`` URLs can be read with
+    ``storage_options={"endpoint": server.url}``; a hub lists folders, unlike a static host.
     :meth:`answer_next` queues statuses (with headers, e.g. ``Retry-After``) for the next requests, as a rate
     limiting hub answers. ``seen`` logs every request as ``(time, method, path, headers)``. ``tls`` is
     ``(certfile, keyfile)`` to serve HTTPS.
@@ -32,8 +39,9 @@ class RangeHTTPServer:
 
     def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False, redirect: bool = False,
                  ranges: bool = True, drop_every: int = 0, redirect_to: str | None = None,
-                 tls: tuple[str, str] | None = None):
+                 tls: tuple[str, str] | None = None, hub_repo: str | None = None):
         self.folder = os.fspath(folder)
+        self.hub_repo = hub_repo
         self.redirect_to = redirect_to
         self.seen: list[tuple[float, str, str, dict[str, str]]] = []
         self._answers: list[tuple[int, dict[str, str]]] = []
@@ -102,13 +110,57 @@ class RangeHTTPServer:
             def do_HEAD(self):
                 if self._should_fail():
                     return
-                if not self._redirected():
+                if not self._redirected() and not self._hub():
                     super().do_HEAD()
+
+            def _hub(self) -> bool:
+                """Answer a Hub API request; rewrite a ``resolve`` URL to the file's path. False: not the Hub's."""
+                if not server.hub_repo:
+                    return False
+                parts = urlsplit(self.path)
+                api = f"/api/datasets/{server.hub_repo}"
+                resolve = f"/datasets/{server.hub_repo}/resolve/"
+                if parts.path.startswith(resolve):
+                    rest = parts.path[len(resolve):]
+                    self.path = "/" + (rest.split("/", 1)[1] if "/" in rest else "")
+                    return False
+                if not parts.path.startswith(api):
+                    return False
+                tail = parts.path[len(api):]
+                if tail == "" or tail.startswith("/revision/"):
+                    return self._json({"id": server.hub_repo, "sha": "0" * 40, "private": False, "siblings": []})
+                if tail.startswith("/tree/"):
+                    rel = unquote(tail[len("/tree/"):].split("/", 1)[1]) if "/" in tail[len("/tree/"):] else ""
+                    full = os.path.join(server.folder, rel)
+                    if not os.path.isdir(full):
+                        return self._json({"error": "not found"}, 404)
+                    return self._json([_hub_entry(server.folder, os.path.join(rel, n).lstrip("/"))
+                                       for n in sorted(os.listdir(full))])
+                if tail.startswith("/paths-info/") and self.command == "POST":
+                    form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+                    found = [p for p in form.get("paths", []) if os.path.exists(os.path.join(server.folder, p))]
+                    return self._json([_hub_entry(server.folder, p) for p in found])
+                return self._json({"error": "not found"}, 404)
+
+            def _json(self, doc, status: int = 200) -> bool:
+                body = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
+
+            def do_POST(self):
+                if self._should_fail():
+                    return
+                if not self._hub():
+                    self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "static host")
 
             def do_GET(self):
                 if self._should_fail():
                     return
-                if self._redirected():
+                if self._redirected() or self._hub():
                     return
                 path = self.translate_path(self.path)
                 if not server.listing and os.path.isdir(path):
@@ -206,6 +258,15 @@ class RangeHTTPServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def _hub_entry(folder: str, rel: str) -> dict:
+    """A Hub tree / paths-info entry for ``rel`` inside ``folder``."""
+    full = os.path.join(folder, rel)
+    oid = hashlib.sha1(rel.encode()).hexdigest()
+    if os.path.isdir(full):
+        return {"type": "directory", "path": rel, "oid": oid}
+    return {"type": "file", "path": rel, "size": os.path.getsize(full), "oid": oid}
 
 
 def _serve(folder: str, conn) -> None:

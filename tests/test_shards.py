@@ -281,13 +281,28 @@ def test_hub_resolve_urls_and_one_timestep_reads_only_its_bytes(both, tmp_path):
         assert server.bytes_served < member.size
 
 
-def test_hf_urls_route_through_the_hub_filesystem():
+def test_hf_urls_read_through_this_librarys_path(both):
+    """hf:// roots through open_dataset and ChunkDataset, against a local server that answers the Hub's API
+    (repository info, tree listings, paths-info, resolve with Range): the same values as the local shards."""
     pytest.importorskip("huggingface_hub")
-    import fsspec
+    from ssl4eo_zarr.testing import RangeHTTPServer
 
-    fs, path = fsspec.core.url_to_fs("hf://datasets/org/SSL4EO-S12-v1.1/val/S2L2A/ssl4eos12_shard_000001.tar")
-    assert type(fs).__name__ == "HfFileSystem"
-    assert path.endswith("val/S2L2A/ssl4eos12_shard_000001.tar")
+    _, shards = both
+    with RangeHTTPServer(shards, hub_repo="org/SSL4EO-S12-v1.1") as hub:
+        options = {"endpoint": hub.url, "token": False}
+        url = "hf://datasets/org/SSL4EO-S12-v1.1"
+        remote = sz.open_dataset(url, split="val", storage_options=options)
+        local = sz.open_dataset(shards, split="val")
+        assert remote.attrs["modalities"] == local.attrs["modalities"]
+        np.testing.assert_array_equal(remote["S2L2A"].values, local["S2L2A"].values)
+        np.testing.assert_array_equal(remote["DEM"].values, local["DEM"].values)
+        kw = {"split": "val", "modalities": ["S2L2A", "S1GRD"], "batch_size": 8, "seed": 3, "return_metadata": True}
+        got = list(DataLoader(sz.ChunkDataset(url, storage_options=options, **kw), batch_size=None, num_workers=2))
+        want = list(DataLoader(sz.ChunkDataset(shards, **kw), batch_size=None, num_workers=2))
+        assert [b["sample"] for b in got] == [b["sample"] for b in want]
+        for a, b in zip(got, want):
+            assert torch.equal(a["S2L2A"], b["S2L2A"]) and torch.equal(a["S1GRD"], b["S1GRD"])
+        assert any("/resolve/" in path for _t, _m, path, _h in hub.seen), "the data came through resolve URLs"
 
 
 def test_convert_keeps_seven_modalities_and_says_what_chunks_cannot_hold(both, tmp_path):
