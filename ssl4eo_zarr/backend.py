@@ -12,10 +12,51 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import xarray as xr
-from xarray.backends import BackendEntrypoint
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.core import indexing
 
 from .layout import is_chunk_file, is_shard_file
+
+
+class LazyArray(BackendArray):
+    """One variable of the library's view as xarray's lazily indexed array: an index reads only the stored
+    chunks it touches (the view's dask graph, sliced, computed in the calling thread), so xarray decides the
+    chunking (``chunks=None``: lazy indexing; ``chunks={}``: dask with :attr:`preferred_chunks`)."""
+
+    def __init__(self, data: Any):
+        self._data = data
+        self.shape = tuple(data.shape)
+        self.dtype = np.dtype(data.dtype)
+
+    @property
+    def preferred_chunks(self) -> tuple[int, ...]:
+        """The stored chunk edge along each dimension (the first block's size)."""
+        return tuple(int(c[0]) if c else 0 for c in self._data.chunks)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._raw)
+
+    def _raw(self, key: tuple) -> np.ndarray:
+        return np.asarray(self._data[key].compute(scheduler="synchronous"))
+
+
+def as_backend_variables(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every dask-backed variable as a :class:`LazyArray` (wrapped in xarray's lazily indexed
+    array), its stored chunking in ``encoding["preferred_chunks"]``, as xarray's zarr backend hands them over."""
+    import dask.array as da
+
+    def convert(var: xr.Variable) -> xr.Variable:
+        if not isinstance(var.data, da.Array):
+            return var
+        lazy = LazyArray(var.data)
+        encoding = {**var.encoding, "preferred_chunks": dict(zip(var.dims, lazy.preferred_chunks))}
+        return xr.Variable(var.dims, indexing.LazilyIndexedArray(lazy), var.attrs, encoding)
+
+    data_vars = {name: convert(var) for name, var in ds.data_vars.items()}
+    coords = {name: convert(var.variable) for name, var in ds.coords.items()}
+    return xr.Dataset(data_vars, coords=coords, attrs=ds.attrs)
 
 
 class SSL4EOBackendEntrypoint(BackendEntrypoint):
@@ -23,8 +64,10 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
 
     Keyword arguments are those of :func:`ssl4eo_zarr.open_dataset` (``split``, ``modalities``,
     ``s2_offset``, ``fix_s1_order``, ``reindex_seasonal``, ``distribution``, ``storage_options``).
-    Variables come back dask-backed and lazy; a single chunk file in exactly the layout ``xr.open_zarr`` gives
-    under zarr-python 2.18.
+    Variables come back as lazily indexed backend arrays and xarray owns the chunking, as with the zarr and
+    rasterio engines: ``chunks=None`` (the default) indexes lazily, reading only the stored chunks an index
+    touches; ``chunks={}`` gives dask arrays with one chunk per stored chunk; ``chunks={"sample": 8}`` any other.
+    A single chunk file comes in exactly the layout ``xr.open_zarr`` gives under zarr-python 2.18.
     """
 
     description = "SSL4EO-S12 v1.1 chunk files (.zarr.zip) and WebDataset shards (.tar), via ssl4eo_zarr"
@@ -53,7 +96,7 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
         if drop_variables:
             ds = ds.drop_vars([drop_variables] if isinstance(drop_variables, str) else list(drop_variables),
                               errors="ignore")
-        return ds
+        return as_backend_variables(ds)
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         try:

@@ -31,8 +31,8 @@ def test_a_chunk_file_through_xarray_is_the_librarys_view(root):
 def test_roots_split_folders_and_options(root):
     ds = xr.open_dataset(root, engine="ssl4eo", split="val", modalities=["S2L2A", "S1GRD"], s2_offset=False)
     ref = sz.open_dataset(root, split="val", modalities=["S2L2A", "S1GRD"])
-    np.testing.assert_array_equal(ds["S2L2A"].values, ref["S2L2A"].values - 1000)
     assert ds.sizes["sample"] == 42 and not ds["S2L2A"].variable._in_memory  # lazy until asked
+    np.testing.assert_array_equal(ds["S2L2A"].values, ref["S2L2A"].values - 1000)
     chunked = xr.open_dataset(root, engine="ssl4eo", split="val", modalities=["S2L2A"], chunks={})
     assert chunked["S2L2A"].chunks is not None
 
@@ -53,3 +53,42 @@ def test_shards_through_xarray(tmp_path):
     assert xr.backends.plugins.guess_engine(str(shard)) == "ssl4eo"
     ds = xr.open_dataset(str(tmp_path), engine="ssl4eo", split="val")
     assert ds.sizes["sample"] == 10 and ds["DEM"].dims == ("sample", "band_DEM", "y", "x")
+
+
+def test_xarray_owns_the_chunking(root):
+    """As with the zarr engine: chunks=None indexes lazily (no dask), chunks={} gives one dask chunk per stored
+    chunk, any other chunks= rechunks; all give the library's values."""
+    import dask.array as da
+
+    path = chunk_path(root, "S2L2A", 1)
+    ref = sz.open_dataset(path).load()
+    lazy = xr.open_dataset(path, engine="ssl4eo")
+    assert not lazy["bands"].variable._in_memory
+    assert lazy["bands"].chunks is None and not isinstance(lazy["bands"].variable._data, da.Array)
+    np.testing.assert_array_equal(lazy["bands"].isel(time=2, band=slice(1, 4)).values,
+                                  ref["bands"].isel(time=2, band=slice(1, 4)).values)
+    assert lazy["bands"].encoding["preferred_chunks"] == {"sample": 16, "time": 1, "band": 12, "y": 32, "x": 32}
+    stored = xr.open_dataset(path, engine="ssl4eo", chunks={})
+    assert stored["bands"].chunks == ((16,), (1, 1, 1, 1), (12,), (32,), (32,))
+    xr.testing.assert_identical(stored.load(), ref)
+    other = xr.open_dataset(path, engine="ssl4eo", chunks={"time": 2})
+    assert other["bands"].chunks[:2] == ((16,), (2, 2))
+    np.testing.assert_array_equal(other["bands"].values, ref["bands"].values)
+
+
+def test_lazy_indexing_reads_only_the_chunk_it_needs(root):
+    """Over HTTP, one timestamp of one location through chunks=None moves that stored chunk, not the file."""
+    import os
+    import zipfile
+
+    from ssl4eo_zarr.testing import RangeHTTPServer
+
+    path = chunk_path(root, "S2L1C", 1)
+    with zipfile.ZipFile(path) as zf:
+        chunk = zf.getinfo("bands/0.3.0.0.0").compress_size
+    with RangeHTTPServer(root) as server:
+        ds = xr.open_dataset(server.url + "/" + os.path.relpath(path, root), engine="ssl4eo")
+        server.reset_counts()
+        got = ds["bands"].isel(sample=5, time=3).values
+        assert chunk <= server.bytes_served <= chunk + 200, (server.bytes_served, chunk)
+    np.testing.assert_array_equal(got, sz.open_dataset(path)["bands"].isel(sample=5, time=3).values)
