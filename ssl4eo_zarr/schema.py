@@ -126,7 +126,8 @@ class Modality:
 
     @property
     def static(self) -> bool:
-        """One timestep only (DEM): batches give it as ``[B, 1, C, H, W]`` whatever timestamps are asked for."""
+        """One timestep only (DEM): ``T = 1`` where batches have a time axis (``[B, 1, C, H, W]``); with one
+        timestamp asked for, ``[B, C, H, W]`` like every modality."""
         return self.n_timestamps == 1
 
     @property

@@ -101,8 +101,9 @@ def test_seven_modalities_random_season_and_dem_shapes(both):
                          return_metadata=True, seed=3)
     batches = _run(ds)
     first = batches[0]
-    assert first["DEM"].shape == (8, 1, 1, SIZE, SIZE)  # one timestep, whatever timestamps says
+    assert first["DEM"].shape == (8, 1, SIZE, SIZE)  # one timestamp asked for: no time axis, DEM included
     assert first["S2L1C"].shape == (8, 13, SIZE, SIZE) and first["NDVI"].shape == (8, 1, SIZE, SIZE)
+    assert first["time_DEM"].shape == (8,) and first["time_"].shape == (8,)
     assert first["LULC"].dtype == torch.uint8 and first["cloud_mask"].shape == (8, SIZE, SIZE)
     full = sz.open_dataset(shards, split="val")
     index = {s: i for i, s in enumerate(full["sample"].values)}
@@ -113,7 +114,7 @@ def test_seven_modalities_random_season_and_dem_shapes(both):
             for mod in ("S2L2A", "S1GRD", "NDVI"):
                 np.testing.assert_array_equal(b[mod][j].numpy(), full[mod].values[index[s], t])
             assert int(b["time_"][j]) == full["time_S2L2A"].values[index[s], t].astype(np.int64)
-            np.testing.assert_array_equal(b["DEM"][j, 0].numpy(), full["DEM"].values[index[s]])
+            np.testing.assert_array_equal(b["DEM"][j].numpy(), full["DEM"].values[index[s]])
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
@@ -456,3 +457,19 @@ def test_published_looking_shards_that_are_not_the_published_list_are_counted(tm
     assert sum(ds.counts) == 23 and ds.counts == [5, 5, 5, 5, 3]
     samples = [s for b in DataLoader(ds, batch_size=None, num_workers=2) for s in b["sample"]]
     assert len(samples) == len(set(samples)) == 23
+
+
+@pytest.mark.parametrize("timestamps, t", [("all", 4), ([0, 2], 2), (3, None), ("random", None)])
+def test_one_shape_rule_for_every_modality(both, timestamps, t):
+    """The time axis follows what is asked for, never the modality: DEM has T = 1 where others have T."""
+    _, shards = both
+    ds = sz.ChunkDataset(shards, split="val", modalities=["S2L2A", "S1GRD", "DEM"], timestamps=timestamps,
+                         batch_size=4, return_metadata=True, seed=1)
+    batch = next(iter(ds))
+    if t is None:
+        assert batch["S2L2A"].shape == (4, 12, SIZE, SIZE) and batch["DEM"].shape == (4, 1, SIZE, SIZE)
+        assert batch["cloud_mask"].shape == (4, SIZE, SIZE) and batch["time_DEM"].shape == (4,)
+    else:
+        assert batch["S2L2A"].shape == (4, t, 12, SIZE, SIZE) and batch["S1GRD"].shape == (4, t, 2, SIZE, SIZE)
+        assert batch["DEM"].shape == (4, 1, 1, SIZE, SIZE) and batch["time_DEM"].shape == (4, 1)
+        assert batch["cloud_mask"].shape == (4, t, SIZE, SIZE)

@@ -98,7 +98,7 @@ def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
         for r in rows:
             t = r.times[mod]
             if static:
-                picked.append(t[:1])
+                picked.append(t[0] if spec.single else t[:1])
             elif spec.timestamps == "random":
                 picked.append(t[r.timestamp])
             elif spec.timestamps == "all":
@@ -111,13 +111,12 @@ def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
 
 
 def delivered_shape(spec: ReadSpec, static: bool, n_rows: int, n_t: int, item: Sequence[int]) -> tuple[int, ...]:
-    """Batch shape of one modality: ``[B, 1, *item]`` for a static one, ``[B, *item]`` for one timestamp,
-    else ``[B, T, *item]``."""
-    if static:
-        return (n_rows, 1, *item)
+    """Batch shape of one modality, one rule for all: one timestamp asked for (an index or ``"random"``) drops
+    the time axis, ``[B, *item]``, static modalities (DEM) included; several keep it, ``[B, T, *item]``, where a
+    static modality has its single timestep, ``T = 1``."""
     if spec.single:
         return (n_rows, *item)
-    return (n_rows, n_t, *item)
+    return (n_rows, 1 if static else n_t, *item)
 
 
 __all__ = ["ReadSpec", "RowMeta", "delivered_shape", "metadata_batch", "offset_delta", "seasonal_order"]

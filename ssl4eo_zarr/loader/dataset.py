@@ -53,7 +53,7 @@ class ChunkDataset(IterableDataset):
     S2RGB       uint8    3      display values               ``[B, T, 3, H, W]``
     NDVI        float32  1      NDVI (shards only)           ``[B, T, 1, H, W]``
     LULC        uint8    1      ESRI class (shards only)     ``[B, T, 1, H, W]``
-    DEM         float32  1      metres (shards only)         ``[B, 1, 1, H, W]`` always (one timestep)
+    DEM         float32  1      metres (shards only)         ``[B, 1, 1, H, W]`` (one timestep: ``T = 1``)
     ==========  =======  =====  ===========================  ===================================
 
     S2 values follow one convention whichever the distribution: ``s2_offset=True`` (default) delivers DN + 1000
@@ -61,8 +61,9 @@ class ChunkDataset(IterableDataset):
     store them. A modality this library does not know (the dataset grew one) reads from shards with the dtype,
     bands and time length of its own members. DEM/NDVI/LULC dtypes are those of the members (not published).
 
-    ``T`` is the number of timestamps asked for; with a single timestamp (``timestamps=2`` or
-    ``"random"``) the time axis is dropped: ``[B, C, H, W]``. ``H = W = 264`` unless cropped.
+    One shape rule for every modality (the table in docs/loader.md): ``T`` is the number of timestamps asked
+    for (1 for a static modality such as DEM); with a single timestamp (``timestamps=2`` or ``"random"``) the
+    time axis is dropped for every modality, DEM included: ``[B, C, H, W]``. ``H = W = 264`` unless cropped.
     Multi-timestamp tensors of whole-chunk batches are views of time-major storage (no copy); call
     ``.contiguous()`` if an operation needs it.
 

@@ -154,7 +154,7 @@ class ShardReader:
             self._slot(m, out, tensors, meta, n, static, len(wanted), archive.path)
             dst = out[m][j]
             for k, t in enumerate(ts):
-                read_time(archive, meta, t, dst if (spec.single and not static) else dst[k], self.scratch)
+                read_time(archive, meta, t, dst if spec.single else dst[k], self.scratch)
             delta = offset_delta(mod, False, spec.s2_offset)
             if delta:
                 dst += np.asarray(delta, dtype=dst.dtype)
