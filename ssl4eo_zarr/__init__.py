@@ -13,6 +13,7 @@ from . import schema
 from .errors import (
     BuildError,
     CorruptFileError,
+    DamagedShardError,
     DatasetNotFoundError,
     ModalityMismatchError,
     SchemaError,
@@ -30,6 +31,7 @@ __all__ = [
     "ChunkDataset",
     "CloudClass",
     "CorruptFileError",
+    "DamagedShardError",
     "DatasetNotFoundError",
     "ModalityMismatchError",
     "SSL4EOError",

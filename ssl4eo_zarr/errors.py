@@ -31,6 +31,20 @@ class CorruptFileError(SSL4EOError, OSError):
         return (type(self), (self.path, self.problem), {"member": self.member})
 
 
+class DamagedShardError(CorruptFileError):
+    """A tar shard whose member headers stop being readable part-way: ``offset`` is the byte of the first bad
+    header, ``readable`` how many locations precede it (the rest of the shard cannot be located)."""
+
+    def __init__(self, path: str, problem: str | None = None, *, member: str | None = None, offset: int = -1,
+                 readable: int = 0):
+        super().__init__(path, problem, member=member)
+        self.offset, self.readable = offset, readable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem),
+                {"member": self.member, "offset": self.offset, "readable": self.readable})
+
+
 class UnsafeFileError(CorruptFileError):
     """A chunk file that could harm the reader: decompression bomb, absurd shape, path traversal in a name."""
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import schema
-from .errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
+from .errors import CorruptFileError, DamagedShardError, DatasetNotFoundError, UnsafeFileError
 from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, http, is_url, remote_fs
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
 
@@ -96,21 +96,48 @@ def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping
 
 
 def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
+    """Every regular member of a tar shard with its place, and a check that the shard really ends where the
+    headers stop: Python's tarfile ends iteration silently at a header that fails its checksum, which would
+    shrink a damaged shard without a word. Raises :class:`DamagedShardError` naming the byte of that header."""
+    found = 0
     try:
         tar = tarfile.open(fileobj=fh, mode="r:")
         for info in tar:
             if not info.isfile():
                 continue
+            found += info.name.endswith(MEMBER_SUFFIX)
             yield info, Member(_key(path, info.name), info.name, info.offset_data, info.size)
     except tarfile.TarError as exc:
         raise CorruptFileError(path, f"not a readable tar shard ({exc}); the file is truncated or damaged") from None
+    end = tar.offset  # where the headers stopped: an end-of-archive block, or a damaged header
+    fh.seek(end)
+    block = fh.read(tarfile.BLOCKSIZE)
+    if len(block) == tarfile.BLOCKSIZE and any(block):
+        raise DamagedShardError(path, f"the tar header at byte {end} is damaged (after {found} locations); the "
+                                      "members after it cannot be located. Download the shard again",
+                                offset=end, readable=found)
+    if len(block) < tarfile.BLOCKSIZE and end > 0:
+        raise DamagedShardError(path, f"the shard ends at byte {end} without tar's end-of-archive blocks (after "
+                                      f"{found} locations): it is truncated. Download it again",
+                                offset=end, readable=found)
 
 
 def scan_shard(path: str, **archive_kwargs: Any) -> list[Member]:
     """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
-    data: a local scan reads 512 bytes per location, a remote one makes one small range request each)."""
+    data: a local scan reads 512 bytes per location, a remote one makes one small range request each).
+
+    Raises :class:`DamagedShardError` when the headers stop before the shard's end; its ``members`` attribute
+    then holds the members before the damage."""
+    found: list[Member] = []
     with open_binary(path, **archive_kwargs) as fh:
-        return [m for _info, m in _members(path, fh) if m.name.endswith(MEMBER_SUFFIX)]
+        try:
+            for _info, m in _members(path, fh):
+                if m.name.endswith(MEMBER_SUFFIX):
+                    found.append(m)
+        except DamagedShardError as exc:
+            exc.members = found  # type: ignore[attr-defined]
+            raise
+    return found
 
 
 # -- the shard index cache ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,7 +14,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import schema
 from ..chunkfile import open_chunk
-from ..errors import SSL4EOError
+from ..errors import DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..layout import SHARDS, ChunkSet, resolve
 from ..shards import shard_index
 from .chunk_reader import ChunkReader
@@ -228,11 +229,11 @@ class ChunkDataset(IterableDataset):
         self.buffer_slots = max(int(buffer_slots), 0)
         # Made here, before the DataLoader starts its workers, so that they and the main process share it.
         self._leases = lease_table(self.buffer_slots) if self.buffer_slots else None
+        self.skipped: list[str] = []
         self.counts = self._sample_counts(samples_per_file, samples)
         # Shared memory, so that persistent DataLoader workers (which keep their own copy of the dataset) see
         # the epoch set in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.skipped: list[str] = []
         self._resume_batches: int | None = None
         self._resume_worker: dict[int, int] = {}
         self._yielded: dict[int, int] = {}
@@ -253,8 +254,44 @@ class ChunkDataset(IterableDataset):
         """Location ids of one file, in stored order (chunk file: its ``sample`` coordinate; shard: member keys)."""
         first = cs.paths[self.modalities[0]]
         if cs.kind == SHARDS:
-            return [m.key for m in shard_index(first, **self.archive_kwargs)]
+            return self._shard_keys(cs)
         return [str(s) for s in open_chunk(first, **self.archive_kwargs).samples]
+
+    def _shard_keys(self, cs: ChunkSet) -> list[str]:
+        """Member keys of one shard set, every modality's shard accounted for: shards that end at different
+        lengths are an error, and so is a damaged header; with ``on_error="skip"`` the locations before the
+        damage (or the common length) are kept and a warning says how many were lost."""
+        found: dict[str, list[str]] = {}
+        damaged: dict[str, DamagedShardError] = {}
+        for m in self.modalities:
+            try:
+                found[m] = [member.key for member in shard_index(cs.paths[m], **self.archive_kwargs)]
+            except DamagedShardError as exc:
+                if self.on_error == "raise":
+                    raise
+                damaged[m] = exc
+                found[m] = [member.key for member in getattr(exc, "members", [])]
+        lengths = {m: len(k) for m, k in found.items()}
+        keep = min(lengths.values())
+        intact = [n for m, n in lengths.items() if m not in damaged]
+        if damaged:
+            m, exc = next(iter(damaged.items()))
+            lost = f"{max(intact) - keep} locations" if intact else "an unknown number of locations"
+            warnings.warn(f"skipping the rest of {cs.paths[m]}: {exc.problem}; {lost} lost", RuntimeWarning,
+                          stacklevel=4)
+            self.skipped.append(str(exc))
+        elif len(set(lengths.values())) > 1:
+            longest = max(lengths, key=lengths.__getitem__)
+            shortest = min(lengths, key=lengths.__getitem__)
+            message = (f"shards of one set end at different lengths: {cs.paths[shortest]} holds {lengths[shortest]} "
+                       f"locations, {cs.paths[longest]} {lengths[longest]}; every modality's shard must hold the "
+                       "same locations")
+            if self.on_error == "raise":
+                raise ModalityMismatchError(message)
+            warnings.warn(f"{message}; the first {keep} are used, {lengths[longest] - keep} lost", RuntimeWarning,
+                          stacklevel=4)
+            self.skipped.append(message)
+        return found[self.modalities[0]][:keep]
 
     def _scan(self) -> list[list[str] | None]:
         def keys(cs: ChunkSet) -> list[str] | None:

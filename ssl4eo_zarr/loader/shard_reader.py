@@ -14,7 +14,7 @@ import torch
 
 from .. import schema
 from ..chunkfile import warn_s1_order
-from ..errors import CorruptFileError, ModalityMismatchError, SSL4EOError
+from ..errors import CorruptFileError, DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..s1order import plan_order
 from ..shards import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
 from ..storage import thread_scratch
@@ -40,6 +40,8 @@ class ShardReader:
         self.held: dict[tuple[int, int], Member] = {}
         self.picks: dict[int, np.ndarray] = {}
         self.skipped: list[str] = []
+        #: Shards whose headers were found damaged this epoch: the rest of each is skipped (on_error="skip").
+        self.dead: dict[int, DamagedShardError] = {}
         self.scratch = thread_scratch()  # members lie in memory: chunks are read as views of them
 
     # -- reading members in shard order ----------------------------------------------------------------------
@@ -111,10 +113,23 @@ class ShardReader:
         good: list[int] = []
         n = len(batch.rows)
         for j, (s, i) in enumerate(batch.rows):
+            if s in self.dead:
+                self.skipped.append(f"{spec.sets[s].name} location {i}: {self.dead[s]}")
+                continue
             try:
                 key, datas = self._fetch(s, i)
                 metas.append(self._fill(j, n, s, i, key, datas, out, tensors))
                 good.append(j)
+            except DamagedShardError as exc:
+                if spec.on_error == "raise":
+                    raise
+                # Nothing after a damaged header can be located: the rest of this shard goes, said once.
+                self.dead[s] = exc
+                lost = sum(c for (ss, ii), c in self.uses.items() if ss == s and ii >= i)
+                warnings.warn(f"skipping the rest of {exc.path}: {exc.problem}; {lost} locations of this worker's "
+                              "epoch lost", RuntimeWarning, stacklevel=2)
+                self.skipped.append(str(exc))
+                self._close(s)
             except SSL4EOError as exc:
                 if spec.on_error == "raise":
                     raise
