@@ -54,7 +54,7 @@ def as_backend_variables(ds: xr.Dataset) -> xr.Dataset:
         encoding = {**var.encoding, "preferred_chunks": dict(zip(var.dims, lazy.preferred_chunks))}
         return xr.Variable(var.dims, indexing.LazilyIndexedArray(lazy), var.attrs, encoding)
 
-    data_vars = {name: convert(var) for name, var in ds.data_vars.items()}
+    data_vars = {name: convert(var.variable) for name, var in ds.data_vars.items()}
     coords = {name: convert(var.variable) for name, var in ds.coords.items()}
     return xr.Dataset(data_vars, coords=coords, attrs=ds.attrs)
 

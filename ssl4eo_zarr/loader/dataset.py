@@ -275,11 +275,11 @@ class ChunkDataset(IterableDataset):
         keep = min(lengths.values())
         intact = [n for m, n in lengths.items() if m not in damaged]
         if damaged:
-            m, exc = next(iter(damaged.items()))
+            where, first = next(iter(damaged.items()))
             lost = f"{max(intact) - keep} locations" if intact else "an unknown number of locations"
-            warnings.warn(f"skipping the rest of {cs.paths[m]}: {exc.problem}; {lost} lost", RuntimeWarning,
+            warnings.warn(f"skipping the rest of {cs.paths[where]}: {first.problem}; {lost} lost", RuntimeWarning,
                           stacklevel=4)
-            self.skipped.append(str(exc))
+            self.skipped.append(str(first))
         elif len(set(lengths.values())) > 1:
             longest = max(lengths, key=lengths.__getitem__)
             shortest = min(lengths, key=lengths.__getitem__)
