@@ -73,7 +73,8 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
     description = "SSL4EO-S12 v1.1 chunk files (.zarr.zip) and WebDataset shards (.tar), via ssl4eo_zarr"
     url = "https://github.com/ssl4eo-zarr/ssl4eo-zarr/tree/main/docs"
     open_dataset_parameters = ("filename_or_obj", "drop_variables", "split", "modalities", "s2_offset",
-                               "fix_s1_order", "reindex_seasonal", "distribution", "storage_options")
+                               "fix_s1_order", "reindex_seasonal", "distribution", "storage_options", "cache_dir",
+                               "cache_limit")
 
     def open_dataset(
         self,
@@ -87,12 +88,15 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
         reindex_seasonal: bool = False,
         distribution: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
     ) -> xr.Dataset:
         from .reader import open_dataset
 
         ds = open_dataset(os.fspath(filename_or_obj), split=split, modalities=list(modalities) if modalities else None,
                           s2_offset=s2_offset, fix_s1_order=fix_s1_order, reindex_seasonal=reindex_seasonal,
-                          distribution=distribution, storage_options=storage_options)
+                          distribution=distribution, storage_options=storage_options, cache_dir=cache_dir,
+                          cache_limit=cache_limit)
         if drop_variables:
             ds = ds.drop_vars([drop_variables] if isinstance(drop_variables, str) else list(drop_variables),
                               errors="ignore")

@@ -383,6 +383,8 @@ def open_dataset(
     use_index: bool = True,
     threads: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    cache_dir: str | None = None,
+    cache_limit: int | str | None = None,
     **archive_kwargs: Any,
 ) -> xr.Dataset:
     """Open SSL4EO-S12 v1.1 chunk files lazily (dask-backed).
@@ -431,14 +433,23 @@ def open_dataset(
     threads:
         Files opened concurrently; default 8 local, 32 remote (a remote open waits on round trips).
     storage_options:
-        fsspec options for URLs.
+        Credentials and options for URLs (``{"headers": {...}}`` for plain HTTP(S); fsspec options otherwise).
+    cache_dir, cache_limit:
+        Keep every chunk (or shard member part) read from a URL in this folder, CRC-checked when reused, so
+        reading it again is local (:class:`~ssl4eo_zarr.storage.ByteCache`; ``cache_limit="200GB"`` evicts the
+        least recently used beyond that). Refused for local sources.
 
     Raises
     ------
     DatasetNotFoundError, CorruptFileError, ModalityMismatchError
         Each message names the file at fault.
     """
+    from .storage.cache import check_cache_options
+
+    check_cache_options(source, cache_dir, cache_limit)
     kwargs = dict(archive_kwargs, storage_options=storage_options)
+    if cache_dir is not None:
+        kwargs.update(cache_dir=os.fspath(cache_dir), cache_limit=cache_limit)
     single = isinstance(source, str | os.PathLike) and is_chunk_file(source) and not modalities
     if single:
         if engine == "zarr":

@@ -39,6 +39,7 @@ import numpy as np
 from . import schema
 from .errors import CorruptFileError, DamagedShardError, DatasetNotFoundError, UnsafeFileError
 from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, http, is_url, remote_fs
+from .storage.cache import ByteCache, byte_cache
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
 
 #: Suffix of every member of a shard.
@@ -122,14 +123,64 @@ def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
                                 offset=end, readable=found)
 
 
+#: Remote index scans read through members up to this size instead of seeking past them: a request costs a
+#: round trip (tens of ms, the time to move about a megabyte on a fast link), so for small members (DEM, NDVI,
+#: LULC) one request covers many headers. Larger members (S2, ~3.7 MB) cost one 512-byte request per header.
+INDEX_READAHEAD = 1 << 20
+
+
+class _ReadAhead(PositionedFile):
+    """Reads of a remote file served from one buffered window, refilled on a miss with as much as the stride
+    between the last two reads suggests is cheaper to read through than to request again (see
+    :data:`INDEX_READAHEAD`). Tar headers lie one member apart, so the stride is a member's size."""
+
+    def __init__(self, raw, readahead: int = INDEX_READAHEAD):
+        self._raw = raw
+        self._readahead = readahead
+        self._buf = b""
+        self._start = 0
+        self._last: int | None = None
+        self._window = 4096
+        self.requests = 0
+        self.bytes = 0
+
+    def _end(self) -> int:
+        return self._raw.seek(0, 2)
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._pos
+        if n < 0:
+            n = self._end() - pos
+        if self._last is not None:
+            stride = pos - self._last
+            self._window = min(8 * stride, self._readahead) if 0 < stride <= self._readahead else 4096
+        self._last = pos
+        at = pos - self._start
+        if not (0 <= at and at + n <= len(self._buf)):
+            self._raw.seek(pos)
+            self._buf, self._start = self._raw.read(max(n, self._window)), pos
+            self.requests += 1
+            self.bytes += len(self._buf)
+            at = 0
+        data = self._buf[at: at + n]
+        self._pos = pos + len(data)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def scan_shard(path: str, **archive_kwargs: Any) -> list[Member]:
     """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
-    data: a local scan reads 512 bytes per location, a remote one makes one small range request each).
+    data: a local scan reads 512 bytes per location; a remote one makes one small range request per header, or
+    one per several headers when members are small, see :data:`INDEX_READAHEAD`).
 
     Raises :class:`DamagedShardError` when the headers stop before the shard's end; its ``members`` attribute
     then holds the members before the damage."""
     found: list[Member] = []
-    with open_binary(path, **archive_kwargs) as fh:
+    opened = open_binary(path, **archive_kwargs)
+    with _ReadAhead(opened) if is_url(path) else opened as fh:
         try:
             for _info, m in _members(path, fh):
                 if m.name.endswith(MEMBER_SUFFIX):
@@ -160,29 +211,54 @@ def _fingerprint(path: str, storage_options: Mapping[str, Any] | None) -> str | 
     return f"{info.get('size')}:{tag}" if tag or info.get("size") else None
 
 
+def _index_file(path: str, finger: str) -> str:
+    import hashlib
+
+    name = hashlib.sha256(f"{path}\0{finger}".encode()).hexdigest()[:32] + ".json"
+    return os.path.join(cache_dir(), "shards", name)
+
+
+def _load_index(path: str, finger: str) -> list[Member] | None:
+    try:
+        with open(_index_file(path, finger), encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc["path"] == path and doc["version"] == finger:
+            return [Member(*m) for m in doc["members"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def save_shard_index(path: str, finger: str, members: Sequence[Member]) -> None:
+    """Keep a complete member index of the shard ``path`` at version ``finger`` (see :func:`shard_index`)."""
+    try:
+        with atomic_write(_index_file(path, finger), "w") as f:
+            json.dump({"path": path, "version": finger, "members": [list(m.__dict__.values()) for m in members]}, f)
+    except OSError:
+        pass  # a read-only cache costs a rescan next time, nothing else
+
+
+def shard_version(path: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The current version of a shard (size + mtime locally, size + ETag or Last-Modified remotely)."""
+    return _fingerprint(path, storage_options)
+
+
+def kept_shard_index(path: str, version: str | None) -> list[Member] | None:
+    """The index :func:`shard_index` keeps for ``path`` at ``version`` (:func:`shard_version`), or ``None``."""
+    return _load_index(path, version) if version else None
+
+
 def shard_index(path: str, *, use_cache: bool = True, **archive_kwargs: Any) -> list[Member]:
     """:func:`scan_shard`, kept in :func:`cache_dir` keyed by the path and the file's version, so the next
     open reads no tar header. A changed file gets a new entry; a damaged entry is rebuilt silently."""
     finger = _fingerprint(path, archive_kwargs.get("storage_options")) if use_cache else None
     if finger is None:
         return scan_shard(path, **archive_kwargs)
-    import hashlib
-
-    name = hashlib.sha256(f"{path}\0{finger}".encode()).hexdigest()[:32] + ".json"
-    where = os.path.join(cache_dir(), "shards", name)
-    try:
-        with open(where, encoding="utf-8") as f:
-            doc = json.load(f)
-        if doc["path"] == path and doc["version"] == finger:
-            return [Member(*m) for m in doc["members"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    kept = _load_index(path, finger)
+    if kept is not None:
+        return kept
     members = scan_shard(path, **archive_kwargs)
-    try:
-        with atomic_write(where, "w") as f:
-            json.dump({"path": path, "version": finger, "members": [list(m.__dict__.values()) for m in members]}, f)
-    except OSError:
-        pass  # a read-only cache costs a rescan next time, nothing else
+    save_shard_index(path, finger, members)
     return members
 
 
@@ -190,39 +266,82 @@ def shard_index(path: str, *, use_cache: bool = True, **archive_kwargs: Any) -> 
 
 class ShardStream:
     """One shard read front to back: :meth:`advance` moves to the next member and :meth:`read` returns its
-    bytes. Members never read are skipped by seeking, so a resumed epoch does not read what it skips."""
+    bytes. Members never read are skipped by seeking, so a resumed epoch does not read what it skips.
+
+    With ``cache_dir`` (a remote shard), members read are kept in that :class:`~ssl4eo_zarr.storage.ByteCache`
+    and the member index is kept once the shard was walked to its end; the next pass over the same version of
+    the shard then walks the kept index instead of the tar headers and reads members from local disk (one
+    request per shard to learn its version, and a range request for any member the cache lost)."""
 
     def __init__(self, path: str, **archive_kwargs: Any):
         self.path = path
-        self._fh = open_binary(path, sequential=True, **archive_kwargs)
-        self._it = _members(path, self._fh)
-        self._info: tarfile.TarInfo | None = None
+        self._kwargs = archive_kwargs
         self.index = -1
         self.member: Member | None = None
+        self._info: tarfile.TarInfo | None = None
+        self.cache = byte_cache(archive_kwargs.get("cache_dir"), archive_kwargs.get("cache_limit")) \
+            if is_url(path) else None
+        self.version = shard_version(path, archive_kwargs.get("storage_options")) if self.cache is not None else None
+        self._kept = kept_shard_index(path, self.version) if self.cache is not None else None
+        self._walked: list[Member] = []
+        self.complete = False
+        self._fh: Any = None
+        self._it: Iterator[tuple[tarfile.TarInfo, Member]] | None = None
+        if self._kept is None:
+            self._fh = open_binary(path, sequential=True, **archive_kwargs)
+            self._it = _members(path, self._fh)
 
     def advance(self) -> Member | None:
         """The next ``*.zarr.zip`` member, or ``None`` at the end of the shard."""
+        if self._kept is not None:
+            self.index += 1
+            self.member = self._kept[self.index] if self.index < len(self._kept) else None
+            self.complete = self.member is None
+            return self.member
+        assert self._it is not None
         for info, member in self._it:
             if not member.name.endswith(MEMBER_SUFFIX):
                 continue
             self._info, self.member = info, member
             self.index += 1
+            self._walked.append(member)
             return member
         self.member = None
+        self.complete = True
+        if self.cache is not None and self.version is not None:
+            save_shard_index(self.path, self.version, self._walked)  # the next pass needs no header
         return None
+
+    def _key(self, member: Member) -> str:
+        return ByteCache.key("tar", self.path, self.version, member.name, member.offset, member.size)
 
     def read(self) -> bytes:
         """Bytes of the current member."""
-        assert self.member is not None
-        self._fh.seek(self.member.offset)
-        data = self._fh.read(self.member.size)
-        if len(data) != self.member.size:
-            raise CorruptFileError(self.path, f"member ends after {len(data)} of {self.member.size} bytes "
-                                              "(truncated shard)", member=self.member.name)
+        member = self.member
+        assert member is not None
+        if self.cache is None:
+            return self._read_remote(member)
+        return bytes(self.cache.fetch(self._key(member), lambda: self._read_remote(member)))
+
+    def _read_remote(self, member: Member) -> bytes:
+        if self._fh is None:  # walking a kept index: open only for a member the cache lost
+            self._fh = open_binary(self.path, **self._kwargs)
+        self._fh.seek(member.offset)
+        data = self._fh.read(member.size)
+        if len(data) != member.size:
+            raise CorruptFileError(self.path, f"member ends after {len(data)} of {member.size} bytes "
+                                              "(truncated shard)", member=member.name)
         return data
 
+    def finish(self) -> None:
+        """Walk the rest of the shard's headers (reading no member), so a cached shard's index is complete and
+        kept. Cheap only near the end: call it after the last member was read."""
+        while not self.complete and self.advance() is not None:
+            pass
+
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
 
 # -- one member ----------------------------------------------------------------------------------------------
@@ -255,7 +374,7 @@ class MemberArchive(ZipArchive):
     (nothing else of the shard is read); errors name ``shard/member``."""
 
     def __init__(self, shard: str, member: Member, **archive_kwargs: Any):
-        super().__init__(f"{shard}/{member.name}", **{k: v for k, v in archive_kwargs.items() if k != "cache_dir"})
+        super().__init__(f"{shard}/{member.name}", **archive_kwargs)
         self.shard = shard
         self.member = member
         self._kwargs = archive_kwargs
@@ -360,4 +479,4 @@ def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupM
 
 __all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "member_grid",
            "member_metadata", "member_modality", "member_times", "open_binary", "open_member_group", "read_time", "scan_shard",
-           "shard_index", "write_shard"]
+           "kept_shard_index", "save_shard_index", "shard_index", "shard_version", "write_shard"]

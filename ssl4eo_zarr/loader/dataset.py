@@ -17,6 +17,7 @@ from ..chunkfile import open_chunk
 from ..errors import DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..layout import SHARDS, ChunkSet, resolve
 from ..shards import shard_index
+from ..storage.cache import check_cache_options
 from .chunk_reader import ChunkReader
 from .common import ReadSpec
 from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_plan, rng_for
@@ -118,14 +119,19 @@ class ChunkDataset(IterableDataset):
         published splits (3,812 train / 34 val files) are known to hold 64 each; other file sets are scanned.
     num_workers:
         Worker count used by ``len()`` when ``batch_size`` is set (batches split per worker).
-    storage_options, cache_dir:
-        fsspec options and an optional local cache folder for remote archives.
+    storage_options:
+        Credentials and options for URLs (``{"headers": {...}}`` for plain HTTP(S); fsspec options otherwise).
+    cache_dir, cache_limit:
+        Keep what is read from a URL in this folder (:class:`~ssl4eo_zarr.storage.ByteCache`): shard members and
+        chunk-file chunks, CRC-checked when reused, so the second epoch reads from local disk. Workers and ranks
+        of a node may share one folder. ``cache_limit`` (``"200GB"``) evicts the least recently used entries
+        beyond that many bytes. Refused for local sources (there is nothing to cache).
     prefetch:
         Remote chunk files: each worker fetches the members of this many chunk sets ahead on a background
         thread (all of a set's needed chunks at once, at most 8 requests in flight) while it decodes the
         current one. Fetched bytes land in memory the worker keeps for reuse: ``prefetch + 1`` buffers of one
         set's compressed chunks (about 0.6 GB for full-size S2L1C + S2L2A + S1GRD with four timestamps).
-        0 reads on demand. Local files and ``cache_dir`` ignore it.
+        0 reads on demand. Local files ignore it; members in ``cache_dir`` are read from there instead.
     retries, retry_backoff:
         Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
     s2_offset:
@@ -182,6 +188,7 @@ class ChunkDataset(IterableDataset):
         distribution: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
         retries: int = 5,
         retry_backoff: float = 0.2,
         fix_s1_order: bool = True,
@@ -193,6 +200,7 @@ class ChunkDataset(IterableDataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive or None, got {batch_size}")
+        check_cache_options(root_or_files, cache_dir, cache_limit)
         self.modalities = [schema.modality_name(m) for m in modalities]
         self.sets: list[ChunkSet] = resolve(root_or_files, split=split, modalities=self.modalities,
                                             storage_options=storage_options, distribution=distribution)
@@ -223,6 +231,7 @@ class ChunkDataset(IterableDataset):
         self.reindex_seasonal = bool(reindex_seasonal)
         self.fix_s1_order = fix_s1_order
         self.archive_kwargs: dict[str, Any] = {"storage_options": storage_options, "cache_dir": cache_dir,
+                                               "cache_limit": cache_limit,
                                                "retries": retries, "backoff": retry_backoff}
         self.prefetch = max(int(prefetch), 0)
         self.rows: list[list[int]] | None = None

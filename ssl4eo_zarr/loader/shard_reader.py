@@ -53,6 +53,8 @@ class ShardReader:
 
     def _close(self, s: int) -> None:
         for stream in self.streams.pop(s, {}).values():
+            if stream.cache is not None and stream.index >= self.spec.counts[s] - 1:
+                stream.finish()  # past the last member only the end blocks remain: the kept index is complete
             stream.close()
 
     def _advance(self, s: int, streams: dict[str, ShardStream]) -> int:

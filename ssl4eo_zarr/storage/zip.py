@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
 from . import http
+from .cache import ByteCache, byte_cache
 from .paths import PathLike, is_url, remote_fs, strip_file_scheme
 from .retry import RetryingFile
 
@@ -149,9 +150,10 @@ class ZipArchive:
         Passed to fsspec for URLs (credentials, ``block_size``, ``client_kwargs``...).
     retries, backoff:
         Remote reads are retried ``retries`` times, sleeping ``backoff * 2**k`` seconds in between.
-    cache_dir:
-        For URLs, keep whole downloaded archives in this local folder (fsspec ``filecache``) so later
-        epochs read locally.
+    cache_dir, cache_limit:
+        For URLs, keep every member read remotely in this local folder (a :class:`~.cache.ByteCache`, shared by
+        processes, CRC-checked when reused, least recently used entries evicted beyond ``cache_limit`` bytes),
+        so later reads of the same members are local.
     """
 
     def __init__(
@@ -162,12 +164,14 @@ class ZipArchive:
         retries: int = 5,
         backoff: float = 0.2,
         cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
     ):
         self.path = strip_file_scheme(os.fspath(path))
         self.storage_options = dict(storage_options or {})
         self.retries = retries
         self.backoff = backoff
         self.cache_dir = cache_dir
+        self.cache_limit = cache_limit
         self._lock = threading.Lock()
         self._zip: zipfile.ZipFile | None = None  # only for members that are not stored (deflated)
         self._fh: Any = None
@@ -208,18 +212,43 @@ class ZipArchive:
     @property
     def direct_http(self) -> bool:
         """Read with :mod:`.http` (Range requests into the caller's memory) rather than fsspec."""
-        return not self.cache_dir and http.handles(self.path, self.storage_options)
+        return http.handles(self.path, self.storage_options)
+
+    @property
+    def cache(self) -> ByteCache | None:
+        """Where members read remotely are kept (``cache_dir``), or ``None``."""
+        return byte_cache(self.cache_dir, self.cache_limit) if self.cache_dir and self.is_remote else None
+
+    def _cache_key(self, name: str, entry: _Entry) -> str:
+        return ByteCache.key("zip", self.path, name, entry.header_offset, entry.compress_size, entry.crc)
+
+    def cached(self, name: str) -> bool:
+        """Whether member ``name`` is in the cache (it will be read from local disk)."""
+        cache = self.cache
+        if cache is None:
+            return False
+        entry = self._ensure_open().get(name)
+        return entry is not None and self._cache_key(name, entry) in cache
+
+    def _from_cache(self, name: str, entry: _Entry, view: memoryview) -> bool:
+        cache = self.cache
+        if cache is None:
+            return False
+        data = cache.get(self._cache_key(name, entry))
+        if data is None or len(data) != len(view) or crc32(data) != entry.crc:
+            return False
+        view[:] = data
+        return True
+
+    def _to_cache(self, name: str, entry: _Entry, view: memoryview) -> None:
+        cache = self.cache
+        if cache is not None and crc32(view) == entry.crc:  # only what is known good is kept
+            cache.put(self._cache_key(name, entry), view)
 
     def _filesystem(self) -> tuple[Any, str]:
         """(fsspec filesystem, path on it) of a remote archive, made once per process."""
         if self._fs is None or self._fs[2] != os.getpid():
-            url = self.path
-            options = dict(self.storage_options)
-            if self.cache_dir:
-                url = f"filecache::{url}"
-                proto = self.path.split("://", 1)[0]
-                options = {proto: options, "filecache": {"cache_storage": self.cache_dir}}
-            fs, remote_path = remote_fs(url, options)
+            fs, remote_path = remote_fs(self.path, self.storage_options)
             self._fs = (fs, remote_path, os.getpid())
         return self._fs[0], self._fs[1]
 
@@ -382,6 +411,12 @@ class ZipArchive:
             if cached is not None and len(cached) == len(view):
                 view[:] = cached
                 return
+        if self._from_cache(name, entry, view):
+            return
+        self._read_remote(name, entry, view)
+        self._to_cache(name, entry, view)
+
+    def _read_remote(self, name: str, entry: _Entry, view: memoryview) -> None:
         fh = self._fh
         encoded = name.encode("utf-8")
         if self.is_remote and entry.compress_size <= SMALL_MEMBER:  # one request for header, name and data
@@ -464,6 +499,7 @@ class ZipArchive:
                 found = self._view_in(name, entry, held, 0) if held is not None else None
                 if found is not None and len(found) == entry.file_size:
                     view = found
+                    self._to_cache(name, entry, view)
                 else:  # not fetched ahead, or an extra field made the guessed range short
                     view = scratch.view(entry.file_size)
                     self._read_stored(name, entry, view)
@@ -484,6 +520,8 @@ class ZipArchive:
                 entry = infos.get(name)
                 if entry is None or not self._stored(entry) or entry.file_size > MAX_MEMBER_BYTES or name in self._held:
                     continue
+                if self.cache is not None and self._cache_key(name, entry) in self.cache:
+                    continue  # read from local disk
                 end = entry.header_offset + 30 + len(name.encode()) + entry.compress_size
                 if self._tail and entry.header_offset >= self._tail_start and end - self._tail_start <= len(self._tail):
                     continue
@@ -505,8 +543,8 @@ def prefetch(requests: Sequence[tuple[ZipArchive, Sequence[str]]], *, concurrenc
              into: Callable[[int], memoryview] | None = None) -> int:
     """Fetch members of remote archives ahead of their reads, ``concurrency`` range requests in flight at once
     (one request per member: its local header and data); each archive's next :meth:`~ZipArchive.read_into`
-    of a fetched member is then served from memory. Local archives and those with a ``cache_dir`` are left
-    alone. A failed fetch is dropped: the read itself then retries and reports as usual. Returns the bytes
+    of a fetched member is then served from memory. Local archives, and members an archive's ``cache_dir``
+    holds already, are left alone. A failed fetch is dropped: the read itself then retries and reports as usual. Returns the bytes
     fetched. Safe to call from a background thread while other archives are being read.
 
     ``into(nbytes)`` gives the memory that plain HTTP(S) members are read into (all of one call's members
@@ -518,7 +556,7 @@ def prefetch(requests: Sequence[tuple[ZipArchive, Sequence[str]]], *, concurrenc
     direct: list[tuple[ZipArchive, str, int, int]] = []
     groups: dict[int, tuple[Any, list[tuple[ZipArchive, str, str, int, int]]]] = {}
     for archive, names in requests:
-        if not archive.is_remote or archive.cache_dir:
+        if not archive.is_remote:
             continue
         spans = archive._spans(names)
         if archive.direct_http:

@@ -1,0 +1,157 @@
+"""A cache that makes the second epoch local: shards and chunk files over a static HTTP server, damaged entries,
+eviction at the byte budget, processes sharing one cache, and options that cannot apply."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import ssl4eo_zarr as sz
+from ssl4eo_zarr import synthetic
+from ssl4eo_zarr.storage import TAIL_BYTES, ByteCache, parse_size
+from ssl4eo_zarr.testing import RangeHTTPServer
+
+from .helpers import chunk_path
+
+MODS = ["S2L2A", "S1GRD"]
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cached_shards"))
+    synthetic.make_shards(path, 30, per_shard=8, size=16, seed=5, modalities=("S2L2A", "S1GRD", "DEM"))
+    return path
+
+
+def _epoch(ds, epoch, workers=2):
+    ds.set_epoch(epoch)
+    return {s: (b["S2L2A"][k].clone(), b["S1GRD"][k].clone())
+            for b in DataLoader(ds, batch_size=None, num_workers=workers) for k, s in enumerate(b["sample"])}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])), key
+
+
+@pytest.mark.parametrize("kind", ["shards", "chunks"])
+def test_the_second_epoch_reads_from_the_cache(shard_root, root, tmp_path, kind):
+    """Epoch 2 moves at most 1 % of epoch 1's bytes, with the same values as the local files."""
+    source = shard_root if kind == "shards" else root
+    kw = {"split": "val", "modalities": MODS, "batch_size": 4, "seed": 2, "return_metadata": True}
+    local = _epoch(sz.ChunkDataset(source, **kw), 0)
+    with RangeHTTPServer(source) as server:
+        ds = sz.ChunkDataset(server.url, cache_dir=str(tmp_path / "cache"), **kw)
+        server.reset_counts()
+        first = _epoch(ds, 0)
+        moved_first = server.bytes_served
+        server.reset_counts()
+        second = _epoch(ds, 1)
+        moved_second = server.bytes_served
+    _same(first, local)
+    _same(second, local)
+    # Chunk files: each archive's directory is asked for again (one 32 KiB tail request per file: it tells
+    # whether the file changed); at full size that is far below 1 % of a file (benchmarks/fetch.py).
+    directories = 0 if kind == "shards" else len(ds.sets) * len(MODS) * TAIL_BYTES
+    assert moved_first > 0 and moved_second <= 0.01 * moved_first + directories, (moved_first, moved_second)
+
+
+def test_a_damaged_cached_member_is_detected_and_fetched_again(shard_root, tmp_path):
+    kw = {"split": "val", "modalities": MODS, "batch_size": 4, "seed": 2, "return_metadata": True}
+    local = _epoch(sz.ChunkDataset(shard_root, **kw), 0)
+    cache = str(tmp_path / "cache")
+    with RangeHTTPServer(shard_root) as server:
+        ds = sz.ChunkDataset(server.url, cache_dir=cache, **kw)
+        _epoch(ds, 0)
+        entries = [os.path.join(d, f) for d, _s, files in os.walk(os.path.join(cache, "bytes")) for f in files
+                   if ".lock" not in f]
+        damaged = max(entries, key=os.path.getsize)
+        with open(damaged, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff\x00\xff")
+        server.reset_counts()
+        again = _epoch(ds, 1)
+        assert 0 < server.bytes_served < os.path.getsize(damaged) + 10_000, "that member alone came again"
+    _same(again, local)
+
+
+def test_open_dataset_over_http_with_a_cache(root, tmp_path):
+    path = chunk_path(root, "S2L2A", 2)
+    rel = os.path.relpath(path, root)
+    with RangeHTTPServer(root) as server:
+        url = f"{server.url}/{rel}"
+        first = sz.open_dataset(url, cache_dir=str(tmp_path / "c"))["bands"].values
+        server.reset_counts()
+        second = sz.open_dataset(url, cache_dir=str(tmp_path / "c"))["bands"].values
+        assert server.bytes_served <= 40_000, "the directory alone: every chunk came from the cache"
+    np.testing.assert_array_equal(first, sz.open_dataset(path)["bands"].values)
+    np.testing.assert_array_equal(second, first)
+
+
+def test_least_recently_used_entries_go_at_the_budget(tmp_path):
+    cache = ByteCache(tmp_path / "c")
+    for k in range(10):
+        cache.put(f"k{k}", bytes([k]) * 20_000)
+        os.utime(cache._path(f"k{k}"), (1000 + k, 1000 + k))  # k0 oldest
+    cache.get("k1")  # used again: now the most recent
+    budget = ByteCache(tmp_path / "c", limit="100kB")
+    assert budget.evict() > 0 and budget.size() <= 100_000
+    assert "k1" in budget and "k9" in budget and "k0" not in budget and "k2" not in budget
+    assert budget.get("k9") == bytes([9]) * 20_000
+    for k in range(20):  # puts keep the folder within its budget by themselves
+        budget.put(f"n{k}", bytes(30_000))
+        assert budget.size() <= 100_000 + 30_012
+
+
+def test_sizes_are_read_as_users_write_them():
+    assert parse_size("200GB") == 200 * 10**9 and parse_size("1.5 TB") == 1_500_000_000_000
+    assert parse_size("500MiB") == 500 * 2**20 and parse_size(1234) == 1234 and parse_size(None) is None
+    with pytest.raises(ValueError, match="12 parsecs"):
+        parse_size("12 parsecs")
+
+
+def _fetch_slowly(root: str, counter: str, out: str) -> None:
+    cache = ByteCache(root)
+
+    def load() -> bytes:
+        with open(counter, "a") as f:
+            f.write("x")
+        time.sleep(0.5)
+        return b"member" * 1000
+
+    data = cache.fetch("shared", load)
+    with open(out, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_processes_sharing_a_cache_fetch_a_member_once(tmp_path):
+    """Four processes ask for the same missing entry at once: one loads it, the others wait and read it."""
+    ctx = mp.get_context("spawn")
+    counter = str(tmp_path / "loads")
+    procs = [ctx.Process(target=_fetch_slowly, args=(str(tmp_path / "c"), counter, str(tmp_path / f"out{k}")))
+             for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert open(counter).read() == "x"
+    assert all(open(tmp_path / f"out{k}", "rb").read() == b"member" * 1000 for k in range(4))
+
+
+def test_options_that_cannot_apply_are_refused(root, tmp_path):
+    with pytest.raises(ValueError, match="is local: nothing would be cached"):
+        sz.ChunkDataset(root, split="val", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="is local"):
+        sz.open_dataset(root, split="val", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="needs cache_dir"):
+        sz.ChunkDataset("http://127.0.0.1:9/x", split="val", cache_limit="1GB")
+    with pytest.raises(ValueError, match="cannot read"):
+        sz.ChunkDataset("http://127.0.0.1:9/x", split="val", cache_dir=str(tmp_path), cache_limit="lots")
