@@ -37,6 +37,7 @@ __all__ = [
     "SSL4EOError",
     "SchemaError",
     "UnsafeFileError",
+    "fetch",
     "open_chunk",
     "open_dataset",
     "read_metadata",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {"builder", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
+_SUBMODULES = {"builder", "fetcher", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
                "shardview", "stats", "storage", "synthetic", "timeorder", "validate", "webdataset", "zarrv2"}
 
 
@@ -60,6 +61,8 @@ def __getattr__(name: str) -> Any:
 
     if name == "ChunkDataset":
         return importlib.import_module(".loader", __name__).ChunkDataset
+    if name == "fetch":
+        return importlib.import_module(".fetcher", __name__).fetch
     if name == "read_metadata":  # geopandas is optional (the build extra)
         return importlib.import_module(".metadata", __name__).read_metadata
     if name in _SUBMODULES:

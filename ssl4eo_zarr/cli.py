@@ -60,6 +60,34 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str | None, n: int | None = None) -> list[float] | None:
+    if text is None:
+        return None
+    values = [float(v) for v in text.split(",")]
+    if n is not None and len(values) != n:
+        raise SystemExit(f"expected {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetcher import FetchPlan, fetch
+
+    result = fetch(args.src, args.dst, split=args.split, modalities=args.modalities.split(","),
+                   locations=args.locations, bbox=_floats(args.bbox, 4),
+                   months=[int(m) for m in args.months.split(",")] if args.months else None,
+                   dates=args.dates.split(",") if args.dates else None, max_cloud=args.max_cloud,
+                   metadata=args.metadata, limit=args.limit, seed=args.seed, to=args.to, workers=args.workers,
+                   dry_run=args.dry_run, progress=_progress)
+    if isinstance(result, FetchPlan):
+        print(result.summary())
+        return 0
+    print(result.plan.summary())
+    written = sum(len(v) for v in result.files.values())
+    print(f"wrote {result.locations} locations in {written} files under {args.dst} ({result.nbytes / 1e9:.3f} GB "
+          f"moved, {result.reused} members reused from an earlier run)")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from . import webdataset
 
@@ -160,6 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", action="append", help="repeat for several (default: all present)")
     p.set_defaults(func=cmd_stats)
 
+    p = sub.add_parser("fetch", help="fetch a subset (split, modalities, ids, region, months, cloud cover) from a host",
+                       description="Plan from indexes only, then move only the selected locations' members into a "
+                                   "dataset root of its own; rerun to resume.")
+    p.add_argument("src", help="dataset root: path, http(s):// host, hf://datasets/..., s3://")
+    p.add_argument("dst", help="local folder to write (rerun with the same arguments to resume)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--modalities", required=True, help="comma-separated, e.g. S2L2A,S1GRD")
+    p.add_argument("--locations", help="text file of 7-digit location ids, one a line")
+    p.add_argument("--bbox", help="W,S,E,N in degrees (patch centres)")
+    p.add_argument("--months", help="comma-separated months 1..12: locations with an S2 acquisition in one")
+    p.add_argument("--dates", help="START,END: locations whose S2 acquisitions all fall within")
+    p.add_argument("--max-cloud", type=float, help="cloud fraction 0..1 at most, in every timestamp")
+    p.add_argument("--metadata", help="metadata table (default: the one published at the source root)")
+    p.add_argument("--limit", type=int, help="at most this many locations, drawn with --seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--to", choices=("shards", "chunks"), help="output distribution (default: as the source)")
+    p.add_argument("--workers", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--dry-run", action="store_true", help="print the selection, bytes and estimated time; write nothing")
+    p.set_defaults(func=cmd_fetch)
+
     p = sub.add_parser("convert", help="convert between chunk files and WebDataset tar shards")
     p.add_argument("src")
     p.add_argument("dst")
@@ -215,7 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SSL4EOError as exc:
         print(f"ssl4eo-zarr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a host that refuses us: the message says it, a traceback would not
+        if not exc.errno and not isinstance(exc, PermissionError | FileNotFoundError):
+            raise
+        print(f"ssl4eo-zarr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print(f"ssl4eo-zarr {args.command}: interrupted; rerun the same command to resume where possible",
+              file=sys.stderr)
         return 130
     if os.environ.get("SSL4EO_ZARR_TIMING"):
         print(f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)

@@ -271,6 +271,14 @@ def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None
     return out[list(COLUMNS)]
 
 
+def table_rows(path: str, samples: Sequence[str], *, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """The rows of a published table (either generation, its own columns kept) that describe ``samples``
+    (7-digit ids), in the table's order: what a subset of the dataset publishes beside itself."""
+    table = _read_parquet(path, storage_options)
+    ids = table["sample_id"].values if "sample_id" in table.columns else table.index.values
+    return table[np.isin(_sample_of(ids), np.asarray(list(samples), dtype=str))]
+
+
 def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True,
            bbox: tuple[float, float, float, float] | None = None, start: Any = None, end: Any = None,
            tiles: Sequence[str] | None = None, split: str | None = None) -> Any:
@@ -302,4 +310,4 @@ def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True
     return table[keep]
 
 
-__all__ = ["COLUMNS", "SEASONS", "match_time_columns", "read_metadata", "season_slots", "select"]
+__all__ = ["COLUMNS", "SEASONS", "match_time_columns", "read_metadata", "season_slots", "select", "table_rows"]

@@ -30,7 +30,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -458,9 +458,9 @@ def member_grid(archive: ZipArchive, group: GroupMeta) -> tuple[np.ndarray, np.n
     return out[0], out[1]
 
 
-def write_shard(path: str, members: Sequence[tuple[str, bytes]]) -> str:
+def write_shard(path: str, members: Iterable[tuple[str, bytes]]) -> str:
     """Write ``(member name, bytes)`` pairs as a POSIX tar shard, atomically, with fixed metadata so the same
-    members always give the same bytes. Returns the path."""
+    members always give the same bytes (an iterator keeps one member in memory at a time). Returns the path."""
     with atomic_write(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)

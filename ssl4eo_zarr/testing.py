@@ -34,13 +34,19 @@ class RangeHTTPServer:
     ``storage_options={"endpoint": server.url}``; a hub lists folders, unlike a static host.
     :meth:`answer_next` queues statuses (with headers, e.g. ``Retry-After``) for the next requests, as a rate
     limiting hub answers. ``seen`` logs every request as ``(time, method, path, headers)``. ``tls`` is
-    ``(certfile, keyfile)`` to serve HTTPS.
+    ``(certfile, keyfile)`` to serve HTTPS. ``latency`` (seconds added before each answer) and ``bandwidth``
+    (bytes/s per response) make it behave like a distant host; :meth:`vanish` makes a file answer 404 from then
+    on (a file removed from the host mid-download).
     """
 
     def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False, redirect: bool = False,
                  ranges: bool = True, drop_every: int = 0, redirect_to: str | None = None,
-                 tls: tuple[str, str] | None = None, hub_repo: str | None = None):
+                 tls: tuple[str, str] | None = None, hub_repo: str | None = None, latency: float = 0.0,
+                 bandwidth: float | None = None):
         self.folder = os.fspath(folder)
+        self.latency = latency
+        self.bandwidth = bandwidth
+        self.vanished: set[str] = set()
         self.hub_repo = hub_repo
         self.redirect_to = redirect_to
         self.seen: list[tuple[float, str, str, dict[str, str]]] = []
@@ -71,6 +77,11 @@ class RangeHTTPServer:
                 pass
 
             def _should_fail(self) -> bool:
+                if server.latency:
+                    time.sleep(server.latency)
+                if urlsplit(self.path).path in server.vanished:
+                    self.send_error(HTTPStatus.NOT_FOUND, "removed from the host")
+                    return True
                 with server._lock:
                     server.requests += 1
                     server.seen.append((time.monotonic(), self.command, self.path, dict(self.headers.items())))
@@ -199,11 +210,17 @@ class RangeHTTPServer:
                         f.seek(start)
                         self.wfile.write(f.read(stop))
                         sent = stop
+                    began = time.monotonic()
                     while sent < stop:
-                        n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, stop - sent)
+                        step = stop - sent if not server.bandwidth else min(stop - sent, 1 << 18)
+                        n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, step)
                         if not n:
                             break
                         sent += n
+                        if server.bandwidth:  # a link of that many bytes/s: wait until it would have carried them
+                            ahead = sent / server.bandwidth - (time.monotonic() - began)
+                            if ahead > 0:
+                                time.sleep(ahead)
                 with server._lock:
                     server.bytes_served += sent
                 if drop:
@@ -239,6 +256,10 @@ class RangeHTTPServer:
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
+
+    def vanish(self, path: str) -> None:
+        """Answer 404 for ``path`` (as in the URL, e.g. ``/val/S2L2A/ssl4eos12_shard_000002.tar``) from now on."""
+        self.vanished.add(path)
 
     def answer_next(self, *answers: tuple[int, dict[str, str]]) -> None:
         """Answer the next requests with these ``(status, headers)`` (empty bodies), in order."""

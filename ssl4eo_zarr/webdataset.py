@@ -147,6 +147,14 @@ def member_in_time_order(ds: xr.Dataset, where: str) -> xr.Dataset:
     return out
 
 
+def read_member(data: bytes, where: str, key: str, *, fix_s1_order: bool = True) -> xr.Dataset:
+    """One shard member's bytes as a loaded per-location Dataset (member layout), ``attrs["sample"] = key``;
+    ``where`` names it in errors. S1 order as in the module docstring."""
+    ds = modality_dataset([open_chunk(member_archive(data, where), require_sample=False)]).load()
+    ds.attrs["sample"] = key
+    return member_in_time_order(ds, where) if fix_s1_order else ds
+
+
 def iter_shard(path: str, *, fix_s1_order: bool = True, **archive_kwargs: Any) -> Iterator[xr.Dataset]:
     """Per-location Datasets (member layout, loaded) of one tar shard, local or URL, streamed in shard order;
     ``ds.attrs["sample"]`` is the member's key. S1GRD members in ``time`` order unless ``fix_s1_order=False``
@@ -154,10 +162,7 @@ def iter_shard(path: str, *, fix_s1_order: bool = True, **archive_kwargs: Any) -
     stream = ShardStream(path, **archive_kwargs)
     try:
         while (member := stream.advance()) is not None:
-            archive = member_archive(stream.read(), f"{path}/{member.name}")
-            ds = modality_dataset([open_chunk(archive, require_sample=False)]).load()
-            ds.attrs["sample"] = member.key
-            yield member_in_time_order(ds, f"{path}/{member.name}") if fix_s1_order else ds
+            yield read_member(stream.read(), f"{path}/{member.name}", member.key, fix_s1_order=fix_s1_order)
     finally:
         stream.close()
 

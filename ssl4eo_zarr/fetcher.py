@@ -1,0 +1,672 @@
+"""Only what you need: a subset of SSL4EO-S12 fetched from its host into a dataset of its own.
+
+:func:`fetch` plans from indexes alone (tar headers of shards, zip directories and sample ids of chunk files,
+both kept in the user's cache), selects locations (ids, a bounding box, months, dates, cloud cover, a seeded
+random sample) and moves only what the selection needs: for shards, the selected locations' ``.zarr.zip``
+members, one range request each; for chunk files, the chunks of the files that hold a selected location
+(chunk files pack 64 locations per chunk, so a sparse selection moves whole chunks).
+
+DEST is a dataset root in the published layout that this library, xarray and the published loaders open:
+shards renumbered from 000001 with the same keys in the same order in every modality (512 per shard, the last
+fewer), or chunk files of the selected locations (64 per file) with their split list; the subset's rows of the
+metadata table when one was read; and ``fetch_manifest.json``: the source, each source file's size and version,
+the selection, and each written file's size and CRC-32 with each member's CRC-32.
+
+Nothing half-written is ever visible: output files are written to temporaries and renamed. Members fetched for
+an output shard are staged on disk as they arrive (``DEST/.fetch``, checked by CRC when reused), so an
+interrupted fetch (Ctrl-C, SIGKILL, a lost connection) resumes without fetching them again, and a rerun on a
+complete DEST moves only index requests. Requests are bounded (``workers``), retried with backoff, and 429/503
+answers wait as ``Retry-After`` says.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import schema
+from .errors import DatasetNotFoundError, ModalityMismatchError, SSL4EOError
+from .layout import CHUNKS, SHARDS, ChunkSet, resolve, write_split_list
+from .storage import ByteCache, atomic_write, basename, exists, join, parent
+from .storage.zip import crc32
+
+#: The manifest DEST holds.
+MANIFEST = "fetch_manifest.json"
+#: Members staged for output shards not yet written (deleted when the fetch completes).
+STAGING = ".fetch"
+#: Download rate the dry run's time estimate assumes (bytes/s): what users report from the host.
+ASSUMED_RATE = 20e6
+
+
+class SelectionError(SSL4EOError, ValueError):
+    """A selection that cannot be made: unknown ids, an empty result (naming the filter that emptied it)."""
+
+
+@dataclass
+class Selected:
+    """One selected location: ``set`` index into :attr:`FetchPlan.sets`, ``row`` inside that file, its ``key``
+    (sample id), and for shards the member of each modality (``name``, ``offset``, ``size``)."""
+
+    set: int
+    row: int
+    key: str
+    members: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FetchPlan:
+    """What :func:`fetch` will move: the source's file sets, the selected locations in source order, the
+    filters with the count each left, the bytes to move and the metadata rows of the subset."""
+
+    source: str
+    split: str
+    modalities: list[str]
+    kind: str
+    sets: list[ChunkSet]
+    selected: list[Selected]
+    steps: list[tuple[str, int]]
+    nbytes: int
+    table: Any = None
+    versions: dict[str, str | None] = field(default_factory=dict)
+    table_path: str | None = None
+
+    def summary(self, rate: float = ASSUMED_RATE) -> str:
+        """What a dry run prints: locations, members, bytes and the time at ``rate`` bytes/s."""
+        members = len(self.selected) * len(self.modalities) if self.kind == SHARDS else 0
+        files = len({s.set for s in self.selected})
+        lines = [f"source: {self.source} ({self.kind}, split {self.split}, {', '.join(self.modalities)})"]
+        lines += [f"  {name}: {count} locations" for name, count in self.steps]
+        what = f"{members} members" if self.kind == SHARDS else f"the chunks of {files} of {len(self.sets)} files"
+        lines.append(f"selected: {len(self.selected)} locations, {what}, {self.nbytes / 1e9:.3f} GB "
+                     f"(about {self.nbytes / rate / 60:.1f} min at {rate / 1e6:.0f} MB/s)")
+        return "\n".join(lines)
+
+
+# -- selection ---------------------------------------------------------------------------------------------------
+
+def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
+    """7-digit ids from a text file (one a line; blank lines and ``#`` comments ignored) or a sequence."""
+    if isinstance(locations, str | os.PathLike):
+        with open(os.fspath(locations), encoding="utf-8") as f:
+            items = [line.split("#", 1)[0].strip() for line in f]
+    else:
+        items = [str(x) for x in locations]
+    out = []
+    for item in items:
+        if not item:
+            continue
+        if not item.isdigit() or len(item) > schema.SAMPLE_ID_WIDTH:
+            raise SelectionError(f"{item!r} is not a location id (7 digits, e.g. 0080717)")
+        out.append(schema.sample_id(item))
+    return out
+
+
+def _table_path(root: str, split: str, storage_options: Mapping[str, Any] | None) -> str | None:
+    """The metadata table published at a root: the 2026 release's, else the first release's."""
+    for candidate in (join(root, f"{split}_metadata.parquet"), join(root, "splits", f"{split}_metadata.parquet")):
+        try:
+            if exists(candidate, storage_options):
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def _root_of(sets: Sequence[ChunkSet]) -> str:
+    first = next(iter(sets[0].paths.values()))
+    return parent(parent(parent(first)))
+
+
+def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int,
+                   archive_kwargs: dict[str, Any]) -> list[dict[str, list[Any]]]:
+    from .shards import shard_index
+
+    jobs = [(k, m) for k in range(len(sets)) for m in mods]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = list(pool.map(lambda job: shard_index(sets[job[0]].paths[job[1]], **archive_kwargs), jobs))
+    out: list[dict[str, list[Any]]] = [{} for _ in sets]
+    for (k, m), members in zip(jobs, found):
+        out[k][m] = members
+    for k, by_mod in enumerate(out):
+        keys = {m: [x.key for x in v] for m, v in by_mod.items()}
+        ref = keys[mods[0]]
+        for m in mods[1:]:
+            if keys[m] != ref:
+                raise ModalityMismatchError(f"{sets[k].paths[m]} and {sets[k].paths[mods[0]]} hold different locations "
+                                            "(the shards of all modalities must hold the same keys in the same order)")
+    return out
+
+
+def _chunk_rows(sets: Sequence[ChunkSet], mod: str, workers: int, archive_kwargs: dict[str, Any]) -> list[list[str]]:
+    from .chunkfile import open_chunk
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        opened = list(pool.map(lambda cs: open_chunk(cs.paths[mod], **archive_kwargs), sets))
+    return [[str(s) for s in cf.samples] for cf in opened]
+
+
+def _months_of(table: Any) -> np.ndarray:
+    times = table[[f"s2_time_{t}" for t in range(schema.N_TIMESTAMPS)]].to_numpy("datetime64[ns]")
+    months = (times.astype("datetime64[M]").astype(np.int64) % 12) + 1
+    return np.where(np.isnat(times), 0, months)
+
+
+def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations: Any = None,
+               bbox: Sequence[float] | None = None, months: Sequence[int] | None = None,
+               dates: Sequence[Any] | None = None, max_cloud: float | None = None, metadata: str | None = None,
+               limit: int | None = None, seed: int = 0, workers: int = 8,
+               storage_options: Mapping[str, Any] | None = None) -> FetchPlan:
+    """The :class:`FetchPlan` of :func:`fetch` (same arguments), from indexes and the metadata table alone."""
+    from .shards import shard_version
+
+    mods = [schema.modality_name(m) for m in modalities]
+    if not mods:
+        raise SelectionError("no modalities given: name at least one (e.g. S2L2A)")
+    sets = resolve(source, split=split, modalities=mods, storage_options=storage_options)
+    kind = sets[0].kind
+    kw: dict[str, Any] = {"storage_options": storage_options}
+    members = _shard_members(sets, mods, workers, kw) if kind == SHARDS else None
+    rows = ([[x.key for x in by_mod[mods[0]]] for by_mod in members] if members is not None
+            else _chunk_rows(sets, mods[0], workers, kw))
+    where = {key: (k, i) for k, keys in enumerate(rows) for i, key in enumerate(keys)}
+    keys = [key for keys_ in rows for key in keys_]
+    steps = [(f"{split} at the source", len(keys))]
+    chosen = keys
+    if locations is not None:
+        ids = read_ids(locations)
+        unknown = [i for i in ids if i not in where]
+        if unknown:
+            raise SelectionError(f"{len(unknown)} location ids are not in {source} ({split}, {mods[0]}): "
+                                 f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; nothing was written")
+        wanted = set(ids)
+        chosen = [k for k in chosen if k in wanted]
+        steps.append(("--locations", len(chosen)))
+    table = None
+    filters = any(v is not None for v in (bbox, months, dates, max_cloud))
+    if filters or metadata is not None:
+        from .metadata import read_metadata, select
+
+        path = metadata or _table_path(_root_of(sets), split, storage_options)
+        if path is None:
+            raise SelectionError(f"--bbox/--months/--dates/--max-cloud need the metadata table: none at "
+                                 f"{_root_of(sets)}/{split}_metadata.parquet or .../splits/{split}_metadata.parquet; "
+                                 "pass metadata=PATH")
+        table = read_metadata(path, storage_options=storage_options)
+        known = set(table.index)
+        if filters:
+            lacking = [k for k in chosen if k not in known]
+            chosen = [k for k in chosen if k in known]
+            steps.append((f"in the table {basename(path)}", len(chosen)))
+            if lacking:
+                steps[-1] = (steps[-1][0] + f" ({len(lacking)} not in it, e.g. {lacking[0]})", len(chosen))
+            sub = table.loc[chosen]
+            for name, kwargs in (("--bbox", {"bbox": tuple(bbox)} if bbox is not None else None),
+                                 ("--max-cloud", {"max_cloud": max_cloud} if max_cloud is not None else None),
+                                 ("--dates", {"start": dates[0], "end": dates[1]} if dates is not None else None)):
+                if kwargs is not None:
+                    sub = select(sub, **kwargs)
+                    steps.append((f"{name} {list(kwargs.values())}", len(sub)))
+            if months is not None:
+                want = np.isin(_months_of(sub), list(months)).any(axis=1)
+                sub = sub[want]
+                steps.append((f"--months {list(months)}", len(sub)))
+            keep = set(sub.index)
+            chosen = [k for k in chosen if k in keep]
+        if not filters:  # a table given for the subset's metadata only
+            absent = [k for k in chosen if k not in known]
+            if absent:
+                steps.append((f"{len(absent)} not in the table {basename(path)}, e.g. {absent[0]}", len(chosen)))
+    if limit is not None and limit < len(chosen):
+        rng = np.random.default_rng(seed)
+        pick = set(rng.choice(len(chosen), size=int(limit), replace=False).tolist())
+        chosen = [k for j, k in enumerate(chosen) if j in pick]
+        steps.append((f"--limit {limit} (seed {seed})", len(chosen)))
+    if not chosen:
+        emptied = next((name for (name, n), (_p, before) in zip(steps[1:], steps) if n == 0 and before), steps[-1][0])
+        raise SelectionError(f"the selection is empty: {emptied} left no location ("
+                             + "; ".join(f"{name}: {n}" for name, n in steps) + ")")
+    selected = []
+    for key in chosen:
+        k, i = where[key]
+        sel = Selected(k, i, key)
+        if members is not None:
+            sel.members = {m: members[k][m][i] for m in mods}
+        selected.append(sel)
+    selected.sort(key=lambda s: (s.set, s.row))
+    if members is not None:
+        nbytes = sum(x.size for s in selected for x in s.members.values())
+    else:
+        nbytes = _chunk_bytes(sets, sorted({s.set for s in selected}), mods, kw)
+    used = sorted({s.set for s in selected})
+    versions = {sets[k].paths[m]: shard_version(sets[k].paths[m], storage_options) for k in used for m in mods}
+    table_path = None
+    if table is not None:
+        table = table.loc[[s.key for s in selected if s.key in set(table.index)]]
+        table_path = path
+    return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, table_path)
+
+
+def _chunk_bytes(sets: Sequence[ChunkSet], used: Sequence[int], mods: Sequence[str], kw: dict[str, Any]) -> int:
+    from .storage import ZipArchive
+
+    total = 0
+    for k in used:
+        for m in mods:
+            with ZipArchive(sets[k].paths[m], **kw) as archive:
+                total += sum(entry[1] for entry in archive.directory_view().values())
+    return total
+
+
+# -- doing it ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class FetchResult:
+    """What :func:`fetch` did: ``files`` written (``{modality: [paths]}``), ``locations`` in DEST, ``nbytes``
+    moved for members or chunks (index requests not counted), ``reused`` members taken from staging."""
+
+    dest: str
+    plan: FetchPlan
+    files: dict[str, list[str]]
+    locations: int
+    nbytes: int = 0
+    reused: int = 0
+
+
+class _Mover:
+    """Fetches members by range request with bounded concurrency, one handle per thread and source file."""
+
+    def __init__(self, kw: dict[str, Any], workers: int, bar: Any):
+        self.kw = kw
+        self.workers = max(1, workers)
+        self.bar = bar
+        self.local = threading.local()
+        self.moved = 0
+        self.lock = threading.Lock()
+
+    def _handle(self, path: str):
+        from .shards import open_binary
+
+        handles = self.local.__dict__.setdefault("handles", {})
+        if path not in handles:
+            handles[path] = open_binary(path, **self.kw)
+        return handles[path]
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        fh = self._handle(path)
+        fh.seek(offset)
+        data = fh.read(size)
+        if len(data) != size:
+            raise SSL4EOError(f"{path}: member at byte {offset} ends after {len(data)} of {size} bytes")
+        with self.lock:
+            self.moved += size
+        if self.bar is not None:
+            self.bar.update(size)
+        return data
+
+
+def _disk_full(exc: OSError, where: str) -> None:
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(where)) or ".").free
+        raise OSError(errno.ENOSPC, f"the disk is full writing {where} ({free / 1e6:.0f} MB free); nothing "
+                                    "partial was left: free space and rerun to resume") from None
+
+
+def _load_manifest(dest: str, settings: dict[str, Any]) -> dict[str, Any]:
+    path = os.path.join(dest, MANIFEST)
+    if not os.path.exists(path):
+        return {"settings": settings, "files": {}}
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    if doc.get("settings") != settings:
+        raise SelectionError(f"{dest} holds another fetch ({doc.get('settings')}); fetch into a new folder, or rerun "
+                             "with the same arguments to resume")
+    return doc
+
+
+def _save_manifest(dest: str, doc: dict[str, Any]) -> None:
+    with atomic_write(os.path.join(dest, MANIFEST), "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True, default=str)
+
+
+def _complete(dest: str, doc: dict[str, Any], rel: str) -> bool:
+    entry = doc["files"].get(rel)
+    path = os.path.join(dest, rel)
+    return bool(entry) and os.path.exists(path) and os.path.getsize(path) == entry["size"]
+
+
+def _file_crc(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            crc = crc32(block, crc)
+    return crc
+
+
+def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], locations: Any = None,
+          bbox: Sequence[float] | None = None, months: Sequence[int] | None = None, dates: Sequence[Any] | None = None,
+          max_cloud: float | None = None, metadata: str | None = None, limit: int | None = None, seed: int = 0,
+          to: str | None = None, workers: int = 8, dry_run: bool = False,
+          storage_options: Mapping[str, Any] | None = None, progress: Callable[..., Any] | None = None,
+          per_shard: int = schema.LOCATIONS_PER_SHARD) -> FetchResult | FetchPlan:
+    """Fetch a subset of SSL4EO-S12 v1.1 into a dataset root of its own (see the module docstring).
+
+    Parameters
+    ----------
+    source:
+        A root of either distribution: a path, an ``http(s)://`` static host or hub ``resolve/main`` URL,
+        ``hf://datasets/...``, ``s3://``.
+    dest:
+        The local folder to write (created); rerunning with the same arguments resumes.
+    split, modalities:
+        ``"train"``/``"val"``; e.g. ``["S2L2A", "S1GRD"]``.
+    locations:
+        Only these 7-digit ids: a text file (one a line) or a sequence. An id the source lacks is an error
+        naming it (nothing is written).
+    bbox, months, dates, max_cloud:
+        Filters on the metadata table (``metadata``, by default the one published at the root): patch centre
+        in ``(W, S, E, N)`` degrees; an S2 acquisition in one of ``months`` (1..12); every S2 acquisition within
+        ``dates = (start, end)``; cloud fraction at most ``max_cloud`` (0..1) in every timestamp. Timestamps are
+        not cut: DEST holds every location's four, as published.
+    limit, seed:
+        At most ``limit`` of the selected locations, drawn with ``seed``.
+    to:
+        ``"shards"`` or ``"chunks"`` (default: as the source). Converting re-encodes locations; DEM, NDVI and
+        LULC exist as shards only.
+    workers:
+        Requests in flight at once.
+    dry_run:
+        Plan only: returns the :class:`FetchPlan` (print ``plan.summary()``), writes nothing.
+    storage_options:
+        Credentials (``{"headers": {"Authorization": ...}}``) or fsspec options for the source.
+    progress:
+        A tqdm-like factory for a progress bar in bytes (the CLI passes tqdm).
+
+    Returns
+    -------
+    FetchResult (or FetchPlan with ``dry_run``)
+
+    Raises
+    ------
+    SelectionError
+        Unknown ids, an empty selection (naming the filter that emptied it), a DEST holding another fetch.
+    DatasetNotFoundError
+        A source file vanished (404) mid-fetch; what was completed is kept and a rerun resumes.
+    OSError
+        A full disk (nothing partial is left).
+    """
+    plan = plan_fetch(source, split=split, modalities=modalities, locations=locations, bbox=bbox, months=months,
+                      dates=dates, max_cloud=max_cloud, metadata=metadata, limit=limit, seed=seed, workers=workers,
+                      storage_options=storage_options)
+    if dry_run:
+        return plan
+    target = to or plan.kind
+    if target not in (SHARDS, CHUNKS):
+        raise ValueError(f"to must be 'shards' or 'chunks', got {to!r}")
+    if target == CHUNKS:
+        missing = [m for m in plan.modalities if m not in schema.CHUNK_MODALITIES]
+        if missing:
+            raise SelectionError(f"{', '.join(missing)} exist as shards only: chunk files have no place for them "
+                                 "(drop them or fetch to shards)")
+    from .builder.lock import BuildLock
+
+    os.makedirs(dest, exist_ok=True)
+    # What defines the subset; the source may change between runs (another mirror of the same files).
+    settings = {"split": split, "modalities": plan.modalities, "to": target,
+                "locations": [s.key for s in plan.selected], "per_shard": per_shard}
+    with BuildLock(dest):
+        doc = _load_manifest(dest, settings)
+        doc["source"] = source
+        _remove_temporaries(dest)
+        doc["source_files"] = {p: {"version": v} for p, v in plan.versions.items()}
+        doc["selection"] = [{"filter": name, "locations": n} for name, n in plan.steps]
+        bar = progress(total=plan.nbytes, unit="B", unit_scale=True, desc="fetch") if progress else None
+        kw: dict[str, Any] = {"storage_options": storage_options}
+        try:
+            if target == SHARDS:
+                files, moved, reused = _to_shards(plan, dest, doc, kw, workers, bar, per_shard)
+            else:
+                files, moved, reused = _to_chunks(plan, dest, doc, kw, workers, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            _save_manifest(dest, doc)
+        if target == CHUNKS:
+            write_split_list(dest, split, [basename(p) for p in files[plan.modalities[0]]])
+        if plan.table_path is not None:
+            _write_table(plan, dest, doc, storage_options)
+            _save_manifest(dest, doc)
+        shutil.rmtree(os.path.join(dest, STAGING), ignore_errors=True)
+    return FetchResult(dest, plan, files, len(plan.selected), moved, reused)
+
+
+def _remove_temporaries(dest: str) -> None:
+    """Temporaries a killed run left (``atomic_write``'s ``.<name>.*.tmp``): never data, always incomplete."""
+    for folder, dirs, names in os.walk(dest):
+        dirs[:] = [d for d in dirs if d != STAGING]
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
+
+
+def _write_table(plan: FetchPlan, dest: str, doc: dict[str, Any], storage_options: Mapping[str, Any] | None) -> None:
+    """The subset's rows of the source's metadata table, its columns and generation as published, under the
+    name the 2026 release uses (or ``splits/`` for a first-release table)."""
+    from .metadata import table_rows
+
+    assert plan.table_path is not None
+    rows = table_rows(plan.table_path, [s.key for s in plan.selected], storage_options=storage_options)
+    first = "time_id" in rows.columns
+    path = os.path.join(dest, *(["splits"] if first else []), f"{plan.split}_metadata.parquet")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path) as f:
+        rows.to_parquet(f)
+    doc["files"][os.path.relpath(path, dest)] = {"size": os.path.getsize(path), "crc32": _file_crc(path)}
+
+
+def _staged(dest: str) -> ByteCache:
+    return ByteCache(os.path.join(dest, STAGING))
+
+
+def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int, bar: Any,
+               per_shard: int) -> tuple[dict[str, list[str]], int, int]:
+    from .shards import write_shard
+
+    staging = _staged(dest)
+    mover = _Mover(kw, workers, bar)
+    files: dict[str, list[str]] = {m: [] for m in plan.modalities}
+    reused = 0
+    groups = [plan.selected[i: i + per_shard] for i in range(0, len(plan.selected), per_shard)]
+    convert = plan.kind == CHUNKS
+    for g, group in enumerate(groups):
+        name = schema.shard_name(g + 1)
+        rels = {m: os.path.join(plan.split, m, name) for m in plan.modalities}
+        if all(_complete(dest, doc, rel) for rel in rels.values()):
+            for m in plan.modalities:
+                files[m].append(os.path.join(dest, rels[m]))
+            if bar is not None:
+                bar.update(sum(x.size for s in group for x in s.members.values()) if not convert else 0)
+            continue
+        if convert:
+            blobs = _converted_members(plan, group, staging, kw)
+        else:
+            reused += _stage_members(plan, group, staging, mover, workers)
+            blobs = None
+        for m in plan.modalities:
+            rel = rels[m]
+            if _complete(dest, doc, rel):
+                files[m].append(os.path.join(dest, rel))
+                continue
+            crcs: dict[str, int] = {}
+            path = os.path.join(dest, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                write_shard(path, _members_of(plan, group, m, blobs, staging, crcs))
+            except OSError as exc:
+                _disk_full(exc, path)
+                raise
+            doc["files"][rel] = {"size": os.path.getsize(path), "crc32": _file_crc(path),
+                                 "members": [{"key": k, "crc32": c} for k, c in crcs.items()]}
+            _save_manifest(dest, doc)  # a completed shard is never fetched again
+            files[m].append(path)
+        for s in group:
+            for m in plan.modalities:
+                key = _member_key(plan, s, m) if not convert else None
+                if key is not None:
+                    try:
+                        os.unlink(staging._path(key))
+                    except OSError:
+                        pass
+    return files, mover.moved, reused
+
+
+def _members_of(plan: FetchPlan, group: Sequence[Selected], m: str, blobs: dict[tuple[str, str], bytes] | None,
+                staging: ByteCache, crcs: dict[str, int]) -> Iterator[tuple[str, bytes]]:
+    """``(member name, bytes)`` of one output shard, one member in memory at a time; records each CRC-32."""
+    for s in group:
+        data = blobs[(s.key, m)] if blobs is not None else staging.get(_member_key(plan, s, m))
+        if data is None:
+            raise SSL4EOError(f"the staged member {s.key} of {m} vanished from {staging.root}; rerun to fetch it again")
+        crcs[s.key] = crc32(data)
+        yield f"{s.key}.zarr.zip", data
+
+
+def _member_key(plan: FetchPlan, s: Selected, m: str) -> str:
+    member = s.members[m]
+    path = plan.sets[s.set].paths[m]
+    return ByteCache.key("member", path, plan.versions.get(path), member.name, member.offset, member.size)
+
+
+def _stage_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache, mover: _Mover,
+                   workers: int) -> int:
+    """Fetch the group's members not staged yet, ``workers`` at once; returns how many were staged already."""
+    todo = []
+    reused = 0
+    for s in group:
+        for m in plan.modalities:
+            key = _member_key(plan, s, m)
+            if staging.get(key) is not None:
+                reused += 1
+                if mover.bar is not None:
+                    mover.bar.update(s.members[m].size)
+                continue
+            todo.append((s, m, key))
+
+    def one(item: tuple[Selected, str, str]) -> None:
+        s, m, key = item
+        path = plan.sets[s.set].paths[m]
+        member = s.members[m]
+        try:
+            data = mover.read(path, member.offset, member.size)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"{path} vanished from the source (404) while fetching; what was completed is "
+                                       f"kept in {os.path.dirname(staging.root)}: rerun to resume") from None
+        staging.put(key, data)
+        if staging.get(key) is None:  # put keeps nothing on a full disk
+            raise OSError(errno.ENOSPC, f"the disk is full staging members under {staging.root}; nothing partial was "
+                                        "left: free space and rerun to resume")
+
+    with ThreadPoolExecutor(mover.workers) as pool:
+        for _ in pool.map(one, todo):
+            pass
+    return reused
+
+
+def _converted_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache,
+                       kw: dict[str, Any]) -> dict[tuple[str, str], bytes]:
+    """Chunk-file locations as shard members (offset removed, the published member layout)."""
+    from .reader import open_dataset
+    from .webdataset import location_dataset, member_bytes
+
+    out: dict[tuple[str, str], bytes] = {}
+    by_set: dict[int, list[Selected]] = {}
+    for s in group:
+        by_set.setdefault(s.set, []).append(s)
+    for k, items in by_set.items():
+        for m in plan.modalities:
+            chunk = open_dataset(plan.sets[k].paths[m], **kw).isel(sample=[s.row for s in items]).load()
+            for j, s in enumerate(items):
+                out[(s.key, m)] = member_bytes(location_dataset(chunk, j, m))
+    return out
+
+
+def _to_chunks(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int,
+               bar: Any) -> tuple[dict[str, list[str]], int, int]:
+    """Selected locations re-packed into 64-location chunk files (values exact; chunks re-encoded with the
+    published codec)."""
+    import xarray as xr
+
+    from .reader import modality_dataset, open_chunk
+    from .webdataset import chunk_from_locations, read_member
+    from .writer import write_chunk
+
+    files: dict[str, list[str]] = {m: [] for m in plan.modalities}
+    moved = 0
+    groups = [plan.selected[i: i + schema.SAMPLES_PER_FILE] for i in range(0, len(plan.selected), schema.SAMPLES_PER_FILE)]
+    for g, group in enumerate(groups):
+        name = schema.chunk_file_name(plan.split, g + 1)
+        for m in plan.modalities:
+            rel = os.path.join(plan.split, m, name)
+            path = os.path.join(dest, rel)
+            if _complete(dest, doc, rel):
+                files[m].append(path)
+                continue
+            if plan.kind == CHUNKS:
+                parts = []
+                for k in sorted({s.set for s in group}):
+                    rows = [s.row for s in group if s.set == k]
+                    cf = open_chunk(plan.sets[k].paths[m], **kw)
+                    parts.append(modality_dataset([cf]).isel(sample=rows).load())
+                    moved += sum(e[1] for e in cf.archive.directory_view().values())
+                ds = xr.concat(parts, dim="sample", data_vars="all", coords="different", compat="equals",
+                               join="exact") if len(parts) > 1 else parts[0]
+            else:
+                mover = _Mover(kw, workers, None)
+                locs = []
+                for s in group:
+                    member = s.members[m]
+                    data = mover.read(plan.sets[s.set].paths[m], member.offset, member.size)
+                    locs.append(read_member(data, f"{plan.sets[s.set].paths[m]}/{member.name}", s.key))
+                moved += mover.moved
+                ds = chunk_from_locations(locs, m)
+            if bar is not None:
+                bar.update(0)
+            try:
+                write_chunk(ds, path, modality=m, size=int(ds.sizes["y"]))
+            except OSError as exc:
+                _disk_full(exc, path)
+                raise
+            doc["files"][rel] = {"size": os.path.getsize(path), "crc32": _file_crc(path),
+                                 "locations": [str(x) for x in ds["sample"].values]}
+            _save_manifest(dest, doc)
+            files[m].append(path)
+    return files, moved, 0
+
+
+def verify(dest: str) -> list[str]:
+    """Problems of a fetched DEST against its manifest (a missing file, another size or CRC-32); empty when
+    everything is as written. Reads every written file once."""
+    with open(os.path.join(dest, MANIFEST), encoding="utf-8") as f:
+        doc = json.load(f)
+    problems = []
+    for rel, entry in sorted(doc["files"].items()):
+        path = os.path.join(dest, rel)
+        if not os.path.exists(path):
+            problems.append(f"{path}: missing")
+        elif os.path.getsize(path) != entry["size"]:
+            problems.append(f"{path}: {os.path.getsize(path)} bytes, the manifest says {entry['size']}")
+        elif _file_crc(path) != entry["crc32"]:
+            problems.append(f"{path}: CRC-32 differs from the manifest's (the file changed or is damaged)")
+    return problems
+
+
+__all__ = ["FetchPlan", "FetchResult", "SelectionError", "fetch", "plan_fetch", "read_ids", "verify"]
+
