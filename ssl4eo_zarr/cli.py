@@ -264,8 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ssl4eo-zarr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a host that refuses us: the message says it, a traceback would not
-        if not exc.errno and not isinstance(exc, PermissionError | FileNotFoundError):
-            raise
         print(f"ssl4eo-zarr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
