@@ -153,7 +153,8 @@ class _ReadAhead(PositionedFile):
             n = self._end() - pos
         if self._last is not None:
             stride = pos - self._last
-            self._window = min(8 * stride, self._readahead) if 0 < stride <= self._readahead else 4096
+            # Read through only when one request then covers several headers; else one small read per header.
+            self._window = min(8 * stride, self._readahead) if 0 < 2 * stride <= self._readahead else 4096
         self._last = pos
         at = pos - self._start
         if not (0 <= at and at + n <= len(self._buf)):
@@ -238,9 +239,25 @@ def save_shard_index(path: str, finger: str, members: Sequence[Member]) -> None:
         pass  # a read-only cache costs a rescan next time, nothing else
 
 
+#: How long a remote shard's version, once asked for, is taken as current by this process (seconds): a
+#: training run's files do not change under it, and asking again each epoch costs a round trip per shard.
+VERSION_TTL_S = 3600.0
+_VERSIONS: dict[str, tuple[float, str | None]] = {}
+
+
 def shard_version(path: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """The current version of a shard (size + mtime locally, size + ETag or Last-Modified remotely)."""
-    return _fingerprint(path, storage_options)
+    """The current version of a shard (size + mtime locally, size + ETag or Last-Modified remotely; a remote
+    answer is remembered by the process for :data:`VERSION_TTL_S`)."""
+    if not is_url(path):
+        return _fingerprint(path, storage_options)
+    import time
+
+    known = _VERSIONS.get(path)
+    if known is not None and time.monotonic() - known[0] < VERSION_TTL_S and known[1] is not None:
+        return known[1]
+    version = _fingerprint(path, storage_options)
+    _VERSIONS[path] = (time.monotonic(), version)
+    return version
 
 
 def kept_shard_index(path: str, version: str | None) -> list[Member] | None:

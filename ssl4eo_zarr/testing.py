@@ -35,8 +35,8 @@ class RangeHTTPServer:
     :meth:`answer_next` queues statuses (with headers, e.g. ``Retry-After``) for the next requests, as a rate
     limiting hub answers. ``seen`` logs every request as ``(time, method, path, headers)``. ``tls`` is
     ``(certfile, keyfile)`` to serve HTTPS. ``latency`` (seconds added before each answer) and ``bandwidth``
-    (bytes/s per response) make it behave like a distant host; :meth:`vanish` makes a file answer 404 from then
-    on (a file removed from the host mid-download).
+    (bytes/s of the host's link, shared by all responses) make it behave like a distant host; :meth:`vanish`
+    makes a file answer 404 from then on (a file removed from the host mid-download).
     """
 
     def __init__(self, folder: str, *, fail_every: int = 0, listing: bool = False, redirect: bool = False,
@@ -47,6 +47,7 @@ class RangeHTTPServer:
         self.latency = latency
         self.bandwidth = bandwidth
         self.vanished: set[str] = set()
+        self._link_free = 0.0  # when the shared link has sent everything queued so far (monotonic time)
         self.hub_repo = hub_repo
         self.redirect_to = redirect_to
         self.seen: list[tuple[float, str, str, dict[str, str]]] = []
@@ -210,27 +211,24 @@ class RangeHTTPServer:
                         f.seek(start)
                         self.wfile.write(f.read(stop))
                         sent = stop
-                    began = time.monotonic()
                     while sent < stop:
                         step = stop - sent if not server.bandwidth else min(stop - sent, 1 << 18)
+                        server._on_link(step)
                         n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, step)
                         if not n:
                             break
                         sent += n
-                        if server.bandwidth:  # a link of that many bytes/s: wait until it would have carried them
-                            ahead = sent / server.bandwidth - (time.monotonic() - began)
-                            if ahead > 0:
-                                time.sleep(ahead)
                 with server._lock:
                     server.bytes_served += sent
                 if drop:
                     self.close_connection = True
 
-            def copyfile(self, source, outputfile):  # whole-file GETs are counted too
-                data = source.read()
-                outputfile.write(data)
-                with server._lock:
-                    server.bytes_served += len(data)
+            def copyfile(self, source, outputfile):  # whole-file GETs are counted (and limited) too
+                while data := source.read(1 << 18):
+                    server._on_link(len(data))
+                    outputfile.write(data)
+                    with server._lock:
+                        server.bytes_served += len(data)
 
             def end_headers(self):
                 self.send_header("Accept-Ranges", "bytes")
@@ -256,6 +254,17 @@ class RangeHTTPServer:
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
+
+    def _on_link(self, nbytes: int) -> None:
+        """Wait for ``nbytes``' turn on the host's one link of ``bandwidth`` bytes/s (no wait without one)."""
+        if not self.bandwidth:
+            return
+        with self._lock:
+            begin = max(time.monotonic(), self._link_free)
+            self._link_free = begin + nbytes / self.bandwidth
+        wait = begin + nbytes / self.bandwidth - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
 
     def vanish(self, path: str) -> None:
         """Answer 404 for ``path`` (as in the URL, e.g. ``/val/S2L2A/ssl4eos12_shard_000002.tar``) from now on."""
@@ -290,8 +299,8 @@ def _hub_entry(folder: str, rel: str) -> dict:
     return {"type": "file", "path": rel, "size": os.path.getsize(full), "oid": oid}
 
 
-def _serve(folder: str, conn) -> None:
-    with RangeHTTPServer(folder) as server:
+def _serve(folder: str, conn, options: dict) -> None:
+    with RangeHTTPServer(folder, **options) as server:
         conn.send(server.url)
         while True:  # until the parent says stop
             msg = conn.recv()
@@ -305,14 +314,16 @@ def _serve(folder: str, conn) -> None:
 
 class ServerProcess:
     """A :class:`RangeHTTPServer` in a child process, so its Python threads do not compete for the caller's
-    GIL (benchmarks compare remote with local reading; a real host runs elsewhere). Context manager: ``url``;
+    GIL (benchmarks compare remote with local reading; a real host runs elsewhere); ``options`` as for
+    :class:`RangeHTTPServer` (``latency``, ``bandwidth``). Context manager: ``url``;
     :meth:`counts` gives (bytes served, requests) since :meth:`reset_counts`."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, **options):
         import multiprocessing as mp
 
         self._parent, child = mp.get_context("fork").Pipe()
-        self._proc = mp.get_context("fork").Process(target=_serve, args=(os.fspath(folder), child), daemon=True)
+        self._proc = mp.get_context("fork").Process(target=_serve, args=(os.fspath(folder), child, options),
+                                                    daemon=True)
 
     def __enter__(self) -> ServerProcess:
         self._proc.start()
