@@ -165,7 +165,10 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
                dates: Sequence[Any] | None = None, max_cloud: float | None = None, metadata: str | None = None,
                limit: int | None = None, seed: int = 0, workers: int = 8,
                storage_options: Mapping[str, Any] | None = None) -> FetchPlan:
-    """The :class:`FetchPlan` of :func:`fetch` (same arguments), from indexes and the metadata table alone."""
+    """The :class:`FetchPlan` of :func:`fetch` (same arguments), from indexes and the metadata table alone.
+
+    Shards are indexed from their tar headers, a request per header for large members: where the table says
+    which shard holds each candidate location (its ``tar`` column), only those shards are indexed."""
     from .shards import shard_version
 
     mods = [schema.modality_name(m) for m in modalities]
@@ -174,57 +177,49 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     sets = resolve(source, split=split, modalities=mods, storage_options=storage_options)
     kind = sets[0].kind
     kw: dict[str, Any] = {"storage_options": storage_options}
-    members = _shard_members(sets, mods, workers, kw) if kind == SHARDS else None
+    filters = any(v is not None for v in (bbox, months, dates, max_cloud))
+    ids = list(dict.fromkeys(read_ids(locations))) if locations is not None else None
+    table, path = None, None
+    if filters or metadata is not None or (kind == SHARDS and ids is not None):
+        path = metadata or _table_path(_root_of(sets), split, storage_options)
+        if path is None and (filters or metadata is not None):
+            raise SelectionError(f"--bbox/--months/--dates/--max-cloud need the metadata table: none at "
+                                 f"{_root_of(sets)}/{split}_metadata.parquet or .../splits/{split}_metadata.parquet; "
+                                 "pass metadata=PATH")
+        if path is not None:
+            from .metadata import read_metadata
+
+            table = read_metadata(path, storage_options=storage_options)
+    # Candidates from the ids and the table's filters, before any archive is indexed.
+    candidates: list[str] | None = ids
+    table_steps: list[tuple[str, int]] = []
+    if filters:
+        assert table is not None and path is not None
+        candidates, table_steps = _filter_table(table, path, candidates, bbox, months, dates, max_cloud)
+    scan = _sets_to_index(sets, table, candidates) if kind == SHARDS else list(range(len(sets)))
+    scanned = [sets[k] for k in scan]
+    members = _shard_members(scanned, mods, workers, kw) if kind == SHARDS else None
     rows = ([[x.key for x in by_mod[mods[0]]] for by_mod in members] if members is not None
-            else _chunk_rows(sets, mods[0], workers, kw))
-    where = {key: (k, i) for k, keys in enumerate(rows) for i, key in enumerate(keys)}
-    keys = [key for keys_ in rows for key in keys_]
-    steps = [(f"{split} at the source", len(keys))]
-    chosen = keys
-    if locations is not None:
-        ids = read_ids(locations)
+            else _chunk_rows(scanned, mods[0], workers, kw))
+    where = {key: (scan[j], i, j) for j, keys in enumerate(rows) for i, key in enumerate(keys)}
+    total = sum(len(r) for r in rows)
+    label = (f"{split} at the source" if len(scan) == len(sets) else
+             f"{split} in the {len(scan)} of {len(sets)} shards that hold a candidate (the table's tar column)")
+    steps = [(label, total)]
+    if ids is not None:
         unknown = [i for i in ids if i not in where]
         if unknown:
             raise SelectionError(f"{len(unknown)} location ids are not in {source} ({split}, {mods[0]}): "
                                  f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; nothing was written")
-        wanted = set(ids)
-        chosen = [k for k in chosen if k in wanted]
-        steps.append(("--locations", len(chosen)))
-    table = None
-    filters = any(v is not None for v in (bbox, months, dates, max_cloud))
-    if filters or metadata is not None:
-        from .metadata import read_metadata, select
-
-        path = metadata or _table_path(_root_of(sets), split, storage_options)
-        if path is None:
-            raise SelectionError(f"--bbox/--months/--dates/--max-cloud need the metadata table: none at "
-                                 f"{_root_of(sets)}/{split}_metadata.parquet or .../splits/{split}_metadata.parquet; "
-                                 "pass metadata=PATH")
-        table = read_metadata(path, storage_options=storage_options)
-        known = set(table.index)
-        if filters:
-            lacking = [k for k in chosen if k not in known]
-            chosen = [k for k in chosen if k in known]
-            steps.append((f"in the table {basename(path)}", len(chosen)))
-            if lacking:
-                steps[-1] = (steps[-1][0] + f" ({len(lacking)} not in it, e.g. {lacking[0]})", len(chosen))
-            sub = table.loc[chosen]
-            for name, kwargs in (("--bbox", {"bbox": tuple(bbox)} if bbox is not None else None),
-                                 ("--max-cloud", {"max_cloud": max_cloud} if max_cloud is not None else None),
-                                 ("--dates", {"start": dates[0], "end": dates[1]} if dates is not None else None)):
-                if kwargs is not None:
-                    sub = select(sub, **kwargs)
-                    steps.append((f"{name} {list(kwargs.values())}", len(sub)))
-            if months is not None:
-                want = np.isin(_months_of(sub), list(months)).any(axis=1)
-                sub = sub[want]
-                steps.append((f"--months {list(months)}", len(sub)))
-            keep = set(sub.index)
-            chosen = [k for k in chosen if k in keep]
-        if not filters:  # a table given for the subset's metadata only
-            absent = [k for k in chosen if k not in known]
-            if absent:
-                steps.append((f"{len(absent)} not in the table {basename(path)}, e.g. {absent[0]}", len(chosen)))
+        steps.append(("--locations", len(ids)))
+    steps += table_steps
+    if filters:
+        lacking = [k for k in candidates or [] if k not in where]
+        if lacking:
+            raise SelectionError(f"{len(lacking)} locations of the table {basename(str(path))} are not in the archives "
+                                 f"at {source}: {', '.join(lacking[:10])}{' ...' if len(lacking) > 10 else ''}; "
+                                 "nothing was written (is it the table of another split or release?)")
+    chosen = [k for keys in rows for k in keys] if candidates is None else sorted(candidates, key=lambda k: where[k][:2])
     if limit is not None and limit < len(chosen):
         rng = np.random.default_rng(seed)
         pick = set(rng.choice(len(chosen), size=int(limit), replace=False).tolist())
@@ -236,10 +231,10 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
                              + "; ".join(f"{name}: {n}" for name, n in steps) + ")")
     selected = []
     for key in chosen:
-        k, i = where[key]
+        k, i, j = where[key]
         sel = Selected(k, i, key)
         if members is not None:
-            sel.members = {m: members[k][m][i] for m in mods}
+            sel.members = {m: members[j][m][i] for m in mods}
         selected.append(sel)
     selected.sort(key=lambda s: (s.set, s.row))
     if members is not None:
@@ -249,10 +244,50 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     used = sorted({s.set for s in selected})
     versions = {sets[k].paths[m]: shard_version(sets[k].paths[m], storage_options) for k in used for m in mods}
     table_path = None
-    if table is not None:
+    if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
         table = table.loc[[s.key for s in selected if s.key in set(table.index)]]
         table_path = path
     return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, table_path)
+
+
+def _filter_table(table: Any, path: str, candidates: list[str] | None, bbox: Sequence[float] | None,
+                  months: Sequence[int] | None, dates: Sequence[Any] | None,
+                  max_cloud: float | None) -> tuple[list[str], list[tuple[str, int]]]:
+    """The candidates (all of the table's when ``None``) that pass the table's filters, with the count each
+    filter left."""
+    from .metadata import select
+
+    known = set(table.index)
+    pool = list(table.index) if candidates is None else [k for k in candidates if k in known]
+    steps = [(f"in the table {basename(path)}" + (f" ({len(candidates) - len(pool)} ids not in it)"
+                                                   if candidates is not None and len(pool) < len(candidates) else ""),
+              len(pool))]
+    sub = table.loc[pool]
+    for name, kwargs in (("--bbox", {"bbox": tuple(bbox)} if bbox is not None else None),
+                         ("--max-cloud", {"max_cloud": max_cloud} if max_cloud is not None else None),
+                         ("--dates", {"start": dates[0], "end": dates[1]} if dates is not None else None)):
+        if kwargs is not None:
+            sub = select(sub, **kwargs)
+            steps.append((f"{name} {list(kwargs.values())}", len(sub)))
+    if months is not None:
+        sub = sub[np.isin(_months_of(sub), list(months)).any(axis=1)]
+        steps.append((f"--months {list(months)}", len(sub)))
+    keep = set(sub.index)
+    return [k for k in pool if k in keep], steps
+
+
+def _sets_to_index(sets: Sequence[ChunkSet], table: Any, candidates: Sequence[str] | None) -> list[int]:
+    """The shard sets to index: those the table's ``tar`` column names for the candidates, when it names one
+    for every candidate and each name is a set of the source; else all."""
+    everything = list(range(len(sets)))
+    if table is None or candidates is None or "tar" not in table.columns:
+        return everything
+    known = [k for k in candidates if k in table.index]
+    if len(known) < len(candidates):
+        return everything
+    names = {str(t).rsplit("/", 1)[-1] for t in table.loc[known, "tar"]}
+    by_name = {cs.name: k for k, cs in enumerate(sets)}
+    return sorted(by_name[n] for n in names) if names <= set(by_name) else everything
 
 
 def _chunk_bytes(sets: Sequence[ChunkSet], used: Sequence[int], mods: Sequence[str], kw: dict[str, Any]) -> int:

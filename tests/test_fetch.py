@@ -81,8 +81,9 @@ def test_fetch_by_ids_moves_only_those_members(source, host, tmp_path):
     dest = str(tmp_path / "sub")
     result = fetch(host.url, dest, split="val", modalities=MODS, locations=ids, workers=4)
     members = _member_bytes(source, set(ids))
-    # what moved beyond the members: each source file's version (HEAD) and the index it was planned from
-    assert members <= host.bytes_served <= 1.05 * members + 20_000, (host.bytes_served, members)
+    table_bytes = os.path.getsize(os.path.join(source, "val_metadata.parquet"))
+    # what moved beyond the members: the table (it says which shard holds each id) and version requests
+    assert members <= host.bytes_served <= 1.05 * members + table_bytes + 20_000, (host.bytes_served, members)
     assert result.nbytes == members and result.locations == 5
     got = sz.open_dataset(dest, split="val")
     assert sorted(got["sample"].values.tolist()) == sorted(ids)
@@ -96,9 +97,19 @@ def test_fetch_by_ids_moves_only_those_members(source, host, tmp_path):
     shard = doc["files"][os.path.join("val", "S2L2A", schema.shard_name(1))]
     assert [e["key"] for e in shard["members"]] == got["sample"].values.tolist()
     assert verify(dest) == [] and not os.path.exists(os.path.join(dest, STAGING))
-    table = sz.read_metadata(os.path.join(dest, "val_metadata.parquet")) if os.path.exists(
-        os.path.join(dest, "val_metadata.parquet")) else None
-    assert table is None, "no table asked for, none written"
+    table = sz.read_metadata(os.path.join(dest, "val_metadata.parquet"))
+    assert sorted(table.index) == sorted(ids), "the subset's rows of the published table, beside it"
+
+
+def test_only_the_shards_holding_the_ids_are_indexed(source, tmp_path, monkeypatch):
+    """The table's tar column says which shard holds each id: the others' headers are never read."""
+    monkeypatch.setenv("SSL4EO_ZARR_CACHE", str(tmp_path / "cold"))  # no kept index
+    ids = _ids(source, [0, 3, 7])  # all in the first shard (8 locations per shard)
+    with RangeHTTPServer(source) as server:
+        plan = fetch(server.url, str(tmp_path / "d"), split="val", modalities=MODS, locations=ids, dry_run=True)
+        ranged = {p for _t, m, p, h in server.seen if m == "GET" and "Range" in h and p.endswith(".tar")}
+    assert plan.steps[0][0].startswith("val in the 1 of 3 shards") and len(plan.selected) == 3
+    assert ranged and all(p.endswith(schema.shard_name(1)) for p in ranged), ranged
 
 
 def test_fetch_by_region_months_and_cloud_with_the_published_table(source, host, tmp_path):
@@ -152,7 +163,9 @@ def test_a_rerun_on_a_complete_dest_moves_no_member(source, host, tmp_path):
               for p in os.listdir(os.path.join(dest, "val", m))}
     host.reset_counts()
     result = fetch(host.url, dest, split="val", modalities=MODS, locations=ids)
-    assert result.nbytes == 0 and host.bytes_served < 5_000, host.bytes_served  # version checks only
+    table_bytes = os.path.getsize(os.path.join(source, "val_metadata.parquet"))
+    # the table (which shard holds each id) and version checks; no member, no tar header
+    assert result.nbytes == 0 and host.bytes_served < table_bytes + 5_000, host.bytes_served
     after = {p: os.path.getmtime(os.path.join(dest, "val", m, p)) for m in MODS
              for p in os.listdir(os.path.join(dest, "val", m))}
     assert after == before
