@@ -78,6 +78,7 @@ class FetchPlan:
     table: Any = None
     versions: dict[str, str | None] = field(default_factory=dict)
     table_path: str | None = None
+    raw_table: Any = field(default=None, repr=False)
 
     def summary(self, rate: float = ASSUMED_RATE) -> str:
         """What a dry run prints: locations, members, bytes and the time at ``rate`` bytes/s."""
@@ -179,7 +180,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     kw: dict[str, Any] = {"storage_options": storage_options}
     filters = any(v is not None for v in (bbox, months, dates, max_cloud))
     ids = list(dict.fromkeys(read_ids(locations))) if locations is not None else None
-    table, path = None, None
+    table, path, raw = None, None, None
     if filters or metadata is not None or (kind == SHARDS and ids is not None):
         path = metadata or _table_path(_root_of(sets), split, storage_options)
         if path is None and (filters or metadata is not None):
@@ -187,9 +188,10 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
                                  f"{_root_of(sets)}/{split}_metadata.parquet or .../splits/{split}_metadata.parquet; "
                                  "pass metadata=PATH")
         if path is not None:
-            from .metadata import read_metadata
+            from .metadata import read_metadata, read_table
 
-            table = read_metadata(path, storage_options=storage_options)
+            raw = read_table(path, storage_options=storage_options)
+            table = read_metadata(raw)
     # Candidates from the ids and the table's filters, before any archive is indexed.
     candidates: list[str] | None = ids
     table_steps: list[tuple[str, int]] = []
@@ -247,7 +249,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
         table = table.loc[[s.key for s in selected if s.key in set(table.index)]]
         table_path = path
-    return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, table_path)
+    return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, table_path, raw)
 
 
 def _filter_table(table: Any, path: str, candidates: list[str] | None, bbox: Sequence[float] | None,
@@ -498,9 +500,12 @@ def _write_table(plan: FetchPlan, dest: str, doc: dict[str, Any], storage_option
     from .metadata import table_rows
 
     assert plan.table_path is not None
-    rows = table_rows(plan.table_path, [s.key for s in plan.selected], storage_options=storage_options)
+    source = plan.raw_table if plan.raw_table is not None else plan.table_path
+    rows = table_rows(source, [s.key for s in plan.selected], storage_options=storage_options)
     first = "time_id" in rows.columns
     path = os.path.join(dest, *(["splits"] if first else []), f"{plan.split}_metadata.parquet")
+    if _complete(dest, doc, os.path.relpath(path, dest)):
+        return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_write(path) as f:
         rows.to_parquet(f)

@@ -32,12 +32,17 @@ CHUNKS, SHARDS = "chunks", "shards"
 @dataclass(frozen=True)
 class ChunkSet:
     """One file of each modality under the same name: a chunk file (up to 64 locations) when ``kind`` is
-    ``"chunks"``, a WebDataset shard (about 512) when ``"shards"``. ``paths`` maps modality to path or URL."""
+    ``"chunks"``, a WebDataset shard (about 512; TerraMesh up to 10,240) when ``"shards"``. ``paths`` maps
+    modality to path or URL: the modalities this file has (a TerraMesh Major TOM shard has S1RTC, not S1GRD).
+    ``subset`` is the shard name's prefix (``ssl4eos12``, ``majortom``), ``corpus`` the dataset
+    (:data:`~ssl4eo_zarr.schema.CORPORA`)."""
 
     name: str
     split: str | None
     paths: Mapping[str, str] = field(hash=False)
     kind: str = CHUNKS
+    subset: str | None = None
+    corpus: str = "ssl4eo-s12"
 
 
 def is_chunk_file(path: Any) -> bool:
@@ -141,7 +146,8 @@ def available_splits(root: str, storage_options: Mapping[str, Any] | None = None
     split list or first shard answers."""
     if is_url(root):
         return [s for s in schema.SPLITS if exists(join(root, schema.split_list_name(s)), storage_options)
-                or _probe_shards(root, s, list(schema.MODALITIES), storage_options)]
+                or _probe_shards(root, s, list(schema.SHARD_MODALITIES), storage_options)
+                or _terramesh_here(root, s, storage_options)]
     found = [d for d in _listdir(root) if _modality_folders(os.path.join(root, d))]
     return sorted(found, key=lambda s: (list(schema.SPLITS).index(s) if s in schema.SPLITS else 99, s))
 
@@ -169,12 +175,40 @@ def _local_split(root: str | None, split: str, split_dir: str, mods: list[str] |
     if missing:
         raise DatasetNotFoundError(f"modality folder(s) {missing} missing under {split_dir} (found {present})")
     if kind == SHARDS:
-        names = [n for n in _listdir(os.path.join(split_dir, use[0])) if n.endswith(SHARD_SUFFIX)]
-    elif root is not None and os.path.exists(os.path.join(root, schema.split_list_name(split))):
+        listed = {m: {n for n in _listdir(os.path.join(split_dir, m)) if n.endswith(SHARD_SUFFIX)} for m in present}
+        corpus = schema.detect_corpus(set().union(*listed.values()), complete=True)
+        return _shard_sets(split, sorted(set().union(*(listed[m] for m in use)), key=_shard_order), use, corpus,
+                           lambda m, n: n in listed[m], lambda m, n: os.path.join(split_dir, m, n), split_dir)
+    if root is not None and os.path.exists(os.path.join(root, schema.split_list_name(split))):
         names = split_file_names(root, split)
     else:
         names = [n for n in _listdir(os.path.join(split_dir, use[0])) if n.endswith(SUFFIX)]
     return [ChunkSet(n, split, {m: os.path.join(split_dir, m, n) for m in use}, kind) for n in names]
+
+
+def _shard_order(name: str) -> tuple[int, str]:
+    parsed = schema.parse_shard(name)
+    return (parsed[1] if parsed else 1 << 30, name)
+
+
+def _shard_sets(split: str, names: Sequence[str], use: Sequence[str], corpus: schema.Corpus,
+                has: Callable[[str, str], bool], path: Callable[[str, str], str], where: str) -> list[ChunkSet]:
+    """One :class:`ChunkSet` per shard name with the modalities its subset holds; a shard missing from a folder
+    its subset should be in is an error naming it (a set holding none of ``use`` is left out)."""
+    out = []
+    for n in names:
+        parsed = schema.parse_shard(n)
+        prefix = parsed[0] if parsed else None
+        sub = corpus.subset(prefix) if prefix else None
+        expected = [m for m in use if sub is None or m in sub.modalities or schema.find_modality(m) is None]
+        if not expected:
+            continue
+        missing = [m for m in expected if not has(m, n)]
+        if missing:
+            raise DatasetNotFoundError(f"shard {n} is missing from {', '.join(missing)} under {where}: the shards of "
+                                       "all modalities must hold the same locations")
+        out.append(ChunkSet(n, split, {m: path(m, n) for m in expected}, SHARDS, prefix, corpus.name))
+    return out
 
 
 def _resolve_local(src: str, split: str | None, mods: list[str] | None, distribution: str | None) -> list[ChunkSet]:
@@ -203,6 +237,52 @@ def _probe_shards(root: str, split: str, candidates: Sequence[str],
     return [m for m in candidates if exists(join(root, split, m, schema.shard_name(1)), storage_options)]
 
 
+def _terramesh_here(root: str, split: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether a URL holds a TerraMesh ``split`` (the first published shard of a subset answers)."""
+    for sub in schema.TERRAMESH.subsets:
+        first = sub.ranges.get(split, (0, 0))[0]
+        if first and exists(join(root, split, "S2L2A", schema.shard_name(first, sub.prefix)), storage_options):
+            return True
+    return False
+
+
+def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Sequence[str] | None,
+                     storage_options: Mapping[str, Any] | None) -> list[ChunkSet] | None:
+    """A TerraMesh split at a URL, found by its shard names (no listing): each subset's first published shard,
+    then its count by probing; ``None`` when none answers (then it is not TerraMesh)."""
+    corpus = schema.TERRAMESH
+    out: list[ChunkSet] = []
+    for sub in corpus.subsets:
+        here = [m for m in candidates if m in sub.modalities]
+        if not here or split not in sub.ranges:
+            continue
+        first, last = sub.ranges[split]
+        if sub.prefix == "ssl4eos12" and first == 1:
+            continue  # numbered from 1, it is the SSL4EO-S12 distribution, probed by the caller
+        folder = join(root, split, here[0])
+        if not exists(join(folder, schema.shard_name(first, sub.prefix)), storage_options):
+            continue
+
+        def present(i: int, folder: str = folder, first: int = first, prefix: str = sub.prefix) -> bool:
+            return exists(join(folder, schema.shard_name(first + i - 1, prefix)), storage_options)
+
+        n = count_by_probing(present, guess=last - first + 1)
+        names = [schema.shard_name(first + i, sub.prefix) for i in range(n)]
+        have = [here[0]] + [m for m in here[1:] if exists(join(root, split, m, names[-1]), storage_options)]
+        lacking = [m for m in here if m not in have and mods]
+        if lacking:
+            raise DatasetNotFoundError(f"{join(root, split)}: no {sub.prefix} shards of {lacking} (probed {names[-1]})")
+        out += [ChunkSet(n_, split, {m: join(root, split, m, n_) for m in have}, SHARDS, sub.prefix, corpus.name)
+                for n_ in names]
+    if not out:
+        return None
+    if mods:
+        missing = [m for m in mods if not any(m in cs.paths for cs in out)]
+        if missing:
+            raise DatasetNotFoundError(f"no TerraMesh shards of {missing} at {join(root, split)}")
+    return out
+
+
 def _resolve_url(src: str, split: str | None, mods: list[str] | None, distribution: str | None,
                  storage_options: Mapping[str, Any] | None) -> list[ChunkSet]:
     src = src.rstrip("/")
@@ -220,6 +300,10 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
     out = []
     for s in splits:
         candidates = mods or list(schema.MODALITIES)
+        terramesh = None if distribution == CHUNKS else _probe_terramesh(root, s, candidates, mods, storage_options)
+        if terramesh:
+            out += terramesh
+            continue
         shard_mods = [] if distribution == CHUNKS else _probe_shards(root, s, candidates, storage_options)
         if shard_mods:
             if mods and len(shard_mods) < len(mods):
@@ -258,6 +342,7 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
 def _from_files(files: Sequence[str], mods: list[str] | None) -> list[ChunkSet]:
     if not files:
         raise DatasetNotFoundError("no chunk files or shards given")
+    corpus = schema.detect_corpus([basename(f) for f in files if is_shard_file(f)])
     sets = []
     for f in files:
         if not (is_chunk_file(f) or is_shard_file(f)):
@@ -276,6 +361,15 @@ def _from_files(files: Sequence[str], mods: list[str] | None) -> list[ChunkSet]:
             sets.append(ChunkSet(basename(f), split_name, {mods[0] if mods else "": f}, kind))
             continue
         use = mods or [schema.modality_name(own)]
+        if kind == SHARDS:
+            parsed = schema.parse_shard(basename(f))
+            prefix = parsed[0] if parsed else None
+            sub = corpus.subset(prefix) if prefix else None
+            held = [m for m in use if sub is None or m in sub.modalities or schema.find_modality(m) is None]
+            if held:
+                sets.append(ChunkSet(basename(f), split_name, {m: join(split_dir, m, basename(f)) for m in held}, kind,
+                                     prefix, corpus.name))
+            continue
         sets.append(ChunkSet(basename(f), split_name, {m: join(split_dir, m, basename(f)) for m in use}, kind))
     return sets
 
@@ -287,6 +381,7 @@ def resolve(
     modalities: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     distribution: str | None = None,
+    subsets: Sequence[str] | None = None,
 ) -> list[ChunkSet]:
     """File sets named by ``source``, all of one distribution (``ChunkSet.kind``).
 
@@ -295,9 +390,24 @@ def resolve(
     them, or a brace pattern (``ROOT/val/S2L2A/ssl4eos12_shard_{000001..000005}.tar``); local paths or URLs.
     The other modalities of a file are found in the sibling modality folders. ``modalities`` defaults to every
     modality folder present (on a remote root: every known modality that answers). ``distribution``
-    (``"chunks"``/``"shards"``) chooses where a root holds both. Raises :class:`DatasetNotFoundError` naming
-    what is missing.
+    (``"chunks"``/``"shards"``) chooses where a root holds both. A TerraMesh root (``majortom_shard_*`` beside
+    ``ssl4eos12_shard_*``) is found by its shard names too; ``subsets=["ssl4eos12"]`` keeps those shards only.
+    Raises :class:`DatasetNotFoundError` naming what is missing.
     """
+    sets = _resolve(source, split, modalities, storage_options, distribution)
+    if subsets is None:
+        return sets
+    have = {cs.subset for cs in sets}
+    unknown = [s for s in subsets if s not in have]
+    if unknown:
+        raise DatasetNotFoundError(f"no shards of subset(s) {unknown} in {source} (found: "
+                                   f"{', '.join(sorted(str(s) for s in have))})")
+    return [cs for cs in sets if cs.subset in set(subsets)]
+
+
+def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike], split: str | None,
+             modalities: Sequence[str] | None, storage_options: Mapping[str, Any] | None,
+             distribution: str | None) -> list[ChunkSet]:
     mods = [schema.modality_name(m) for m in modalities] if modalities else None
     if distribution not in (None, CHUNKS, SHARDS):
         raise ValueError(f"distribution must be 'chunks', 'shards' or None, got {distribution!r}")

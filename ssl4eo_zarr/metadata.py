@@ -253,8 +253,9 @@ def _second_release(table: Any, path: str) -> Any:
     return gpd.GeoDataFrame(out, geometry=table.geometry.values, crs=table.crs or "EPSG:4326")
 
 
-def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """A published metadata table (either generation), local or URL, as one row per location.
+def read_metadata(path: Any, *, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """A published metadata table (either generation), local or URL (or the table already read, as a
+    GeoDataFrame with its published columns), as one row per location.
 
     Returns
     -------
@@ -266,15 +267,23 @@ def read_metadata(path: str, *, storage_options: Mapping[str, Any] | None = None
         0..100, or a ``crs`` that is not an EPSG code, raise :class:`~ssl4eo_zarr.errors.SchemaError` naming the
         column. Columns named by season are placed per location by their S2 dates (see :func:`season_slots`).
     """
-    table = _read_parquet(path, storage_options)
-    out = _first_release(table, path) if "time_id" in table.columns else _second_release(table, path)
+    table = path if hasattr(path, "columns") else _read_parquet(path, storage_options)
+    where = "the table" if hasattr(path, "columns") else str(path)
+    out = _first_release(table, where) if "time_id" in table.columns else _second_release(table, where)
     return out[list(COLUMNS)]
 
 
-def table_rows(path: str, samples: Sequence[str], *, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """The rows of a published table (either generation, its own columns kept) that describe ``samples``
-    (7-digit ids), in the table's order: what a subset of the dataset publishes beside itself."""
-    table = _read_parquet(path, storage_options)
+def read_table(path: str, *, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """A published metadata table as published (its own columns), local or URL: one download, for
+    :func:`read_metadata` and :func:`table_rows` to share."""
+    return _read_parquet(path, storage_options)
+
+
+def table_rows(path: Any, samples: Sequence[str], *, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """The rows of a published table (either generation, its own columns kept; a path or the table as
+    :func:`read_table` gives it) that describe ``samples`` (7-digit ids), in the table's order: what a subset
+    of the dataset publishes beside itself."""
+    table = path if hasattr(path, "columns") else _read_parquet(path, storage_options)
     ids = table["sample_id"].values if "sample_id" in table.columns else table.index.values
     return table[np.isin(_sample_of(ids), np.asarray(list(samples), dtype=str))]
 
@@ -310,4 +319,5 @@ def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True
     return table[keep]
 
 
-__all__ = ["COLUMNS", "SEASONS", "match_time_columns", "read_metadata", "season_slots", "select", "table_rows"]
+__all__ = ["COLUMNS", "SEASONS", "match_time_columns", "read_metadata", "read_table", "season_slots", "select",
+           "table_rows"]

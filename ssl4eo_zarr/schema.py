@@ -236,6 +236,17 @@ LULC = Modality(
     description="ESRI land use / land cover, augmented with cloud and snow classes per season; WebDataset only",
 )
 
+S1RTC = Modality(
+    name="S1RTC",
+    bands=("vv", "vh"),
+    dtype=np.dtype("float32"),  # not published; readers take the dtype from each member
+    units="dB, 10*log10(gamma0), radiometrically terrain-corrected",
+    valid_range=(-50.0, 10.0),
+    mean=(-10.93, -17.329),
+    std=(4.391, 4.459),
+    description="Sentinel-1 RTC backscatter, VV and VH in dB; TerraMesh's Major TOM subset only",
+)
+
 #: ESRI 10 m land-cover class ids (Impact Observatory); the dataset adds cloud and snow per season. The ids
 #: follow the ESRI product; the dataset's exact augmentation codes are not published (inferred).
 LULC_CLASSES: dict[int, str] = {0: "no data", 1: "water", 2: "trees", 4: "flooded vegetation", 5: "crops",
@@ -243,11 +254,13 @@ LULC_CLASSES: dict[int, str] = {0: "no data", 1: "water", 2: "trees", 4: "floode
 
 #: All known modalities by folder name: the chunk-file ones in the published folder order, then the three
 #: added with the WebDataset distribution.
-MODALITIES: dict[str, Modality] = {m.name: m for m in (S1GRD, S2L1C, S2L2A, S2RGB, DEM, NDVI, LULC)}
+MODALITIES: dict[str, Modality] = {m.name: m for m in (S1GRD, S2L1C, S2L2A, S2RGB, DEM, NDVI, LULC, S1RTC)}
+#: Modalities of the SSL4EO-S12 v1.1 WebDataset distribution.
+SHARD_MODALITIES: tuple[str, ...] = ("S1GRD", "S2L1C", "S2L2A", "S2RGB", "DEM", "NDVI", "LULC")
 #: Modalities of the chunk-file distribution (one folder each under a split).
 CHUNK_MODALITIES: tuple[str, ...] = ("S1GRD", "S2L1C", "S2L2A", "S2RGB")
 #: Which modality provides shared variables (coordinates, cloud mask) when several are read together.
-REFERENCE_ORDER: tuple[str, ...] = ("S2L2A", "S2L1C", "S2RGB", "S1GRD", "NDVI", "LULC", "DEM")
+REFERENCE_ORDER: tuple[str, ...] = ("S2L2A", "S2L1C", "S2RGB", "S1GRD", "S1RTC", "NDVI", "LULC", "DEM")
 #: Modalities that carry the SEnSeI ``cloud_mask``, in order of preference.
 CLOUD_MODALITIES: tuple[str, ...] = ("S2L2A", "S2L1C", "S2RGB")
 #: CF units of every time variable the library writes.
@@ -263,20 +276,127 @@ SPLITS = {"train": 3812, "val": 34}
 LOCATIONS_PER_SHARD = 512
 #: Shard counts and locations of the published WebDataset splits (train: 476 x 512 + 256; val: 4 x 512 + 128).
 SHARD_SPLITS = {"train": (477, 243_968), "val": (5, 2_176)}
-_SHARD_RE = re.compile(r"^ssl4eos12_shard_(?P<index>\d{6})\.tar$")
+_SHARD_RE = re.compile(r"^(?P<prefix>[a-z0-9]+)_shard_(?P<index>\d{6})\.tar$")
 
 
-def shard_name(index: int) -> str:
-    """Published shard name: ``ssl4eos12_shard_000001.tar`` for ``index`` 1 (1-based)."""
+def shard_name(index: int, prefix: str = "ssl4eos12") -> str:
+    """Published shard name: ``ssl4eos12_shard_000001.tar`` for ``index`` 1 (1-based); ``prefix`` names a
+    corpus subset (TerraMesh's ``majortom_shard_000001.tar``)."""
     if index < 1:
         raise ValueError(f"shard index is 1-based, got {index}")
-    return f"ssl4eos12_shard_{index:06d}.tar"
+    return f"{prefix}_shard_{index:06d}.tar"
+
+
+def parse_shard(name: str) -> tuple[str, int] | None:
+    """``(subset prefix, index)`` of a shard name (``majortom_shard_000003.tar`` -> ``("majortom", 3)``), or ``None``."""
+    match = _SHARD_RE.match(name.rsplit("/", 1)[-1])
+    return (match["prefix"], int(match["index"])) if match else None
 
 
 def parse_shard_name(name: str) -> int | None:
     """Index of a published shard name, or ``None``."""
-    match = _SHARD_RE.match(name.rsplit("/", 1)[-1])
-    return int(match["index"]) if match else None
+    parsed = parse_shard(name)
+    return parsed[1] if parsed else None
+
+
+# -- corpora: SSL4EO-S12 v1.1 and TerraMesh, which carries it ------------------------------------------------
+
+@dataclass(frozen=True)
+class Subset:
+    """A family of shards of a corpus: files ``{prefix}_shard_NNNNNN.tar`` numbered ``ranges[split]`` (first,
+    last) as published, holding the ``modalities`` listed (a modality folder lacks the other subsets' shards)."""
+
+    prefix: str
+    ranges: dict[str, tuple[int, int]]
+    modalities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A dataset served as WebDataset shards of per-location ``.zarr.zip`` members.
+
+    ``timestamps`` per member (SSL4EO-S12: 4 seasons; TerraMesh: 1); ``stats`` per modality ``(mean, std)`` in
+    the shards' units (S2 offset removed), the corpus's own published statistics; ``locations`` per split.
+    """
+
+    name: str
+    subsets: tuple[Subset, ...]
+    timestamps: int
+    stats: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    locations: dict[str, int]
+    description: str = ""
+
+    def subset(self, prefix: str) -> Subset | None:
+        return next((s for s in self.subsets if s.prefix == prefix), None)
+
+    def modality_stats(self, modality: str, *, with_offset: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, std)`` float64 ``[C]`` of ``modality`` in this corpus (S2 with the +1000 offset when
+        ``with_offset``), or ``None`` where none are published."""
+        found = self.stats.get(modality)
+        if found is None:
+            return None
+        mean, std = (np.asarray(v, dtype=np.float64) for v in found)
+        mod = find_modality(modality)
+        if with_offset and mod is not None and mod.offset:
+            mean = mean + mod.offset
+        return mean, std
+
+
+SSL4EO_S12 = Corpus(
+    name="ssl4eo-s12",
+    subsets=(Subset("ssl4eos12", {"train": (1, 477), "val": (1, 5)}, SHARD_MODALITIES),),
+    timestamps=N_TIMESTAMPS,
+    stats={m.name: (tuple(float(v) - m.offset for v in m.mean), m.std)
+           for m in (S2L1C, S2L2A, S2RGB, S1GRD, DEM, NDVI) if m.mean},
+    locations={"train": 243_968, "val": 2_176},
+    description="SSL4EO-S12 v1.1: 4 seasons per location",
+)
+TERRAMESH = Corpus(
+    name="terramesh",
+    subsets=(Subset("majortom", {"train": (1, 793), "val": (1, 8)},
+                    ("S2L1C", "S2L2A", "S2RGB", "S1RTC", "NDVI", "LULC", "DEM")),
+             Subset("ssl4eos12", {"train": (794, 889), "val": (9, 9)}, SHARD_MODALITIES)),
+    timestamps=1,
+    stats={
+        "S2L1C": ((2357.090, 2137.398, 2018.799, 2082.998, 2295.663, 2854.548, 3122.860, 3040.571, 3306.491, 1473.849,
+                   506.072, 2472.840, 1838.943),
+                  (1673.639, 1722.641, 1602.205, 1873.138, 1866.055, 1779.839, 1776.496, 1724.114, 1771.041, 1079.786,
+                   512.404, 1340.879, 1172.435)),
+        "S2L2A": ((1390.461, 1503.332, 1718.211, 1853.926, 2199.116, 2779.989, 2987.025, 3083.248, 3132.235, 3162.989,
+                   2424.902, 1857.665),
+                  (2131.157, 2163.666, 2059.311, 2152.477, 2105.179, 1912.773, 1842.326, 1893.568, 1775.656, 1814.907,
+                   1436.282, 1336.155)),
+        "S2RGB": ((110.349, 99.507, 75.843), (69.905, 53.708, 53.378)),
+        "S1GRD": ((-12.577, -20.265), (5.179, 5.872)),
+        "S1RTC": ((-10.93, -17.329), (4.391, 4.459)),
+        "NDVI": ((0.327,), (0.322,)),
+        "DEM": ((651.663,), (928.168,)),
+    },
+    locations={"train": 9_089_536, "val": 89_088},
+    description="TerraMesh (TerraMind's corpus): Major TOM and SSL4EO-S12 v1.1 locations, one timestamp each",
+)
+#: The corpora by name.
+CORPORA: dict[str, Corpus] = {c.name: c for c in (SSL4EO_S12, TERRAMESH)}
+
+
+def get_corpus(name: str) -> Corpus:
+    """The :class:`Corpus` called ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(CORPORA)}")
+    return CORPORA[name]
+
+
+def detect_corpus(names: Iterable[str], *, complete: bool = False) -> Corpus:
+    """The corpus whose shards these file names are: TerraMesh when a Major TOM shard is among them, or, for a
+    ``complete`` listing of a folder, when its SSL4EO-S12 shards are numbered as in TerraMesh (after Major
+    TOM's, not from 1); else SSL4EO-S12. A hand-picked list of SSL4EO-S12 shards may start anywhere."""
+    parsed = [p for p in (parse_shard(n) for n in names) if p is not None]
+    if any(prefix == "majortom" for prefix, _i in parsed):
+        return TERRAMESH
+    ssl = [i for prefix, i in parsed if prefix == "ssl4eos12"]
+    if complete and ssl and min(ssl) > 1:
+        return TERRAMESH
+    return SSL4EO_S12
 
 
 def published_shard_counts(split: str, names: Sequence[str]) -> list[int] | None:

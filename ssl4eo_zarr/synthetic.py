@@ -262,7 +262,7 @@ def make_shards(
     from .webdataset import location_dataset, member_bytes
 
     root = os.fspath(root)
-    mods = list(modalities or schema.MODALITIES)
+    mods = list(modalities or schema.SHARD_MODALITIES)
     locs = sample_locations(n_locations, seed=seed)
     rng = np.random.default_rng(seed + 17)
     pending: dict[str, list[tuple[str, bytes]]] = {m: [] for m in mods}

@@ -145,7 +145,7 @@ class RangeHTTPServer:
                     rel = unquote(tail[len("/tree/"):].split("/", 1)[1]) if "/" in tail[len("/tree/"):] else ""
                     full = os.path.join(server.folder, rel)
                     if not os.path.isdir(full):
-                        return self._json({"error": "not found"}, 404)
+                        return self._json({"error": "Entry not found"}, 404, {"X-Error-Code": "EntryNotFound"})
                     return self._json([_hub_entry(server.folder, os.path.join(rel, n).lstrip("/"))
                                        for n in sorted(os.listdir(full))])
                 if tail.startswith("/paths-info/") and self.command == "POST":
@@ -154,9 +154,11 @@ class RangeHTTPServer:
                     return self._json([_hub_entry(server.folder, p) for p in found])
                 return self._json({"error": "not found"}, 404)
 
-            def _json(self, doc, status: int = 200) -> bool:
+            def _json(self, doc, status: int = 200, headers: dict[str, str] | None = None) -> bool:
                 body = json.dumps(doc).encode()
                 self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

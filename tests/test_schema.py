@@ -5,7 +5,7 @@ from ssl4eo_zarr import CloudClass, schema
 
 
 def test_modalities_match_the_published_format():
-    assert list(schema.MODALITIES) == ["S1GRD", "S2L1C", "S2L2A", "S2RGB", "DEM", "NDVI", "LULC"]
+    assert list(schema.MODALITIES) == ["S1GRD", "S2L1C", "S2L2A", "S2RGB", "DEM", "NDVI", "LULC", "S1RTC"]
     assert schema.CHUNK_MODALITIES == ("S1GRD", "S2L1C", "S2L2A", "S2RGB")
     assert schema.S2L1C.n_bands == 13 and "B10" in schema.S2L1C.bands
     assert schema.S2L2A.bands == tuple(b for b in schema.S2L1C.bands if b != "B10")

@@ -56,7 +56,7 @@ def test_published_numbering_and_layout(both):
     members = scan_shard(os.path.join(shards, "val", "DEM", names[0]))
     assert len(members) == 16 and all(m.name == m.key + ".zarr.zip" and len(m.key) == 7 for m in members)
     sets = resolve(shards, split="val")
-    assert {cs.kind for cs in sets} == {"shards"} and list(sets[0].paths) == list(schema.MODALITIES)
+    assert {cs.kind for cs in sets} == {"shards"} and list(sets[0].paths) == list(schema.SHARD_MODALITIES)
 
 
 def test_the_xarray_views_of_both_distributions_agree(both):
@@ -97,7 +97,7 @@ def test_the_loader_gives_identical_tensors_from_both(both, s2_offset, timestamp
 
 def test_seven_modalities_random_season_and_dem_shapes(both):
     _, shards = both
-    ds = sz.ChunkDataset(shards, split="val", modalities=list(schema.MODALITIES), timestamps="random", batch_size=8,
+    ds = sz.ChunkDataset(shards, split="val", modalities=list(schema.SHARD_MODALITIES), timestamps="random", batch_size=8,
                          return_metadata=True, seed=3)
     batches = _run(ds)
     first = batches[0]
@@ -330,7 +330,7 @@ def test_validate_checks_shards(both, tmp_path, capsys):
     _, shards = both
     report = validate(shards, split="val", size=SIZE)
     assert report.ok, report.format()
-    assert len(report.files) == 3 * len(schema.MODALITIES)
+    assert len(report.files) == 3 * len(schema.SHARD_MODALITIES)
     work = str(tmp_path / "shards")
     shutil.copytree(shards, work)
     bad = os.path.join(work, "val", "S2L2A", schema.shard_name(3))

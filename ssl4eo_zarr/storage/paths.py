@@ -125,6 +125,11 @@ def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
             return True
         except FileNotFoundError:
             return False
+        except Exception as exc:  # a library's own 404 (huggingface_hub for a folder that is not there)
+            response = getattr(exc, "response", None)
+            if getattr(response, "status_code", None) == 404 or getattr(exc, "status", None) == 404:
+                return False
+            raise
 
     return retry(info)
 
