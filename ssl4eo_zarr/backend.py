@@ -74,7 +74,7 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
     url = "https://github.com/ssl4eo-zarr/ssl4eo-zarr/tree/main/docs"
     open_dataset_parameters = ("filename_or_obj", "drop_variables", "split", "modalities", "s2_offset",
                                "fix_s1_order", "reindex_seasonal", "distribution", "storage_options", "cache_dir",
-                               "cache_limit")
+                               "cache_limit", "subsets")
 
     def open_dataset(
         self,
@@ -90,13 +90,14 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
         storage_options: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
         cache_limit: int | str | None = None,
+        subsets: Iterable[str] | None = None,
     ) -> xr.Dataset:
         from .reader import open_dataset
 
         ds = open_dataset(os.fspath(filename_or_obj), split=split, modalities=list(modalities) if modalities else None,
                           s2_offset=s2_offset, fix_s1_order=fix_s1_order, reindex_seasonal=reindex_seasonal,
                           distribution=distribution, storage_options=storage_options, cache_dir=cache_dir,
-                          cache_limit=cache_limit)
+                          cache_limit=cache_limit, subsets=list(subsets) if subsets else None)
         if drop_variables:
             ds = ds.drop_vars([drop_variables] if isinstance(drop_variables, str) else list(drop_variables),
                               errors="ignore")
@@ -107,4 +108,5 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
             path = os.fspath(filename_or_obj)
         except TypeError:
             return False
-        return is_chunk_file(path) or (is_shard_file(path) and "ssl4eos12_shard_" in os.path.basename(path))
+        return is_chunk_file(path) or (is_shard_file(path) and os.path.basename(path).startswith(
+            ("ssl4eos12_shard_", "majortom_shard_")))

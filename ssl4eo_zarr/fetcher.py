@@ -95,7 +95,8 @@ class FetchPlan:
 # -- selection ---------------------------------------------------------------------------------------------------
 
 def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
-    """7-digit ids from a text file (one a line; blank lines and ``#`` comments ignored) or a sequence."""
+    """Location keys (7-digit ids, or TerraMesh keys such as ``ssl4eos12_val_0080385``) from a text file (one a
+    line; blank lines and ``#`` comments ignored) or a sequence."""
     if isinstance(locations, str | os.PathLike):
         with open(os.fspath(locations), encoding="utf-8") as f:
             items = [line.split("#", 1)[0].strip() for line in f]
@@ -105,9 +106,10 @@ def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
     for item in items:
         if not item:
             continue
-        if not item.isdigit() or len(item) > schema.SAMPLE_ID_WIDTH:
-            raise SelectionError(f"{item!r} is not a location id (7 digits, e.g. 0080717)")
-        out.append(schema.sample_id(item))
+        try:
+            out.append(schema.location_key(item))
+        except ValueError as exc:
+            raise SelectionError(str(exc)) from None
     return out
 
 

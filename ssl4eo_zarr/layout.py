@@ -252,13 +252,16 @@ def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Seq
     then its count by probing; ``None`` when none answers (then it is not TerraMesh)."""
     corpus = schema.TERRAMESH
     out: list[ChunkSet] = []
+    after = 0  # TerraMesh numbers its SSL4EO-S12 shards on after the Major TOM ones
     for sub in corpus.subsets:
         here = [m for m in candidates if m in sub.modalities]
         if not here or split not in sub.ranges:
             continue
         first, last = sub.ranges[split]
-        if sub.prefix == "ssl4eos12" and first == 1:
-            continue  # numbered from 1, it is the SSL4EO-S12 distribution, probed by the caller
+        if sub.prefix == "ssl4eos12":
+            first, last = (after + 1, after + 1 + last - first) if after else (first, last)
+            if first == 1:
+                continue  # numbered from 1, it is the SSL4EO-S12 distribution, probed by the caller
         folder = join(root, split, here[0])
         if not exists(join(folder, schema.shard_name(first, sub.prefix)), storage_options):
             continue
@@ -268,6 +271,8 @@ def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Seq
 
         n = count_by_probing(present, guess=last - first + 1)
         names = [schema.shard_name(first + i, sub.prefix) for i in range(n)]
+        if sub.prefix == "majortom":
+            after = first + n - 1
         have = [here[0]] + [m for m in here[1:] if exists(join(root, split, m, names[-1]), storage_options)]
         lacking = [m for m in here if m not in have and mods]
         if lacking:

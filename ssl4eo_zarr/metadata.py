@@ -169,8 +169,17 @@ def _read_parquet(path: str, storage_options: Mapping[str, Any] | None) -> Any:
     return gpd.read_parquet(io.BytesIO(read_bytes(path, storage_options)))
 
 
+def _key_of(value: Any) -> str:
+    """The location key of a table id: SSL4EO-S12's 7-digit id (``80717``, ``0080717_0`` -> ``0080717``), or a
+    TerraMesh member key as it is (``ssl4eos12_val_0080385``)."""
+    try:
+        return schema.location_key(value)
+    except ValueError:
+        return str(value)
+
+
 def _sample_of(values: Any) -> np.ndarray:
-    return np.array([schema.sample_id(str(v).split("_")[0]) for v in values])
+    return np.array([_key_of(v) for v in values])
 
 
 def _split_of(names: Any) -> list[str | None]:

@@ -385,6 +385,7 @@ def open_dataset(
     storage_options: Mapping[str, Any] | None = None,
     cache_dir: str | None = None,
     cache_limit: int | str | None = None,
+    subsets: Sequence[str] | None = None,
     **archive_kwargs: Any,
 ) -> xr.Dataset:
     """Open SSL4EO-S12 v1.1 chunk files lazily (dask-backed).
@@ -434,6 +435,10 @@ def open_dataset(
         Files opened concurrently; default 8 local, 32 remote (a remote open waits on round trips).
     storage_options:
         Credentials and options for URLs (``{"headers": {...}}`` for plain HTTP(S); fsspec options otherwise).
+    subsets:
+        A TerraMesh root (found by its shard names): the subsets to open (``["ssl4eos12"]``, ``["majortom"]``;
+        default both). One Dataset holds the modalities every selected subset has, with a ``subset``
+        coordinate; see :func:`ssl4eo_zarr.shardview.open_shard_dataset`.
     cache_dir, cache_limit:
         Keep every chunk (or shard member part) read from a URL in this folder, CRC-checked when reused, so
         reading it again is local (:class:`~ssl4eo_zarr.storage.ByteCache`; ``cache_limit="200GB"`` evicts the
@@ -462,11 +467,12 @@ def open_dataset(
                               fix_s1_order=fix_s1_order)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
-                   distribution=distribution)
+                   distribution=distribution, subsets=subsets)
     if sets and sets[0].kind == SHARDS:
         from .shardview import open_shard_dataset
 
-        ds = open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads, **kwargs)
+        ds = open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads,
+                                explicit=modalities is not None, **kwargs)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order,
                          use_index=use_index, **kwargs)

@@ -11,6 +11,7 @@ import enum
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -489,6 +490,22 @@ def raw_band_file(modality: str, band: str) -> str:
 def split_list_name(split: str) -> str:
     """Path of a split's file list relative to the dataset root: ``splits/ssl4eos12_val.txt``."""
     return f"splits/ssl4eos12_{split}.txt"
+
+
+_KEY_RE = re.compile(r"^[a-z0-9]+_[a-z]+_[A-Za-z0-9.-]+$")
+
+
+def location_key(value: Any) -> str:
+    """The key of a location as shards name it: SSL4EO-S12's 7-digit id (``80717``, ``0080717``, a table's
+    ``0080717_2`` -> ``0080717``) or a TerraMesh member key as it is (``ssl4eos12_val_0080385``)."""
+    text = str(value).strip()
+    head = text.split("_")[0]
+    if head.isdigit() and len(head) <= SAMPLE_ID_WIDTH:
+        return head.zfill(SAMPLE_ID_WIDTH)
+    if _KEY_RE.match(text):
+        return text
+    raise ValueError(f"{value!r} is not a location id (7 digits, e.g. 0080717) nor a TerraMesh key "
+                     "(e.g. ssl4eos12_val_0080385)")
 
 
 def sample_id(location: int | str) -> str:

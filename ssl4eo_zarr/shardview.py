@@ -161,7 +161,7 @@ def _check_keys(sets: Sequence[ChunkSet], indexes: dict[str, list[list[Member]]]
 
 
 def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_s1_order: bool = True,
-                       threads: int | None = None, **archive_kwargs: Any) -> xr.Dataset:
+                       threads: int | None = None, explicit: bool = True, **archive_kwargs: Any) -> xr.Dataset:
     """One multi-modal Dataset over the shards ``sets`` (see :func:`ssl4eo_zarr.open_dataset`).
 
     Variables: ``<MOD>`` ``[sample, time, band_<MOD>, y, x]`` (static modalities such as DEM
@@ -169,8 +169,23 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
     ``[sample, time, y, x]``; ``center_lat``/``center_lon`` float64 ``[sample]``; ``crs`` int64 ``[sample]``;
     ``x_``/``y_`` float64 UTM metres ``[sample, x|y]``; ``time_<MOD>`` datetime64[ns] and ``file_id_<MOD>`` str
     ``[sample, time]``; coordinates ``sample``, ``file`` (shard name) and ``split`` along ``sample``.
+
+    TerraMesh (members of one timestamp): ``<MOD>`` ``[sample, band_<MOD>, y, x]``, ``time_<MOD>`` ``[sample]``,
+    ``cloud_mask`` ``[sample, y, x]``, and a ``subset`` coordinate. A modality that only some subsets hold (S1GRD,
+    S1RTC) is left out when modalities were not named (``attrs["left_out"]``) and an error when they were: the
+    view never fills in what a location does not have.
     """
-    mods = list(sets[0].paths)
+    order = {m: i for i, m in enumerate(schema.MODALITIES)}
+    everything = list(sets[0].paths) + sorted({m for cs in sets for m in cs.paths} - set(sets[0].paths),
+                                              key=lambda m: (order.get(m, len(order)), m))
+    mods = [m for m in everything if all(m in cs.paths for cs in sets)]
+    partial = [m for m in everything if m not in mods]
+    if partial and explicit:
+        held = {cs.subset: sorted(cs.paths) for cs in sets}
+        raise ModalityMismatchError(f"{partial} exist in only some subsets ({held}): open one subset at a time "
+                                    "(subsets=[...]) or leave them out; ChunkDataset reads both")
+    if not mods:
+        raise ModalityMismatchError(f"the shards share no modality: {[sorted(cs.paths) for cs in sets][:3]}")
     jobs = [(m, cs.paths[m]) for m in mods for cs in sets]
     threads = 8 if threads is None else threads
     with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -208,6 +223,9 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
             ds[m] = xr.Variable(("sample", "time", band_dim, "y", "x"), bands, attrs)
         if "band" in group.arrays:
             ds = ds.assign_coords({band_dim: [str(b) for b in read_array(archive, group.arrays["band"])]})
+        if not mod.static and t == 1:  # one timestamp per member (TerraMesh): its acquisition time per location
+            once = _lazy(MemberStack(stacks, mrows, "time", (1,), np.dtype("int64"), s1_fix=False), (1, 1))[:, 0]
+            ds[f"time_{m}"] = xr.Variable(("sample",), da.map_blocks(_as_datetime, once, dtype="datetime64[ns]"))
         if not mod.static and t > 1:
             times = _lazy(MemberStack(stacks, mrows, "time", (t,), np.dtype("int64"), s1_fix=False), (1, t))
             ds[f"time_{m}"] = xr.Variable(("sample", "time"), da.map_blocks(_as_datetime, times, dtype="datetime64[ns]"))
@@ -233,14 +251,21 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
         if schema.CLOUD_VAR in group.arrays:
             cm = group.arrays[schema.CLOUD_VAR]
             t, h, w = cm.shape
-            ds[schema.CLOUD_VAR] = xr.Variable(("sample", "time", "y", "x"), _lazy(
-                MemberStack(stacks, mrows, schema.CLOUD_VAR, (t, h, w), cm.dtype), (1, 1, h, w)))
+            mask = _lazy(MemberStack(stacks, mrows, schema.CLOUD_VAR, (t, h, w), cm.dtype), (1, 1, h, w))
+            ds[schema.CLOUD_VAR] = (xr.Variable(("sample", "y", "x"), mask[:, 0]) if t == 1
+                                    else xr.Variable(("sample", "time", "y", "x"), mask))
     if n_t is not None:
         ds = ds.assign_coords(time=np.arange(n_t, dtype=np.int64))
         ds["sample_id"] = (("sample", "time"), np.char.add(np.char.add(samples[:, None], "_"),
                                                          np.arange(n_t).astype(str)[None, :]))
     if "x_" in ds:
         ds = ds.assign_coords(x=np.arange(ds.sizes["x"], dtype=np.int64), y=np.arange(ds.sizes["y"], dtype=np.int64))
-    ds.attrs.update(modalities=mods, title="SSL4EO-S12 v1.1", distribution="shards",
-                    s2_offset="DN + 1000" if s2_offset else "removed")
+    corpus = schema.get_corpus(sets[0].corpus)
+    ds.attrs.update(modalities=mods, title="SSL4EO-S12 v1.1" if corpus is schema.SSL4EO_S12 else corpus.description,
+                    distribution="shards", dataset=corpus.name, s2_offset="DN + 1000" if s2_offset else "removed")
+    if corpus is not schema.SSL4EO_S12:
+        ds = ds.assign_coords(subset=("sample", np.repeat([cs.subset or "" for cs in sets],
+                                                          [len(i) for i in indexes[ref]])))
+    if partial:
+        ds.attrs["left_out"] = partial
     return ds

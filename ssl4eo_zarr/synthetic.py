@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,6 +290,62 @@ def make_shards(
     for m in mods:
         if pending[m]:
             flush(m)
+    return written
+
+
+def terramesh_members(n_majortom: int, n_ssl: int, *, size: int = schema.PATCH_SIZE, seed: int = 0,
+                      split: str = "val") -> dict[str, list[tuple[str, dict[str, xr.Dataset]]]]:
+    """TerraMesh-style members: ``{subset: [(key, {modality: member Dataset})]}`` for ``n_majortom`` Major TOM and
+    ``n_ssl`` SSL4EO-S12 locations, ONE timestamp each (location ``i`` keeps season ``i % 4``), in the published
+    member layout. SSL4EO-S12 locations have S1GRD, Major TOM ones S1RTC (float32 dB, assumed: not published);
+    keys ``ssl4eos12_{split}_<id>`` as published, ``majortom_{split}_<id>`` (assumed)."""
+    from .webdataset import location_dataset
+
+    out: dict[str, list[tuple[str, dict[str, xr.Dataset]]]] = {}
+    for prefix, n, salt in (("majortom", n_majortom, 0), ("ssl4eos12", n_ssl, 1)):
+        locs = sample_locations(max(n, 1), seed=seed * 2 + salt)
+        chunk = make_chunk(locs, size=size, seed=seed * 7 + salt)
+        rng = np.random.default_rng(seed + 31 + salt)
+        items = []
+        for i in range(n):
+            t = i % schema.N_TIMESTAMPS
+            members = {m: location_dataset(chunk[m], i, m).isel(time=[t]) for m in schema.CHUNK_MODALITIES}
+            extra = _extra_members(chunk, i, rng)
+            members.update(NDVI=extra["NDVI"].isel(time=[t]), LULC=extra["LULC"].isel(time=[t]), DEM=extra["DEM"])
+            if prefix == "majortom":  # Major TOM carries terrain-corrected S1 instead of GRD
+                s1 = members.pop("S1GRD")
+                rtc = s1.copy()
+                rtc[schema.BANDS_VAR] = (s1[schema.BANDS_VAR].astype(np.float32) + np.float32(2.0))
+                members["S1RTC"] = rtc
+            for ds in members.values():
+                ds.attrs.pop("sample", None)
+            items.append((f"{prefix}_{split}_{locs.ids[i]}", members))
+        out[prefix] = items
+    return out
+
+
+def make_terramesh(root: str | os.PathLike, n_majortom: int = 12, n_ssl: int = 8, *, per_shard: int = 8,
+                   size: int = 32, seed: int = 0, split: str = "val",
+                   modalities: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Write a synthetic TerraMesh split: ``root/{split}/{modality}/majortom_shard_NNNNNN.tar`` (from 000001),
+    then ``ssl4eos12_shard_NNNNNN.tar`` numbered on after them as published (S1GRD folders hold only the
+    latter, S1RTC folders only the former), ``per_shard`` locations each. Returns ``{modality: [paths]}``."""
+    from .shards import MEMBER_SUFFIX, write_shard
+    from .webdataset import member_bytes
+
+    root = os.fspath(root)
+    written: dict[str, list[str]] = {}
+    number = 0
+    for prefix, items in terramesh_members(n_majortom, n_ssl, size=size, seed=seed, split=split).items():
+        held = schema.TERRAMESH.subset(prefix).modalities  # type: ignore[union-attr]
+        mods = [m for m in (modalities or schema.MODALITIES) if m in held]
+        for start in range(0, len(items), per_shard):
+            number += 1
+            part = items[start: start + per_shard]
+            for m in mods:
+                path = os.path.join(root, split, m, schema.shard_name(number, prefix))
+                written.setdefault(m, []).append(write_shard(path, [(k + MEMBER_SUFFIX, member_bytes(ms[m]))
+                                                                    for k, ms in part]))
     return written
 
 

@@ -82,7 +82,8 @@ class RowMeta:
 
 def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
     """The metadata keys of a batch (see :class:`~ssl4eo_zarr.loader.ChunkDataset`) from its rows."""
-    ref = schema.reference_modality(spec.modalities)
+    held = [m for m in spec.modalities if rows and m in rows[0].times]  # a subset's modalities (TerraMesh)
+    ref = schema.reference_modality(held or spec.modalities)
     out: dict[str, Any] = {
         "sample": [r.sample for r in rows],
         "file": [r.file for r in rows],
@@ -92,8 +93,8 @@ def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
     }
     if spec.timestamps == "random":
         out["timestamp"] = torch.tensor([r.timestamp for r in rows], dtype=torch.int64)
-    for mod in spec.modalities:
-        static = len(rows[0].times[mod]) == 1 if rows else False
+    for mod in held:
+        static = len(rows[0].times[mod]) == 1
         picked = []
         for r in rows:
             t = r.times[mod]

@@ -105,6 +105,19 @@ class ChunkDataset(IterableDataset):
     shuffle_buffer:
         Shards only: locations held (compressed) in each worker's shuffle buffer; default ``64 * mix``.
         Shard order comes from (seed, epoch), location order from this buffer.
+    subsets:
+        TerraMesh (a root of ``majortom_shard_*`` and ``ssl4eos12_shard_*`` shards, found by their names): the
+        subsets to read, default both. Each batch comes from one subset and holds the modalities that subset
+        has (S1GRD only in ``ssl4eos12``, S1RTC only in ``majortom``: asking for both gives every location the
+        one it has, never a stand-in); a modality no selected subset holds is an error. Batches carry
+        ``dataset`` (``"terramesh"``) and ``subset`` (str) keys, and :func:`~ssl4eo_zarr.loader.normalize` uses
+        TerraMesh's own statistics for them. Members hold one timestamp (the shape rule: ``[B, 1, C, H, W]``,
+        or ``[B, C, H, W]`` with ``timestamps=0``).
+    probs:
+        TerraMesh: instead of every location once per epoch (the default, batches of both subsets interleaved
+        as they are read), draw each batch's subset with these probabilities, as the published loader's
+        ``RandomMix`` does (``{"majortom": 0.8, "ssl4eos12": 0.2}``, or a list in that order); a subset that
+        runs out starts over, so the epoch keeps its length and the mixture.
     transform:
         Callable on the batch dict, run in the worker (see :mod:`ssl4eo_zarr.loader.transforms`).
     normalize:
@@ -176,6 +189,8 @@ class ChunkDataset(IterableDataset):
         drop_last: bool = False,
         mix: int = 1,
         shuffle_buffer: int | None = None,
+        subsets: Sequence[str] | None = None,
+        probs: Mapping[str, float] | Sequence[float] | None = None,
         transform: Callable[..., dict[str, Any]] | None = None,
         normalize: bool = False,
         return_metadata: bool = False,
@@ -203,7 +218,18 @@ class ChunkDataset(IterableDataset):
         check_cache_options(root_or_files, cache_dir, cache_limit)
         self.modalities = [schema.modality_name(m) for m in modalities]
         self.sets: list[ChunkSet] = resolve(root_or_files, split=split, modalities=self.modalities,
-                                            storage_options=storage_options, distribution=distribution)
+                                            storage_options=storage_options, distribution=distribution,
+                                            subsets=subsets)
+        absent = [m for m in self.modalities if not any(m in cs.paths for cs in self.sets)]
+        if absent:
+            held = {cs.subset: sorted(cs.paths) for cs in self.sets}
+            raise ValueError(f"no selected subset holds {absent} (subsets: {held}); choose other modalities or "
+                             "subsets")
+        self.corpus = schema.get_corpus(self.sets[0].corpus)
+        names = [s.prefix for s in self.corpus.subsets]
+        found = sorted({cs.subset or "" for cs in self.sets}, key=lambda p: names.index(p) if p in names else 99)
+        self.groups = [found.index(cs.subset or "") for cs in self.sets] if len(found) > 1 or probs else None
+        self.probs = _probs(probs, found) if probs is not None else None
         kinds = {cs.kind for cs in self.sets}
         if len(kinds) != 1:
             raise ValueError("give chunk files or shards, not both")
@@ -261,7 +287,7 @@ class ChunkDataset(IterableDataset):
 
     def _keys_of(self, cs: ChunkSet) -> list[str]:
         """Location ids of one file, in stored order (chunk file: its ``sample`` coordinate; shard: member keys)."""
-        first = cs.paths[self.modalities[0]]
+        first = next(cs.paths[m] for m in self.modalities if m in cs.paths)
         if cs.kind == SHARDS:
             return self._shard_keys(cs)
         return [str(s) for s in open_chunk(first, **self.archive_kwargs).samples]
@@ -272,7 +298,7 @@ class ChunkDataset(IterableDataset):
         damage (or the common length) are kept and a warning says how many were lost."""
         found: dict[str, list[str]] = {}
         damaged: dict[str, DamagedShardError] = {}
-        for m in self.modalities:
+        for m in [m for m in self.modalities if m in cs.paths]:
             try:
                 found[m] = [member.key for member in shard_index(cs.paths[m], **self.archive_kwargs)]
             except DamagedShardError as exc:
@@ -300,7 +326,7 @@ class ChunkDataset(IterableDataset):
             warnings.warn(f"{message}; the first {keep} are used, {lengths[longest] - keep} lost", RuntimeWarning,
                           stacklevel=4)
             self.skipped.append(message)
-        return found[self.modalities[0]][:keep]
+        return found[next(iter(found))][:keep]
 
     def _scan(self) -> list[list[str] | None]:
         def keys(cs: ChunkSet) -> list[str] | None:
@@ -361,7 +387,7 @@ class ChunkDataset(IterableDataset):
         return epoch_plan(self.counts, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
                           num_workers=num_workers, batch_size=self.batch_size, mix=self.mix, shuffle=self.shuffle,
                           drop_last=self.drop_last, buffer=self.shuffle_buffer if self.streaming else None,
-                          rows=self.rows)
+                          rows=self.rows, groups=self.groups, probs=self.probs)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (with ``num_workers`` workers when ``batch_size`` is set)."""
@@ -460,10 +486,23 @@ class ChunkDataset(IterableDataset):
                 reader.close()
 
 
+def _probs(probs: Mapping[str, float] | Sequence[float], found: Sequence[str]) -> list[float]:
+    """Per subset in ``found`` order, from ``{subset: p}`` or a list in the corpus's subset order."""
+    if isinstance(probs, Mapping):
+        unknown = [k for k in probs if k not in found]
+        if unknown:
+            raise ValueError(f"probs names subsets {unknown}; the selected ones are {list(found)}")
+        return [float(probs.get(s, 0.0)) for s in found]
+    values = [float(p) for p in probs]
+    if len(values) != len(found):
+        raise ValueError(f"probs has {len(values)} entries for the subsets {list(found)}")
+    return values
+
+
 def _sample_ids(samples: Any) -> set[str]:
-    """7-digit location ids from a list of ids or a table (``sample`` column, else its index)."""
+    """Location keys (7-digit ids, TerraMesh keys) from a list or a table (``sample`` column, else its index)."""
     if hasattr(samples, "columns"):
         values = samples["sample"] if "sample" in samples.columns else samples.index
     else:
         values = samples
-    return {schema.sample_id(str(v).split("_")[0]) for v in values}
+    return {schema.location_key(v) for v in values}

@@ -12,6 +12,11 @@ then dealt to the rank's workers. Inside a worker:
 
 Batch counts are then equalised across ranks so that DistributedDataParallel never waits for a rank that
 ran out. ``rows`` restricts each file to some of its locations (a selection from the metadata table).
+
+Files of several subsets (TerraMesh's Major TOM and SSL4EO-S12 shards, which hold different modalities) are
+streamed through one buffer per subset, so a batch never mixes subsets; the subsets' batches are interleaved
+in the order their locations are read (every location once per epoch), or drawn with ``probs`` as the published
+TerraMesh loader mixes them (a subset that runs out starts over, so the mixture holds for the whole epoch).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class Batch:
 
 
 #: Keys that keep the random streams drawn from one (seed, epoch) apart from each other.
-SALT_POOL, SALT_TIMESTAMP, SALT_STREAM, SALT_AUGMENT = 1, 2, 3, 4
+SALT_POOL, SALT_TIMESTAMP, SALT_STREAM, SALT_AUGMENT, SALT_MIX = 1, 2, 3, 4, 5
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -139,13 +144,21 @@ def stream_batches(
     epoch: int,
     drop_last: bool,
     rows: Rows = None,
+    groups: Sequence[int] | None = None,
+    probs: Sequence[float] | None = None,
 ) -> list[Batch]:
     """Batches of one worker that streams its shard ``files`` front to back through a shuffle buffer.
 
     Locations enter a buffer of ``buffer`` slots in file order; once it is full, each new location pushes
     out a random one (WebDataset's ``shuffle(buffer)``); the rest leave in random order at the end. At most
     ``buffer`` locations have been read and not yet delivered at any time, which bounds the reader's memory.
+
+    ``groups[f]`` is file ``f``'s subset: each subset gets its own buffer and batches (see the module
+    docstring), interleaved by reading order, or drawn with ``probs[g]`` (indexed by subset).
     """
+    if groups is not None and (len({groups[f] for f in files}) > 1 or probs is not None):
+        return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
+                        seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
     order = [(f, i) for f in files for i in _rows_of(f, counts, rows)]
     if shuffle and buffer > 1 and order:
         rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
@@ -163,6 +176,34 @@ def stream_batches(
     return _cut(order, batch_size, drop_last)
 
 
+def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int], probs: Sequence[float] | None, *,
+             batch_size: int, buffer: int, shuffle: bool, seed: int, epoch: int, drop_last: bool,
+             rows: Rows) -> list[Batch]:
+    per: dict[int, list[Batch]] = {}
+    for g in sorted({groups[f] for f in files}):
+        mine = [f for f in files if groups[f] == g]
+        per[g] = stream_batches(mine, counts, batch_size=batch_size, buffer=buffer, shuffle=shuffle, seed=seed,
+                                epoch=epoch, drop_last=drop_last, rows=rows)
+    total = sum(len(b) for b in per.values())
+    if probs is None:  # every location once: deliver each batch as soon as its locations have been read
+        position = {row: k for k, row in enumerate((f, i) for f in files for i in _rows_of(f, counts, rows))}
+        everything = [b for g in per for b in per[g]]
+        return sorted(everything, key=lambda b: max(position[r] for r in b.rows))
+    rng = rng_for(seed, epoch, SALT_MIX, *files[:1])
+    live = [g for g in per if per[g]]
+    weights = np.array([float(probs[g]) if g < len(probs) else 0.0 for g in live])
+    if not live or weights.sum() <= 0:
+        return [b for g in per for b in per[g]]
+    picks = rng.choice(len(live), size=total, p=weights / weights.sum())
+    taken = dict.fromkeys(live, 0)
+    out = []
+    for p in picks:
+        g = live[int(p)]
+        out.append(per[g][taken[g] % len(per[g])])  # a subset that ran out starts over: its share holds
+        taken[g] += 1
+    return out
+
+
 def epoch_plan(
     counts: Sequence[int],
     *,
@@ -177,6 +218,8 @@ def epoch_plan(
     drop_last: bool = False,
     buffer: int | None = None,
     rows: Rows = None,
+    groups: Sequence[int] | None = None,
+    probs: Sequence[float] | None = None,
 ) -> list[list[Batch]]:
     """Batches of every worker of ``rank``: ``plan[w]`` is worker ``w``'s list.
 
@@ -197,7 +240,7 @@ def epoch_plan(
         if buffer is not None:
             return [stream_batches(files_for_worker(rank_files, w, workers), counts, batch_size=stream_size,
                                    buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
-                                   rows=rows)
+                                   rows=rows, groups=groups, probs=probs)
                     for w in range(workers)]
         return [worker_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size, mix=mix,
                                shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)

@@ -48,7 +48,8 @@ class ShardReader:
     def _open(self, s: int) -> dict[str, ShardStream]:
         self._close(s)
         paths = self.spec.sets[s].paths
-        self.streams[s] = {m: ShardStream(paths[m], **self.spec.archive_kwargs) for m in self.spec.modalities}
+        self.streams[s] = {m: ShardStream(paths[m], **self.spec.archive_kwargs) for m in self.spec.modalities
+                           if m in paths}
         return self.streams[s]
 
     def _close(self, s: int) -> None:
@@ -144,6 +145,9 @@ class ShardReader:
             result = {k: v[good].share_memory_() if self.shared else v[good] for k, v in tensors.items()}
         if spec.return_metadata:
             result.update(metadata_batch(spec, metas))
+        shard = spec.sets[batch.rows[0][0]]
+        if shard.corpus != schema.SSL4EO_S12.name:  # which statistics normalise it, and where it came from
+            result.update(dataset=shard.corpus, subset=shard.subset or "")
         return result
 
     def _times_order(self, times: np.ndarray) -> np.ndarray:
@@ -154,7 +158,7 @@ class ShardReader:
         spec = self.spec
         shard = spec.sets[s]
         opened = {m: open_member_group(data, f"{shard.paths[m]}/{key}.zarr.zip") for m, data in datas.items()}
-        ref = schema.reference_modality(spec.modalities)
+        ref = schema.reference_modality(list(opened))
         # The small per-location arrays are read only when something needs them.
         facts = {m: member_metadata(*opened[m]) for m in opened} if spec.return_metadata else {}
         order = self._times_order(member_times(*opened[ref])[0]) if spec.reindex_seasonal else None
@@ -181,9 +185,10 @@ class ShardReader:
             if src is not None:
                 archive, group = opened[src]
                 cm = group.arrays[schema.CLOUD_VAR]
-                self._slot(schema.CLOUD_VAR, out, tensors, cm, n, False, len(wanted), archive.path)
+                one = cm.shape[0] == 1  # a one-timestep member (TerraMesh): its mask has one timestep too
+                self._slot(schema.CLOUD_VAR, out, tensors, cm, n, one, len(wanted), archive.path)
                 dst = out[schema.CLOUD_VAR][j]
-                for k, t in enumerate(stored):
+                for k, t in enumerate([0] if one else stored):
                     read_time(archive, cm, t, dst if spec.single else dst[k], self.scratch)
         if not spec.return_metadata:
             return RowMeta(sample=key, file=shard.name, center_lat=np.nan, center_lon=np.nan, crs=0, times={},

@@ -165,16 +165,22 @@ def normalize(batch: BatchDict, *, device: torch.device | str | None = None, dty
     Use it on the GPU after a native-dtype batch arrived (``normalize(batch, device="cuda")``): the copy
     to the device moves 2 bytes per value instead of 4. Band axis: dim -3 (``[B, T, C, H, W]`` or ``[B, C, H, W]``),
     dim 1 with ``layout="BCTHW"`` (:class:`ToLayout`). ``s2_offset`` says which S2 convention the batch follows
-    (the dataset's ``s2_offset``).
+    (the dataset's ``s2_offset``). A batch with a ``dataset`` key (TerraMesh's) is standardised with that
+    dataset's own published statistics, which differ from SSL4EO-S12's.
     """
     out = dict(batch)
+    name = batch.get("dataset")
+    corpus = schema.CORPORA.get(name) if isinstance(name, str) and name != schema.SSL4EO_S12.name else None
     for key, value in batch.items():
         mod = schema.find_modality(key) if isinstance(key, str) else None
-        if mod is None or not mod.has_stats or not torch.is_tensor(value):
+        if mod is None or not torch.is_tensor(value):
+            continue
+        stats = corpus.modality_stats(key, with_offset=s2_offset) if corpus is not None else (
+            mod.stats(with_offset=s2_offset) if mod.has_stats else None)
+        if stats is None:
             continue
         x = value.to(device=device, non_blocking=True) if device is not None else value
         trailing = x.dim() - 2 if layout == "BCTHW" and x.dim() == 5 else 2
-        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, *([1] * trailing))
-                     for v in mod.stats(with_offset=s2_offset))
+        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(-1, *([1] * trailing)) for v in stats)
         out[key] = (x.to(dtype) - mean) / std
     return out
