@@ -133,7 +133,7 @@ def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int,
                    archive_kwargs: dict[str, Any]) -> list[dict[str, list[Any]]]:
     from .shards import shard_index
 
-    jobs = [(k, m) for k in range(len(sets)) for m in mods]
+    jobs = [(k, m) for k in range(len(sets)) for m in mods if m in sets[k].paths]  # a subset's own modalities
     with ThreadPoolExecutor(max(1, workers)) as pool:
         found = list(pool.map(lambda job: shard_index(sets[job[0]].paths[job[1]], **archive_kwargs), jobs))
     out: list[dict[str, list[Any]]] = [{} for _ in sets]
@@ -141,10 +141,10 @@ def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int,
         out[k][m] = members
     for k, by_mod in enumerate(out):
         keys = {m: [x.key for x in v] for m, v in by_mod.items()}
-        ref = keys[mods[0]]
-        for m in mods[1:]:
-            if keys[m] != ref:
-                raise ModalityMismatchError(f"{sets[k].paths[m]} and {sets[k].paths[mods[0]]} hold different locations "
+        first = next(iter(keys))
+        for m in keys:
+            if keys[m] != keys[first]:
+                raise ModalityMismatchError(f"{sets[k].paths[m]} and {sets[k].paths[first]} hold different locations "
                                             "(the shards of all modalities must hold the same keys in the same order)")
     return out
 
@@ -203,7 +203,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     scan = _sets_to_index(sets, table, candidates) if kind == SHARDS else list(range(len(sets)))
     scanned = [sets[k] for k in scan]
     members = _shard_members(scanned, mods, workers, kw) if kind == SHARDS else None
-    rows = ([[x.key for x in by_mod[mods[0]]] for by_mod in members] if members is not None
+    rows = ([[x.key for x in next(iter(by_mod.values()))] for by_mod in members] if members is not None
             else _chunk_rows(scanned, mods[0], workers, kw))
     where = {key: (scan[j], i, j) for j, keys in enumerate(rows) for i, key in enumerate(keys)}
     total = sum(len(r) for r in rows)
@@ -238,7 +238,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
         k, i, j = where[key]
         sel = Selected(k, i, key)
         if members is not None:
-            sel.members = {m: members[j][m][i] for m in mods}
+            sel.members = {m: members[j][m][i] for m in mods if m in members[j]}
         selected.append(sel)
     selected.sort(key=lambda s: (s.set, s.row))
     if members is not None:
@@ -246,7 +246,8 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     else:
         nbytes = _chunk_bytes(sets, sorted({s.set for s in selected}), mods, kw)
     used = sorted({s.set for s in selected})
-    versions = {sets[k].paths[m]: shard_version(sets[k].paths[m], storage_options) for k in used for m in mods}
+    versions = {sets[k].paths[m]: shard_version(sets[k].paths[m], storage_options) for k in used for m in mods
+                if m in sets[k].paths}
     table_path = None
     if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
         table = table.loc[[s.key for s in selected if s.key in set(table.index)]]
@@ -450,6 +451,9 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
     target = to or plan.kind
     if target not in (SHARDS, CHUNKS):
         raise ValueError(f"to must be 'shards' or 'chunks', got {to!r}")
+    if target == CHUNKS and plan.sets[0].corpus != schema.SSL4EO_S12.name:
+        raise SelectionError(f"{source} is {plan.sets[0].corpus}, whose members hold one timestamp; chunk files hold "
+                             f"{schema.N_TIMESTAMPS} seasons per location: fetch to shards")
     if target == CHUNKS:
         missing = [m for m in plan.modalities if m not in schema.CHUNK_MODALITIES]
         if missing:
@@ -518,6 +522,31 @@ def _staged(dest: str) -> ByteCache:
     return ByteCache(os.path.join(dest, STAGING))
 
 
+def output_shards(plan: FetchPlan, per_shard: int) -> list[tuple[str, list[Selected], list[str]]]:
+    """``(shard name, locations, modalities)`` of DEST's shards: ``per_shard`` locations each in source order,
+    numbered from 1 as published. A TerraMesh subset keeps its name (``majortom_shard_*``), its shards hold its
+    own modalities, and SSL4EO-S12 shards are numbered on after the Major TOM ones, or from the published first
+    number when there are none, so DEST is recognised as TerraMesh by its names."""
+    corpus = schema.get_corpus(plan.sets[0].corpus)
+    by_subset: dict[str, list[Selected]] = {}
+    for s in plan.selected:
+        by_subset.setdefault(plan.sets[s.set].subset or "ssl4eos12", []).append(s)
+    order = [sub.prefix for sub in corpus.subsets]
+    out = []
+    number = 0
+    for prefix in sorted(by_subset, key=lambda p: order.index(p) if p in order else len(order)):
+        items = by_subset[prefix]
+        sub = corpus.subset(prefix)
+        if corpus is not schema.SSL4EO_S12 and number == 0 and sub is not None and plan.split in sub.ranges:
+            number = sub.ranges[plan.split][0] - 1
+        for i in range(0, len(items), per_shard):
+            number += 1
+            group = items[i: i + per_shard]
+            mods = [m for m in plan.modalities if m in plan.sets[group[0].set].paths]
+            out.append((schema.shard_name(number, prefix), group, mods))
+    return out
+
+
 def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int, bar: Any,
                per_shard: int) -> tuple[dict[str, list[str]], int, int]:
     from .shards import write_shard
@@ -526,13 +555,11 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
     mover = _Mover(kw, workers, bar)
     files: dict[str, list[str]] = {m: [] for m in plan.modalities}
     reused = 0
-    groups = [plan.selected[i: i + per_shard] for i in range(0, len(plan.selected), per_shard)]
     convert = plan.kind == CHUNKS
-    for g, group in enumerate(groups):
-        name = schema.shard_name(g + 1)
-        rels = {m: os.path.join(plan.split, m, name) for m in plan.modalities}
+    for name, group, mods in output_shards(plan, per_shard):
+        rels = {m: os.path.join(plan.split, m, name) for m in mods}
         if all(_complete(dest, doc, rel) for rel in rels.values()):
-            for m in plan.modalities:
+            for m in mods:
                 files[m].append(os.path.join(dest, rels[m]))
             if bar is not None:
                 bar.update(sum(x.size for s in group for x in s.members.values()) if not convert else 0)
@@ -542,7 +569,7 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
         else:
             reused += _stage_members(plan, group, staging, mover, workers)
             blobs = None
-        for m in plan.modalities:
+        for m in mods:
             rel = rels[m]
             if _complete(dest, doc, rel):
                 files[m].append(os.path.join(dest, rel))
@@ -560,7 +587,7 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
             _save_manifest(dest, doc)  # a completed shard is never fetched again
             files[m].append(path)
         for s in group:
-            for m in plan.modalities:
+            for m in mods:
                 key = _member_key(plan, s, m) if not convert else None
                 if key is not None:
                     try:
@@ -593,7 +620,7 @@ def _stage_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCach
     todo = []
     reused = 0
     for s in group:
-        for m in plan.modalities:
+        for m in s.members:
             key = _member_key(plan, s, m)
             if staging.get(key) is not None:
                 reused += 1

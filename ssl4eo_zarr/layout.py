@@ -405,7 +405,8 @@ def resolve(
     have = {cs.subset for cs in sets}
     unknown = [s for s in subsets if s not in have]
     if unknown:
-        raise DatasetNotFoundError(f"no shards of subset(s) {unknown} in {source} (found: "
+        what = f" holding {', '.join(modalities)}" if modalities else ""
+        raise DatasetNotFoundError(f"no shards of subset(s) {unknown}{what} in {source} (found: "
                                    f"{', '.join(sorted(str(s) for s in have))})")
     return [cs for cs in sets if cs.subset in set(subsets)]
 

@@ -68,7 +68,8 @@ def match_time_columns(columns: Sequence[str]) -> dict[str, str]:
     a season word (spring, summer, autumn/fall, winter) instead gets ``s2_time_spring``, ``cloud_autumn``, ...:
     timestamps are stored by date, so timestamp 0 can be any season, and :func:`read_metadata` places season
     columns per location by their S2 dates. Examples: ``S2_time_0``, ``s1_date_3``, ``cloud_cover_2``,
-    ``cloud_fraction_t1``, ``s2_acq_winter``.
+    ``cloud_fraction_t1``, ``s2_acq_winter``. A column with neither (``S2_time``, ``cloud_cover``) is timestamp 0
+    when its kind has no numbered column: a table of one timestamp per location (TerraMesh's, assumed).
     """
     found: dict[str, dict[int | str, str]] = {"s2_time": {}, "s1_time": {}, "cloud": {}}
     for col in columns:
@@ -77,7 +78,7 @@ def match_time_columns(columns: Sequence[str]) -> dict[str, str]:
             continue
         t = _index_of(low)
         if t is None:
-            continue
+            t = -1  # no number: a table of one timestamp per location (TerraMesh's), placed at 0 below
         timeish = any(w in low for w in ("time", "date", "acq"))
         if "cloud" in low or re.search(r"(^|_)cc(_|\d|$)", low):
             found["cloud"][t] = col
@@ -87,9 +88,11 @@ def match_time_columns(columns: Sequence[str]) -> dict[str, str]:
             found["s1_time"][t] = col
     out = {}
     for kind, by_t in found.items():
-        numbered = {t: c for t, c in by_t.items() if isinstance(t, int)}
+        numbered = {t: c for t, c in by_t.items() if isinstance(t, int) and t >= 0}
         if sorted(numbered) == [1, 2, 3, 4]:
             numbered = {t - 1: c for t, c in numbered.items()}
+        if not numbered and -1 in by_t:
+            numbered = {0: by_t[-1]}
         for t, col in numbered.items():
             if 0 <= t < schema.N_TIMESTAMPS:
                 out[f"{kind}_{t}"] = col

@@ -170,8 +170,9 @@ def validate_file(path: str, *, modality: str | None = None, size: int | None = 
 
 
 def _check_member(key: str, archive, group, mod: schema.Modality | None, size: int | None, check_values: bool,
-                  problems: list[str]) -> None:
-    """Schema and values of one shard member (offset removed for S2), problems prefixed with its key."""
+                  problems: list[str], timestamps: int | None = None) -> None:
+    """Schema and values of one shard member (offset removed for S2), problems prefixed with its key.
+    ``timestamps``: what the corpus's members hold (TerraMesh: 1), else the modality's own count."""
     from .shards import bands_meta, member_metadata, read_time
 
     meta = bands_meta(group, archive.path)
@@ -183,8 +184,9 @@ def _check_member(key: str, archive, group, mod: schema.Modality | None, size: i
             say(f"{key}: 'bands' is {meta.dtype}, expected {mod.dtype}")
         if c != mod.n_bands:
             say(f"{key}: {c} bands, {mod.name} has {mod.n_bands}")
-        if t != mod.n_timestamps:
-            say(f"{key}: {t} timesteps, {mod.name} has {mod.n_timestamps}")
+        want = mod.n_timestamps if mod.static or timestamps is None else timestamps
+        if t != want:
+            say(f"{key}: {t} timesteps, {mod.name} members here have {want}")
     if (h, w) != (edge, edge):
         say(f"{key}: patches are {h} x {w} px, expected {edge} x {edge}")
     for name in ("center_lat", "center_lon", "crs", "time", "file_id"):
@@ -220,9 +222,10 @@ def _check_member(key: str, archive, group, mod: schema.Modality | None, size: i
 
 
 def validate_shard(path: str, *, modality: str | None = None, size: int | None = None,
-                   check_values: bool = True) -> tuple[FileReport, list[str]]:
-    """Check one shard: the tar reads to its end, every member is a sound archive in the member schema.
-    Returns the report and the member keys in shard order. Never raises for a damaged shard."""
+                   check_values: bool = True, corpus: str | None = None) -> tuple[FileReport, list[str]]:
+    """Check one shard: the tar reads to its end, every member is a sound archive in the member schema (of
+    ``corpus``: TerraMesh members hold one timestamp; default from the shard's name). Returns the report and the
+    member keys in shard order. Never raises for a damaged shard."""
     from .shards import ShardStream, member_modality, open_member_group
 
     report = FileReport(path=path, modality=modality)
@@ -237,7 +240,8 @@ def validate_shard(path: str, *, modality: str | None = None, size: int | None =
             if mod is None and modality:
                 mod = member_modality(modality, archive, group)
             problems: list[str] = []
-            _check_member(member.key, archive, group, mod, size, check_values, problems)
+            timestamps = (schema.get_corpus(corpus) if corpus else schema.detect_corpus([path])).timestamps
+            _check_member(member.key, archive, group, mod, size, check_values, problems, timestamps)
             for name in archive.names():
                 archive.read(name)  # CRC of every entry
             for p in problems:
@@ -328,12 +332,14 @@ def _validate_shards(sets: Sequence[ChunkSet], *, size: int | None, check_values
     reports: dict[str, FileReport] = {}
     keys: dict[str, list[str] | None] = {}
     items = [(m, p) for cs in sets for m, p in cs.paths.items()]
+    corpus_of = {p: cs.corpus for cs in sets for p in cs.paths.values()}
     for m, p in progress(items, desc="validate", unit="shard") if progress else items:
         if not os.path.exists(p):
             reports[p] = FileReport(p, m, errors=["shard is missing (it exists in other modalities)"])
             keys[p] = None
             continue
-        reports[p], found = validate_shard(p, modality=m, size=size, check_values=check_values)
+        reports[p], found = validate_shard(p, modality=m, size=size, check_values=check_values,
+                                           corpus=corpus_of[p])
         keys[p] = found if reports[p].ok else None
     for cs in sets:
         known: dict[str, list[str]] = {}

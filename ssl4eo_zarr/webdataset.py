@@ -30,7 +30,7 @@ import xarray as xr
 
 from . import schema
 from .chunkfile import warn_s1_order
-from .errors import ModalityMismatchError
+from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, resolve, write_split_list
 from .reader import modality_dataset, open_chunk, open_dataset
 from .s1order import plan_order
@@ -203,6 +203,9 @@ def shards_to_chunks(src: str, dst: str, *, split: str, modalities: Sequence[str
     Modalities chunk files cannot hold (DEM, NDVI, LULC, any new one) are left out with a warning.
     """
     sets = resolve(src, split=split, modalities=modalities, distribution=SHARDS)
+    if sets[0].corpus != schema.SSL4EO_S12.name:
+        raise SchemaError(f"{src} is {sets[0].corpus}: its members hold {schema.get_corpus(sets[0].corpus).timestamps} "
+                          f"timestamp(s), chunk files hold {schema.N_TIMESTAMPS} seasons per location; read it as shards")
     present = list(sets[0].paths)
     mods = [m for m in present if m in schema.CHUNK_MODALITIES]
     left_out = [m for m in present if m not in schema.CHUNK_MODALITIES]

@@ -234,14 +234,27 @@ def epoch_plan(
     n_files = len(counts)
     workers = max(num_workers, 1)
 
+    def worker_files(r: int) -> list[list[int]]:
+        if groups is None:
+            rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
+                                        shuffle=shuffle, drop_last=drop_last)
+            return [files_for_worker(rank_files, w, workers) for w in range(workers)]
+        # Subsets are dealt each on its own, so every rank and worker gets its share of each, interleaved.
+        per_group: list[list[list[int]]] = []
+        for g in sorted(set(groups)):
+            members = [f for f in range(n_files) if groups[f] == g]
+            picked = files_for_rank(len(members), seed=seed + 7919 * g, epoch=epoch, rank=r, world_size=world_size,
+                                    shuffle=shuffle, drop_last=drop_last)
+            per_group.append([[members[i] for i in files_for_worker(picked, w, workers)] for w in range(workers)])
+        return [_interleave([by_worker[w] for by_worker in per_group]) for w in range(workers)]
+
     def plan_for(r: int) -> list[list[Batch]]:
+        if buffer is not None:
+            return [stream_batches(files, counts, batch_size=stream_size, buffer=buffer, shuffle=shuffle, seed=seed,
+                                   epoch=epoch, drop_last=drop_last, rows=rows, groups=groups, probs=probs)
+                    for files in worker_files(r)]
         rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
                                     shuffle=shuffle, drop_last=drop_last)
-        if buffer is not None:
-            return [stream_batches(files_for_worker(rank_files, w, workers), counts, batch_size=stream_size,
-                                   buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
-                                   rows=rows, groups=groups, probs=probs)
-                    for w in range(workers)]
         return [worker_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size, mix=mix,
                                shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
                 for w in range(workers)]
@@ -263,6 +276,12 @@ def epoch_plan(
             mine[w] = mine[w][: len(mine[w]) - cut]
             surplus -= cut
     return mine
+
+
+def _interleave(lists: Sequence[Sequence[int]]) -> list[int]:
+    """The lists merged so that each is spread evenly over the result (by its items' fractional position)."""
+    keyed = [((k + 0.5) / len(items), j, x) for j, items in enumerate(lists) for k, x in enumerate(items)]
+    return [x for _pos, _j, x in sorted(keyed)]
 
 
 def delivery_order(per_worker: Sequence[int]) -> list[int]:

@@ -1,0 +1,202 @@
+"""TerraMesh through the same calls: members written by xarray + zarr-python 2.18 in the published layout
+(tests/data/make_terramesh_reference.py), every location once, values exact, the S1 flavour of each subset,
+subsets and probs, its own statistics, the shape rule, a static HTTP root, the xarray view, validate and fetch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader
+
+import ssl4eo_zarr as sz
+from ssl4eo_zarr import schema, synthetic
+from ssl4eo_zarr.testing import RangeHTTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "data", "terramesh218")
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """``{key: (subset, {modality: member Dataset})}``, recomputed as the committed generator made them."""
+    spec = importlib.util.spec_from_file_location("make_terramesh_reference",
+                                                  os.path.join(HERE, "data", "make_terramesh_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {key: (prefix, members) for prefix, items in module.reference_members().items() for key, members in items}
+
+
+def _batches(source, workers=2, **kw):
+    kw.setdefault("split", "val")
+    kw.setdefault("batch_size", 2)
+    kw.setdefault("return_metadata", True)
+    return list(DataLoader(sz.ChunkDataset(source, **kw), batch_size=None, num_workers=workers))
+
+
+def test_every_location_once_with_its_own_s1_and_exact_values(reference):
+    mods = ["S2L2A", "S1GRD", "S1RTC", "DEM"]
+    batches = _batches(ROOT, modalities=mods, s2_offset=False)
+    keys = [k for b in batches for k in b["sample"]]
+    assert sorted(keys) == sorted(reference) and len(keys) == len(set(keys))
+    for b in batches:
+        subset = b["subset"]
+        assert b["dataset"] == "terramesh" and all(reference[k][0] == subset for k in b["sample"])
+        assert ("S1GRD" in b) == (subset == "ssl4eos12") and ("S1RTC" in b) == (subset == "majortom"), sorted(b)
+        for j, key in enumerate(b["sample"]):
+            members = reference[key][1]
+            for m in mods:
+                if m in b:  # one timestamp per member: T = 1 (the shape rule)
+                    assert b[m].shape[1:] == (1, len(members[m]["band"]), SIZE, SIZE)
+                    np.testing.assert_array_equal(b[m][j].numpy(), members[m]["bands"].values)
+            assert int(b["time_"][j, 0]) == int(members["S2L2A"]["time"].values[0])
+            np.testing.assert_array_equal(b["cloud_mask"][j, 0].numpy(), members["S2L2A"]["cloud_mask"].values[0])
+    assert b["S1RTC" if "S1RTC" in b else "S1GRD"].dtype in (torch.float32, torch.float16)
+
+
+def test_one_timestamp_asked_drops_the_time_axis_for_every_modality(reference):
+    batches = _batches(ROOT, modalities=["S2L1C", "DEM", "NDVI"], timestamps=0)
+    for b in batches:
+        n = len(b["sample"])
+        assert b["S2L1C"].shape == (n, 13, SIZE, SIZE) and b["DEM"].shape == (n, 1, SIZE, SIZE)
+        assert b["NDVI"].shape == (n, 1, SIZE, SIZE) and b["cloud_mask"].shape == (n, SIZE, SIZE)
+
+
+def test_subsets_and_modalities_no_subset_holds():
+    only = _batches(ROOT, modalities=["S2L2A", "S1GRD"], subsets=["ssl4eos12"], workers=0)
+    assert {b["subset"] for b in only} == {"ssl4eos12"} and all("S1GRD" in b for b in only)
+    with pytest.raises((ValueError, sz.DatasetNotFoundError), match="S1GRD"):
+        sz.ChunkDataset(ROOT, split="val", modalities=["S1GRD"], subsets=["majortom"])
+    with pytest.raises(sz.DatasetNotFoundError, match="nosuch"):
+        sz.ChunkDataset(ROOT, split="val", modalities=["S2L2A"], subsets=["nosuch"])
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("terramesh"))
+    synthetic.make_terramesh(root, 48, 16, per_shard=8, size=8, seed=2, modalities=("S2L2A", "S1GRD", "S1RTC"))
+    return root
+
+
+def test_default_epochs_deliver_every_location_once_over_ranks_and_workers(larger):
+    seen = []
+    for rank in range(2):
+        ds = sz.ChunkDataset(larger, split="val", modalities=["S2L2A", "S1GRD", "S1RTC"], batch_size=4,
+                             return_metadata=True, rank=rank, world_size=2, seed=3)
+        seen += [k for b in DataLoader(ds, batch_size=None, num_workers=2) for k in b["sample"]]
+    assert len(seen) == len(set(seen)) == 64
+
+
+def test_probs_mix_subsets_as_the_published_loader_does(larger):
+    ds = sz.ChunkDataset(larger, split="val", modalities=["S2L2A"], batch_size=2, return_metadata=True, seed=1,
+                         probs={"majortom": 0.2, "ssl4eos12": 0.8})
+    counts = Counter()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        counts.update(b["subset"] for b in DataLoader(ds, batch_size=None, num_workers=2))
+    share = counts["ssl4eos12"] / sum(counts.values())
+    assert 0.65 < share < 0.95, counts  # 0.8 asked; the subsets' natural share is 0.25
+    with pytest.raises(ValueError, match="nosuch"):
+        sz.ChunkDataset(larger, split="val", modalities=["S2L2A"], batch_size=2, probs={"nosuch": 1.0})
+
+
+def test_normalize_uses_terramesh_statistics():
+    batch = _batches(ROOT, modalities=["S2L2A", "S1RTC"], subsets=["majortom"], workers=0)[0]
+    out = sz.loader.normalize(batch)
+    mean, std = schema.TERRAMESH.modality_stats("S2L2A", with_offset=True)
+    want = (batch["S2L2A"].double() - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    torch.testing.assert_close(out["S2L2A"].double(), want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(mean, schema.S2L2A.stats(with_offset=True)[0]), "TerraMesh's own, not SSL4EO-S12's"
+    rtc_mean, rtc_std = schema.TERRAMESH.modality_stats("S1RTC", with_offset=True)
+    want = (batch["S1RTC"].double() - torch.tensor(rtc_mean).view(-1, 1, 1)) / torch.tensor(rtc_std).view(-1, 1, 1)
+    torch.testing.assert_close(out["S1RTC"].double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_static_http_root_is_found_by_its_shard_names(reference):
+    with RangeHTTPServer(ROOT) as server:
+        remote = _batches(server.url, modalities=["S2L2A", "S1GRD", "S1RTC"], s2_offset=False)
+        view = sz.open_dataset(server.url, split="val", modalities=["S2L2A", "S1GRD"], subsets=["ssl4eos12"])
+    assert sorted(k for b in remote for k in b["sample"]) == sorted(reference)
+    for j, key in enumerate(view["sample"].values):
+        np.testing.assert_array_equal(view["S1GRD"].values[j], reference[str(key)][1]["S1GRD"]["bands"].values[0])
+
+
+def test_the_xarray_view_and_entry_point(reference):
+    ds = sz.open_dataset(ROOT, split="val")
+    assert ds.attrs["dataset"] == "terramesh" and set(ds.attrs["left_out"]) == {"S1GRD", "S1RTC"}
+    assert ds["S2L2A"].dims == ("sample", "band_S2L2A", "y", "x") and ds["time_S2L2A"].dims == ("sample",)
+    for j, key in enumerate(ds["sample"].values):
+        subset, members = reference[str(key)]
+        assert str(ds["subset"].values[j]) == subset
+        np.testing.assert_array_equal(ds["S2L2A"].values[j], members["S2L2A"]["bands"].values[0] + 1000)
+    with pytest.raises(sz.ModalityMismatchError, match="only some subsets"):
+        sz.open_dataset(ROOT, split="val", modalities=["S2L2A", "S1RTC"])
+    if "ssl4eo" in xr.backends.list_engines():
+        via = xr.open_dataset(ROOT, engine="ssl4eo", split="val", modalities=["S1RTC"], subsets=["majortom"])
+        assert via.sizes["sample"] == 3 and "S1RTC" in via
+
+
+def test_validate_knows_one_timestamp_members():
+    from ssl4eo_zarr.validate import validate
+
+    report = validate(ROOT, size=SIZE)
+    assert report.ok, [f.errors for f in report.files if f.errors]
+    assert len(report.files) == 7 + 7  # each subset's shard in its seven modality folders
+
+
+def test_fetch_keeps_subsets_and_numbering(reference, tmp_path):
+    keys = sorted(reference)[:2] + sorted(reference)[-2:]  # two of each subset
+    dest = str(tmp_path / "sub")
+    with RangeHTTPServer(ROOT) as server:
+        sz.fetch(server.url, dest, split="val", modalities=["S2L2A", "S1GRD", "S1RTC"], locations=keys)
+    got = {m: sorted(os.listdir(os.path.join(dest, "val", m))) for m in ("S2L2A", "S1GRD", "S1RTC")}
+    assert got == {"S2L2A": ["majortom_shard_000001.tar", "ssl4eos12_shard_000002.tar"],
+                   "S1GRD": ["ssl4eos12_shard_000002.tar"], "S1RTC": ["majortom_shard_000001.tar"]}
+    back = _batches(dest, modalities=["S2L2A", "S1GRD", "S1RTC"], workers=0)
+    assert sorted(k for b in back for k in b["sample"]) == sorted(keys)
+    only_ssl = str(tmp_path / "ssl")
+    sz.fetch(ROOT, only_ssl, split="val", modalities=["S2L2A"], locations=keys[-2:])
+    assert os.listdir(os.path.join(only_ssl, "val", "S2L2A")) == [schema.shard_name(9, "ssl4eos12")]
+    assert sz.ChunkDataset(only_ssl, split="val", modalities=["S2L2A"]).corpus is schema.TERRAMESH
+    with pytest.raises(sz.fetcher.SelectionError, match="one timestamp"):
+        sz.fetch(ROOT, str(tmp_path / "c"), split="val", modalities=["S2L2A"], locations=keys, to="chunks")
+
+
+def test_converting_terramesh_to_chunk_files_is_refused(tmp_path):
+    from ssl4eo_zarr import webdataset
+
+    with pytest.raises(sz.SchemaError, match="one timestamp|1 timestamp"):
+        webdataset.shards_to_chunks(ROOT, str(tmp_path / "c"), split="val", modalities=["S2L2A"])
+
+
+def test_terramesh_metadata_tables_with_one_timestamp(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    keys = ["ssl4eos12_val_0080385", "majortom_val_0001234"]
+    table = gpd.GeoDataFrame({"sample_id": keys, "center_lon": [1.0, 2.0], "center_lat": [3.0, 4.0],
+                              "S2_time": np.array(["2021-06-01", "2021-07-01"], dtype="datetime64[ns]"),
+                              "cloud_cover": [0.1, 20.0]}, geometry=[Point(1, 3), Point(2, 4)], crs="EPSG:4326")
+    path = str(tmp_path / "val_metadata.parquet")
+    table.to_parquet(path)
+    got = sz.read_metadata(path)
+    assert list(got.index) == keys
+    assert got["s2_time_0"].iloc[1] == np.datetime64("2021-07-01")
+    np.testing.assert_allclose(got["cloud_0"].to_numpy(), [0.001, 0.2])  # percent, as the values say
+
+
+def test_copy_of_a_local_root_detected_without_major_tom(tmp_path):
+    """A TerraMesh folder holding only its SSL4EO-S12 shard (numbered 000002 here, 000009 as published) is
+    still TerraMesh: one-timestamp members, its statistics."""
+    root = tmp_path / "tm"
+    shutil.copytree(os.path.join(ROOT, "val", "S2L2A"), root / "val" / "S2L2A")
+    os.unlink(root / "val" / "S2L2A" / "majortom_shard_000001.tar")
+    ds = sz.ChunkDataset(str(root), split="val", modalities=["S2L2A"], batch_size=3)
+    assert ds.corpus is schema.TERRAMESH
