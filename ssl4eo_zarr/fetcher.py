@@ -459,12 +459,25 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
         if missing:
             raise SelectionError(f"{', '.join(missing)} exist as shards only: chunk files have no place for them "
                                  "(drop them or fetch to shards)")
-    from .builder.lock import BuildLock
-
     os.makedirs(dest, exist_ok=True)
     # What defines the subset; the source may change between runs (another mirror of the same files).
     settings = {"split": split, "modalities": plan.modalities, "to": target,
                 "locations": [s.key for s in plan.selected], "per_shard": per_shard}
+    try:
+        return _write(plan, dest, settings, source, split, target, workers, storage_options, progress, per_shard)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC and "disk is full" not in str(exc):  # from anywhere: the manifest, a folder
+            free = shutil.disk_usage(dest).free if os.path.isdir(dest) else 0
+            raise OSError(errno.ENOSPC, f"the disk is full writing {dest} ({free / 1e6:.0f} MB free); nothing "
+                                        "partial was left: free space and rerun to resume") from None
+        raise
+
+
+def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, split: str, target: str, workers: int,
+           storage_options: Mapping[str, Any] | None, progress: Callable[..., Any] | None,
+           per_shard: int) -> FetchResult:
+    from .builder.lock import BuildLock
+
     with BuildLock(dest):
         doc = _load_manifest(dest, settings)
         doc["source"] = source
@@ -481,7 +494,10 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
         finally:
             if bar is not None:
                 bar.close()
-            _save_manifest(dest, doc)
+            try:
+                _save_manifest(dest, doc)
+            except OSError:  # a full disk: the manifest of the last completed file stays, and the error goes on
+                pass
         if target == CHUNKS:
             write_split_list(dest, split, [basename(p) for p in files[plan.modalities[0]]])
         if plan.table_path is not None:
