@@ -37,6 +37,7 @@ from . import schema
 from .errors import DatasetNotFoundError, ModalityMismatchError, SSL4EOError
 from .layout import CHUNKS, SHARDS, ChunkSet, resolve, write_split_list
 from .storage import ByteCache, atomic_write, basename, exists, join, parent
+from .storage.lock import BuildLock, load_resumable, write_json
 from .storage.zip import crc32
 
 #: The manifest DEST holds.
@@ -361,20 +362,13 @@ def _disk_full(exc: OSError, where: str) -> None:
 
 
 def _load_manifest(dest: str, settings: dict[str, Any]) -> dict[str, Any]:
-    path = os.path.join(dest, MANIFEST)
-    if not os.path.exists(path):
-        return {"settings": settings, "files": {}}
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    if doc.get("settings") != settings:
-        raise SelectionError(f"{dest} holds another fetch ({doc.get('settings')}); fetch into a new folder, or rerun "
-                             "with the same arguments to resume")
-    return doc
+    return load_resumable(os.path.join(dest, MANIFEST), settings, {"files": {}},
+                          lambda other: SelectionError(f"{dest} holds another fetch ({other}); fetch into a new folder, "
+                                                       "or rerun with the same arguments to resume"))
 
 
 def _save_manifest(dest: str, doc: dict[str, Any]) -> None:
-    with atomic_write(os.path.join(dest, MANIFEST), "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True, default=str)
+    write_json(os.path.join(dest, MANIFEST), doc)
 
 
 def _complete(dest: str, doc: dict[str, Any], rel: str) -> bool:
@@ -476,8 +470,6 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
 def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, split: str, target: str, workers: int,
            storage_options: Mapping[str, Any] | None, progress: Callable[..., Any] | None,
            per_shard: int) -> FetchResult:
-    from .builder.lock import BuildLock
-
     with BuildLock(dest):
         doc = _load_manifest(dest, settings)
         doc["source"] = source

@@ -7,9 +7,9 @@ A pipeline of small modules: ``raw`` (discovery) -> ``location`` (per-location a
 
 from __future__ import annotations
 
+from ..storage.lock import BuildLock
 from .driver import build_dataset, stage_location, write_file
 from .executor import Executor
-from .lock import BuildLock
 from .manifest import MANIFEST, load_manifest
 
 __all__ = ["MANIFEST", "BuildLock", "Executor", "build_dataset", "load_manifest", "stage_location", "write_file"]

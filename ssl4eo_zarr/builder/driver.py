@@ -29,11 +29,11 @@ from .. import schema
 from ..errors import BuildError
 from ..layout import write_split_list
 from ..storage import atomic_write
+from ..storage.lock import BuildLock, write_json
 from ..writer import write_chunk
 from .executor import Executor
 from .location import Processed, load, process_location, save
-from .lock import BuildLock
-from .manifest import MANIFEST, load_manifest, write_json
+from .manifest import MANIFEST, load_manifest
 from .pack import FilePlan, assign_splits, chunk_datasets, metadata_rows, plan_files
 from .raw import RawLocation, discover
 

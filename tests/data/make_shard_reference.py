@@ -36,24 +36,28 @@ def reference_members():
     return out
 
 
+def write_tar_218(path, members) -> None:
+    """``(key, member Dataset)`` pairs as a tar shard whose members xarray + zarr-python 2.18 wrote."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, ds in members:
+            with tempfile.TemporaryDirectory() as tmp:
+                zpath = os.path.join(tmp, "m.zarr.zip")
+                store = zarr.ZipStore(zpath, mode="w")
+                ds.to_zarr(store, consolidated=True)
+                store.close()
+                data = open(zpath, "rb").read()
+            info = tarfile.TarInfo(f"{key}.zarr.zip")
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    print("wrote", path)
+
+
 def main() -> None:
     assert zarr.__version__.startswith("2.18"), "write the reference with zarr-python 2.18"
     for m, members in reference_members().items():
-        path = os.path.join(HERE, "shards218", "val", m, "ssl4eos12_shard_000001.tar")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, ds in members:
-                with tempfile.TemporaryDirectory() as tmp:
-                    zpath = os.path.join(tmp, "m.zarr.zip")
-                    store = zarr.ZipStore(zpath, mode="w")
-                    ds.to_zarr(store, consolidated=True)
-                    store.close()
-                    data = open(zpath, "rb").read()
-                info = tarfile.TarInfo(f"{key}.zarr.zip")
-                info.size = len(data)
-                info.mtime = 0
-                tar.addfile(info, io.BytesIO(data))
-        print("wrote", path)
+        write_tar_218(os.path.join(HERE, "shards218", "val", m, "ssl4eos12_shard_000001.tar"), members)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,7 @@ Run under zarr-python 2.18 from the repository root:  python tests/data/make_ter
 The content is :func:`reference_members` below (synthetic data, recomputed by the tests).
 """
 
-import io
 import os
-import tarfile
-import tempfile
 
 import zarr
 
@@ -26,24 +23,13 @@ def reference_members():
 
 
 def main() -> None:
+    from make_shard_reference import write_tar_218  # beside this script
+
     assert zarr.__version__.startswith("2.18"), "write the reference with zarr-python 2.18"
     for number, (prefix, items) in enumerate(reference_members().items(), start=1):
         for m in schema.TERRAMESH.subset(prefix).modalities:
-            path = os.path.join(HERE, "terramesh218", "val", m, schema.shard_name(number, prefix))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for key, members in items:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        zpath = os.path.join(tmp, "m.zarr.zip")
-                        store = zarr.ZipStore(zpath, mode="w")
-                        members[m].to_zarr(store, consolidated=True)
-                        store.close()
-                        data = open(zpath, "rb").read()
-                    info = tarfile.TarInfo(f"{key}.zarr.zip")
-                    info.size = len(data)
-                    info.mtime = 0
-                    tar.addfile(info, io.BytesIO(data))
-            print("wrote", path)
+            write_tar_218(os.path.join(HERE, "terramesh218", "val", m, schema.shard_name(number, prefix)),
+                          [(key, members[m]) for key, members in items])
 
 
 if __name__ == "__main__":
