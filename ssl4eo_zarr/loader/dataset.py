@@ -39,7 +39,8 @@ class ChunkDataset(IterableDataset):
     """Stream batches of SSL4EO-S12 v1.1 from either distribution: chunk files (64 locations x 4 seasons each)
     or WebDataset tar shards (512 locations each, seven modalities), locally or from a URL.
 
-    Use with ``DataLoader(ds, batch_size=None, num_workers=N, pin_memory=True)``: the dataset batches
+    Use with ``DataLoader(ds, batch_size=None, num_workers=N)`` (to CUDA through
+    :class:`~ssl4eo_zarr.loader.DeviceFeeder`, not ``pin_memory=True``: see docs/loader.md): the dataset batches
     itself. Files (chunk files or shards) are dealt to ranks (``torch.distributed`` is detected) and then to
     workers; each worker reads what it needs straight from the zip archives (inside the tar for shards) and
     decodes it with numcodecs into shared-memory tensors, so handing a batch to the main process copies nothing.

@@ -1,0 +1,196 @@
+"""A GPU node at full speed: one table of the node's decode ceiling, the raw loop, ChunkDataset (warm-up, steady
+state, epoch turns, CPU per patch-timestamp) and the copies to the GPU, for several worker counts.
+
+    python benchmarks/node.py [--workers 2 8 14] [--per-worker 4] [--device cuda|cpu] [--size 264]
+                              [--data bench-data/node] [--epochs 4]
+
+Data: one full-size chunk file set (S2L1C + S2L2A + S1GRD, 64 locations x 4 timestamps x 264 px) generated
+once and copied to ``per-worker x max(workers)`` files (so every worker gets several), then ``sync`` so that no
+writeback runs while timing. ``--device cpu`` is a dry run of the whole script on a machine without a GPU (the
+GPU rows then copy to the CPU). ``--size 64`` makes a quick dry run.
+
+Rows, for each N in ``--workers``:
+  ceiling      N processes decoding every stored chunk of their files with numcodecs into reused buffers,
+               nothing else (zip members read with this library's CRC-checked reader);
+  raw          N processes: zipfile + numcodecs into new arrays (benchmarks/loader.py's raw loop);
+  chunkdataset ChunkDataset, persistent workers, ``epochs`` epochs: epoch 1 (warm-up: buffers being made),
+               epochs 2.. (steady), the first batch of each later epoch after iteration starts (the epoch turn),
+               and the loader's CPU-ms per patch-timestamp (consumer + workers) against the ceiling's;
+  gpu-*        the batch on the device as float32 standardised: ``pin_memory=True`` + ``normalize`` there,
+               pageable + ``normalize``, and ``DeviceFeeder(normalize=True)`` (arenas page-locked in place).
+Each row is a patch-timestamp rate (S2L1C patches x timestamps per second; every patch-timestamp brings its
+S2L2A and S1GRD too) and its ratio to the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loader import MODS, _raw_worker, cpu_seconds, machine  # noqa: E402
+
+
+def ensure_files(folder: str, n_files: int, size: int) -> list[str]:
+    """``n_files`` copies of one generated chunk file set under ``folder/train``, the split list naming them."""
+    from ssl4eo_zarr import schema
+    from ssl4eo_zarr.synthetic import make_dataset
+
+    names = [schema.chunk_file_name("train", i + 1) for i in range(n_files)]
+    first = names[0]
+    if not all(os.path.exists(os.path.join(folder, "train", m, first)) for m in MODS):
+        make_dataset(folder, n_files=1, samples=64, size=size, seed=0, split="train", modalities=MODS)
+    for m in MODS:
+        src = os.path.join(folder, "train", m, first)
+        for n in names[1:]:
+            dst = os.path.join(folder, "train", m, n)
+            if not os.path.exists(dst) or os.path.getsize(dst) != os.path.getsize(src):
+                shutil.copyfile(src, dst)
+    with open(os.path.join(folder, schema.split_list_name("train")), "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    os.sync()  # no writeback while timing
+    return names
+
+
+def _decode_worker(paths: list[str]) -> tuple[int, float]:
+    """Decode every stored chunk of ``bands`` in ``paths`` into reused buffers; (patch-timestamps, CPU s)."""
+    import numcodecs
+
+    from ssl4eo_zarr.storage import ZipArchive, thread_scratch
+    from ssl4eo_zarr.zarrv2 import read_group
+
+    scratch = thread_scratch()
+    out: dict[tuple, np.ndarray] = {}
+    n = 0
+    t0 = time.process_time()
+    for path in paths:
+        archive = ZipArchive(path)
+        meta = read_group(archive).arrays["bands"]
+        codec = numcodecs.get_codec(meta.compressor)
+        dst = out.setdefault((meta.chunks, str(meta.dtype)), np.empty(meta.chunks, dtype=meta.dtype))
+        for t in range(meta.shape[1]):
+            codec.decode(archive.read_into(meta.chunk_key((0, t, 0, 0, 0)), scratch), out=dst)
+        archive.close()
+        if path.split(os.sep)[-2] == MODS[0]:
+            n += meta.shape[0] * meta.shape[1]
+    return n, time.process_time() - t0
+
+
+def _spread(root: str, names: list[str], workers: int) -> list[list[str]]:
+    return [[os.path.join(root, "train", m, n) for n in names[w::workers] for m in MODS] for w in range(workers)]
+
+
+def ceiling(root: str, names: list[str], workers: int) -> dict:
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_decode_worker, _spread(root, names[:workers], workers))  # page cache and imports warm
+        t0 = time.perf_counter()
+        results = pool.map(_decode_worker, _spread(root, names, workers))
+        seconds = time.perf_counter() - t0
+    n = sum(r[0] for r in results)
+    return {"rate": n / seconds, "cpu_ms": 1000 * sum(r[1] for r in results) / n}
+
+
+def raw(root: str, names: list[str], workers: int) -> dict:
+    with mp.get_context("fork").Pool(workers) as pool:
+        t0 = time.perf_counter()
+        results = pool.map(_raw_worker, _spread(root, names, workers))
+        seconds = time.perf_counter() - t0
+    return {"rate": sum(r[0] for r in results) / seconds}
+
+
+def _count(batch) -> int:
+    x = batch["S2L1C"]
+    return x.shape[0] * (x.shape[1] if x.ndim == 5 else 1)
+
+
+def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None, mode: str = "cpu") -> dict:
+    """Persistent workers over ``epochs`` epochs; per epoch: rate, first batch after iteration starts, the
+    loading side's CPU (consumer + workers). ``mode``: ``cpu`` (native dtypes, nothing moved), ``pinned``,
+    ``pageable`` or ``feeder`` (the batch on ``device``, standardised there)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ssl4eo_zarr import ChunkDataset
+    from ssl4eo_zarr.loader import DeviceFeeder, normalize
+
+    ds = ChunkDataset(root, split="train", modalities=MODS, seed=0)
+    pin = mode == "pinned" and device == "cuda"
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True, pin_memory=pin,
+                        multiprocessing_context="fork")
+    feed = DeviceFeeder(device, normalize=True) if mode == "feeder" else None
+    rows = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        t0 = time.perf_counter()
+        cpu0 = cpu_seconds(os.getpid())
+        it = iter(loader)
+        procs = {p.pid: cpu_seconds(p.pid) for p in getattr(it, "_workers", [])}
+        seen = dict(procs)
+        first = None
+        n = 0
+        for batch in it:
+            if first is None:
+                first = time.perf_counter() - t0
+            if mode == "feeder":
+                out = feed(batch)
+            elif mode in ("pinned", "pageable"):
+                out = normalize(batch, device=device)
+            else:
+                out = None
+            if out is not None and device == "cuda":
+                torch.cuda.synchronize()
+            n += _count(batch)
+            for p in getattr(it, "_workers", []):
+                seen[p.pid] = cpu_seconds(p.pid)
+            del batch, out
+        if feed is not None:
+            feed.synchronize()
+        seconds = time.perf_counter() - t0
+        cpu = cpu_seconds(os.getpid()) - cpu0 + sum(seen[p] - procs.get(p, 0.0) for p in seen)
+        rows.append({"rate": n / seconds, "first": first, "cpu_ms": 1000 * cpu / max(n, 1), "n": n})
+    del loader
+    steady = rows[1:] or rows
+    return {"warmup": rows[0]["rate"], "rate": sum(r["n"] for r in steady) / sum(r["n"] / r["rate"] for r in steady),
+            "turn": max(r["first"] for r in steady), "first": rows[0]["first"],
+            "cpu_ms": sum(r["cpu_ms"] * r["n"] for r in steady) / sum(r["n"] for r in steady)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 8, 14])
+    parser.add_argument("--per-worker", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=264)
+    parser.add_argument("--data", default="bench-data/node")
+    args = parser.parse_args()
+    n_files = args.per_worker * max(args.workers)
+    names = ensure_files(args.data, n_files, args.size)
+    print(f"# {machine()}; device {args.device}; {n_files} files ({args.per_worker} per worker at "
+          f"{max(args.workers)} workers) of {args.size} px; {args.epochs} epochs, persistent workers")
+    print("\n| workers | ceiling /s | raw /s | ChunkDataset /s (x ceiling) | epoch 1 /s (x steady) | epoch turn s | "
+          "first batch s | CPU ms / patch-ts (x ceiling's) | pinned + normalize /s | pageable + normalize /s | "
+          "DeviceFeeder /s (x CPU-only) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in args.workers:
+        use = names[: args.per_worker * n]
+        top = ceiling(args.data, use, n)
+        rw = raw(args.data, use, n)
+        cd = chunkdataset(args.data, n, args.epochs)
+        gpu = {mode: chunkdataset(args.data, n, 2, args.device, mode)["rate"] for mode in ("pinned", "pageable", "feeder")}
+        print(f"| {n} | {top['rate']:.0f} | {rw['rate']:.0f} | {cd['rate']:.0f} ({cd['rate'] / top['rate']:.2f}) | "
+              f"{cd['warmup']:.0f} ({cd['warmup'] / cd['rate']:.2f}) | {cd['turn']:.2f} | {cd['first']:.2f} | "
+              f"{cd['cpu_ms']:.2f} ({cd['cpu_ms'] / top['cpu_ms']:.2f}) | {gpu['pinned']:.0f} | "
+              f"{gpu['pageable']:.0f} | {gpu['feeder']:.0f} ({gpu['feeder'] / cd['rate']:.2f}) |", flush=True)
+    print(f"\n(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
