@@ -215,26 +215,35 @@ def _fingerprint(path: str, storage_options: Mapping[str, Any] | None) -> str | 
 def _index_file(path: str, finger: str) -> str:
     import hashlib
 
-    name = hashlib.sha256(f"{path}\0{finger}".encode()).hexdigest()[:32] + ".json"
+    name = hashlib.sha256(f"{path}\0{finger}".encode()).hexdigest()[:32] + ".json.gz"
     return os.path.join(cache_dir(), "shards", name)
 
 
 def _load_index(path: str, finger: str) -> list[Member] | None:
+    import gzip
+
     try:
-        with open(_index_file(path, finger), encoding="utf-8") as f:
+        with gzip.open(_index_file(path, finger), "rt", encoding="utf-8") as f:
             doc = json.load(f)
         if doc["path"] == path and doc["version"] == finger:
-            return [Member(*m) for m in doc["members"]]
-    except (OSError, ValueError, KeyError, TypeError):
+            # [key, offset, size] when the name is the key's member name, else [key, name, offset, size]
+            return [Member(m[0], m[0] + MEMBER_SUFFIX, m[1], m[2]) if len(m) == 3 else Member(*m)
+                    for m in doc["members"]]
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
         pass
     return None
 
 
 def save_shard_index(path: str, finger: str, members: Sequence[Member]) -> None:
-    """Keep a complete member index of the shard ``path`` at version ``finger`` (see :func:`shard_index`)."""
+    """Keep a complete member index of the shard ``path`` at version ``finger`` (see :func:`shard_index`):
+    gzip-compressed JSON, three numbers-and-a-key per member, so a TerraMesh shard's 10,240 members keep small."""
+    import gzip
+
+    rows = [[m.key, m.offset, m.size] if m.name == m.key + MEMBER_SUFFIX else [m.key, m.name, m.offset, m.size]
+            for m in members]
     try:
-        with atomic_write(_index_file(path, finger), "w") as f:
-            json.dump({"path": path, "version": finger, "members": [list(m.__dict__.values()) for m in members]}, f)
+        with atomic_write(_index_file(path, finger)) as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+            z.write(json.dumps({"path": path, "version": finger, "members": rows}, separators=(",", ":")).encode())
     except OSError:
         pass  # a read-only cache costs a rescan next time, nothing else
 
@@ -349,12 +358,6 @@ class ShardStream:
             raise CorruptFileError(self.path, f"member ends after {len(data)} of {member.size} bytes "
                                               "(truncated shard)", member=member.name)
         return data
-
-    def finish(self) -> None:
-        """Walk the rest of the shard's headers (reading no member), so a cached shard's index is complete and
-        kept. Cheap only near the end: call it after the last member was read."""
-        while not self.complete and self.advance() is not None:
-            pass
 
     def close(self) -> None:
         if self._fh is not None:

@@ -104,3 +104,26 @@ def test_shards_of_one_set_that_end_at_different_lengths(tmp_path, on_error):
     with pytest.warns(RuntimeWarning, match="2 lost"):
         ds = sz.ChunkDataset(str(tmp_path), return_metadata=True, **kw)
     assert sum(len(b["sample"]) for b in ds) == N - 2
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_longer_shard_of_another_modality_is_found_while_streaming(tmp_path, on_error):
+    """Over HTTP only the first modality's headers are read at construction; the others are checked as they
+    stream: at the end of a set every modality's shard must end too."""
+    from ssl4eo_zarr.testing import RangeHTTPServer
+
+    synthetic.make_shards(str(tmp_path), N, per_shard=N, size=SIZE, seed=2, modalities=("S2L2A", "S1GRD"))
+    s2 = os.path.join(str(tmp_path), "val", "S2L2A", schema.shard_name(1))
+    with tarfile.open(s2) as tar:
+        kept = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()[:N - 3]]
+    write_shard(s2, kept)
+    with RangeHTTPServer(str(tmp_path)) as server:
+        ds = sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "S1GRD"], batch_size=4, on_error=on_error,
+                             shuffle=False, return_metadata=True)
+        if on_error == "raise":
+            with pytest.raises(ModalityMismatchError, match="S1GRD.*more than"):
+                list(ds)
+            return
+        with pytest.warns(RuntimeWarning, match="more than"):
+            got = [k for b in ds for k in b["sample"]]
+    assert len(got) == N - 3

@@ -17,6 +17,7 @@ from ..chunkfile import open_chunk
 from ..errors import DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..layout import SHARDS, ChunkSet, resolve
 from ..shards import shard_index
+from ..storage import is_url
 from ..storage.cache import check_cache_options
 from .chunk_reader import ChunkReader
 from .common import ReadSpec
@@ -296,10 +297,13 @@ class ChunkDataset(IterableDataset):
     def _shard_keys(self, cs: ChunkSet) -> list[str]:
         """Member keys of one shard set, every modality's shard accounted for: shards that end at different
         lengths are an error, and so is a damaged header; with ``on_error="skip"`` the locations before the
-        damage (or the common length) are kept and a warning says how many were lost."""
+        damage (or the common length) are kept and a warning says how many were lost. Local sets are checked
+        here for every modality; a remote set's other modalities are checked as they stream (their headers cost
+        a request each: reading them all at construction would multiply the index by the modalities)."""
         found: dict[str, list[str]] = {}
         damaged: dict[str, DamagedShardError] = {}
-        for m in [m for m in self.modalities if m in cs.paths]:
+        held = [m for m in self.modalities if m in cs.paths]
+        for m in held if not is_url(cs.paths[held[0]]) else held[:1]:
             try:
                 found[m] = [member.key for member in shard_index(cs.paths[m], **self.archive_kwargs)]
             except DamagedShardError as exc:

@@ -53,10 +53,37 @@ class ShardReader:
         return self.streams[s]
 
     def _close(self, s: int) -> None:
-        for stream in self.streams.pop(s, {}).values():
-            if stream.cache is not None and stream.index >= self.spec.counts[s] - 1:
-                stream.finish()  # past the last member only the end blocks remain: the kept index is complete
-            stream.close()
+        streams = self.streams.pop(s, {})
+        try:
+            if streams and all(st.index >= self.spec.counts[s] - 1 for st in streams.values()):
+                self._check_ends(s, streams)
+        finally:
+            for stream in streams.values():
+                stream.close()
+
+    def _check_ends(self, s: int, streams: dict[str, ShardStream]) -> None:
+        """After a set's last location every modality's shard must end too (one header each): a shard holding
+        more locations than the others loses them silently otherwise. A cached shard's index is then complete."""
+        longer = []
+        for st in streams.values():
+            try:
+                if st.advance() is not None:
+                    longer.append(st.path)
+            except CorruptFileError as exc:  # damaged after the last location: it held more, unreadable
+                if self.spec.on_error == "raise":
+                    raise
+                if str(exc) not in self.skipped:
+                    self.skipped.append(str(exc))
+                    warnings.warn(f"after the last location of {self.spec.sets[s].name}: {exc}", RuntimeWarning,
+                                  stacklevel=3)
+        if longer:
+            message = (f"{', '.join(longer)} hold(s) more than the {self.spec.counts[s]} locations of "
+                       f"{self.spec.sets[s].name} in the other modalities: the shards of all modalities must hold "
+                       "the same locations")
+            if self.spec.on_error == "raise":
+                raise ModalityMismatchError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            self.skipped.append(message)
 
     def _advance(self, s: int, streams: dict[str, ShardStream]) -> int:
         mods = list(streams)
