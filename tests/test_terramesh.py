@@ -200,3 +200,14 @@ def test_copy_of_a_local_root_detected_without_major_tom(tmp_path):
     os.unlink(root / "val" / "S2L2A" / "majortom_shard_000001.tar")
     ds = sz.ChunkDataset(str(root), split="val", modalities=["S2L2A"], batch_size=3)
     assert ds.corpus is schema.TERRAMESH
+
+
+def test_hf_terramesh_root(reference):
+    """hf://datasets/... of a TerraMesh repository (a Hub-API test server): found by names, read as locally."""
+    pytest.importorskip("huggingface_hub")
+    with RangeHTTPServer(ROOT, hub_repo="ibm-esa-geospatial/TerraMesh") as hub:
+        options = {"endpoint": hub.url, "token": False}
+        batches = _batches("hf://datasets/ibm-esa-geospatial/TerraMesh", modalities=["S2L2A", "S1RTC"],
+                           storage_options=options, workers=0)
+    assert sorted(k for b in batches for k in b["sample"]) == sorted(reference)
+    assert all(("S1RTC" in b) == (b["subset"] == "majortom") for b in batches)
