@@ -130,7 +130,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _consume(loader, count_fn) -> dict:
+def _consume(loader, count_fn, on_batch=None) -> dict:
     t0 = time.perf_counter()
     cpu0 = cpu_seconds(os.getpid())
     it = iter(loader)
@@ -142,6 +142,8 @@ def _consume(loader, count_fn) -> dict:
     for batch in it:
         if first is None:
             first = time.perf_counter() - t0
+        if on_batch is not None:
+            on_batch(batch)
         n += count_fn(batch)
         for proc in getattr(it, "_workers", []):
             peaks[proc.pid] = max(peaks.get(proc.pid, 0.0), _peak_rss(proc.pid))

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loader import MODS, _raw_worker, cpu_seconds, machine  # noqa: E402
+from loader import MODS, _consume, _raw_worker, machine  # noqa: E402
 
 
 def ensure_files(folder: str, n_files: int, size: int) -> list[str]:
@@ -125,36 +125,19 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
     loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True, pin_memory=pin,
                         multiprocessing_context="fork")
     feed = DeviceFeeder(device, normalize=True) if mode == "feeder" else None
+    def step(batch) -> None:
+        out = feed(batch) if mode == "feeder" else normalize(batch, device=device) if mode != "cpu" else None
+        if out is not None and device == "cuda":
+            torch.cuda.synchronize()
+
     rows = []
     for epoch in range(epochs):
         ds.set_epoch(epoch)
-        t0 = time.perf_counter()
-        cpu0 = cpu_seconds(os.getpid())
-        it = iter(loader)
-        procs = {p.pid: cpu_seconds(p.pid) for p in getattr(it, "_workers", [])}
-        seen = dict(procs)
-        first = None
-        n = 0
-        for batch in it:
-            if first is None:
-                first = time.perf_counter() - t0
-            if mode == "feeder":
-                out = feed(batch)
-            elif mode in ("pinned", "pageable"):
-                out = normalize(batch, device=device)
-            else:
-                out = None
-            if out is not None and device == "cuda":
-                torch.cuda.synchronize()
-            n += _count(batch)
-            for p in getattr(it, "_workers", []):
-                seen[p.pid] = cpu_seconds(p.pid)
-            del batch, out
+        r = _consume(loader, _count, step)
         if feed is not None:
             feed.synchronize()
-        seconds = time.perf_counter() - t0
-        cpu = cpu_seconds(os.getpid()) - cpu0 + sum(seen[p] - procs.get(p, 0.0) for p in seen)
-        rows.append({"rate": n / seconds, "first": first, "cpu_ms": 1000 * cpu / max(n, 1), "n": n})
+        rows.append({"rate": r["samples"] / r["seconds"], "first": r["first_batch_s"], "n": r["samples"],
+                     "cpu_ms": 1000 * r["client_cpu_s"] / max(r["samples"], 1)})
     del loader
     steady = rows[1:] or rows
     return {"warmup": rows[0]["rate"], "rate": sum(r["n"] for r in steady) / sum(r["n"] / r["rate"] for r in steady),
