@@ -297,3 +297,23 @@ def test_resume_under_torchdata_stateful_dataloader(odd_root):
     resumed.load_state_dict(state)
     rest = [tuple(b["sample"]) for b in resumed]
     assert taken + rest == full_run
+
+
+@pytest.mark.parametrize("epochs", [[0, 1, 2], [0, 2, 3, 3]])
+def test_the_next_epochs_first_batch_read_ahead_changes_nothing(root, epochs):
+    """Persistent workers read epoch e+1's first batch when they finish epoch e; the batches are the same as
+    without it, also when the next epoch is not e+1 (the prepared batch is dropped) or repeats."""
+    def run(prepare):
+        ds = sz.ChunkDataset(root, split="val", batch_size=5, timestamps="all", seed=9, return_metadata=True,
+                             prepare_next_epoch=prepare)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+        out = []
+        for epoch in epochs:
+            ds.set_epoch(epoch)
+            out.append([(b["sample"], b["S2L2A"].clone(), b["S1GRD"].clone()) for b in loader])
+        return out
+
+    with_prepare, without = run(True), run(False)
+    for a, b in zip(with_prepare, without):
+        assert [x[0] for x in a] == [x[0] for x in b]
+        assert all(torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(a, b))
