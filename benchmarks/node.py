@@ -110,7 +110,8 @@ def _count(batch) -> int:
     return x.shape[0] * (x.shape[1] if x.ndim == 5 else 1)
 
 
-def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None, mode: str = "cpu") -> dict:
+def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None, mode: str = "cpu",
+                 prepare: bool = False) -> dict:
     """Persistent workers over ``epochs`` epochs; per epoch: rate, first batch after iteration starts, the
     loading side's CPU (consumer + workers). ``mode``: ``cpu`` (native dtypes, nothing moved), ``pinned``,
     ``pageable`` or ``feeder`` (the batch on ``device``, standardised there)."""
@@ -120,7 +121,7 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
     from ssl4eo_zarr import ChunkDataset
     from ssl4eo_zarr.loader import DeviceFeeder, normalize
 
-    ds = ChunkDataset(root, split="train", modalities=MODS, seed=0)
+    ds = ChunkDataset(root, split="train", modalities=MODS, seed=0, prepare_next_epoch=prepare)
     pin = mode == "pinned" and device == "cuda"
     loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True, pin_memory=pin,
                         multiprocessing_context="fork")
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=264)
     parser.add_argument("--data", default="bench-data/node")
+    parser.add_argument("--prepare-next-epoch", action="store_true",
+                        help="ChunkDataset(prepare_next_epoch=True): the next epoch's first batch read ahead")
     args = parser.parse_args()
     n_files = args.per_worker * max(args.workers)
     names = ensure_files(args.data, n_files, args.size)
@@ -166,8 +169,9 @@ def main() -> None:
         use = names[: args.per_worker * n]
         top = ceiling(args.data, use, n)
         rw = raw(args.data, use, n)
-        cd = chunkdataset(args.data, n, args.epochs)
-        gpu = {mode: chunkdataset(args.data, n, 2, args.device, mode)["rate"] for mode in ("pinned", "pageable", "feeder")}
+        cd = chunkdataset(args.data, n, args.epochs, prepare=args.prepare_next_epoch)
+        gpu = {mode: chunkdataset(args.data, n, 2, args.device, mode, args.prepare_next_epoch)["rate"]
+               for mode in ("pinned", "pageable", "feeder")}
         print(f"| {n} | {top['rate']:.0f} | {rw['rate']:.0f} | {cd['rate']:.0f} ({cd['rate'] / top['rate']:.2f}) | "
               f"{cd['warmup']:.0f} ({cd['warmup'] / cd['rate']:.2f}) | {cd['turn']:.2f} | {cd['first']:.2f} | "
               f"{cd['cpu_ms']:.2f} ({cd['cpu_ms'] / top['cpu_ms']:.2f}) | {gpu['pinned']:.0f} | "
