@@ -96,6 +96,15 @@ def warn_s1_order(path: str, rows: int, left: Sequence[str] = (), *, once: bool 
     warnings.warn("; ".join(parts), S1OrderWarning, stacklevel=4)
 
 
+def member_s1_order(file_id: np.ndarray, times: np.ndarray, where: str) -> np.ndarray | None:
+    """The S1 order of one shard member (``file_id`` str ``[T]``, ``times`` int64 ns or datetime64 ``[T]``): the
+    permutation int64 ``[1, T]`` that puts it in time order, or ``None``; warned as :func:`warn_s1_order` does,
+    naming the member (``where``) when it cannot be reconciled."""
+    perm, left = s1order.plan_order(np.asarray(file_id)[None], np.asarray(times).astype("datetime64[ns]")[None])
+    warn_s1_order(where, 0 if perm is None else 1, [where.rsplit("/", 1)[-1]] if len(left) else [])
+    return perm
+
+
 def s1_plan(cf: ChunkFile) -> tuple[np.ndarray | None, list[str]]:
     """:func:`~ssl4eo_zarr.s1order.plan_order` of an S1 file: the permutation int64 ``[sample, time]`` (or
     ``None``) and the ids of the locations left as stored (reads ``file_id`` and ``time_``, a few kB)."""
@@ -126,4 +135,4 @@ def times_ns(cf: ChunkFile) -> np.ndarray:
 
 
 
-__all__ = ["ChunkFile", "open_chunk", "s1_permutation", "s1_plan", "times_ns", "warn_s1_order"]
+__all__ = ["ChunkFile", "member_s1_order", "open_chunk", "s1_permutation", "s1_plan", "times_ns", "warn_s1_order"]

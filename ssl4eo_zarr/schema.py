@@ -407,15 +407,18 @@ def published_shard_counts(split: str, names: Sequence[str]) -> list[int] | None
     if split not in SHARD_SPLITS:
         return None
     n_shards, total = SHARD_SPLITS[split]
-    if [str(n).replace("\\", "/").rsplit("/", 1)[-1] for n in names] != [shard_name(i) for i in range(1, n_shards + 1)]:
+    if _basenames(names) != [shard_name(i) for i in range(1, n_shards + 1)]:
         return None
     return [LOCATIONS_PER_SHARD] * (n_shards - 1) + [total - LOCATIONS_PER_SHARD * (n_shards - 1)]
 
 
 def is_published_chunk_list(split: str, names: Sequence[str]) -> bool:
     """Whether ``names`` are exactly a published split's chunk file names in order (64 locations each)."""
-    return split in SPLITS and [str(n).replace("\\", "/").rsplit("/", 1)[-1] for n in names] == [
-        chunk_file_name(split, i) for i in range(1, SPLITS[split] + 1)]
+    return split in SPLITS and _basenames(names) == [chunk_file_name(split, i) for i in range(1, SPLITS[split] + 1)]
+
+
+def _basenames(names: Sequence[str]) -> list[str]:
+    return [str(n).replace("\\", "/").rsplit("/", 1)[-1] for n in names]
 
 _FILE_RE = re.compile(r"^ssl4eos12_(?P<split>[a-z]+)_seasonal_data_(?P<index>\d{6})\.zarr\.zip$")
 

@@ -20,10 +20,9 @@ import xarray as xr
 from dask.base import tokenize
 
 from . import schema
-from .chunkfile import warn_s1_order
+from .chunkfile import member_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import ChunkSet
-from .s1order import plan_order
 from .shards import Member, MemberArchive, bands_meta, member_metadata, member_modality, read_time, shard_index
 from .zarrv2 import GroupMeta, read_array, read_group
 
@@ -85,8 +84,7 @@ class MemberStack:
         if not self.s1_fix:
             return list(wanted)
         facts = member_metadata(archive, group)
-        perm, left = plan_order(facts["file_id"][None], facts["time"][None].view("datetime64[ns]"))
-        warn_s1_order(archive.path, 0 if perm is None else 1, [archive.path.rsplit("/", 1)[-1]] if len(left) else [])
+        perm = member_s1_order(facts["file_id"], facts["time"], archive.path)
         if perm is None:
             return list(wanted)
         return [int(perm[0, t]) for t in wanted]

@@ -29,11 +29,10 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from .chunkfile import warn_s1_order
+from .chunkfile import member_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, resolve, write_split_list
 from .reader import modality_dataset, open_chunk, open_dataset
-from .s1order import plan_order
 from .shards import MEMBER_SUFFIX, ShardStream, member_archive, write_shard
 from .writer import encode_members, write_chunk, zip_bytes
 
@@ -135,9 +134,7 @@ def member_in_time_order(ds: xr.Dataset, where: str) -> xr.Dataset:
     :class:`~ssl4eo_zarr.errors.S1OrderWarning`, ``where`` being the member's path)."""
     if "file_id" not in ds or "time" not in ds or tuple(map(str, ds["band"].values)) != schema.S1GRD.bands:
         return ds
-    times = np.asarray(ds["time"].values).astype("datetime64[ns]")
-    perm, left = plan_order(np.asarray(ds["file_id"].values)[None], times[None])
-    warn_s1_order(where, 0 if perm is None else 1, [ds.attrs.get("sample", where)] if len(left) else [])
+    perm = member_s1_order(ds["file_id"].values, np.asarray(ds["time"].values).astype("datetime64[ns]"), where)
     if perm is None:
         return ds
     out = ds.copy()

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from .. import schema
-from ..chunkfile import warn_s1_order
+from ..chunkfile import member_s1_order
 from ..errors import CorruptFileError, DamagedShardError, ModalityMismatchError, SSL4EOError
-from ..s1order import plan_order
 from ..shards import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
 from ..storage import thread_scratch
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
@@ -228,8 +227,7 @@ class ShardReader:
 
     def _s1_chronological(self, path: str, times: np.ndarray, file_id: np.ndarray, ts: list[int]) -> list[int]:
         """Stored timesteps of an S1 member for ``ts``, in ``time`` order when its data follow product names."""
-        perm, left = plan_order(file_id[None], times[None].view("datetime64[ns]"))
-        warn_s1_order(path, 0 if perm is None else 1, [path.rsplit("/", 1)[-1]] if len(left) else [])
+        perm = member_s1_order(file_id, times, path)
         if perm is None:
             return ts
         return [int(perm[0, t]) for t in ts]

@@ -124,14 +124,15 @@ class ByteCache:
             if magic == _MAGIC and length == len(data) & 0xFFFFFFFF and crc == crc32(data):
                 with contextlib.suppress(OSError):
                     os.utime(path)  # most recently used
-                return bytes(data) if len(data) != len(blob) else blob
+                return blob[: -_TRAILER.size]
         with contextlib.suppress(OSError):
             os.unlink(path)  # damaged: fetched again by the caller
         return None
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
-        """Keep ``data`` under ``key`` (atomically; an existing entry is replaced). A full disk leaves nothing
-        behind and is not an error: the data was read, it is just not kept."""
+    def put(self, key: str, data: bytes | memoryview, crc: int | None = None) -> None:
+        """Keep ``data`` under ``key`` (atomically; an existing entry is replaced); ``crc``, its CRC-32 when the
+        caller has it already. A full disk leaves nothing behind and is not an error: the data was read, it is
+        just not kept."""
         path = self._path(key)
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
@@ -140,7 +141,7 @@ class ByteCache:
         try:
             with open(tmp, "wb") as f:
                 f.write(view)
-                f.write(_TRAILER.pack(_MAGIC, len(view) & 0xFFFFFFFF, crc32(view)))
+                f.write(_TRAILER.pack(_MAGIC, len(view) & 0xFFFFFFFF, crc32(view) if crc is None else crc))
             os.replace(tmp, path)
         except OSError:
             with contextlib.suppress(OSError):

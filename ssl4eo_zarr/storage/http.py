@@ -53,9 +53,6 @@ class HTTPStatusError(OSError):
     def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers pickle errors back to the consumer
         return (type(self), (str(self), self.status, self.retry_after))
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
 
 def _origin(url: str) -> tuple[str, int]:
     parts = urlsplit(url)

@@ -222,20 +222,11 @@ class ZipArchive:
     def _cache_key(self, name: str, entry: _Entry) -> str:
         return ByteCache.key("zip", self.path, name, entry.header_offset, entry.compress_size, entry.crc)
 
-    def cached(self, name: str) -> bool:
-        """Whether member ``name`` is in the cache (it will be read from local disk)."""
-        cache = self.cache
-        if cache is None:
-            return False
-        entry = self._ensure_open().get(name)
-        return entry is not None and self._cache_key(name, entry) in cache
-
     def _from_cache(self, name: str, entry: _Entry, view: memoryview) -> bool:
+        # Entries are checked against their own CRC, and only members that matched the directory's are kept.
         cache = self.cache
-        if cache is None:
-            return False
-        data = cache.get(self._cache_key(name, entry))
-        if data is None or len(data) != len(view) or crc32(data) != entry.crc:
+        data = cache.get(self._cache_key(name, entry)) if cache is not None else None
+        if data is None or len(data) != len(view):
             return False
         view[:] = data
         return True
@@ -243,7 +234,7 @@ class ZipArchive:
     def _to_cache(self, name: str, entry: _Entry, view: memoryview) -> None:
         cache = self.cache
         if cache is not None and crc32(view) == entry.crc:  # only what is known good is kept
-            cache.put(self._cache_key(name, entry), view)
+            cache.put(self._cache_key(name, entry), view, crc=entry.crc)
 
     def _filesystem(self) -> tuple[Any, str]:
         """(fsspec filesystem, path on it) of a remote archive, made once per process."""
