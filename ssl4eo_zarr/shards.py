@@ -141,8 +141,6 @@ class _ReadAhead(PositionedFile):
         self._start = 0
         self._last: int | None = None
         self._window = 4096
-        self.requests = 0
-        self.bytes = 0
 
     def _end(self) -> int:
         return self._raw.seek(0, 2)
@@ -152,6 +150,8 @@ class _ReadAhead(PositionedFile):
         if n < 0:
             n = self._end() - pos
         if self._last is not None:
+            # tarfile reads a header, then 1 byte before the next one, then that header: the strides that
+            # matter are a member apart (the 1-byte step is always inside the window just read).
             stride = pos - self._last
             # Read through only when one request then covers several headers; else one small read per header.
             self._window = min(8 * stride, self._readahead) if 0 < 2 * stride <= self._readahead else 4096
@@ -160,8 +160,6 @@ class _ReadAhead(PositionedFile):
         if not (0 <= at and at + n <= len(self._buf)):
             self._raw.seek(pos)
             self._buf, self._start = self._raw.read(max(n, self._window)), pos
-            self.requests += 1
-            self.bytes += len(self._buf)
             at = 0
         data = self._buf[at: at + n]
         self._pos = pos + len(data)

@@ -464,6 +464,9 @@ class ChunkDataset(IterableDataset):
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
                         prefetch=self.prefetch)
 
+    def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
+        return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)
+
     def _prepare_next(self, worker: int, num_workers: int, pool: Any) -> None:
         """In a worker that finished its epoch: read the next epoch's first batch on a background thread, so the
         epoch turn does not wait for a whole chunk set (persistent workers; the next :meth:`__iter__` takes it
@@ -473,8 +476,7 @@ class ChunkDataset(IterableDataset):
         if not mine:
             return
         spec = dataclasses.replace(self._spec(), epoch=epoch)
-        job = _Prepared(epoch, worker, num_workers, mine, (ShardReader if self.streaming else ChunkReader)(
-            spec, mine, shared=True), pool)
+        job = _Prepared(epoch, worker, num_workers, mine, self._reader(spec, mine, shared=True), pool)
         _PREPARED[id(self)] = job
         job.start()
 
@@ -499,7 +501,7 @@ class ChunkDataset(IterableDataset):
             mine, consumed, reader = ready.mine, 0, ready.reader
         else:
             mine, consumed = self._my_batches(worker, num_workers)
-            reader = (ShardReader if self.streaming else ChunkReader)(self._spec(), mine, shared=shared)
+            reader = self._reader(self._spec(), mine, shared=shared)
         if info is None:
             self._resume_batches = None
         self._yielded[worker] = consumed
