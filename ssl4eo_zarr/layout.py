@@ -258,11 +258,11 @@ def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Seq
         if not here or split not in sub.ranges:
             continue
         first, last = sub.ranges[split]
+        folder = join(root, split, here[0])
         if sub.prefix == "ssl4eos12":
             first, last = (after + 1, after + 1 + last - first) if after else (first, last)
-            if first == 1:
-                continue  # numbered from 1, it is the SSL4EO-S12 distribution, probed by the caller
-        folder = join(root, split, here[0])
+            if first == 1 or (not after and exists(join(folder, schema.shard_name(1, sub.prefix)), storage_options)):
+                continue  # numbered from 1: the SSL4EO-S12 distribution (however many shards), probed by the caller
         if not exists(join(folder, schema.shard_name(first, sub.prefix)), storage_options):
             continue
 

@@ -473,3 +473,16 @@ def test_one_shape_rule_for_every_modality(both, timestamps, t):
         assert batch["S2L2A"].shape == (4, t, 12, SIZE, SIZE) and batch["S1GRD"].shape == (4, t, 2, SIZE, SIZE)
         assert batch["DEM"].shape == (4, 1, 1, SIZE, SIZE) and batch["time_DEM"].shape == (4, 1)
         assert batch["cloud_mask"].shape == (4, t, SIZE, SIZE)
+
+
+def test_a_remote_ssl4eo_root_with_many_shards_is_not_taken_for_terramesh(tmp_path):
+    """TerraMesh numbers its SSL4EO-S12 val shard 000009: a root of SSL4EO-S12 shards numbered from 000001 that
+    also has a 000009 is still SSL4EO-S12, every shard of it."""
+    from ssl4eo_zarr.layout import resolve
+    from ssl4eo_zarr.testing import RangeHTTPServer
+
+    synthetic.make_shards(str(tmp_path), 40, per_shard=4, size=8, seed=1, modalities=("S2L2A",))
+    with RangeHTTPServer(str(tmp_path)) as server:
+        sets = resolve(server.url, split="val", modalities=["S2L2A"])
+    assert [cs.name for cs in sets] == [schema.shard_name(i) for i in range(1, 11)]
+    assert {cs.corpus for cs in sets} == {"ssl4eo-s12"}
