@@ -211,26 +211,31 @@ class RangeHTTPServer:
                 with open(path, "rb") as f:  # sendfile, as static hosts serve files (no copy through Python)
                     if server._tls is not None:  # TLS encrypts in user space: no sendfile
                         f.seek(start)
+                        self._count(stop)
                         self.wfile.write(f.read(stop))
                         sent = stop
                     while sent < stop:
                         step = stop - sent if not server.bandwidth else min(stop - sent, 1 << 18)
                         server._on_link(step)
+                        # counted before it goes out: a client that has its bytes must find them counted
+                        self._count(step)
                         n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, step)
+                        self._count(n - step)
                         if not n:
                             break
                         sent += n
-                with server._lock:
-                    server.bytes_served += sent
                 if drop:
                     self.close_connection = True
 
             def copyfile(self, source, outputfile):  # whole-file GETs are counted (and limited) too
                 while data := source.read(1 << 18):
                     server._on_link(len(data))
+                    self._count(len(data))
                     outputfile.write(data)
-                    with server._lock:
-                        server.bytes_served += len(data)
+
+            def _count(self, n):
+                with server._lock:
+                    server.bytes_served += n
 
             def end_headers(self):
                 self.send_header("Accept-Ranges", "bytes")
