@@ -14,8 +14,10 @@ Rows, for each N in ``--workers``:
                nothing else (zip members read with this library's CRC-checked reader);
   raw          N processes: zipfile + numcodecs into new arrays (benchmarks/loader.py's raw loop);
   chunkdataset ChunkDataset, persistent workers, ``epochs`` epochs: epoch 1 (warm-up: buffers being made),
-               epochs 2.. (steady), the first batch of each later epoch after iteration starts (the epoch turn),
-               and the loader's CPU-ms per patch-timestamp (consumer + workers) against the ceiling's;
+               epochs 2.. (steady), the first batch of epochs 3.. after iteration starts (the epoch turn; the
+               read-ahead of the next epoch starts with a worker's second epoch), also with a consumer that
+               takes batches at ``--pace`` of the steady rate (a training step the loader keeps up with), and
+               the loader's CPU-ms per patch-timestamp (consumer + workers) against the ceiling's;
   gpu-*        the batch on the device as float32 standardised: ``pin_memory=True`` + ``normalize`` there,
                pageable + ``normalize``, and ``DeviceFeeder(normalize=True)`` (arenas page-locked in place).
 Each row is a patch-timestamp rate (S2L1C patches x timestamps per second; every patch-timestamp brings its
@@ -111,17 +113,19 @@ def _count(batch) -> int:
 
 
 def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None, mode: str = "cpu",
-                 prepare: bool = False) -> dict:
+                 read_ahead: bool | None = None, pace: float = 0.0) -> dict:
     """Persistent workers over ``epochs`` epochs; per epoch: rate, first batch after iteration starts, the
     loading side's CPU (consumer + workers). ``mode``: ``cpu`` (native dtypes, nothing moved), ``pinned``,
-    ``pageable`` or ``feeder`` (the batch on ``device``, standardised there)."""
+    ``pageable`` or ``feeder`` (the batch on ``device``, standardised there). ``read_ahead``:
+    ``prepare_next_epoch`` (None: the default). ``pace``: the consumer's step per patch-timestamp in seconds
+    (a training step that the loader has to keep up with; 0: the consumer takes batches as fast as they come)."""
     import torch
     from torch.utils.data import DataLoader
 
     from ssl4eo_zarr import ChunkDataset
     from ssl4eo_zarr.loader import DeviceFeeder, normalize
 
-    ds = ChunkDataset(root, split="train", modalities=MODS, seed=0, prepare_next_epoch=prepare)
+    ds = ChunkDataset(root, split="train", modalities=MODS, seed=0, prepare_next_epoch=read_ahead)
     pin = mode == "pinned" and device == "cuda"
     loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True, pin_memory=pin,
                         multiprocessing_context="fork")
@@ -130,6 +134,8 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
         out = feed(batch) if mode == "feeder" else normalize(batch, device=device) if mode != "cpu" else None
         if out is not None and device == "cuda":
             torch.cuda.synchronize()
+        if pace:
+            time.sleep(pace * _count(batch))
 
     rows = []
     for epoch in range(epochs):
@@ -141,8 +147,11 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
                      "cpu_ms": 1000 * r["client_cpu_s"] / max(r["samples"], 1)})
     del loader
     steady = rows[1:] or rows
+    # The first turn comes before a worker process has served two epochs (read-ahead starts with the second).
+    later = rows[2:] or steady
     return {"warmup": rows[0]["rate"], "rate": sum(r["n"] for r in steady) / sum(r["n"] / r["rate"] for r in steady),
-            "turn": max(r["first"] for r in steady), "first": rows[0]["first"],
+            "turn": max(r["first"] for r in later), "turns": [r["first"] for r in rows[1:]],
+            "first": rows[0]["first"], "rates": [r["rate"] for r in rows], "read_ahead": getattr(ds, "read_ahead", None),
             "cpu_ms": sum(r["cpu_ms"] * r["n"] for r in steady) / sum(r["n"] for r in steady)}
 
 
@@ -154,26 +163,31 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=264)
     parser.add_argument("--data", default="bench-data/node")
-    parser.add_argument("--prepare-next-epoch", action="store_true",
-                        help="ChunkDataset(prepare_next_epoch=True): the next epoch's first batch read ahead")
+    parser.add_argument("--read-ahead", choices=("auto", "on", "off"), default="auto",
+                        help="ChunkDataset(prepare_next_epoch=None/True/False): the next epoch's first batch")
+    parser.add_argument("--pace", type=float, default=0.8,
+                        help="the paced run's consumer takes batches at this fraction of the loader's steady rate")
     args = parser.parse_args()
     n_files = args.per_worker * max(args.workers)
     names = ensure_files(args.data, n_files, args.size)
+    read_ahead = {"auto": None, "on": True, "off": False}[args.read_ahead]
     print(f"# {machine()}; device {args.device}; {n_files} files ({args.per_worker} per worker at "
           f"{max(args.workers)} workers) of {args.size} px; {args.epochs} epochs, persistent workers")
     print("\n| workers | ceiling /s | raw /s | ChunkDataset /s (x ceiling) | epoch 1 /s (x steady) | epoch turn s | "
-          "first batch s | CPU ms / patch-ts (x ceiling's) | pinned + normalize /s | pageable + normalize /s | "
-          "DeviceFeeder /s (x CPU-only) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "epoch turn at pace s | first batch s | CPU ms / patch-ts (x ceiling's) | pinned + normalize /s | "
+          "pageable + normalize /s | DeviceFeeder /s (x CPU-only) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.workers:
         use = names[: args.per_worker * n]
         top = ceiling(args.data, use, n)
         rw = raw(args.data, use, n)
-        cd = chunkdataset(args.data, n, args.epochs, prepare=args.prepare_next_epoch)
-        gpu = {mode: chunkdataset(args.data, n, 2, args.device, mode, args.prepare_next_epoch)["rate"]
+        cd = chunkdataset(args.data, n, args.epochs, read_ahead=read_ahead)
+        paced = chunkdataset(args.data, n, args.epochs, read_ahead=read_ahead, pace=1 / (args.pace * cd["rate"]))
+        gpu = {mode: chunkdataset(args.data, n, 2, args.device, mode, read_ahead)["rate"]
                for mode in ("pinned", "pageable", "feeder")}
         print(f"| {n} | {top['rate']:.0f} | {rw['rate']:.0f} | {cd['rate']:.0f} ({cd['rate'] / top['rate']:.2f}) | "
-              f"{cd['warmup']:.0f} ({cd['warmup'] / cd['rate']:.2f}) | {cd['turn']:.2f} | {cd['first']:.2f} | "
+              f"{cd['warmup']:.0f} ({cd['warmup'] / cd['rate']:.2f}) | {cd['turn']:.2f} | {paced['turn']:.2f} | "
+              f"{cd['first']:.2f} | "
               f"{cd['cpu_ms']:.2f} ({cd['cpu_ms'] / top['cpu_ms']:.2f}) | {gpu['pinned']:.0f} | "
               f"{gpu['pageable']:.0f} | {gpu['feeder']:.0f} ({gpu['feeder'] / cd['rate']:.2f}) |", flush=True)
     print(f"\n(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")

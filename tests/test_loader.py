@@ -225,6 +225,28 @@ def test_resume_continues_the_epoch_exactly(odd_root, workers):
     assert taken + rest == full_run
 
 
+def test_a_resumed_epoch_skips_once_with_persistent_workers(odd_root):
+    """Persistent workers keep their own copy of the dataset: the resume applies to the epoch it was saved in
+    only, not again to the epochs after it (nor when the same epoch is iterated again)."""
+    def make():
+        return ChunkDataset(odd_root, split="train", batch_size=3, timestamps=0, seed=9, return_metadata=True,
+                            num_workers=2)
+
+    def epochs(ds, which):
+        loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+        out = []
+        for e in which:
+            ds.set_epoch(e)
+            out.append([tuple(b["sample"]) for b in loader])
+        return out
+
+    full = epochs(make(), [2, 3, 3])
+    resumed = make()
+    resumed.load_state_dict({**make().state_dict(batches=4), "epoch": 2})
+    rest = epochs(resumed, [2, 3, 3])
+    assert full[0][4:] == rest[0] and rest[1] == full[1] and rest[2] == full[2]
+
+
 def test_damaged_file_raises_naming_it_from_workers(root_copy):
     bad = chunk_path(root_copy, "S2L1C", 2)
     data = bytearray(open(bad, "rb").read())
@@ -299,21 +321,33 @@ def test_resume_under_torchdata_stateful_dataloader(odd_root):
     assert taken + rest == full_run
 
 
-@pytest.mark.parametrize("epochs", [[0, 1, 2], [0, 2, 3, 3]])
-def test_the_next_epochs_first_batch_read_ahead_changes_nothing(root, epochs):
-    """Persistent workers read epoch e+1's first batch when they finish epoch e; the batches are the same as
-    without it, also when the next epoch is not e+1 (the prepared batch is dropped) or repeats."""
+@pytest.mark.parametrize(("epochs", "used", "dropped"), [([0, 1, 2], 2, 0), ([0, 2, 3, 3], 0, 4),
+                                                         (None, 2, 0), ([0, 1, 2, 5], 2, 2)])
+def test_the_next_epochs_first_batch_read_ahead_changes_nothing(root, epochs, used, dropped):
+    """From its second epoch on, a persistent worker reads the predicted next epoch's first batch when it
+    finishes one (``set_epoch`` each epoch: e + 1; never called, ``None`` here: the same epoch). The batches
+    are the same as without it, also when another epoch comes (the prepared batch is dropped); the counts say
+    which happened (2 workers)."""
     def run(prepare):
         ds = sz.ChunkDataset(root, split="val", batch_size=5, timestamps="all", seed=9, return_metadata=True,
                              prepare_next_epoch=prepare)
         loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
         out = []
-        for epoch in epochs:
-            ds.set_epoch(epoch)
+        for epoch in epochs or [0, 0, 0]:
+            if epochs is not None:
+                ds.set_epoch(epoch)
             out.append([(b["sample"], b["S2L2A"].clone(), b["S1GRD"].clone()) for b in loader])
-        return out
+        return out, ds.read_ahead
 
-    with_prepare, without = run(True), run(False)
+    (with_prepare, counts), (without, none) = run(None), run(False)
+    assert counts == {"used": used, "dropped": dropped} and none == {"used": 0, "dropped": 0}
     for a, b in zip(with_prepare, without):
         assert [x[0] for x in a] == [x[0] for x in b]
         assert all(torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(a, b))
+
+
+def test_read_ahead_waits_for_a_second_epoch_and_predicts_the_step():
+    from ssl4eo_zarr.loader.dataset import next_epoch
+
+    assert next_epoch([]) is None and next_epoch([3]) is None, "one epoch served: maybe not a persistent worker"
+    assert next_epoch([0, 1]) == 2 and next_epoch([4, 4]) == 4 and next_epoch([0, 2]) == 4

@@ -23,28 +23,34 @@ def test_an_arena_is_reused_only_after_its_batch_is_gone():
     table = lease_table(2)
     pool = BufferPool(table, 0, shared=False)
     first = pool.acquire()
-    x = first.alloc((4, 8), np.int16)  # the first batch sizes the arenas: fresh memory
+    x = first.alloc((4, 8), np.int16)  # the first batch of a slot becomes its arena: fresh memory, kept
     x2 = first.alloc((3,), np.float64)
-    assert first.slot == 0 and pool.high_water >= 64 + 24
+    assert first.slot == 0 and [s.nbytes() for s in pool.arenas[0]] == [64, 24]
+    ptrs = [x.untyped_storage().data_ptr(), x2.untyped_storage().data_ptr()]
     batch = LeasedBatch({"x": x, "x2": x2}, first.token, track=True)
     del x, x2
     second = pool.acquire()
     y = second.alloc((4, 8), np.int16)
-    assert second.slot == 1
+    assert second.slot == 1 and y.untyped_storage().data_ptr() not in ptrs
     LeasedBatch({"y": y}, second.token, track=True)
     del y  # the batch and its only tensor are gone: slot 1 is free again
     gc.collect()
     third = pool.acquire()
     assert third.slot == 1, "slot 0 is still held by `batch`"
     z = third.alloc((4, 8), np.int16)
-    z2 = third.alloc((3,), np.float64)
-    assert z.untyped_storage().data_ptr() == z2.untyped_storage().data_ptr(), "both carved from one arena"
+    z2 = third.alloc((3,), np.float64)  # slot 1 had one segment: the second is made now and kept
+    assert [s.nbytes() for s in pool.arenas[1]] == [64, 24]
     keep = LeasedBatch({"z": z, "z2": z2}, third.token, track=True)
     fourth = pool.acquire()
     assert fourth.slot is None, "every arena held: fresh memory, no waiting"
     del batch
     gc.collect()
-    assert pool.acquire().slot == 0
+    fifth = pool.acquire()
+    assert fifth.slot == 0
+    w, w2 = fifth.alloc((2, 8), np.int16), fifth.alloc((3,), np.float64)
+    assert [w.untyped_storage().data_ptr(), w2.untyped_storage().data_ptr()] == ptrs, "the first batch's memory"
+    big = fifth.alloc((100,), np.int16)  # larger than anything before: a new segment
+    assert big.untyped_storage().data_ptr() not in ptrs and len(pool.arenas[0]) == 3
     assert int(table.tensor[pool.row, 2]) != 0 and keep  # slot 1 still leased by `keep`
 
 

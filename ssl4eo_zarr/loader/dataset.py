@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +26,7 @@ from ..storage.cache import check_cache_options
 from .chunk_reader import ChunkReader
 from .common import ReadSpec
 from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_plan, rng_for
-from .pool import LeasedBatch, lease_table, worker_pool
+from .pool import MAX_WORKERS, LeasedBatch, lease_table, worker_pool
 from .shard_reader import ShardReader
 from .transforms import call_transform
 from .transforms import normalize as normalize_batch
@@ -173,12 +175,18 @@ class ChunkDataset(IterableDataset):
         default suits the DataLoader's default ``prefetch_factor=2``; with a larger one, raise this to match.
         Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     prepare_next_epoch:
-        With persistent workers: a worker that has delivered its epoch reads the first batch of the next one
-        (epoch + 1, as ``for epoch in range(...): set_epoch(epoch)`` asks) on a background thread, so the epoch
-        turn need not wait for a whole chunk set; another epoch (or a resumed state) drops it. Costs one batch
-        of memory per worker between epochs and, after the last epoch, one batch decoded for nothing. Off by
-        default: on a 2-core machine, where that thread has no core of its own, it halved the epoch turn in some
-        runs (0.33 s against 0.72 s) and not in others (benchmarks.md); meant for nodes with cores to spare.
+        With persistent workers, a worker that has delivered its epoch reads the first batch of the next one
+        on a background thread at the lowest CPU priority (Linux), so the epoch turn need not wait for a whole
+        chunk set: the thread uses cores the other workers leave idle while they finish the epoch and the
+        consumer its last steps. The next epoch is predicted from the last two a worker process served
+        (``set_epoch(epoch)`` every epoch: ``epoch + 1``; never calling it: the same epoch again), so it starts
+        with a process's second epoch, and worker processes that serve one epoch only (``persistent_workers=
+        False``) never read ahead; another epoch or a resumed state drops the prepared batch.
+        :attr:`read_ahead` counts what was used and dropped. Costs one batch decoded for nothing per worker
+        after the last epoch. ``None`` (default): on for local files, off for URLs (there that batch would
+        also be downloaded for nothing); ``True`` / ``False`` force it. Measured in docs/benchmarks.md: with
+        a consumer at 80 % of the loader's pace the first batch of an epoch arrives after 0.01-0.02 s
+        instead of one chunk set's decode (0.7 s).
     fix_s1_order:
         S1GRD files published before the 2026-02-19 fix hold S1 in product-name order; by default each
         location's S1 timestamps are reordered to follow ``time_`` (so S1 season ``t`` pairs with S2 season
@@ -220,7 +228,7 @@ class ChunkDataset(IterableDataset):
         fix_s1_order: bool = True,
         buffer_slots: int = 2,
         prefetch: int = 1,
-        prepare_next_epoch: bool = False,
+        prepare_next_epoch: bool | None = None,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -272,7 +280,10 @@ class ChunkDataset(IterableDataset):
                                                "cache_limit": cache_limit,
                                                "retries": retries, "backoff": retry_backoff}
         self.prefetch = max(int(prefetch), 0)
-        self.prepare_next_epoch = bool(prepare_next_epoch)
+        self.prepare_next_epoch = (not any(is_url(p) for cs in self.sets for p in cs.paths.values())
+                                   if prepare_next_epoch is None else bool(prepare_next_epoch))
+        # Read-ahead batches used and dropped, a row per worker id (each writes its own; see `read_ahead`).
+        self._read_ahead = torch.zeros((MAX_WORKERS, 2), dtype=torch.int64).share_memory_()
         self.rows: list[list[int]] | None = None
         self.buffer_slots = max(int(buffer_slots), 0)
         # Made here, before the DataLoader starts its workers, so that they and the main process share it.
@@ -467,11 +478,20 @@ class ChunkDataset(IterableDataset):
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)
 
+    @property
+    def read_ahead(self) -> dict[str, int]:
+        """``{"used": n, "dropped": m}``: next-epoch first batches (``prepare_next_epoch``) that were delivered,
+        and those dropped because another epoch came (or a resumed state), summed over all workers."""
+        used, dropped = self._read_ahead.sum(0).tolist()
+        return {"used": int(used), "dropped": int(dropped)}
+
     def _prepare_next(self, worker: int, num_workers: int, pool: Any) -> None:
-        """In a worker that finished its epoch: read the next epoch's first batch on a background thread, so the
-        epoch turn does not wait for a whole chunk set (persistent workers; the next :meth:`__iter__` takes it
-        when the epoch is the one expected, and drops it otherwise)."""
-        epoch = self.epoch + 1
+        """In a worker that finished its epoch: read the predicted next epoch's first batch on a background
+        thread, so the epoch turn does not wait for a whole chunk set (the next :meth:`__iter__` takes it when
+        the epoch is the one predicted, and drops it otherwise)."""
+        epoch = next_epoch(_SERVED.get(id(self), []))
+        if epoch is None:
+            return
         mine = self._plan(num_workers, epoch)[worker]
         if not mine:
             return
@@ -487,7 +507,9 @@ class ChunkDataset(IterableDataset):
         job.join()
         if (job.epoch, job.worker, job.num_workers) == (self.epoch, worker, num_workers) and job.error is None \
                 and not self._resume_batches and worker not in self._resume_worker:
+            self._read_ahead[worker % MAX_WORKERS, 0] += 1
             return job
+        self._read_ahead[worker % MAX_WORKERS, 1] += 1
         job.discard()
         return None
 
@@ -497,13 +519,17 @@ class ChunkDataset(IterableDataset):
         shared = info is not None
         pool = worker_pool(self._leases, worker, shared=shared) if self._leases is not None else None
         ready = self._take_prepared(worker, num_workers) if shared else None
+        if shared:
+            served = _SERVED.setdefault(id(self), [])
+            served[:] = [*served[-1:], self.epoch]
         if ready is not None:
             mine, consumed, reader = ready.mine, 0, ready.reader
         else:
             mine, consumed = self._my_batches(worker, num_workers)
             reader = self._reader(self._spec(), mine, shared=shared)
-        if info is None:
-            self._resume_batches = None
+        # The resume applies to this iteration only; a persistent worker's own copy of the dataset would
+        # otherwise skip as many batches again in every later epoch.
+        self._resume_batches = None
         self._yielded[worker] = consumed
         finished = False
         try:
@@ -553,6 +579,7 @@ class _Prepared:
         self._thread = threading.Thread(target=self._run, name="ssl4eo-next-epoch", daemon=True)
 
     def _run(self) -> None:
+        _lowest_priority()
         try:
             self.lease = self.pool.acquire() if self.pool is not None else None
             self.out = self.reader.batch(self.mine[0], self.lease)
@@ -576,6 +603,25 @@ class _Prepared:
 
 #: Per dataset object in this worker process: the next epoch's first batch being read (see ``_prepare_next``).
 _PREPARED: dict[int, _Prepared] = {}
+#: Per dataset object in this worker process: the last two epochs it served (the next one is predicted from them).
+_SERVED: dict[int, list[int]] = {}
+
+
+def next_epoch(served: Sequence[int]) -> int | None:
+    """The epoch expected after ``served`` (the epochs a worker process served, oldest first): the last plus the
+    last step (``set_epoch`` each epoch: +1; never called: the same again); ``None`` before a second epoch
+    (a process that serves one epoch only is not a persistent worker: nothing would take its read-ahead)."""
+    if len(served) < 2:
+        return None
+    return served[-1] + (served[-1] - served[-2])
+
+
+def _lowest_priority() -> None:
+    """Run this thread at the lowest CPU priority: the read-ahead takes idle cores only, never the time of
+    workers still finishing their epoch (Linux sets niceness per thread; elsewhere it keeps the process's)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _probs(probs: Mapping[str, float] | Sequence[float], found: Sequence[str]) -> list[float]:

@@ -94,12 +94,16 @@ class SSL4EODataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = True,
         device_feed: bool = True,
+        persistent_workers: bool = True,
         **dataset_kwargs: Any,
     ):
         """``crop``/``d4``/``layout`` build the training transform from a config file (LightningCLI):
         ``RandomCrop(crop)``, ``RandomD4()`` and :class:`~ssl4eo_zarr.loader.ToLayout` (``"BCTHW"`` for
         TerraTorch's ``[B, C, T, H, W]``), after ``transform`` when both are given. ``layout`` applies to every
-        loader. Other keyword arguments go to :class:`~ssl4eo_zarr.ChunkDataset`."""
+        loader. ``persistent_workers``: the training loader's workers live through the run, so their buffers stay
+        mapped and each reads its next epoch's first batch ahead (no warm-up or wait for a first chunk set at
+        every epoch); evaluation loaders start workers per run, so their buffers are not held between
+        validations. Other keyword arguments go to :class:`~ssl4eo_zarr.ChunkDataset`."""
         super().__init__()
         self.root = root
         self.kwargs = dict(modalities=modalities, batch_size=batch_size, seed=seed, **dataset_kwargs)
@@ -115,6 +119,7 @@ class SSL4EODataModule(pl.LightningDataModule):
         self.transform = Compose([*steps, self.layout]) if steps else self.layout
         self.pin_memory = pin_memory
         self.device_feed = device_feed
+        self.persistent_workers = persistent_workers
         self._feeders: dict[torch.device, DeviceFeeder] = {}
         self.train_dataset: ChunkDataset | None = None
         self.val_dataset: ChunkDataset | None = None
@@ -142,12 +147,13 @@ class SSL4EODataModule(pl.LightningDataModule):
         return ChunkDataset(self.root, split=split, timestamps="all", shuffle=False, num_workers=self.num_workers,
                             transform=self.layout, **kwargs)
 
-    def _loader(self, ds: ChunkDataset | None) -> DataLoader:
+    def _loader(self, ds: ChunkDataset | None, persistent: bool = False) -> DataLoader:
         if ds is None:
             raise RuntimeError("call setup() for this stage first (Lightning does)")
         feeding = self.device_feed and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory and not feeding, persistent_workers=False)
+                               pin_memory=self.pin_memory and not feeding,
+                               persistent_workers=persistent and self.num_workers > 0)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Lightning's hook: on CUDA (``device_feed``) through a :class:`~ssl4eo_zarr.loader.DeviceFeeder` per
@@ -169,7 +175,7 @@ class SSL4EODataModule(pl.LightningDataModule):
             feeder.synchronize()
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset)
+        return self._loader(self.train_dataset, self.persistent_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset)

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 #: Workers a table has room for (DataLoader workers of one dataset).
 MAX_WORKERS = 256
-_ALIGN = 64
 
 
 def _unlink(path: str, pid: int) -> None:
@@ -281,11 +280,11 @@ def _pinned(obj: Any) -> Any:
 
 
 class Lease:
-    """Memory for one batch: tensors carved from a free arena, or fresh ones when none was free."""
+    """Memory for one batch: tensors carved from the segments of a free arena, or fresh ones when none was free."""
 
     def __init__(self, pool: BufferPool, slot: int | None, generation: int):
         self.pool, self.slot, self.generation = pool, slot, generation
-        self._offset = 0
+        self._count = 0
 
     @property
     def token(self) -> tuple | None:
@@ -294,19 +293,33 @@ class Lease:
         return (self.pool.table, self.pool.row, self.slot, self.pool.pid, self.generation)
 
     def alloc(self, shape: Sequence[int], dtype: np.dtype) -> torch.Tensor:
-        """An uninitialised tensor ``shape`` of ``dtype`` (shared memory in DataLoader workers)."""
+        """An uninitialised tensor ``shape`` of ``dtype`` (shared memory in DataLoader workers).
+
+        The ``k``-th tensor of a lease lives in segment ``k`` of its slot's arena. A segment that is missing or
+        too small is replaced by the fresh tensor's own memory, so the first batch a slot carries becomes its
+        arena: nothing is allocated twice while the buffers warm up, and batches of a steady shape find every
+        segment mapped already.
+        """
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        start = -(-self._offset // max(_ALIGN, dtype.itemsize)) * max(_ALIGN, dtype.itemsize)
-        self._offset = start + nbytes
-        pool = self.pool
-        if self.slot is not None:
-            pool.high_water = max(pool.high_water, self._offset)
-            arena = pool.arenas[self.slot]
-            if arena is not None and self._offset <= arena.nbytes():
-                tensor = alloc((0,), dtype, shared=False)
-                return tensor.set_(arena, start // dtype.itemsize, tuple(shape))  # type: ignore[call-overload]
-        return alloc(shape, dtype, shared=pool.shared)
+        k, self._count = self._count, self._count + 1
+        if self.slot is None:
+            return alloc(shape, dtype, shared=self.pool.shared)
+        segments = self.pool.arenas[self.slot]
+        if k < len(segments) and segments[k].nbytes() >= nbytes:
+            tensor = alloc((0,), dtype, shared=False)
+            return tensor.set_(segments[k], 0, tuple(shape))  # type: ignore[call-overload]
+        if k < len(segments):
+            segments[k] = _EMPTY  # drop the small one first: it may be the peak otherwise
+        tensor = alloc(shape, dtype, shared=self.pool.shared)
+        if k < len(segments):
+            segments[k] = tensor.untyped_storage()
+        else:
+            segments.append(tensor.untyped_storage())
+        return tensor
+
+
+_EMPTY = torch.UntypedStorage(0)
 
 
 class BufferPool:
@@ -318,8 +331,8 @@ class BufferPool:
         self.shared = shared
         self.pid = os.getpid()
         self.slots = table.slots
-        self.arenas: list[torch.UntypedStorage | None] = [None] * self.slots
-        self.high_water = 0
+        #: Per slot, the memory its batches are carved from (see :meth:`Lease.alloc`).
+        self.arenas: list[list[torch.UntypedStorage]] = [[] for _ in range(self.slots)]
         self._generation = 0
         #: Whether to wait for an arena when all are held (off after a wait ran out, on again once one is free).
         self.patient = shared
@@ -347,8 +360,8 @@ class BufferPool:
         return None
 
     def acquire(self) -> Lease:
-        """A lease on a free arena (grown to the largest batch seen), or on fresh memory when none is free
-        (after a bounded wait in a worker process, see the module docstring)."""
+        """A lease on a free arena (its segments grown to the largest tensors seen), or on fresh memory when none
+        is free (after a bounded wait in a worker process, see the module docstring)."""
         now = time.monotonic()
         # The time since the previous batch bounds the wait: the consumer hands an arena back when it receives
         # its next batch, and a worker that is ahead is handed its next task at the consumer's pace, so that time
@@ -370,11 +383,6 @@ class BufferPool:
             return Lease(self, None, 0)
         self._generation += 1
         self.table[self.row, 1 + slot] = self._generation
-        arena = self.arenas[slot]
-        if self.high_water and (arena is None or arena.nbytes() < self.high_water):
-            self.arenas[slot] = None  # drop ours first: the old arena may be the peak otherwise
-            self.arenas[slot] = (torch.UntypedStorage._new_shared(self.high_water) if self.shared
-                                 else torch.UntypedStorage(self.high_water))
         return Lease(self, slot, self._generation)
 
     def release(self, lease: Lease) -> None:
