@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import ssl4eo_zarr
-from ssl4eo_zarr.loader import Compose, RandomCrop, RandomD4, normalize
+from ssl4eo_zarr.loader import Compose, DeviceFeeder, RandomCrop, RandomD4, normalize
 
 
 class Encoder(torch.nn.Module):
@@ -57,12 +57,15 @@ def main() -> None:
                                   drop_last=True)
     model = Encoder(12).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # Workers that live through the run keep their buffers and read each epoch's first batch ahead. On CUDA the
+    # feeder copies straight from the workers' shared memory (page-locked in place): no pin_memory copy.
+    loader = DataLoader(ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
+    feed = DeviceFeeder(device, normalize=True) if device == "cuda" else None
     for epoch in range(args.epochs):
         ds.set_epoch(epoch)
         t0, seen, total, steps = time.perf_counter(), 0, 0.0, 0
-        loader = DataLoader(ds, batch_size=None, num_workers=args.workers, pin_memory=device == "cuda")
         for batch in loader:
-            x = normalize(batch, device=device)["S2L2A"]          # float32 [B, 2, 12, crop, crop]
+            x = (feed(batch) if feed else normalize(batch, device=device))["S2L2A"]  # float32 [B, 2, 12, crop, crop]
             loss = info_nce(model(x[:, 0]), model(x[:, 1]))
             opt.zero_grad()
             loss.backward()

@@ -93,21 +93,28 @@ def test_a_worker_waits_briefly_for_an_arena_the_consumer_is_handing_back():
 
 def test_a_training_loop_gets_every_batch_in_a_reused_arena(root):
     """The loop holds the batch it works on until the next arrives, and a worker ahead of it finds both arenas
-    taken for a moment: it waits for the one coming back instead of allocating (and paging in) fresh memory."""
+    taken for a moment: it waits for the one coming back instead of allocating (and paging in) fresh memory.
+    Each slot's first batch becomes its arena: every batch a slot carries, from the first on, lies in the same
+    memory."""
     import time
 
     ds = sz.ChunkDataset(root, split="val", batch_size=2, timestamps="all", seed=5)
     loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
     fresh = leased = 0
+    memory: dict[tuple, set] = {}
     for epoch in range(3):
         ds.set_epoch(epoch)
         for batch in loader:
             time.sleep(0.02)  # a training step: the worker gets ahead and fills both arenas
-            if getattr(batch, "_token", None) is None:
+            token = getattr(batch, "_token", None)
+            if token is None:
                 fresh += 1
             else:
                 leased += 1
-    assert leased > 40 and fresh <= 2, (leased, fresh)  # the first epoch's first batch sizes the arenas
+                ptrs = tuple(batch[m].untyped_storage().data_ptr() for m in ("S2L1C", "S2L2A", "S1GRD"))
+                memory.setdefault((token[3], token[2]), set()).add(ptrs)
+    assert leased > 40 and fresh <= 1, (leased, fresh)
+    assert len(memory) == 2 and all(len(p) == 1 for p in memory.values()), memory
 
 
 def test_a_late_release_never_frees_a_newer_lease():

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import sys
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -176,17 +173,16 @@ class ChunkDataset(IterableDataset):
         Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     prepare_next_epoch:
         With persistent workers, a worker that has delivered its epoch reads the first batch of the next one
-        on a background thread at the lowest CPU priority (Linux), so the epoch turn need not wait for a whole
-        chunk set: the thread uses cores the other workers leave idle while they finish the epoch and the
-        consumer its last steps. The next epoch is predicted from the last two a worker process served
-        (``set_epoch(epoch)`` every epoch: ``epoch + 1``; never calling it: the same epoch again), so it starts
-        with a process's second epoch, and worker processes that serve one epoch only (``persistent_workers=
-        False``) never read ahead; another epoch or a resumed state drops the prepared batch.
+        before it tells the DataLoader it is done, so the next epoch starts with a batch ready instead of
+        waiting for a whole chunk set. While a training step works through the batches still queued, that
+        read costs nothing; when the loader is the bottleneck it moves one batch's decode from the start of
+        the next epoch to the end of this one. The next epoch is predicted from the last two a worker process
+        served (``set_epoch(epoch)`` every epoch: ``epoch + 1``; never calling it: the same epoch again), so
+        reading ahead starts with a process's second epoch, and worker processes that serve one epoch only
+        (``persistent_workers=False``) never do it; another epoch or a resumed state drops the prepared batch.
         :attr:`read_ahead` counts what was used and dropped. Costs one batch decoded for nothing per worker
         after the last epoch. ``None`` (default): on for local files, off for URLs (there that batch would
-        also be downloaded for nothing); ``True`` / ``False`` force it. Measured in docs/benchmarks.md: with
-        a consumer at 80 % of the loader's pace the first batch of an epoch arrives after 0.01-0.02 s
-        instead of one chunk set's decode (0.7 s).
+        also be downloaded for nothing); ``True`` / ``False`` force it.
     fix_s1_order:
         S1GRD files published before the 2026-02-19 fix hold S1 in product-name order; by default each
         location's S1 timestamps are reordered to follow ``time_`` (so S1 season ``t`` pairs with S2 season
@@ -486,9 +482,9 @@ class ChunkDataset(IterableDataset):
         return {"used": int(used), "dropped": int(dropped)}
 
     def _prepare_next(self, worker: int, num_workers: int, pool: Any) -> None:
-        """In a worker that finished its epoch: read the predicted next epoch's first batch on a background
-        thread, so the epoch turn does not wait for a whole chunk set (the next :meth:`__iter__` takes it when
-        the epoch is the one predicted, and drops it otherwise)."""
+        """In a worker that delivered its epoch: read the predicted next epoch's first batch now, before the
+        DataLoader hears that this worker is done, so the epoch turn does not wait for a whole chunk set (the
+        next :meth:`__iter__` takes it when the epoch is the one predicted, and drops it otherwise)."""
         epoch = next_epoch(_SERVED.get(id(self), []))
         if epoch is None:
             return
@@ -498,13 +494,12 @@ class ChunkDataset(IterableDataset):
         spec = dataclasses.replace(self._spec(), epoch=epoch)
         job = _Prepared(epoch, worker, num_workers, mine, self._reader(spec, mine, shared=True), pool)
         _PREPARED[id(self)] = job
-        job.start()
+        job.read()
 
     def _take_prepared(self, worker: int, num_workers: int) -> _Prepared | None:
         job = _PREPARED.pop(id(self), None)
         if job is None:
             return None
-        job.join()
         if (job.epoch, job.worker, job.num_workers) == (self.epoch, worker, num_workers) and job.error is None \
                 and not self._resume_batches and worker not in self._resume_worker:
             self._read_ahead[worker % MAX_WORKERS, 0] += 1
@@ -568,7 +563,7 @@ class ChunkDataset(IterableDataset):
 
 
 class _Prepared:
-    """The next epoch's first batch of one worker, read on a background thread (see ``_prepare_next``)."""
+    """The next epoch's first batch of one worker, read when it delivered its epoch (see ``_prepare_next``)."""
 
     def __init__(self, epoch: int, worker: int, num_workers: int, mine: list[Batch], reader: Any, pool: Any):
         self.epoch, self.worker, self.num_workers, self.mine, self.reader, self.pool = (epoch, worker, num_workers,
@@ -576,21 +571,13 @@ class _Prepared:
         self.lease: Any = None
         self.out: Any = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ssl4eo-next-epoch", daemon=True)
 
-    def _run(self) -> None:
-        _lowest_priority()
+    def read(self) -> None:
         try:
             self.lease = self.pool.acquire() if self.pool is not None else None
             self.out = self.reader.batch(self.mine[0], self.lease)
-        except BaseException as exc:  # noqa: BLE001 - the epoch reads it again in the open and reports it then
+        except Exception as exc:  # noqa: BLE001 - the epoch reads it again in the open and reports it then
             self.error = exc
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self) -> None:
-        self._thread.join()
 
     def discard(self) -> None:
         """Not the epoch that came: give the arena back and close the reader."""
@@ -614,14 +601,6 @@ def next_epoch(served: Sequence[int]) -> int | None:
     if len(served) < 2:
         return None
     return served[-1] + (served[-1] - served[-2])
-
-
-def _lowest_priority() -> None:
-    """Run this thread at the lowest CPU priority: the read-ahead takes idle cores only, never the time of
-    workers still finishing their epoch (Linux sets niceness per thread; elsewhere it keeps the process's)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _probs(probs: Mapping[str, float] | Sequence[float], found: Sequence[str]) -> list[float]:
