@@ -2,7 +2,8 @@
 state, epoch turns, CPU per patch-timestamp) and the copies to the GPU, for several worker counts.
 
     python benchmarks/node.py [--workers 2 8 14] [--per-worker 4] [--device cuda|cpu] [--size 264]
-                              [--data bench-data/node] [--epochs 4]
+                              [--data bench-data/node] [--epochs 4] [--read-ahead auto|on|off] [--pace 0.8]
+                              [--blosc-threads N]
 
 Data: one full-size chunk file set (S2L1C + S2L2A + S1GRD, 64 locations x 4 timestamps x 264 px) generated
 once and copied to ``per-worker x max(workers)`` files (so every worker gets several), then ``sync`` so that no
@@ -89,8 +90,17 @@ def _spread(root: str, names: list[str], workers: int) -> list[list[str]]:
     return [[os.path.join(root, "train", m, n) for n in names[w::workers] for m in MODS] for w in range(workers)]
 
 
+def _blosc_threads() -> None:
+    """Worker start: blosc's own threads per process as ``--blosc-threads`` asks (numcodecs' default otherwise)."""
+    n = int(os.environ.get("NODE_BLOSC_THREADS", "0"))
+    if n:
+        import numcodecs.blosc
+
+        numcodecs.blosc.set_nthreads(n)
+
+
 def ceiling(root: str, names: list[str], workers: int) -> dict:
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=_blosc_threads) as pool:
         pool.map(_decode_worker, _spread(root, names[:workers], workers))  # page cache and imports warm
         t0 = time.perf_counter()
         results = pool.map(_decode_worker, _spread(root, names, workers))
@@ -100,7 +110,7 @@ def ceiling(root: str, names: list[str], workers: int) -> dict:
 
 
 def raw(root: str, names: list[str], workers: int) -> dict:
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=_blosc_threads) as pool:
         t0 = time.perf_counter()
         results = pool.map(_raw_worker, _spread(root, names, workers))
         seconds = time.perf_counter() - t0
@@ -128,7 +138,7 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
     ds = ChunkDataset(root, split="train", modalities=MODS, seed=0, prepare_next_epoch=read_ahead)
     pin = mode == "pinned" and device == "cuda"
     loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True, pin_memory=pin,
-                        multiprocessing_context="fork")
+                        multiprocessing_context="fork", worker_init_fn=lambda _: _blosc_threads())
     feed = DeviceFeeder(device, normalize=True) if mode == "feeder" else None
     def step(batch) -> None:
         out = feed(batch) if mode == "feeder" else normalize(batch, device=device) if mode != "cpu" else None
@@ -165,14 +175,19 @@ def main() -> None:
     parser.add_argument("--data", default="bench-data/node")
     parser.add_argument("--read-ahead", choices=("auto", "on", "off"), default="auto",
                         help="ChunkDataset(prepare_next_epoch=None/True/False): the next epoch's first batch")
+    parser.add_argument("--blosc-threads", type=int, default=0,
+                        help="blosc threads per process (workers and ceiling); 0: numcodecs' default, which "
+                             "is up to 8 per process, i.e. many more threads than cores at 14 workers")
     parser.add_argument("--pace", type=float, default=0.8,
                         help="the paced run's consumer takes batches at this fraction of the loader's steady rate")
     args = parser.parse_args()
     n_files = args.per_worker * max(args.workers)
     names = ensure_files(args.data, n_files, args.size)
     read_ahead = {"auto": None, "on": True, "off": False}[args.read_ahead]
+    os.environ["NODE_BLOSC_THREADS"] = str(args.blosc_threads)
     print(f"# {machine()}; device {args.device}; {n_files} files ({args.per_worker} per worker at "
-          f"{max(args.workers)} workers) of {args.size} px; {args.epochs} epochs, persistent workers")
+          f"{max(args.workers)} workers) of {args.size} px; {args.epochs} epochs, persistent workers; "
+          f"read-ahead {args.read_ahead}; blosc threads {args.blosc_threads or 'default'}")
     print("\n| workers | ceiling /s | raw /s | ChunkDataset /s (x ceiling) | epoch 1 /s (x steady) | epoch turn s | "
           "epoch turn at pace s | first batch s | CPU ms / patch-ts (x ceiling's) | pinned + normalize /s | "
           "pageable + normalize /s | DeviceFeeder /s (x CPU-only) |")
