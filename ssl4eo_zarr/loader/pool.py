@@ -2,7 +2,8 @@
 let go of the batch that used it.
 
 Blosc decodes about twice as fast into memory that is already mapped than into fresh pages, so each worker
-keeps ``slots`` arenas (one per batch in flight). A batch is made in one arena and travels to the main process
+keeps ``slots`` arenas (one per batch in flight). A batch is made in one arena (its tensors in the arena's
+segments, the first batch's own memory: see :meth:`Lease.alloc`) and travels to the main process
 as a :class:`LeasedBatch`; when every tensor of it has been garbage-collected there (or pinned and dropped),
 a finalizer marks the arena free in a small shared table, and the worker may fill it again. A batch the user
 still holds is therefore never overwritten.
