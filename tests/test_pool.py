@@ -54,6 +54,27 @@ def test_an_arena_is_reused_only_after_its_batch_is_gone():
     assert int(table.tensor[pool.row, 2]) != 0 and keep  # slot 1 still leased by `keep`
 
 
+def test_batches_of_other_kinds_share_a_slots_segments_by_size():
+    """Subsets with other modalities (or a last partial batch) ask for tensors in another order or size: they
+    take the segments that fit instead of growing the arena."""
+    table = lease_table(1)
+    pool = BufferPool(table, 0, shared=False)
+
+    def batch(*sizes):
+        lease = pool.acquire()
+        tensors = [lease.alloc((n,), np.int16) for n in sizes]
+        ptrs = {t.untyped_storage().data_ptr() for t in tensors}
+        LeasedBatch({str(i): t for i, t in enumerate(tensors)}, lease.token, track=True)
+        del tensors
+        gc.collect()
+        return ptrs
+
+    first = batch(1000, 10)  # e.g. S2 then S1 of one subset
+    assert batch(10, 1000) == first, "the other order reuses both segments"
+    assert batch(500) <= first and batch(10, 10) <= first, "smaller batches fit"
+    assert sorted(s.nbytes() for s in pool.arenas[0]) == [20, 2000]
+
+
 def test_a_worker_waits_briefly_for_an_arena_the_consumer_is_handing_back():
     """In a worker (shared memory) a full pool waits, bounded by the last batch's time, instead of faulting in a
     whole fresh set; once a wait runs out (the consumer keeps its batches) it stops waiting until an arena is

@@ -285,7 +285,7 @@ class Lease:
 
     def __init__(self, pool: BufferPool, slot: int | None, generation: int):
         self.pool, self.slot, self.generation = pool, slot, generation
-        self._count = 0
+        self._taken: set[int] = set()  # segments of the slot this lease has carved a tensor from
 
     @property
     def token(self) -> tuple | None:
@@ -296,27 +296,34 @@ class Lease:
     def alloc(self, shape: Sequence[int], dtype: np.dtype) -> torch.Tensor:
         """An uninitialised tensor ``shape`` of ``dtype`` (shared memory in DataLoader workers).
 
-        The ``k``-th tensor of a lease lives in segment ``k`` of its slot's arena. A segment that is missing or
-        too small is replaced by the fresh tensor's own memory, so the first batch a slot carries becomes its
-        arena: nothing is allocated twice while the buffers warm up, and batches of a steady shape find every
-        segment mapped already.
+        Each tensor of a lease lives in a segment of its slot's arena: the smallest one this lease has not used
+        yet that is large enough. When none is, the tensor gets fresh memory, which becomes a segment (in place
+        of an unused one that was too small), so the first batch a slot carries becomes its arena: nothing is
+        allocated twice while the buffers warm up, batches of a steady shape find every segment mapped already,
+        and batches that differ (subsets with other modalities, a last partial batch) share the segments
+        by size instead of growing the arena.
         """
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        k, self._count = self._count, self._count + 1
         if self.slot is None:
             return alloc(shape, dtype, shared=self.pool.shared)
         segments = self.pool.arenas[self.slot]
-        if k < len(segments) and segments[k].nbytes() >= nbytes:
+        free = [k for k in range(len(segments)) if k not in self._taken]
+        fits = [k for k in free if segments[k].nbytes() >= nbytes]
+        if fits:
+            k = min(fits, key=lambda j: segments[j].nbytes())
+            self._taken.add(k)
             tensor = alloc((0,), dtype, shared=False)
             return tensor.set_(segments[k], 0, tuple(shape))  # type: ignore[call-overload]
-        if k < len(segments):
-            segments[k] = _EMPTY  # drop the small one first: it may be the peak otherwise
-        tensor = alloc(shape, dtype, shared=self.pool.shared)
-        if k < len(segments):
-            segments[k] = tensor.untyped_storage()
+        if free:  # the largest unused one is too small: drop it first (it may be the peak otherwise)
+            k = max(free, key=lambda j: segments[j].nbytes())
+            segments[k] = _EMPTY
         else:
-            segments.append(tensor.untyped_storage())
+            k = len(segments)
+            segments.append(_EMPTY)
+        tensor = alloc(shape, dtype, shared=self.pool.shared)
+        segments[k] = tensor.untyped_storage()
+        self._taken.add(k)
         return tensor
 
 
