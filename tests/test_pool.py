@@ -134,8 +134,9 @@ def test_a_training_loop_gets_every_batch_in_a_reused_arena(root):
                 leased += 1
                 ptrs = tuple(batch[m].untyped_storage().data_ptr() for m in ("S2L1C", "S2L2A", "S1GRD"))
                 memory.setdefault((token[3], token[2]), set()).add(ptrs)
-    # A wait may run out now and then on a loaded machine (a batch in fresh memory); without waiting, half would.
-    assert leased > 40 and fresh <= 3, (leased, fresh)
+    # A wait may run out now and then on a loaded machine (a batch in fresh memory); without waiting, or with
+    # arenas that never come back, most batches would be fresh.
+    assert leased > 40 and fresh <= 6, (leased, fresh)
     assert len(memory) == 2 and all(len(p) == 1 for p in memory.values()), memory
 
 
@@ -251,7 +252,9 @@ def test_tensors_nested_by_a_transform_release_their_arena(root):
         assert isinstance(batch["pair"][0], torch.Tensor) and isinstance(batch["more"]["l1c"][0], torch.Tensor)
         leased += getattr(batch, "_token", None) is not None
         fresh += getattr(batch, "_token", None) is None
-    assert leased >= 15 and fresh <= 2, (leased, fresh)
+    # Nested tensors that never gave their arena back would leave every batch after the second in fresh memory;
+    # a loaded machine may run a wait out now and then.
+    assert leased >= 15 and fresh <= 4, (leased, fresh)
 
 
 def test_a_nested_batch_held_is_never_overwritten(root):
