@@ -292,6 +292,10 @@ class ChunkDataset(IterableDataset):
         self._resume_batches: int | None = None
         self._resume_worker: dict[int, int] = {}
         self._yielded: dict[int, int] = {}
+        # In a worker's own copy of the dataset: the next epoch's first batch read ahead, and the last two epochs
+        # it served (the next one is predicted from them; see `_prepare_next`).
+        self._prepared: _Prepared | None = None
+        self._served: list[int] = []
 
     # -- setup -----------------------------------------------------------------------------------------
     @staticmethod
@@ -485,7 +489,7 @@ class ChunkDataset(IterableDataset):
         """In a worker that delivered its epoch: read the predicted next epoch's first batch now, before the
         DataLoader hears that this worker is done, so the epoch turn does not wait for a whole chunk set (the
         next :meth:`__iter__` takes it when the epoch is the one predicted, and drops it otherwise)."""
-        epoch = next_epoch(_SERVED.get(id(self), []))
+        epoch = next_epoch(self._served)
         if epoch is None:
             return
         mine = self._plan(num_workers, epoch)[worker]
@@ -493,11 +497,11 @@ class ChunkDataset(IterableDataset):
             return
         spec = dataclasses.replace(self._spec(), epoch=epoch)
         job = _Prepared(epoch, worker, num_workers, mine, self._reader(spec, mine, shared=True), pool)
-        _PREPARED[id(self)] = job
         job.read()
+        self._prepared = job
 
     def _take_prepared(self, worker: int, num_workers: int) -> _Prepared | None:
-        job = _PREPARED.pop(id(self), None)
+        job, self._prepared = self._prepared, None
         if job is None:
             return None
         if (job.epoch, job.worker, job.num_workers) == (self.epoch, worker, num_workers) and job.error is None \
@@ -515,8 +519,7 @@ class ChunkDataset(IterableDataset):
         pool = worker_pool(self._leases, worker, shared=shared) if self._leases is not None else None
         ready = self._take_prepared(worker, num_workers) if shared else None
         if shared:
-            served = _SERVED.setdefault(id(self), [])
-            served[:] = [*served[-1:], self.epoch]
+            self._served = [*self._served[-1:], self.epoch]
         if ready is not None:
             mine, consumed, reader = ready.mine, 0, ready.reader
         else:
@@ -586,12 +589,6 @@ class _Prepared:
             self.pool.release(self.lease)
         if hasattr(self.reader, "close"):
             self.reader.close()
-
-
-#: Per dataset object in this worker process: the next epoch's first batch being read (see ``_prepare_next``).
-_PREPARED: dict[int, _Prepared] = {}
-#: Per dataset object in this worker process: the last two epochs it served (the next one is predicted from them).
-_SERVED: dict[int, list[int]] = {}
 
 
 def next_epoch(served: Sequence[int]) -> int | None:
