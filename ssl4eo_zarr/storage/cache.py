@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -129,6 +130,29 @@ class ByteCache:
             os.unlink(path)  # damaged: fetched again by the caller
         return None
 
+    def get_into(self, key: str, out: memoryview) -> bool:
+        """Read the entry under ``key`` straight into ``out`` (no copy), checked against its trailer; ``False``
+        when there is none of exactly ``len(out)`` bytes (a damaged entry is deleted)."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != len(out) + _TRAILER.size:
+                    return False
+                got = f.readinto(out)
+                trailer = f.read(_TRAILER.size)
+        except OSError:
+            return False
+        if got == len(out) and len(trailer) == _TRAILER.size:
+            magic, length, crc = _TRAILER.unpack(trailer)
+            if magic == _MAGIC and length == len(out) & 0xFFFFFFFF and crc == crc32(out):
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # most recently used
+                return True
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # damaged: fetched again by the caller
+        return False
+
     def put(self, key: str, data: bytes | memoryview, crc: int | None = None) -> None:
         """Keep ``data`` under ``key`` (atomically; an existing entry is replaced); ``crc``, its CRC-32 when the
         caller has it already. A full disk leaves nothing behind and is not an error: the data was read, it is
@@ -136,7 +160,7 @@ class ByteCache:
         path = self._path(key)
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # threads of a process may put one key at once
         view = memoryview(data).cast("B")
         try:
             with open(tmp, "wb") as f:

@@ -223,17 +223,14 @@ class ZipArchive:
         return ByteCache.key("zip", self.path, name, entry.header_offset, entry.compress_size, entry.crc)
 
     def _from_cache(self, name: str, entry: _Entry, view: memoryview) -> bool:
-        # Entries are checked against their own CRC, and only members that matched the directory's are kept.
+        # The entry's own trailer CRC is the member's (only members that matched the directory are kept).
         cache = self.cache
-        data = cache.get(self._cache_key(name, entry)) if cache is not None else None
-        if data is None or len(data) != len(view):
-            return False
-        view[:] = data
-        return True
+        return cache is not None and cache.get_into(self._cache_key(name, entry), view)
 
     def _to_cache(self, name: str, entry: _Entry, view: memoryview) -> None:
+        """Keep a member read remotely; call it once ``view`` matched ``entry.crc`` (only good bytes are kept)."""
         cache = self.cache
-        if cache is not None and crc32(view) == entry.crc:  # only what is known good is kept
+        if cache is not None:
             cache.put(self._cache_key(name, entry), view, crc=entry.crc)
 
     def _filesystem(self) -> tuple[Any, str]:
@@ -395,17 +392,20 @@ class ZipArchive:
         self._check_local_name(name, bytes(data[at + 30: at + 30 + name_len]))
         return memoryview(data)[begin: begin + entry.file_size]
 
-    def _read_stored(self, name: str, entry: _Entry, view: memoryview) -> None:
+    def _read_stored(self, name: str, entry: _Entry, view: memoryview) -> str:
+        """Member ``name`` into ``view``; where it came from: ``"tail"`` (read with the directory), ``"cache"``
+        (``cache_dir``, CRC-checked already) or ``"read"`` (the archive itself: the caller checks its CRC, then
+        keeps it with :meth:`_to_cache`)."""
         local = entry.header_offset - self._tail_start
         if self._tail and local >= 0:  # already read with the directory
             cached = self._view_in(name, entry, self._tail, local)
             if cached is not None and len(cached) == len(view):
                 view[:] = cached
-                return
+                return "tail"
         if self._from_cache(name, entry, view):
-            return
+            return "cache"
         self._read_remote(name, entry, view)
-        self._to_cache(name, entry, view)
+        return "read"
 
     def _read_remote(self, name: str, entry: _Entry, view: memoryview) -> None:
         fh = self._fh
@@ -453,9 +453,10 @@ class ZipArchive:
         """
         with self._lock:
             entry = self._entry(name, max_bytes)
-            if self._stored(entry):
+            stored, source = self._stored(entry), ""
+            if stored:
                 buf = bytearray(entry.file_size)
-                self._read_stored(name, entry, memoryview(buf))
+                source = self._read_stored(name, entry, memoryview(buf))
                 data = bytes(buf)
             else:
                 try:
@@ -473,6 +474,8 @@ class ZipArchive:
             )
         if crc32(data) != entry.crc:
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
+        if stored and source == "read":
+            self._to_cache(name, entry, memoryview(data))
         return data
 
     def read_into(self, name: str, scratch: ScratchBuffer, *, max_bytes: int = MAX_MEMBER_BYTES) -> memoryview:
@@ -489,15 +492,16 @@ class ZipArchive:
                 held = self._held.pop(name, None)
                 found = self._view_in(name, entry, held, 0) if held is not None else None
                 if found is not None and len(found) == entry.file_size:
-                    view = found
-                    self._to_cache(name, entry, view)
+                    view, source = found, "read"
                 else:  # not fetched ahead, or an extra field made the guessed range short
                     view = scratch.view(entry.file_size)
-                    self._read_stored(name, entry, view)
+                    source = self._read_stored(name, entry, view)
         if not stored:
             return memoryview(self.read(name, max_bytes=max_bytes))
-        if crc32(view) != entry.crc:
+        if source != "cache" and crc32(view) != entry.crc:  # a cache entry was checked as it was read
             raise CorruptFileError(self.path, "CRC-32 mismatch: the member is damaged", member=name)
+        if source == "read":
+            self._to_cache(name, entry, view)
         return view
 
     # -- prefetching (remote archives) -----------------------------------------------------------------
