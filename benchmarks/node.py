@@ -91,12 +91,15 @@ def _spread(root: str, names: list[str], workers: int) -> list[list[str]]:
 
 
 def _blosc_threads() -> None:
-    """Worker start: blosc's own threads per process as ``--blosc-threads`` asks (numcodecs' default otherwise)."""
+    """Worker start: blosc's own threads per process as ``--blosc-threads`` asks. numcodecs' default gives blosc
+    threads only in the main thread of the main process (``numcodecs.blosc._get_use_threads``): DataLoader workers
+    and pool processes decode single-threaded unless told otherwise (``use_threads``)."""
     n = int(os.environ.get("NODE_BLOSC_THREADS", "0"))
     if n:
         import numcodecs.blosc
 
         numcodecs.blosc.set_nthreads(n)
+        numcodecs.blosc.use_threads = n > 1
 
 
 def ceiling(root: str, names: list[str], workers: int) -> dict:
@@ -134,6 +137,7 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
 
     from ssl4eo_zarr import ChunkDataset
     from ssl4eo_zarr.loader import DeviceFeeder, normalize
+    from ssl4eo_zarr.loader.pool import kept_mappings
 
     ds = ChunkDataset(root, split="train", modalities=MODS, seed=0, prepare_next_epoch=read_ahead)
     pin = mode == "pinned" and device == "cuda"
@@ -154,7 +158,8 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
         if feed is not None:
             feed.synchronize()
         rows.append({"rate": r["samples"] / r["seconds"], "first": r["first_batch_s"], "n": r["samples"],
-                     "cpu_ms": 1000 * r["client_cpu_s"] / max(r["samples"], 1)})
+                     "cpu_ms": 1000 * r["client_cpu_s"] / max(r["samples"], 1),
+                     "arenas_gb": sum(kept_mappings().values()) / 2**30})
     del loader
     steady = rows[1:] or rows
     # The first turn comes before a worker process has served two epochs (read-ahead starts with the second).
@@ -162,6 +167,7 @@ def chunkdataset(root: str, workers: int, epochs: int, device: str | None = None
     return {"warmup": rows[0]["rate"], "rate": sum(r["n"] for r in steady) / sum(r["n"] / r["rate"] for r in steady),
             "turn": max(r["first"] for r in later), "turns": [r["first"] for r in rows[1:]],
             "first": rows[0]["first"], "rates": [r["rate"] for r in rows], "read_ahead": getattr(ds, "read_ahead", None),
+            "arenas_gb": [r["arenas_gb"] / workers for r in rows],
             "cpu_ms": sum(r["cpu_ms"] * r["n"] for r in steady) / sum(r["n"] for r in steady)}
 
 
@@ -177,7 +183,7 @@ def main() -> None:
                         help="ChunkDataset(prepare_next_epoch=None/True/False): the next epoch's first batch")
     parser.add_argument("--blosc-threads", type=int, default=0,
                         help="blosc threads per process (workers and ceiling); 0: numcodecs' default, which "
-                             "is up to 8 per process, i.e. many more threads than cores at 14 workers")
+                             "decodes single-threaded in worker processes")
     parser.add_argument("--pace", type=float, default=0.8,
                         help="the paced run's consumer takes batches at this fraction of the loader's steady rate")
     args = parser.parse_args()

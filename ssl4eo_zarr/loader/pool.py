@@ -16,6 +16,13 @@ consumer is keeping batches, so the worker allocates fresh memory (logged at deb
 until it next finds an arena free. It never waits forever, and never in the consuming process itself (with
 ``num_workers=0`` the arenas can only come back from the thread that would be waiting).
 
+While the buffers warm up, a worker whose free slots are all still empty and whose arenas are all out with
+batches first waits for an arena to come back, as long as all its waiting so far stays below what making a new
+arena was measured to cost (rent or buy): a consumer that keeps up drops each batch a few milliseconds after it
+arrives, so a loader-bound worker warms up a single arena (one batch of fresh shared memory instead of two);
+behind a slower consumer a wait runs past a quarter of that cost, and the second arena is made then. Fresh pages
+are the warm-up's main cost: 0.4-0.6 s/GB to map in, up to 9 s/GB on VMs whose host takes freed memory back.
+
 The shared table holds, per (worker process, slot), the generation of the lease (0 = free); a release only
 frees the lease it was made for, so a late or repeated release can never free an arena that was leased again.
 Rows belong to worker *processes*, not worker ids: each process claims a free row (one whose process has
@@ -321,7 +328,10 @@ class Lease:
         else:
             k = len(segments)
             segments.append(_EMPTY)
+        started = time.perf_counter()
         tensor = alloc(shape, dtype, shared=self.pool.shared)
+        self.pool.made_bytes += nbytes
+        self.pool.made_s += time.perf_counter() - started
         segments[k] = tensor.untyped_storage()
         self._taken.add(k)
         return tensor
@@ -345,24 +355,42 @@ class BufferPool:
         #: Whether to wait for an arena when all are held (off after a wait ran out, on again once one is free).
         self.patient = shared
         self.waits = self.timeouts = 0
+        #: Waits for an arena to come back instead of making a new one in an empty slot, and the seconds they
+        #: took in all (``rented``: since the last arena was made); bytes of new arena segments made and the
+        #: seconds that took (see :meth:`acquire`).
+        self.arena_waits = 0
+        self.arena_wait_s = self.rented = 0.0
+        self.made_bytes = 0
+        self.made_s = 0.0
         self._last_acquire: float | None = None
         #: This process's row of the table (not the worker id: another iterator's workers have the same ids).
         self.row = table.claim_row(self.pid)
 
-    def _free_slot(self) -> int | None:
-        row = self.table[self.row]
-        for slot in range(self.slots):
-            if int(row[1 + slot]) == 0:
-                return slot
-        return None
+    def _arena_cost(self) -> float:
+        """Seconds a new arena is expected to cost: the largest arena's bytes at the rate its segments were made
+        (allocated and mapped in)."""
+        if not self.made_bytes:
+            return 0.0
+        size = max(sum(s.nbytes() for s in segments) for segments in self.arenas)
+        return size * self.made_s / self.made_bytes
 
-    def _wait_for_slot(self, budget: float) -> int | None:
+    def _free_slot(self, *, mapped: bool = False) -> int | None:
+        """A free slot, one that holds an arena first (``mapped``: only such a one)."""
+        row = self.table[self.row].tolist()
+        free = [slot for slot in range(self.slots) if int(row[1 + slot]) == 0]
+        with_arena = [slot for slot in free if self.arenas[slot]]
+        if with_arena or mapped:
+            return with_arena[0] if with_arena else None
+        return free[0] if free else None
+
+    def _wait_for_slot(self, budget: float, *, mapped: bool = False) -> int | None:
         deadline = time.monotonic() + budget
         delay = 2e-4
         while time.monotonic() < deadline:
             time.sleep(delay)
-            delay = min(delay * 2, 5e-3)
-            slot = self._free_slot()
+            # An arena a consumer hands back with its next batch takes milliseconds: poll finely for those.
+            delay = min(delay * 2, 1e-3 if mapped else 5e-3)
+            slot = self._free_slot(mapped=mapped)
             if slot is not None:
                 return slot
         return None
@@ -374,8 +402,29 @@ class BufferPool:
         # The time since the previous batch bounds the wait: the consumer hands an arena back when it receives
         # its next batch, and a worker that is ahead is handed its next task at the consumer's pace, so that time
         # is one step of whichever is slower (twice it, for the step that takes longer than the last).
-        budget = min(max(2 * (now - self._last_acquire), 0.02), 2.0) if self._last_acquire is not None else 0.0
+        since = now - self._last_acquire if self._last_acquire is not None else 0.0
+        budget = min(max(2 * since, 0.02), 2.0) if self._last_acquire is not None else 0.0
         slot = self._free_slot()
+        if slot is not None and not self.arenas[slot] and self.shared and since:
+            # Only empty slots are free, and the arenas are out with batches. A consumer that keeps up drops a
+            # batch as soon as the next one arrives: waiting for that arena can be cheaper than making a new one
+            # (fresh pages cost 0.4-0.6 s/GB to map in, and up to 9 s/GB on VMs whose host takes freed memory
+            # back). Rent or buy: wait while all the waiting so far stays below what making the arena is
+            # measured to cost, then make it. A loader-bound worker warms up one arena instead of two. A single
+            # wait longer than a quarter of that cost means a consumer that holds its batches (a training step
+            # slower than the loader): it will need the arena, so make it then.
+            cost = self._arena_cost()
+            budget = min(cost - self.rented, cost / 4, 2 * since, 2.0)
+            if budget > 0:
+                self.arena_waits += 1
+                started = time.monotonic()
+                held = self._wait_for_slot(budget, mapped=True)
+                waited = time.monotonic() - started
+                self.rented += waited
+                self.arena_wait_s += waited
+                slot = held if held is not None else self._free_slot()
+            if slot is not None and not self.arenas[slot]:
+                self.rented = 0.0  # bought: the next empty slot is a decision of its own
         if slot is not None:
             self.patient = self.shared
         elif self.patient and budget:
