@@ -61,15 +61,19 @@ def populate(storage: torch.UntypedStorage) -> bool:
             fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             fn.restype = ctypes.c_int
             _madvise = fn
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # no C library to load by name (Windows)
             _madvise = False
     if not _madvise or storage.nbytes() < _PAGE:
         return False
     start = storage.data_ptr() & ~(_PAGE - 1)
     end = storage.data_ptr() + storage.nbytes()
     if _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
-        _madvise = False  # EINVAL before 5.14: do not ask again
-        return False
+        import ctypes
+        import errno
+
+        if ctypes.get_errno() == errno.EINVAL:  # before Linux 5.14, or another OS: do not ask again
+            _madvise = False
+        return False  # otherwise (out of memory): the pages fault in as written, as without the call
     return True
 
 
