@@ -111,6 +111,19 @@ class ByteCache:
     def __contains__(self, key: str) -> bool:
         return os.path.exists(self._path(key))
 
+    def _accept(self, path: str, data: memoryview, trailer: bytes) -> bool:
+        """Whether ``data`` matches the entry's ``trailer`` (then the entry is marked most recently used); a
+        damaged entry is deleted (fetched again by the caller)."""
+        if len(trailer) == _TRAILER.size:
+            magic, length, crc = _TRAILER.unpack(trailer)
+            if magic == _MAGIC and length == len(data) & 0xFFFFFFFF and crc == crc32(data):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+                return True
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return False
+
     def get(self, key: str) -> bytes | None:
         """The bytes kept under ``key``, checked against their trailer, or ``None`` (a damaged entry is deleted)."""
         path = self._path(key)
@@ -119,16 +132,8 @@ class ByteCache:
                 blob = f.read()
         except OSError:
             return None
-        if len(blob) >= _TRAILER.size:
-            magic, length, crc = _TRAILER.unpack_from(blob, len(blob) - _TRAILER.size)
-            data = memoryview(blob)[: len(blob) - _TRAILER.size]
-            if magic == _MAGIC and length == len(data) & 0xFFFFFFFF and crc == crc32(data):
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # most recently used
-                return blob[: -_TRAILER.size]
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # damaged: fetched again by the caller
-        return None
+        end = max(len(blob) - _TRAILER.size, 0)
+        return blob[:end] if self._accept(path, memoryview(blob)[:end], blob[end:]) else None
 
     def get_into(self, key: str, out: memoryview) -> bool:
         """Read the entry under ``key`` straight into ``out`` (no copy), checked against its trailer; ``False``
@@ -136,22 +141,13 @@ class ByteCache:
         path = self._path(key)
         try:
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size != len(out) + _TRAILER.size:
+                if os.fstat(f.fileno()).st_size != len(out) + _TRAILER.size:
                     return False
                 got = f.readinto(out)
                 trailer = f.read(_TRAILER.size)
         except OSError:
             return False
-        if got == len(out) and len(trailer) == _TRAILER.size:
-            magic, length, crc = _TRAILER.unpack(trailer)
-            if magic == _MAGIC and length == len(out) & 0xFFFFFFFF and crc == crc32(out):
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # most recently used
-                return True
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # damaged: fetched again by the caller
-        return False
+        return self._accept(path, out[:got], trailer)
 
     def put(self, key: str, data: bytes | memoryview, crc: int | None = None) -> None:
         """Keep ``data`` under ``key`` (atomically; an existing entry is replaced); ``crc``, its CRC-32 when the
