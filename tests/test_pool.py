@@ -153,7 +153,7 @@ def test_a_late_release_never_frees_a_newer_lease():
     assert newer.slot == 0
     from ssl4eo_zarr.loader.pool import _Release
 
-    _Release(*token, count=1)()  # a stale release of the older generation
+    _Release(*token)()  # a stale release of the older generation
     assert int(table.tensor[pool.row, 1]) == newer.generation != 0
 
 
@@ -370,3 +370,104 @@ def test_shared_buffers_come_mapped_in():
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     array[:] = 1
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 200, "2,048 pages faulted one by one"
+
+
+#: Ways of keeping a batch's memory without copying it, each tested alone (a view also holds the tensor it came
+#: from, which hid the others when they were kept together).
+KEEP_WAYS = {
+    "numpy": lambda b: b["S1GRD"].numpy(),
+    "detach": lambda b: b["S2L2A"].detach(),
+    "detach_numpy": lambda b: b["S2L2A"].detach().numpy()[:, :, 1],
+    "asarray": lambda b: np.asarray(b["S2L1C"]),
+    "from_numpy": lambda b: torch.from_numpy(b["S2L1C"].numpy()),
+    "storage": lambda b: b["S2L2A"].untyped_storage(),
+    "slice": lambda b: b["S2L2A"][1:],
+    "view": lambda b: b["S1GRD"].view(-1),
+}
+
+
+def _bytes_of(kept):
+    if isinstance(kept, torch.UntypedStorage):
+        return bytes(kept)
+    array = kept.numpy() if isinstance(kept, torch.Tensor) else kept
+    return np.ascontiguousarray(array).tobytes()
+
+
+@pytest.mark.parametrize("workers, way", [(2, w) for w in KEEP_WAYS] + [(0, "numpy"), (0, "detach")])
+def test_arrays_kept_without_the_batch_are_never_overwritten(root, workers, way):
+    """numpy arrays, detached tensors, views, slices and torch.from_numpy round trips kept after the batch itself
+    was dropped, over 4 epochs of persistent workers: none may change while the other arenas are reused, and
+    their arenas come back once they are let go."""
+    import time
+
+    kw = {"split": "val", "batch_size": 4, "timestamps": "all", "seed": 7}
+    ds = sz.ChunkDataset(root, buffer_slots=2, **kw)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    kept, leased, changed = [], 0, 0
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for k, batch in enumerate(loader):
+            time.sleep(0.01)  # a training step: workers get ahead and wait for arenas to come back
+            leased += getattr(batch, "_token", None) is not None
+            if epoch % 2 == 0 and k < max(workers, 1):  # the others are dropped whole: the other arenas are reused
+                things = [KEEP_WAYS[way](batch)]
+                kept.append((things, [_bytes_of(t) for t in things]))
+            del batch  # only the kept pieces remain
+            gc.collect()
+        if epoch % 2:  # let the kept pieces go: their arenas come back for the next epochs
+            changed += sum(_bytes_of(t) != b for things, digests in kept for t, b in zip(things, digests))
+            kept.clear()
+            gc.collect()
+    assert leased >= 16, f"only {leased} of 44 batches came in reused arenas"
+    assert changed == 0, f"{changed} kept arrays changed under the user's hands"
+
+
+def test_an_arena_comes_back_only_when_the_last_piece_of_its_memory_goes():
+    pool = BufferPool(lease_table(1), 0, shared=False)
+    ways = (lambda b: b["x"].numpy(), lambda b: b["x"].detach(), lambda b: b["nested"][0][0][1:],
+            lambda b: torch.from_numpy(b["x"].numpy()), lambda b: b["x"].untyped_storage(),
+            lambda b: b["nested"][0])
+    for keep in ways:
+        lease = pool.acquire()
+        assert lease.slot == 0
+        batch = LeasedBatch({"x": lease.alloc((16,), np.int16), "nested": [(lease.alloc((4,), np.uint8),)]},
+                            lease.token, track=True)
+        piece = keep(batch)
+        del batch
+        gc.collect()
+        assert pool.acquire().slot is None, "the arena came back while a piece of its memory is kept"
+        del piece
+        gc.collect()
+    assert pool.acquire().slot == 0
+
+
+def test_a_lease_comes_back_when_the_reader_or_transform_raises(root):
+    def boom(batch):
+        raise RuntimeError("transform failed")
+
+    ds = sz.ChunkDataset(root, split="val", batch_size=4, timestamps=0, transform=boom)
+    with pytest.raises(RuntimeError, match="transform failed"):
+        next(iter(ds))
+    pool = next(iter(ds._leases.pools.values()))
+    assert int(ds._leases.tensor[pool.row, 1:].count_nonzero()) == 0, "the failed batch's arena stayed taken"
+
+
+def test_pools_go_with_their_dataset():
+    """Datasets made and dropped in one process do not pile up arenas (the pools live on the lease table)."""
+    import weakref
+
+    from ssl4eo_zarr.loader.pool import worker_pool
+
+    table = lease_table(1)
+    pool = worker_pool(table, 0, shared=False)
+    assert worker_pool(table, 0, shared=False) is pool
+    gone = weakref.ref(pool)
+    del table, pool
+    gc.collect()
+    assert gone() is None
+
+
+def test_generations_differ_between_processes_rows():
+    table = lease_table(1)
+    a, b = BufferPool(table, 0, shared=False), BufferPool(table, 1, shared=False)
+    assert a.acquire().generation != b.acquire().generation, "both count from the same start"

@@ -535,27 +535,35 @@ class ChunkDataset(IterableDataset):
         finished = False
         try:
             for bi, batch in enumerate(mine):
-                if bi == 0 and ready is not None:
+                prepared = bi == 0 and ready is not None
+                if prepared:
                     lease, out = ready.lease, ready.out
                 else:
                     lease = pool.acquire() if pool is not None else None
-                    out = reader.batch(batch, lease)
-                self.skipped += reader.skipped
-                reader.skipped = []
-                if out is None and lease is not None:
-                    pool.release(lease)
+                try:
+                    if not prepared:
+                        out = reader.batch(batch, lease)
+                    self.skipped += reader.skipped
+                    reader.skipped = []
+                    if out is None and lease is not None:
+                        pool.release(lease)
+                    if out is not None:
+                        if self.transform is not None:
+                            # Seeded by the batch's identity, not its position, so a resumed epoch augments the same.
+                            f0, i0 = batch.rows[0]
+                            key = rng_for(self.seed, self.epoch, SALT_AUGMENT, self.rank, f0, i0, len(batch.rows))
+                            gen = torch.Generator().manual_seed(int(key.integers(0, 2**62)))
+                            out = call_transform(self.transform, out, gen)
+                        if self.normalize:
+                            out = normalize_batch(out, s2_offset=self.s2_offset)
+                        if lease is not None and lease.token is not None:
+                            # The arena comes back when nothing the consumer holds shares its memory any more.
+                            out = LeasedBatch(out, lease.token, track=not shared)
+                except BaseException:
+                    if lease is not None:  # never delivered: the arena is this worker's again
+                        pool.release(lease)
+                    raise
                 if out is not None:
-                    if self.transform is not None:
-                        # Seeded by the batch's identity, not its position, so a resumed epoch augments identically.
-                        f0, i0 = batch.rows[0]
-                        key = rng_for(self.seed, self.epoch, SALT_AUGMENT, self.rank, f0, i0, len(batch.rows))
-                        gen = torch.Generator().manual_seed(int(key.integers(0, 2**62)))
-                        out = call_transform(self.transform, out, gen)
-                    if self.normalize:
-                        out = normalize_batch(out, s2_offset=self.s2_offset)
-                    if lease is not None and lease.token is not None:
-                        # The arena comes back when the consumer has dropped every tensor of the batch.
-                        out = LeasedBatch(out, lease.token, track=not shared)
                     self._yielded[worker] = consumed + bi + 1
                     yield out
                     del out  # the consumer owns the batch now; holding it would double the worker's memory

@@ -29,10 +29,12 @@ Rows belong to worker *processes*, not worker ids: each process claims a free ro
 ended) under a file lock, so two DataLoader iterators over one dataset (two sets of workers with the same ids)
 never touch each other's leases.
 
-What keeps a batch's arena from being reused: any tensor of the batch, at any depth of the dicts, lists and
-tuples a transform returns, and any view of one (slices, ``reshape``, ``view``). What does not: a NumPy array
-from ``tensor.numpy()`` or a storage taken from it; copy (``np.array(t)``, ``t.clone()``) what you keep beyond
-the batch that way.
+What keeps a batch's arena from being reused: anything that shares its memory. A delivered batch's tensors are
+re-based, in the process that consumes them, onto storages of their own whose last reference is what hands the
+arena back (:func:`_own`): every tensor of the batch at any depth of the dicts, lists and tuples a transform
+returns, every view, slice, ``detach()``, ``tensor.numpy()`` array, ``torch.from_numpy`` round trip or storage
+taken from one keeps that storage, and so the arena, alive. Only copies (``clone()``, ``np.array(t)``,
+``.to("cuda")``) do not need it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ class LeaseTable:
         fd, self.lock_path = tempfile.mkstemp(prefix="ssl4eo-leases-", suffix=".lock")
         os.close(fd)
         weakref.finalize(self, _unlink, self.lock_path, os.getpid())
+        #: This process's pools, per worker id (see :func:`worker_pool`): they live as long as the table, so a
+        #: dataset that is dropped takes its arenas with it.
+        self.pools: dict[tuple[int, int], BufferPool] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, "lock_path": self.lock_path}  # pools are per process: never sent
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, pools={})
 
     @property
     def slots(self) -> int:
@@ -113,16 +124,12 @@ def lease_table(slots: int) -> LeaseTable:
 
 
 class _Release:
-    """Frees one lease once all tensors it tracks are gone (called from finalizers in the consuming process)."""
+    """Frees one lease (called once, from the finalizer of the batch's :class:`_Claim`, in the consuming process)."""
 
-    def __init__(self, table: torch.Tensor, worker: int, slot: int, pid: int, generation: int, count: int):
+    def __init__(self, table: torch.Tensor, worker: int, slot: int, pid: int, generation: int):
         self.table, self.worker, self.slot, self.pid, self.generation = table, worker, slot, pid, generation
-        self.left = count
 
     def __call__(self) -> None:
-        self.left -= 1
-        if self.left > 0:
-            return
         row = self.table[self.worker]
         if int(row[0]) == self.pid and int(row[1 + self.slot]) == self.generation:
             row[1 + self.slot] = 0
@@ -139,16 +146,58 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-def _track(data: Mapping[str, Any], token: tuple | None) -> None:
-    if token is None:
-        return
-    tensors = tensors_in(data)
-    if not tensors:
-        return
-    table, worker, slot, pid, generation = token
-    release = _Release(table, worker, slot, pid, generation, count=len(tensors))
-    for t in tensors:
-        weakref.finalize(t, release)
+class _Claim:
+    """One delivered batch's hold on its arena: when the last storage re-based onto it is freed (see
+    :func:`_own`), this object goes and its finalizer hands the arena back."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _Bytes:
+    """numpy's view of an arena storage's bytes (``__array_interface__``) that holds the storage mapped and the
+    batch's :class:`_Claim`; ``torch.from_numpy`` of it gives a storage whose deleter drops this object."""
+
+    def __init__(self, storage: torch.UntypedStorage, claim: _Claim):
+        self.storage, self.claim = storage, claim
+        self.__array_interface__ = {"shape": (storage.nbytes(),), "typestr": "|u1", "version": 3,
+                                    "data": (storage.data_ptr(), False)}
+
+
+def _own(obj: Any, claim: _Claim, storages: dict[int, torch.UntypedStorage]) -> Any:
+    """``obj`` with every tensor (at any depth of dicts, lists and tuples) re-based onto a storage that only this
+    batch's tensors share (``storages``: arena pointer -> new storage, so tensors that shared memory still do).
+
+    torch keeps one storage object per shared mapping and hands it to every batch that arrives in the same arena,
+    and ``detach()``, ``numpy()`` or a view hold that storage, not the tensor a finalizer could watch: tracking
+    tensor objects let kept arrays be overwritten. A storage made by ``torch.from_numpy`` over the same bytes is
+    this batch's alone; everything made from these tensors keeps it, and it keeps ``claim``.
+    """
+    if isinstance(obj, torch.Tensor):
+        old = obj.untyped_storage()
+        if old.nbytes() == 0 or obj.device.type != "cpu":
+            return obj
+        new = storages.get(old.data_ptr())
+        if new is None:
+            new = storages[old.data_ptr()] = torch.from_numpy(np.asarray(_Bytes(old, claim))).untyped_storage()
+        out = torch.empty(0, dtype=obj.dtype)
+        return out.set_(new, obj.storage_offset(), obj.shape, obj.stride())  # type: ignore[call-overload]
+    if isinstance(obj, Mapping):
+        return {k: _own(v, claim, storages) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_own(v, claim, storages) for v in obj]
+    if isinstance(obj, tuple):
+        values = [_own(v, claim, storages) for v in obj]
+        return type(obj)(*values) if hasattr(obj, "_fields") else type(obj)(values)
+    return obj
+
+
+def _claim(data: Mapping[str, Any], token: tuple | None) -> dict[str, Any]:
+    """``data`` re-based for the consuming process (see :func:`_own`), the lease freed when none of it is left."""
+    if token is None or not tensors_in(data):
+        return dict(data)
+    claim = _Claim()
+    weakref.finalize(claim, _Release(*token))
+    return {k: _own(v, claim, {}) for k, v in data.items()}
 
 
 #: The arenas' memory as last received, per (worker pid, slot), kept mapped in the consuming process: torch
@@ -240,28 +289,26 @@ def pin_in_place(batch: Mapping[str, Any]) -> bool:
 
 
 def _rebuild(data: dict[str, Any], token: tuple | None) -> LeasedBatch:
-    batch = LeasedBatch(data, token)
-    _track(batch, token)  # in the process that received the batch: it owns the tensors now
     if token is not None and KEEP_MAPPED:
         _table, _worker, slot, pid, _generation = token
         _keep_mapped(data, pid, slot)
-    return batch
+    return LeasedBatch(data, token, track=True)  # in the process that received the batch: it owns it now
 
 
 class LeasedBatch(dict):
     """A batch dict whose tensors live in a reused arena of a worker; behaves as a plain ``dict``.
 
-    The arena is handed back when every tensor of the batch (at any depth of nested dicts, lists and tuples)
-    and every view of one has been garbage-collected in the process that consumes it; a NumPy array from
-    ``tensor.numpy()`` does not keep it (see the module docstring). ``pin_memory()`` gives a plain dict of
-    pinned copies.
+    The arena is handed back when nothing in the consuming process shares its memory any more: no tensor of the
+    batch (at any depth of nested dicts, lists and tuples), no view, ``detach()``, ``numpy()`` array or storage
+    made from one (see the module docstring). ``pin_memory()`` gives a plain dict of pinned copies.
+
+    ``track=True`` (the process that consumes the batch) re-bases the tensors onto storages of this batch's own
+    that hand the lease back when they are freed; the tensors passed in are not the batch's after that.
     """
 
     def __init__(self, data: Mapping[str, Any] | None = None, token: tuple | None = None, *, track: bool = False):
-        super().__init__(data or {})
+        super().__init__(_claim(data or {}, token) if track else (data or {}))
         self._token = token
-        if track:
-            _track(self, token)
 
     def __reduce__(self):
         return _rebuild, (dict(self), self._token)
@@ -351,7 +398,9 @@ class BufferPool:
         self.slots = table.slots
         #: Per slot, the memory its batches are carved from (see :meth:`Lease.alloc`).
         self.arenas: list[list[torch.UntypedStorage]] = [[] for _ in range(self.slots)]
-        self._generation = 0
+        # Generations start at random per process, so a stale release from a process that had this row before
+        # cannot match a lease of ours (both counting from 1 would).
+        self._generation = int.from_bytes(os.urandom(4), "little") << 24
         #: Whether to wait for an arena when all are held (off after a wait ran out, on again once one is free).
         self.patient = shared
         self.waits = self.timeouts = 0
@@ -448,17 +497,15 @@ class BufferPool:
             self.table[self.row, 1 + lease.slot] = 0
 
 
-_POOLS: dict[tuple[int, int, int], BufferPool] = {}
-
-
 def worker_pool(table: LeaseTable, worker: int, *, shared: bool) -> BufferPool:
-    """The pool of this process for ``worker`` (kept across epochs, so persistent workers reuse their arenas)."""
-    key = (os.getpid(), worker, table.tensor.data_ptr())
-    pool = _POOLS.get(key)
+    """The pool of this process for ``worker`` (kept on ``table`` across epochs, so persistent workers reuse their
+    arenas; gone with the table, so datasets made and dropped do not pile up arenas)."""
+    key = (os.getpid(), worker)
+    pool = table.pools.get(key)
     if pool is None:
-        for old in [k for k in _POOLS if k[0] != os.getpid()]:  # inherited through fork: not ours
-            del _POOLS[old]
-        pool = _POOLS[key] = BufferPool(table, worker, shared=shared)
+        for old in [k for k in table.pools if k[0] != os.getpid()]:  # inherited through fork: not ours
+            del table.pools[old]
+        pool = table.pools[key] = BufferPool(table, worker, shared=shared)
     return pool
 
 
