@@ -180,7 +180,7 @@ def _own(obj: Any, claim: _Claim, storages: dict[int, torch.UntypedStorage]) -> 
         if new is None:
             new = storages[old.data_ptr()] = torch.from_numpy(np.asarray(_Bytes(old, claim))).untyped_storage()
         out = torch.empty(0, dtype=obj.dtype)
-        return out.set_(new, obj.storage_offset(), obj.shape, obj.stride())  # type: ignore[call-overload]
+        return out.set_(new, obj.storage_offset(), obj.shape, obj.stride())
     if isinstance(obj, Mapping):
         return {k: _own(v, claim, storages) for k, v in obj.items()}
     if isinstance(obj, list):
