@@ -77,7 +77,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                    months=[int(m) for m in args.months.split(",")] if args.months else None,
                    dates=args.dates.split(",") if args.dates else None, max_cloud=args.max_cloud,
                    metadata=args.metadata, limit=args.limit, seed=args.seed, to=args.to, workers=args.workers,
-                   dry_run=args.dry_run, progress=_progress)
+                   dry_run=args.dry_run, progress=_progress, index=args.index)
     if isinstance(result, FetchPlan):
         print(result.summary())
         return 0
@@ -85,6 +85,18 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     written = sum(len(v) for v in result.files.values())
     print(f"wrote {result.locations} locations in {written} files under {args.dst} ({result.nbytes / 1e9:.3f} GB "
           f"moved, {result.reused} members reused from an earlier run)")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .shardindex import load_index, write_index
+
+    out = write_index(args.src, args.output, split=args.split, modalities=args.modalities.split(","),
+                      workers=args.workers, progress=_progress)
+    index = load_index(out)
+    shards = {s for m in index.modalities for s in index.shard_names(m)}
+    print(f"indexed {len(shards)} shards x {len(index.modalities)} modalities of {args.split} "
+          f"({index.rows} members) into {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
     return 0
 
 
@@ -206,7 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("shards", "chunks"), help="output distribution (default: as the source)")
     p.add_argument("--workers", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--dry-run", action="store_true", help="print the selection, bytes and estimated time; write nothing")
+    p.add_argument("--index", help="index file of the source (`ssl4eo-zarr index`): plan without reading tar headers")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("index", help="write one Parquet file locating every member of a split's shards",
+                       description="Walk the tar headers of a split's shards once (many at a time) and write every "
+                                   "member's shard, key, offset and size per modality, with each shard's size and "
+                                   "version, to one file: ChunkDataset(index=), open_dataset(index=) and fetch "
+                                   "--index then read no header.")
+    p.add_argument("src", help="dataset root of WebDataset shards: path, http(s):// host, hf://datasets/..., s3://")
+    p.add_argument("--split", default="train")
+    p.add_argument("--modalities", required=True, help="comma-separated, e.g. S2L2A,DEM")
+    p.add_argument("-o", "--output", required=True, help="the Parquet file to write")
+    p.add_argument("--workers", type=int, default=32, help="shards walked at once (default 32)")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("convert", help="convert between chunk files and WebDataset tar shards")
     p.add_argument("src")

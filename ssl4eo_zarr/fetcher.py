@@ -36,7 +36,8 @@ import numpy as np
 from . import schema
 from .errors import DatasetNotFoundError, ModalityMismatchError, SSL4EOError
 from .layout import CHUNKS, SHARDS, ChunkSet, resolve, write_split_list
-from .storage import ByteCache, atomic_write, basename, exists, join, parent
+from .shardindex import WALK_WORKERS, load_index, root_of, shards_for_ids, table_path, walk
+from .storage import ByteCache, atomic_write, basename
 from .storage.lock import BuildLock, load_resumable, write_json
 from .storage.zip import crc32
 
@@ -114,29 +115,13 @@ def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
     return out
 
 
-def _table_path(root: str, split: str, storage_options: Mapping[str, Any] | None) -> str | None:
-    """The metadata table published at a root: the 2026 release's, else the first release's."""
-    for candidate in (join(root, f"{split}_metadata.parquet"), join(root, "splits", f"{split}_metadata.parquet")):
-        try:
-            if exists(candidate, storage_options):
-                return candidate
-        except OSError:
-            continue
-    return None
-
-
-def _root_of(sets: Sequence[ChunkSet]) -> str:
-    first = next(iter(sets[0].paths.values()))
-    return parent(parent(parent(first)))
-
-
-def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int,
-                   archive_kwargs: dict[str, Any]) -> list[dict[str, list[Any]]]:
-    from .shards import shard_index
-
+def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int, archive_kwargs: dict[str, Any],
+                   index: Any = None, progress: Any = None) -> list[dict[str, list[Any]]]:
     jobs = [(k, m) for k in range(len(sets)) for m in mods if m in sets[k].paths]  # a subset's own modalities
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = list(pool.map(lambda job: shard_index(sets[job[0]].paths[job[1]], **archive_kwargs), jobs))
+    if index is not None:
+        found = [index.members(m, sets[k].name) for k, m in jobs]
+    else:
+        found = walk([sets[k].paths[m] for k, m in jobs], workers=workers, progress=progress, **archive_kwargs)
     out: list[dict[str, list[Any]]] = [{} for _ in sets]
     for (k, m), members in zip(jobs, found):
         out[k][m] = members
@@ -168,11 +153,14 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
                bbox: Sequence[float] | None = None, months: Sequence[int] | None = None,
                dates: Sequence[Any] | None = None, max_cloud: float | None = None, metadata: str | None = None,
                limit: int | None = None, seed: int = 0, workers: int = 8,
-               storage_options: Mapping[str, Any] | None = None) -> FetchPlan:
+               storage_options: Mapping[str, Any] | None = None, index: str | None = None,
+               progress: Callable[..., Any] | None = None) -> FetchPlan:
     """The :class:`FetchPlan` of :func:`fetch` (same arguments), from indexes and the metadata table alone.
 
-    Shards are indexed from their tar headers, a request per header for large members: where the table says
-    which shard holds each candidate location (its ``tar`` column), only those shards are indexed."""
+    With ``index`` (an index file, :func:`~ssl4eo_zarr.shardindex.write_index`) no tar header is read.
+    Otherwise shards are indexed from their tar headers (:func:`~ssl4eo_zarr.shardindex.walk`, ``max(workers,
+    32)`` shards at once): where the table says which shard holds each candidate location (its ``tar``
+    column), only those shards."""
     from .shards import shard_version
 
     mods = [schema.modality_name(m) for m in modalities]
@@ -185,10 +173,10 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     ids = list(dict.fromkeys(read_ids(locations))) if locations is not None else None
     table, path, raw = None, None, None
     if filters or metadata is not None or (kind == SHARDS and ids is not None):
-        path = metadata or _table_path(_root_of(sets), split, storage_options)
+        path = metadata or table_path(root_of(sets), split, storage_options)
         if path is None and (filters or metadata is not None):
             raise SelectionError(f"--bbox/--months/--dates/--max-cloud need the metadata table: none at "
-                                 f"{_root_of(sets)}/{split}_metadata.parquet or .../splits/{split}_metadata.parquet; "
+                                 f"{root_of(sets)}/{split}_metadata.parquet or .../splits/{split}_metadata.parquet; "
                                  "pass metadata=PATH")
         if path is not None:
             from .metadata import read_metadata, read_table
@@ -201,9 +189,13 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     if filters:
         assert table is not None and path is not None
         candidates, table_steps = _filter_table(table, path, candidates, bbox, months, dates, max_cloud)
-    scan = _sets_to_index(sets, table, candidates) if kind == SHARDS else list(range(len(sets)))
+    scan = list(range(len(sets)))
+    if kind == SHARDS and candidates is not None and table is not None:
+        scan = shards_for_ids(sets, table, candidates) or scan
     scanned = [sets[k] for k in scan]
-    members = _shard_members(scanned, mods, workers, kw) if kind == SHARDS else None
+    loaded = load_index(index, storage_options) if index is not None else None
+    members = (_shard_members(scanned, mods, max(workers, WALK_WORKERS), kw, loaded, progress)
+               if kind == SHARDS else None)
     rows = ([[x.key for x in next(iter(by_mod.values()))] for by_mod in members] if members is not None
             else _chunk_rows(scanned, mods[0], workers, kw))
     where = {key: (scan[j], i, j) for j, keys in enumerate(rows) for i, key in enumerate(keys)}
@@ -247,13 +239,18 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     else:
         nbytes = _chunk_bytes(sets, sorted({s.set for s in selected}), mods, kw)
     used = sorted({s.set for s in selected})
-    versions = {sets[k].paths[m]: shard_version(sets[k].paths[m], storage_options) for k in used for m in mods
-                if m in sets[k].paths}
-    table_path = None
+    jobs = [(sets[k], m) for k in used for m in mods if m in sets[k].paths]
+    with ThreadPoolExecutor(max(workers, WALK_WORKERS)) as pool:  # a round trip each: overlap them
+        found = list(pool.map(lambda job: shard_version(job[0].paths[job[1]], storage_options), jobs))
+    versions = {cs.paths[m]: v for (cs, m), v in zip(jobs, found)}
+    if loaded is not None:
+        for (cs, m), v in zip(jobs, found):
+            loaded.check(cs.paths[m], m, cs.name, v)
+    kept_table = None
     if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
         table = table.loc[[s.key for s in selected if s.key in set(table.index)]]
-        table_path = path
-    return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, table_path, raw)
+        kept_table = path
+    return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, kept_table, raw)
 
 
 def _filter_table(table: Any, path: str, candidates: list[str] | None, bbox: Sequence[float] | None,
@@ -280,20 +277,6 @@ def _filter_table(table: Any, path: str, candidates: list[str] | None, bbox: Seq
         steps.append((f"--months {list(months)}", len(sub)))
     keep = set(sub.index)
     return [k for k in pool if k in keep], steps
-
-
-def _sets_to_index(sets: Sequence[ChunkSet], table: Any, candidates: Sequence[str] | None) -> list[int]:
-    """The shard sets to index: those the table's ``tar`` column names for the candidates, when it names one
-    for every candidate and each name is a set of the source; else all."""
-    everything = list(range(len(sets)))
-    if table is None or candidates is None or "tar" not in table.columns:
-        return everything
-    known = [k for k in candidates if k in table.index]
-    if len(known) < len(candidates):
-        return everything
-    names = {str(t).rsplit("/", 1)[-1] for t in table.loc[known, "tar"]}
-    by_name = {cs.name: k for k, cs in enumerate(sets)}
-    return sorted(by_name[n] for n in names) if names <= set(by_name) else everything
 
 
 def _chunk_bytes(sets: Sequence[ChunkSet], used: Sequence[int], mods: Sequence[str], kw: dict[str, Any]) -> int:
@@ -390,7 +373,7 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
           max_cloud: float | None = None, metadata: str | None = None, limit: int | None = None, seed: int = 0,
           to: str | None = None, workers: int = 8, dry_run: bool = False,
           storage_options: Mapping[str, Any] | None = None, progress: Callable[..., Any] | None = None,
-          per_shard: int = schema.LOCATIONS_PER_SHARD) -> FetchResult | FetchPlan:
+          per_shard: int = schema.LOCATIONS_PER_SHARD, index: str | None = None) -> FetchResult | FetchPlan:
     """Fetch a subset of SSL4EO-S12 v1.1 into a dataset root of its own (see the module docstring).
 
     Parameters
@@ -422,7 +405,10 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
     storage_options:
         Credentials (``{"headers": {"Authorization": ...}}``) or fsspec options for the source.
     progress:
-        A tqdm-like factory for a progress bar in bytes (the CLI passes tqdm).
+        A tqdm-like factory for progress bars (shards indexed, bytes fetched; the CLI passes tqdm).
+    index:
+        An index file of the source (``ssl4eo-zarr index``): planning then reads no tar header; a shard that
+        changed since it was made is refused (:class:`~ssl4eo_zarr.shardindex.StaleIndexError`).
 
     Returns
     -------
@@ -439,7 +425,7 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
     """
     plan = plan_fetch(source, split=split, modalities=modalities, locations=locations, bbox=bbox, months=months,
                       dates=dates, max_cloud=max_cloud, metadata=metadata, limit=limit, seed=seed, workers=workers,
-                      storage_options=storage_options)
+                      storage_options=storage_options, index=index, progress=progress)
     if dry_run:
         return plan
     target = to or plan.kind

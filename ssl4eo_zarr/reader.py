@@ -386,6 +386,7 @@ def open_dataset(
     cache_dir: str | None = None,
     cache_limit: int | str | None = None,
     subsets: Sequence[str] | None = None,
+    index: str | os.PathLike | None = None,
     **archive_kwargs: Any,
 ) -> xr.Dataset:
     """Open SSL4EO-S12 v1.1 chunk files lazily (dask-backed).
@@ -439,6 +440,9 @@ def open_dataset(
         A TerraMesh root (found by its shard names): the subsets to open (``["ssl4eos12"]``, ``["majortom"]``;
         default both). One Dataset holds the modalities every selected subset has, with a ``subset``
         coordinate; see :func:`ssl4eo_zarr.shardview.open_shard_dataset`.
+    index:
+        Shards: an index file of the source (``ssl4eo-zarr index``): opening reads no tar header (one version
+        check per shard; a shard changed since is refused with :class:`~ssl4eo_zarr.shardindex.StaleIndexError`).
     cache_dir, cache_limit:
         Keep every chunk (or shard member part) read from a URL in this folder, CRC-checked when reused, so
         reading it again is local (:class:`~ssl4eo_zarr.storage.ByteCache`; ``cache_limit="200GB"`` evicts the
@@ -469,10 +473,12 @@ def open_dataset(
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
                    distribution=distribution, subsets=subsets)
     if sets and sets[0].kind == SHARDS:
+        from .shardindex import load_index
         from .shardview import open_shard_dataset
 
+        loaded = load_index(os.fspath(index), storage_options) if index is not None else None
         ds = open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads,
-                                explicit=modalities is not None, **kwargs)
+                                explicit=modalities is not None, index=loaded, **kwargs)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order,
                          use_index=use_index, **kwargs)

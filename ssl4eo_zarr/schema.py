@@ -305,11 +305,26 @@ def parse_shard_name(name: str) -> int | None:
 @dataclass(frozen=True)
 class Subset:
     """A family of shards of a corpus: files ``{prefix}_shard_NNNNNN.tar`` numbered ``ranges[split]`` (first,
-    last) as published, holding the ``modalities`` listed (a modality folder lacks the other subsets' shards)."""
+    last) as published, holding the ``modalities`` listed (a modality folder lacks the other subsets' shards)
+    and ``samples[split]`` members in all, ``per_shard`` in each shard but the last (which holds the rest)."""
 
     prefix: str
     ranges: dict[str, tuple[int, int]]
     modalities: tuple[str, ...]
+    samples: dict[str, int] = field(default_factory=dict)
+    per_shard: int = 512
+
+    def counts(self, split: str) -> list[int] | None:
+        """Members of each published shard of ``split`` in numbering order, from the published totals alone;
+        ``None`` where no total is published."""
+        if split not in self.ranges or split not in self.samples:
+            return None
+        first, last = self.ranges[split]
+        n = last - first + 1
+        rest = self.samples[split] - self.per_shard * (n - 1)
+        if not 0 < rest <= self.per_shard:
+            raise AssertionError(f"{self.prefix} {split}: {self.samples[split]} members do not fill {n} shards")
+        return [self.per_shard] * (n - 1) + [rest]
 
 
 @dataclass(frozen=True)
@@ -345,7 +360,8 @@ class Corpus:
 
 SSL4EO_S12 = Corpus(
     name="ssl4eo-s12",
-    subsets=(Subset("ssl4eos12", {"train": (1, 477), "val": (1, 5)}, SHARD_MODALITIES),),
+    subsets=(Subset("ssl4eos12", {"train": (1, 477), "val": (1, 5)}, SHARD_MODALITIES,
+                    {"train": 243_968, "val": 2_176}, LOCATIONS_PER_SHARD),),
     timestamps=N_TIMESTAMPS,
     stats={m.name: (tuple(float(v) - m.offset for v in m.mean), m.std)
            for m in (S2L1C, S2L2A, S2RGB, S1GRD, DEM, NDVI) if m.mean},
@@ -354,9 +370,14 @@ SSL4EO_S12 = Corpus(
 )
 TERRAMESH = Corpus(
     name="terramesh",
+    # Members per subset from the published totals (9,089,536 train, 89,088 val): "up to 10,240 samples" per
+    # shard, filled shard by shard, agrees exactly with both totals and the shard numbering (inferred, so every
+    # shard is checked against it as it streams). SSL4EO-S12's are its 243,968 + 2,176 locations x 4 seasons.
     subsets=(Subset("majortom", {"train": (1, 793), "val": (1, 8)},
-                    ("S2L1C", "S2L2A", "S2RGB", "S1RTC", "NDVI", "LULC", "DEM")),
-             Subset("ssl4eos12", {"train": (794, 889), "val": (9, 9)}, SHARD_MODALITIES)),
+                    ("S2L1C", "S2L2A", "S2RGB", "S1RTC", "NDVI", "LULC", "DEM"),
+                    {"train": 8_113_664, "val": 80_384}, 10_240),
+             Subset("ssl4eos12", {"train": (794, 889), "val": (9, 9)}, SHARD_MODALITIES,
+                    {"train": 975_872, "val": 8_704}, 10_240)),
     timestamps=1,
     stats={
         "S2L1C": ((2357.090, 2137.398, 2018.799, 2082.998, 2295.663, 2854.548, 3122.860, 3040.571, 3306.491, 1473.849,
@@ -400,16 +421,32 @@ def detect_corpus(names: Iterable[str], *, complete: bool = False) -> Corpus:
     return SSL4EO_S12
 
 
-def published_shard_counts(split: str, names: Sequence[str]) -> list[int] | None:
-    """Locations per shard of a published split (512 each, the rest in the last), when ``names`` (file names or
-    paths) are exactly that split's published shard names in order; else ``None`` (count them instead: a
-    subset, a renumbered copy or a reordered list holds other numbers)."""
-    if split not in SHARD_SPLITS:
+def published_shard_counts(split: str, names: Sequence[str], corpus: Corpus | None = None) -> list[int] | None:
+    """Members per shard of a published split, from the published totals (SSL4EO-S12: 512 locations each, the
+    rest in the last; TerraMesh: 10,240 samples each, the rest in each subset's last), when ``names`` (file names
+    or paths, in order) are exactly the published shards of the subsets they name, each subset whole; else
+    ``None`` (count them instead: a subset of shards, a renumbered copy or a reordered list holds other numbers).
+    ``corpus`` defaults to SSL4EO-S12."""
+    corpus = corpus or SSL4EO_S12
+    base = _basenames(names)
+    parsed = [parse_shard(n) for n in base]
+    if not base or any(p is None for p in parsed):
         return None
-    n_shards, total = SHARD_SPLITS[split]
-    if _basenames(names) != [shard_name(i) for i in range(1, n_shards + 1)]:
-        return None
-    return [LOCATIONS_PER_SHARD] * (n_shards - 1) + [total - LOCATIONS_PER_SHARD * (n_shards - 1)]
+    out: list[int] = []
+    k = 0
+    while k < len(base):
+        prefix = parsed[k][0]  # type: ignore[index]
+        sub = corpus.subset(prefix)
+        counts = sub.counts(split) if sub is not None else None
+        if sub is None or counts is None:
+            return None
+        first, last = sub.ranges[split]
+        want = [shard_name(i, prefix) for i in range(first, last + 1)]
+        if base[k: k + len(want)] != want:
+            return None
+        out += counts
+        k += len(want)
+    return out
 
 
 def is_published_chunk_list(split: str, names: Sequence[str]) -> bool:

@@ -297,7 +297,7 @@ class ShardStream:
     the shard then walks the kept index instead of the tar headers and reads members from local disk (one
     request per shard to learn its version, and a range request for any member the cache lost)."""
 
-    def __init__(self, path: str, **archive_kwargs: Any):
+    def __init__(self, path: str, members: Sequence[Member] | None = None, **archive_kwargs: Any):
         self.path = path
         self._kwargs = archive_kwargs
         self.index = -1
@@ -306,7 +306,9 @@ class ShardStream:
         self.cache = byte_cache(archive_kwargs.get("cache_dir"), archive_kwargs.get("cache_limit")) \
             if is_url(path) else None
         self.version = shard_version(path, archive_kwargs.get("storage_options")) if self.cache is not None else None
-        self._kept = kept_shard_index(path, self.version) if self.cache is not None else None
+        # Members known beforehand (an index file, a walk at construction) are read by range, headers unread.
+        self._kept = list(members) if members is not None else \
+            kept_shard_index(path, self.version) if self.cache is not None else None
         self._walked: list[Member] = []
         self.complete = False
         self._fh: Any = None

@@ -23,6 +23,7 @@ from . import schema
 from .chunkfile import member_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import ChunkSet
+from .shardindex import WALK_WORKERS
 from .shards import Member, MemberArchive, bands_meta, member_metadata, member_modality, read_time, shard_index
 from .zarrv2 import GroupMeta, read_array, read_group
 
@@ -159,7 +160,8 @@ def _check_keys(sets: Sequence[ChunkSet], indexes: dict[str, list[list[Member]]]
 
 
 def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_s1_order: bool = True,
-                       threads: int | None = None, explicit: bool = True, **archive_kwargs: Any) -> xr.Dataset:
+                       threads: int | None = None, explicit: bool = True, index: Any = None,
+                       **archive_kwargs: Any) -> xr.Dataset:
     """One multi-modal Dataset over the shards ``sets`` (see :func:`ssl4eo_zarr.open_dataset`).
 
     Variables: ``<MOD>`` ``[sample, time, band_<MOD>, y, x]`` (static modalities such as DEM
@@ -185,9 +187,18 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
     if not mods:
         raise ModalityMismatchError(f"the shards share no modality: {[sorted(cs.paths) for cs in sets][:3]}")
     jobs = [(m, cs.paths[m]) for m in mods for cs in sets]
-    threads = 8 if threads is None else threads
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        found = list(pool.map(lambda job: shard_index(job[1], **archive_kwargs), jobs))
+    if index is not None:  # an index file (ssl4eo_zarr.shardindex): no header read, each shard's version checked
+        from .shards import shard_version
+
+        names = [cs.name for _m in mods for cs in sets]
+        found = [index.members(m, name) for (m, _p), name in zip(jobs, names)]
+        with ThreadPoolExecutor(32) as pool:
+            versions = list(pool.map(lambda job: shard_version(job[1], archive_kwargs.get("storage_options")), jobs))
+        for (m, path), name, version in zip(jobs, names, versions):
+            index.check(path, m, name, version)
+    else:
+        with ThreadPoolExecutor(max(1, WALK_WORKERS if threads is None else threads)) as pool:
+            found = list(pool.map(lambda job: shard_index(job[1], **archive_kwargs), jobs))
     indexes = {m: found[k * len(sets): (k + 1) * len(sets)] for k, m in enumerate(mods)}
     _check_keys(sets, indexes)
     ref = schema.reference_modality(mods)

@@ -38,6 +38,10 @@ class ReadSpec:
     mix: int = 1
     reindex_seasonal: bool = False
     prefetch: int = 1
+    #: Shards: member lists known before reading (path -> members), read by range; others stream their headers.
+    members: dict[str, list[Any]] = field(default_factory=dict)
+    #: Where ``counts`` came from, named when a shard holds another count.
+    counted: str = "its index"
 
     @property
     def single(self) -> bool:

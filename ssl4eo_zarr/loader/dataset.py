@@ -17,6 +17,7 @@ from .. import schema
 from ..chunkfile import open_chunk
 from ..errors import DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..layout import SHARDS, ChunkSet, resolve
+from ..shardindex import WALK_WORKERS, counts_from_index, known_counts, load_index, read_root_table, shards_for_ids, walk
 from ..shards import shard_index
 from ..storage import is_url
 from ..storage.cache import check_cache_options
@@ -155,8 +156,15 @@ class ChunkDataset(IterableDataset):
         Applies to both distributions, so the same locations give identical tensors from either.
     samples:
         Only these locations (7-digit ids; or a table with a ``sample`` column or index such as
-        :func:`ssl4eo_zarr.read_metadata` returns, e.g. filtered by cloud fraction or bounding box). Their files
-        are opened once at construction to find them; nothing is decoded.
+        :func:`ssl4eo_zarr.read_metadata` returns, e.g. filtered by cloud fraction or bounding box). Chunk files
+        are opened once at construction to find them; of shards only those that hold one are indexed (the
+        ``index`` file, else the root's metadata table's ``tar`` column names them; else every shard's headers
+        are walked, 32 shards at once), and workers read just the wanted members, by range. Nothing is decoded.
+    index:
+        Shards: an index file of the source (``ssl4eo-zarr index``, local path or URL): counts and member
+        places come from it, no tar header is read; a shard that changed since is refused
+        (:class:`~ssl4eo_zarr.shardindex.StaleIndexError`). Without it the published shards' counts come from the
+        published totals (SSL4EO-S12 and TerraMesh) and are checked as each shard streams.
     reindex_seasonal:
         Order each location's timestamps by month of year instead of date (the published loader's option),
         following the reference S2 modality's acquisition times; index/list ``timestamps`` refer to that order.
@@ -165,8 +173,8 @@ class ChunkDataset(IterableDataset):
     buffer_slots:
         Reused shared-memory arenas per worker (each holds one batch; 0 turns reuse off). A batch's arena is
         reused only after the consuming process has dropped every tensor of it (at any depth of the dicts,
-        lists and tuples a transform returns) and every view of one, so batches you keep are never
-        overwritten (an array from ``tensor.numpy()`` does not keep its batch: copy what you keep so); when
+        lists and tuples a transform returns) and everything that shares its memory (views, ``detach()``,
+        ``numpy()`` arrays, storages), so nothing you keep is ever overwritten; when
         all arenas are held the worker waits briefly for one coming back (bounded by twice the time since its
         previous batch) and otherwise allocates fresh memory, never blocking for long. Arenas are made as
         needed: a worker whose arenas are out with batches waits for one to come back rather than make
@@ -228,6 +236,7 @@ class ChunkDataset(IterableDataset):
         buffer_slots: int = 2,
         prefetch: int = 1,
         prepare_next_epoch: bool | None = None,
+        index: str | os.PathLike | None = None,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -288,6 +297,11 @@ class ChunkDataset(IterableDataset):
         # Made here, before the DataLoader starts its workers, so that they and the main process share it.
         self._leases = lease_table(self.buffer_slots) if self.buffer_slots else None
         self.skipped: list[str] = []
+        self.index = os.fspath(index) if index is not None else None
+        #: Where counts come from when not from the shards themselves (named when a shard disagrees).
+        self._counted = "its index"
+        #: Member lists of the shards a selection reads (by range, no header walk in the workers).
+        self.members: dict[str, list[Any]] = {}
         self.counts = self._sample_counts(samples_per_file, samples)
         # Shared memory, so that persistent DataLoader workers (which keep their own copy of the dataset) see
         # the epoch set in the main process.
@@ -367,33 +381,80 @@ class ChunkDataset(IterableDataset):
                     raise
                 return None  # the worker skips the file and reports the error then
 
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(WALK_WORKERS) as pool:  # header walks are round trips: overlap many
             return list(pool.map(keys, self.sets))
 
     def _sample_counts(self, given: int | Sequence[int] | None, samples: Any) -> list[int]:
         n = len(self.sets)
+        index = load_index(self.index, self.archive_kwargs.get("storage_options")) if self.index else None
         if samples is not None:
-            wanted = _sample_ids(samples)
-            scanned = self._scan()
-            self.rows = [[i for i, k in enumerate(keys) if k in wanted] if keys else [] for keys in scanned]
-            return [len(keys) if keys else 0 for keys in scanned]
+            return self._subset_counts(_sample_ids(samples), index)
         if isinstance(given, int):
             return [given] * n
         if given is not None:
             if len(given) != n:
                 raise ValueError(f"samples_per_file lists {len(given)} counts for {n} files")
             return [int(c) for c in given]
+        if index is not None and self.streaming:
+            return counts_from_index(index, self.sets, self.modalities)
         splits = {cs.split for cs in self.sets}
         split = splits.pop() if len(splits) == 1 else None
         names = [cs.name for cs in self.sets]
-        if self.streaming and split is not None:
-            published = schema.published_shard_counts(split, names)
-            if published is not None:  # the published shards: 512 each, the rest in the last
+        if self.streaming:
+            published = known_counts(self.sets)
+            if published is not None:  # the published shards: counts from the published totals, checked as read
+                self._counted = "the published totals"
                 return published
         if not self.streaming and split is not None and schema.is_published_chunk_list(split, names):
             return [schema.SAMPLES_PER_FILE] * n  # the published files hold exactly 64 locations each
         default = schema.LOCATIONS_PER_SHARD if self.streaming else schema.SAMPLES_PER_FILE
         return [len(keys) if keys is not None else default for keys in self._scan()]
+
+    def _subset_counts(self, wanted: set[str], index: Any) -> list[int]:
+        """Counts and ``self.rows`` for a selection of locations: only the shards that hold one are read, found
+        through an index file, or the root's metadata table (its ``tar`` column), else by walking every shard;
+        the member lists of those shards go to the workers, which then read the wanted members by range."""
+        n = len(self.sets)
+        scan = list(range(n))
+        if self.streaming and index is None:
+            try:
+                table = read_root_table(self.sets, self.archive_kwargs.get("storage_options"))
+            except (OSError, ImportError, ValueError):
+                table = None  # no table (or geopandas): every shard is walked
+            scan = (shards_for_ids(self.sets, table, wanted) if table is not None else None) or scan
+        keys: list[list[str] | None] = [[] for _ in range(n)]
+        if self.streaming:
+            jobs = [(k, m) for k in scan for m in self.modalities if m in self.sets[k].paths]
+            if index is not None:
+                found = [index.members(m, self.sets[k].name) for k, m in jobs]
+                self._check_index(index, jobs)
+            else:
+                found = walk([self.sets[k].paths[m] for k, m in jobs], **self.archive_kwargs)
+            for (k, m), members in zip(jobs, found):
+                self.members[self.sets[k].paths[m]] = members
+                if keys[k] == []:
+                    keys[k] = [x.key for x in members]
+                elif [x.key for x in members] != keys[k]:
+                    raise ModalityMismatchError(f"{self.sets[k].paths[m]} holds other locations than the shards of "
+                                                f"the other modalities of {self.sets[k].name}")
+        else:
+            scanned = self._scan()
+            keys = list(scanned)
+        self.rows = [[i for i, k in enumerate(ks) if k in wanted] if ks else [] for ks in keys]
+        # Shards that hold none of the selection are never opened: their members stay out of what workers get.
+        self.members = {p: v for k, cs in enumerate(self.sets) if self.rows[k] for p, v in
+                        ((cs.paths[m], self.members[cs.paths[m]]) for m in self.modalities
+                         if cs.paths.get(m) in self.members)}
+        return [len(ks) if ks else 0 for ks in keys]
+
+    def _check_index(self, index: Any, jobs: Sequence[tuple[int, str]]) -> None:
+        from ..shards import shard_version
+
+        paths = [self.sets[k].paths[m] for k, m in jobs]
+        with ThreadPoolExecutor(32) as pool:
+            versions = list(pool.map(lambda p: shard_version(p, self.archive_kwargs.get("storage_options")), paths))
+        for (k, m), path, version in zip(jobs, paths, versions):
+            index.check(path, m, self.sets[k].name, version)
 
     # -- epochs, length, resume ------------------------------------------------------------------------
     @property
@@ -476,7 +537,7 @@ class ChunkDataset(IterableDataset):
                         return_metadata=self.return_metadata, s2_offset=self.s2_offset,
                         fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
-                        prefetch=self.prefetch)
+                        prefetch=self.prefetch, members=self.members, counted=self._counted)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)

@@ -47,8 +47,9 @@ class ShardReader:
     def _open(self, s: int) -> dict[str, ShardStream]:
         self._close(s)
         paths = self.spec.sets[s].paths
-        self.streams[s] = {m: ShardStream(paths[m], **self.spec.archive_kwargs) for m in self.spec.modalities
-                           if m in paths}
+        known = self.spec.members
+        self.streams[s] = {m: ShardStream(paths[m], known.get(paths[m]), **self.spec.archive_kwargs)
+                           for m in self.spec.modalities if m in paths}
         return self.streams[s]
 
     def _close(self, s: int) -> None:
@@ -76,9 +77,9 @@ class ShardReader:
                     warnings.warn(f"after the last location of {self.spec.sets[s].name}: {exc}", RuntimeWarning,
                                   stacklevel=3)
         if longer:
-            message = (f"{', '.join(longer)} hold(s) more than the {self.spec.counts[s]} locations of "
-                       f"{self.spec.sets[s].name} in the other modalities: the shards of all modalities must hold "
-                       "the same locations")
+            message = (f"{', '.join(longer)} hold(s) more than the {self.spec.counts[s]} members of "
+                       f"{self.spec.sets[s].name} that {self.spec.counted} said: the shards of all modalities must "
+                       "hold the same locations, the published ones as many as published")
             if self.spec.on_error == "raise":
                 raise ModalityMismatchError(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -90,8 +91,8 @@ class ShardReader:
         first = streams[mods[0]]
         lead = members[mods[0]]
         if lead is None:
-            raise CorruptFileError(first.path, f"the shard ends after {first.index} locations; its index said more "
-                                               "(the file changed or is truncated)")
+            raise CorruptFileError(first.path, f"the shard ends after {first.index + 1} members; {self.spec.counted} "
+                                               f"said {self.spec.counts[s]} (the file changed or is truncated)")
         for m in mods[1:]:
             other = members[m]
             if other is None or other.key != lead.key:
