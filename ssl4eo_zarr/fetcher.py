@@ -116,12 +116,14 @@ def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
 
 
 def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int, archive_kwargs: dict[str, Any],
-                   index: Any = None, progress: Any = None) -> list[dict[str, list[Any]]]:
+                   index: Any = None, progress: Any = None,
+                   until: Sequence[set[str] | None] | None = None) -> list[dict[str, list[Any]]]:
     jobs = [(k, m) for k in range(len(sets)) for m in mods if m in sets[k].paths]  # a subset's own modalities
     if index is not None:
         found = [index.members(m, sets[k].name) for k, m in jobs]
     else:
-        found = walk([sets[k].paths[m] for k, m in jobs], workers=workers, progress=progress, **archive_kwargs)
+        found = walk([sets[k].paths[m] for k, m in jobs], workers=workers, progress=progress,
+                     until=[until[k] for k, _m in jobs] if until is not None else None, **archive_kwargs)
     out: list[dict[str, list[Any]]] = [{} for _ in sets]
     for (k, m), members in zip(jobs, found):
         out[k][m] = members
@@ -190,12 +192,13 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
         assert table is not None and path is not None
         candidates, table_steps = _filter_table(table, path, candidates, bbox, months, dates, max_cloud)
     scan = list(range(len(sets)))
-    if kind == SHARDS and candidates is not None and table is not None:
-        scan = shards_for_ids(sets, table, candidates) or scan
+    holding = shards_for_ids(sets, table, candidates) if kind == SHARDS and candidates is not None else None
+    if holding:  # the table names each candidate's shard: walk those, each up to its last candidate
+        scan = list(holding)
     scanned = [sets[k] for k in scan]
     loaded = load_index(index, storage_options) if index is not None else None
-    members = (_shard_members(scanned, mods, max(workers, WALK_WORKERS), kw, loaded, progress)
-               if kind == SHARDS else None)
+    members = (_shard_members(scanned, mods, max(workers, WALK_WORKERS), kw, loaded, progress,
+                              [holding[k] for k in scan] if holding else None) if kind == SHARDS else None)
     rows = ([[x.key for x in next(iter(by_mod.values()))] for by_mod in members] if members is not None
             else _chunk_rows(scanned, mods[0], workers, kw))
     where = {key: (scan[j], i, j) for j, keys in enumerate(rows) for i, key in enumerate(keys)}

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import schema
 from .errors import DatasetNotFoundError, SSL4EOError
 from .layout import ChunkSet
-from .shards import MEMBER_SUFFIX, Member, shard_index, shard_version
+from .shards import MEMBER_SUFFIX, Member, kept_shard_index, save_shard_index, scan_shard, shard_index, shard_version
 from .storage import exists, is_url, join, parent, read_bytes
 
 #: Shards walked at once (header walks are round trips: they overlap, the bytes are few).
@@ -79,21 +79,25 @@ def root_of(sets: Sequence[ChunkSet]) -> str:
     return parent(parent(parent(first)))
 
 
-def shards_for_ids(sets: Sequence[ChunkSet], table: Any, ids: Iterable[str]) -> list[int] | None:
-    """Indices into ``sets`` of the shards that hold ``ids``, from a metadata table's ``tar`` column (read by
-    :func:`~ssl4eo_zarr.metadata.read_metadata`); ``None`` when the table cannot say for every id (no ``tar``
-    column, an id it lacks, or a shard name that is not among ``sets``): then every shard must be walked."""
+def shards_for_ids(sets: Sequence[ChunkSet], table: Any, ids: Iterable[str]) -> dict[int, set[str]] | None:
+    """``{index into sets: the ids it holds}`` for the shards that hold ``ids``, from a metadata table's ``tar``
+    column (read by :func:`~ssl4eo_zarr.metadata.read_metadata`); ``None`` when the table cannot say for every id
+    (no ``tar`` column, an id it lacks, or a shard name that is not among ``sets``): then every shard must be
+    walked."""
     wanted = list(ids)
     if table is None or "tar" not in table.columns:
         return None
     index = set(table.index)
     if any(k not in index for k in wanted):
         return None
-    names = {str(t).replace("\\", "/").rsplit("/", 1)[-1] for t in table.loc[wanted, "tar"]}
+    tars = [str(t).replace("\\", "/").rsplit("/", 1)[-1] for t in table.loc[wanted, "tar"]]
     by_name = {cs.name: k for k, cs in enumerate(sets)}
-    if not names <= set(by_name):
+    if not set(tars) <= set(by_name):
         return None
-    return sorted(by_name[n] for n in names)
+    out: dict[int, set[str]] = {}
+    for key, name in zip(wanted, tars):
+        out.setdefault(by_name[name], set()).add(key)
+    return dict(sorted(out.items()))
 
 
 def read_root_table(sets: Sequence[ChunkSet], storage_options: Mapping[str, Any] | None = None) -> Any:
@@ -111,23 +115,50 @@ def read_root_table(sets: Sequence[ChunkSet], storage_options: Mapping[str, Any]
 # -- header walks ------------------------------------------------------------------------------------------------
 
 def walk(paths: Sequence[str], *, workers: int = WALK_WORKERS, progress: Callable[..., Any] | None = None,
-         **archive_kwargs: Any) -> list[list[Member]]:
+         until: Sequence[Collection[str] | None] | None = None, **archive_kwargs: Any) -> list[list[Member]]:
     """The members of each shard in ``paths`` (tar headers; kept indexes where the cache has them), ``workers``
-    shards at once. ``progress``: a tqdm-like factory (``total=``, ``desc=``, ``unit=``) for a bar of shards."""
+    shards at once. ``until[k]``: the keys wanted from shard ``k``; its walk stops at the last of them (the
+    members before it; a complete kept index is used when there is one). ``progress``: a tqdm-like factory
+    (``total=``, ``desc=``, ``unit=``) for a bar of shards."""
     bar = progress(total=len(paths), desc="indexing shards", unit="shard") if progress is not None else None
+    wanted = list(until) if until is not None else [None] * len(paths)
 
-    def one(path: str) -> list[Member]:
-        members = shard_index(path, **archive_kwargs)
+    def one(job: tuple[str, Collection[str] | None]) -> list[Member]:
+        path, keys = job
+        if keys is None:
+            members = shard_index(path, **archive_kwargs)
+        else:
+            members = _walk_until(path, keys, archive_kwargs)
         if bar is not None:
             bar.update(1)
         return members
 
     try:
         with ThreadPoolExecutor(max(1, min(workers, len(paths) or 1))) as pool:
-            return list(pool.map(one, paths))
+            return list(pool.map(one, zip(paths, wanted)))
     finally:
         if bar is not None:
             bar.close()
+
+
+def _walk_until(path: str, keys: Collection[str], archive_kwargs: Mapping[str, Any]) -> list[Member]:
+    """The members of ``path`` up to the last of ``keys``: from a kept complete index, or a kept walk that went
+    that far, else walked now (and kept, so the next plan of the same selection reads no header)."""
+    version = shard_version(path, archive_kwargs.get("storage_options"))
+    if version is None:
+        return scan_shard(path, until=keys, **archive_kwargs)
+    for kept in (kept_shard_index(path, version), kept_shard_index(path, version + PARTIAL)):
+        if kept is not None and set(keys) <= {m.key for m in kept}:
+            return kept
+    members = scan_shard(path, until=keys, **archive_kwargs)
+    previous = kept_shard_index(path, version + PARTIAL)
+    if previous is None or len(members) > len(previous):
+        save_shard_index(path, version + PARTIAL, members)
+    return members
+
+
+#: Marks a kept index that ends before its shard does (a walk stopped at its last wanted member).
+PARTIAL = ":partial"
 
 
 # -- index files -------------------------------------------------------------------------------------------------
@@ -154,8 +185,7 @@ def write_index(source: str, out: str, *, split: str, modalities: Sequence[str],
     if sets[0].kind != SHARDS:
         raise ValueError(f"{source} holds chunk files, not shards: an index is for WebDataset shards")
     jobs = [(cs, m) for cs in sets for m in mods if m in cs.paths]
-    kw = {"storage_options": storage_options}
-    found = walk([cs.paths[m] for cs, m in jobs], workers=workers, progress=progress, **kw)
+    found = walk([cs.paths[m] for cs, m in jobs], workers=workers, progress=progress, storage_options=storage_options)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         versions = list(pool.map(lambda job: shard_version(job[0].paths[job[1]], storage_options), jobs))
     columns: dict[str, list[Any]] = {"modality": [], "shard": [], "key": [], "offset": [], "size": []}

@@ -30,7 +30,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,20 +170,26 @@ class _ReadAhead(PositionedFile):
         super().close()
 
 
-def scan_shard(path: str, **archive_kwargs: Any) -> list[Member]:
+def scan_shard(path: str, *, until: Collection[str] | None = None, **archive_kwargs: Any) -> list[Member]:
     """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
     data: a local scan reads 512 bytes per location; a remote one makes one small range request per header, or
-    one per several headers when members are small, see :data:`INDEX_READAHEAD`).
+    one per several headers when members are small, see :data:`INDEX_READAHEAD`). With ``until`` (keys), the
+    walk stops at the member whose key completes that set: the members before it, not the whole shard.
 
     Raises :class:`DamagedShardError` when the headers stop before the shard's end; its ``members`` attribute
     then holds the members before the damage."""
     found: list[Member] = []
+    left = set(until) if until is not None else None
     opened = open_binary(path, **archive_kwargs)
     with _ReadAhead(opened) if is_url(path) else opened as fh:
         try:
             for _info, m in _members(path, fh):
                 if m.name.endswith(MEMBER_SUFFIX):
                     found.append(m)
+                    if left is not None:
+                        left.discard(m.key)
+                        if not left:
+                            break
         except DamagedShardError as exc:
             exc.members = found  # type: ignore[attr-defined]
             raise

@@ -278,13 +278,16 @@ class VirtualHost:
     def bytes_sent(self) -> int:
         return int(self._counters[1])
 
-    def paths(self, method: str | None = None) -> list[str]:
-        """Paths requested so far (needs ``log``), by ``method`` (``"GET"``, ``"HEAD"``) when given."""
+    def log(self) -> list[tuple[str, str, str]]:
+        """``(method, path, Range header)`` of each request so far (needs ``log``)."""
         if self._log is None or not os.path.exists(self._log):
             return []
         with open(self._log) as f:
-            rows = [line.split(" ") for line in f if line.strip()]
-        return [r[1] for r in rows if method is None or r[0] == method]
+            return [tuple(line.rstrip("\n").split(" ", 2)) for line in f if line.strip()]  # type: ignore[misc]
+
+    def paths(self, method: str | None = None) -> list[str]:
+        """Paths requested so far (needs ``log``), by ``method`` (``"GET"``, ``"HEAD"``) when given."""
+        return [p for m, p, _r in self.log() if method is None or m == method]
 
     def reset_counts(self) -> None:
         with self._counters.get_lock():

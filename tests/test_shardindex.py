@@ -93,7 +93,7 @@ def test_terramesh_train_at_the_published_size_streams_without_reading_headers_f
     assert streamed <= 2 * len(shards) + 4, (streamed, sorted(shards))
 
 
-def test_selected_ids_are_found_through_the_metadata_tables_tar_column(host):
+def test_selected_ids_are_found_through_the_metadata_tables_tar_column(host, members):
     """200 ids, 10 in each of 20 shards of SSL4EO-S12 train: only those 20 shards are indexed (not 477)."""
     rng = np.random.default_rng(0)
     shards = sorted(rng.choice(477, 20, replace=False).tolist())
@@ -103,6 +103,10 @@ def test_selected_ids_are_found_through_the_metadata_tables_tar_column(host):
                          return_metadata=True)
     touched = {p.rsplit("/", 1)[-1] for p in host.paths("GET") if p.endswith(".tar")}
     assert touched == {schema.shard_name(s + 1) for s in shards}, "headers read beyond the shards holding the ids"
+    # The ids lie in the first half of each shard: each walk stops at the last of them.
+    stride = 512 + -(-len(members["ssl4eo-s12"]["S2L2A"]) // 512) * 512
+    ends = [int(r.split("-")[1]) for m, p, r in host.log() if m == "GET" and "/S2L2A/" in p and p.endswith(".tar")]
+    assert max(ends) < 256 * stride + (1 << 20) + 8 * stride, (max(ends), 512 * stride)
     host.reset_counts()
     got = [k for b in DataLoader(ds, batch_size=None, num_workers=2) for k in b["sample"]]
     assert sorted(got) == sorted(ids)

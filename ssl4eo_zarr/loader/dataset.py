@@ -416,12 +416,14 @@ class ChunkDataset(IterableDataset):
         the member lists of those shards go to the workers, which then read the wanted members by range."""
         n = len(self.sets)
         scan = list(range(n))
+        holding = None
         if self.streaming and index is None:
             try:
                 table = read_root_table(self.sets, self.archive_kwargs.get("storage_options"))
             except (OSError, ImportError, ValueError):
                 table = None  # no table (or geopandas): every shard is walked
-            scan = (shards_for_ids(self.sets, table, wanted) if table is not None else None) or scan
+            holding = shards_for_ids(self.sets, table, wanted) if table is not None else None
+            scan = list(holding) if holding else scan
         keys: list[list[str] | None] = [[] for _ in range(n)]
         if self.streaming:
             jobs = [(k, m) for k in scan for m in self.modalities if m in self.sets[k].paths]
@@ -429,7 +431,9 @@ class ChunkDataset(IterableDataset):
                 found = [index.members(m, self.sets[k].name) for k, m in jobs]
                 self._check_index(index, jobs)
             else:
-                found = walk([self.sets[k].paths[m] for k, m in jobs], **self.archive_kwargs)
+                # Each shard walked up to the last wanted member the table places in it.
+                found = walk([self.sets[k].paths[m] for k, m in jobs],
+                             until=[holding[k] for k, _m in jobs] if holding else None, **self.archive_kwargs)
             for (k, m), members in zip(jobs, found):
                 self.members[self.sets[k].paths[m]] = members
                 if keys[k] == []:

@@ -1,0 +1,123 @@
+"""The published sizes over a slow link: first batch, subsets and fetch plans against a host that holds every
+published shard of SSL4EO-S12 (477 x 512 train) and TerraMesh (889 x 10,240 train).
+
+    python benchmarks/scale.py [--latency 0.05] [--rate 50e6] [--size 264] [--rounds 2] [--cap 150]
+                               [--baseline PATH]
+
+The host is ``ssl4eo_zarr.virtualhost.VirtualHost`` (every published name and count; each tar made up on request
+from one real member per modality at ``size`` px; ``latency`` s before each response, ``rate`` bytes/s per
+response, no folder listing; the SSL4EO-S12 2026 metadata table at its root), in a process of its own. Each row
+runs in a fresh Python process with this checkout's library or ``--baseline``'s (a folder holding another
+commit's ``ssl4eo_zarr``, e.g. ``git worktree add /tmp/base <commit>``), interleaved over ``--rounds``; a row
+stopped after ``--cap`` s is reported as such. Requests and bytes are the host's counts for that row alone.
+
+Rows (the issue's table):
+  tm_first:     TerraMesh train, ChunkDataset(S2L2A + DEM, timestamps=0, batch 64), DataLoader(2 workers):
+                construction and first batch
+  ssl_first:    the same over SSL4EO-S12 train
+  ssl_samples:  SSL4EO-S12 train with samples= 200 ids (10 in each of 20 shards): first batch
+  fetch_plan:   fetch(..., locations=those 200 ids, dry_run=True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loader import machine  # noqa: E402
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ROW = r"""
+import json, os, sys, time
+# The library under test comes from PYTHONPATH: drop an editable install's finder, which would win over it.
+sys.meta_path = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
+import numpy as np
+import ssl4eo_zarr as sz
+assert os.path.dirname(os.path.dirname(sz.__file__)) == os.environ["PYTHONPATH"], sz.__file__
+from torch.utils.data import DataLoader
+row, root_ssl, root_tm, tmp = sys.argv[1:5]
+rng = np.random.default_rng(0)
+shards = sorted(rng.choice(477, 20, replace=False).tolist())
+ids = [f"{1 + 512 * s + k:07d}" for s in shards for k in sorted(rng.choice(256, 10, replace=False))]
+out = {}
+t0 = time.perf_counter()
+if row == "fetch_plan":
+    plan = sz.fetch(root_ssl, tmp, split="train", modalities=["S2L2A", "DEM"], locations=ids, dry_run=True)
+    out["selected"] = len(plan.selected)
+else:
+    kw = dict(split="train", modalities=["S2L2A", "DEM"], timestamps=0, batch_size=64, seed=0)
+    if row == "ssl_samples":
+        kw.update(samples=ids, batch_size=25)
+    ds = sz.ChunkDataset(root_tm if row == "tm_first" else root_ssl, **kw)
+    out["construct_s"] = time.perf_counter() - t0
+    batch = next(iter(DataLoader(ds, batch_size=None, num_workers=2)))
+    out["shape"] = list(batch["S2L2A"].shape)
+out["seconds"] = time.perf_counter() - t0
+print("RESULT " + json.dumps(out), flush=True)
+import os
+os._exit(0)
+"""
+
+
+def run_row(row: str, lib: str, host, cap: float, tmp: str) -> dict:
+    host.reset_counts()
+    env = dict(os.environ, PYTHONPATH=lib, SSL4EO_ZARR_CACHE=os.path.join(tmp, "cache-" + str(time.time_ns())))
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", ROW, row, host.root("ssl4eo-s12"), host.root("terramesh"),
+                               os.path.join(tmp, "dry")], env=env, capture_output=True, text=True, timeout=cap)
+        found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-1:]}
+    except subprocess.TimeoutExpired:
+        result = {"capped": cap}
+    result.update(wall_s=time.perf_counter() - started, requests=host.requests, mb=host.bytes_sent / 1e6)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--rate", type=float, default=50e6)
+    ap.add_argument("--size", type=int, default=264)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cap", type=float, default=150.0)
+    ap.add_argument("--baseline", help="folder with another commit's ssl4eo_zarr package")
+    ap.add_argument("--rows", default="tm_first,ssl_first,ssl_samples,fetch_plan")
+    args = ap.parse_args()
+
+    import tempfile
+
+    from ssl4eo_zarr.virtualhost import VirtualHost, sample_members
+
+    print(machine())
+    mods = ("S2L2A", "DEM")
+    members = {"ssl4eo-s12": sample_members(args.size, mods), "terramesh": sample_members(args.size, mods,
+                                                                                             corpus="terramesh")}
+    print("member bytes:", {c: {m: len(b) for m, b in v.items()} for c, v in members.items()})
+    libs = {"this": HERE} | ({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})
+    results: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp, VirtualHost(members, latency=args.latency, rate=args.rate) as host:
+        for r in range(args.rounds):
+            for row in args.rows.split(","):
+                for name, lib in (libs.items() if r % 2 == 0 else reversed(libs.items())):
+                    res = run_row(row, lib, host, args.cap, tmp)
+                    results.setdefault((row, name), []).append(res)
+                    print(f"round {r} {row:12s} {name:8s} {json.dumps(res)}", flush=True)
+    print(f"\nlatency {args.latency * 1e3:.0f} ms, {args.rate / 1e6:.0f} MB/s per response, members {args.size} px; "
+          f"median of {args.rounds} rounds")
+    print(f"{'row':12s} {'code':8s} {'seconds':>9s} {'requests':>9s} {'MB':>8s}")
+    for (row, name), rs in results.items():
+        rs = sorted(rs, key=lambda x: x.get("seconds", float("inf")))
+        mid = rs[len(rs) // 2]
+        secs = f"{mid['seconds']:.1f}" if "seconds" in mid else f">{args.cap:.0f}"
+        print(f"{row:12s} {name:8s} {secs:>9s} {mid['requests']:>9d} {mid['mb']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
