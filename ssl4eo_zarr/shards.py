@@ -121,6 +121,25 @@ def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
         raise DamagedShardError(path, f"the shard ends at byte {end} without tar's end-of-archive blocks (after "
                                       f"{found} locations): it is truncated. Download it again",
                                 offset=end, readable=found)
+    # A zeroed header (a preallocated or sparse partial download, a zeroed disk block) reads as the end of the
+    # archive: past the end-of-archive marker only zero padding may follow, or members were lost.
+    size = fh.seek(0, 2)
+    rest = size - end
+    tail = b""
+    if 0 < rest <= _MAX_PADDING:
+        fh.seek(end)
+        tail = fh.read(rest)
+    if rest > _MAX_PADDING or any(tail):
+        where = end + next((k for k, b in enumerate(tail) if b), 0) if rest <= _MAX_PADDING else end
+        raise DamagedShardError(path, f"the archive seems to end at byte {end} (a zeroed tar header, after {found} "
+                                      f"locations) but {rest} more bytes follow, not all zero (first data at byte "
+                                      f"{where}): members after it cannot be located. Download the shard again",
+                                offset=end, readable=found)
+
+
+#: Zero padding allowed after a tar's end-of-archive marker: tar pads to 10,240-byte records; writers with
+#: other blocking factors pad more, never megabytes.
+_MAX_PADDING = 1 << 20
 
 
 #: Remote index scans read through members up to this size instead of seeking past them: a request costs a

@@ -127,3 +127,38 @@ def test_a_longer_shard_of_another_modality_is_found_while_streaming(tmp_path, o
         with pytest.warns(RuntimeWarning, match="more than"):
             got = [k for b in ds for k in b["sample"]]
     assert len(got) == N - 3
+
+
+@pytest.fixture()
+def zeroed(tmp_path):
+    """The same set, but the 6th member's header zeroed whole (what a sparse partial download leaves): it reads
+    as tar's end-of-archive marker, with 14 members after it."""
+    synthetic.make_shards(str(tmp_path), N, per_shard=N, size=SIZE, seed=8, modalities=("S2L2A", "S1GRD"))
+    path = os.path.join(str(tmp_path), "val", "S2L2A", schema.shard_name(1))
+    header = scan_shard(path)[BAD].offset - tarfile.BLOCKSIZE
+    with open(path, "r+b") as f:
+        f.seek(header)
+        f.write(bytes(tarfile.BLOCKSIZE))
+    return str(tmp_path), path, header
+
+
+def test_a_zeroed_header_is_no_end_of_archive(zeroed):
+    root, path, header = zeroed
+    with pytest.raises(DamagedShardError, match=f"seems to end at byte {header}.*more bytes follow") as info:
+        scan_shard(path)
+    assert info.value.offset == header and info.value.readable == BAD
+    with pytest.raises(DamagedShardError, match=path):
+        sz.ChunkDataset(root, split="val", modalities=["S2L2A"], batch_size=4)
+    ds = sz.ChunkDataset(root, split="val", modalities=["S2L2A"], batch_size=4, samples_per_file=N)
+    with pytest.raises(DamagedShardError, match=f"seems to end at byte {header}"):
+        list(ds)  # streamed: the stream meets the zeroed header and the data after it
+    with pytest.raises(DamagedShardError, match=path):
+        sz.open_dataset(root, split="val", modalities=["S2L2A"])
+
+
+def test_padding_after_the_end_of_archive_is_fine(tmp_path):
+    """Zero padding of any record size after the end-of-archive marker is what tar writers leave: no error."""
+    path = write_shard(str(tmp_path / "a.tar"), [(f"{k:07d}.zarr.zip", bytes(100)) for k in range(3)])
+    with open(path, "ab") as f:
+        f.write(bytes(3 * 10240))
+    assert [m.key for m in scan_shard(path)] == ["0000000", "0000001", "0000002"]
