@@ -71,7 +71,8 @@ def run_row(row: str, lib: str, host, cap: float, tmp: str) -> dict:
     started = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-c", ROW, row, host.root("ssl4eo-s12"), host.root("terramesh"),
-                               os.path.join(tmp, "dry")], env=env, capture_output=True, text=True, timeout=cap)
+                               os.path.join(tmp, "dry")], env=env, capture_output=True, text=True, timeout=cap,
+                              cwd=tmp)  # not the checkout: `python -c` would import the package beside it
         found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-1:]}
     except subprocess.TimeoutExpired:

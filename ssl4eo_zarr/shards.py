@@ -82,8 +82,9 @@ def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping
         headers = dict(storage_options or {}).get("headers")
 
         def opener():
-            raw = http.HTTPRangeFile(path, headers, tail=0)  # a tar is read from its start
-            return io.BufferedReader(raw, STREAM_BLOCK) if sequential else raw
+            if sequential:  # streamed front to back: one open-ended GET, read on as the stream goes
+                return io.BufferedReader(http.HTTPStreamFile(path, headers), 1 << 20)
+            return http.HTTPRangeFile(path, headers, tail=0)  # a tar is read from its start
     else:
         fs, remote = remote_fs(path, storage_options)
         kwargs = {"cache_type": "readahead", "block_size": STREAM_BLOCK} if sequential else {"cache_type": "none"}

@@ -153,8 +153,14 @@ class _Host:
             if k >= shard.count:  # end-of-archive blocks and record padding
                 out += bytes(end - pos)
                 break
-            block = shard.header(k) + data + bytes(stride - tarfile.BLOCKSIZE - len(data))
-            piece = block[at: at + (end - pos)]
+            want = end - pos
+            piece: bytes | memoryview
+            if at < tarfile.BLOCKSIZE:  # the header, made for this key
+                piece = shard.header(k)[at: at + want]
+            elif at - tarfile.BLOCKSIZE < len(data):  # the member's bytes, sliced without a copy of the member
+                piece = memoryview(data)[at - tarfile.BLOCKSIZE: at - tarfile.BLOCKSIZE + want]
+            else:  # zero padding to the next block
+                piece = bytes(min(want, stride - at))
             out += piece
             pos += len(piece)
         return bytes(out)

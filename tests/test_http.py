@@ -162,3 +162,39 @@ def test_https_works_with_the_base_install(root, certificate):
         assert "OK" in out.stdout
         assert "IMPORT-ERROR" in out.stdout and "ssl4eo-zarr[remote]" in out.stdout, out.stdout
         assert server.requests > 0
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_streamed_file_is_one_request_front_to_back(tmp_path, ranges):
+    """A shard streamed for training: one open-ended GET, read on; short skips read through, a seek back or
+    far ahead starts one new response; a host that ignores Range still gives the right bytes."""
+    from ssl4eo_zarr.shards import open_binary
+
+    data = os.urandom(3 << 20) + bytes(range(256)) * 4096
+    (tmp_path / "s.tar").write_bytes(data)
+    with RangeHTTPServer(str(tmp_path), ranges=ranges) as server:
+        fh = open_binary(f"{server.url}/s.tar", sequential=True)
+        got = bytearray()
+        while chunk := fh.read(70_000):
+            got += chunk
+        assert bytes(got) == data and server.requests == 1
+        server.reset_counts()
+        fh.seek(1000)
+        assert fh.read(10) == data[1000:1010] and server.requests == 1, "a seek back: one new response"
+        fh.seek(1000 + (2 << 20))
+        assert fh.read(10) == data[1000 + (2 << 20): 1010 + (2 << 20)] and server.requests == 1, "read through"
+        assert fh.seek(0, 2) == len(data)
+        fh.close()
+
+
+def test_a_stream_cut_off_resumes_where_it_was(tmp_path):
+    from ssl4eo_zarr.shards import open_binary
+
+    data = os.urandom(6 << 20)
+    (tmp_path / "s.tar").write_bytes(data)
+    with RangeHTTPServer(str(tmp_path), drop_every=1) as server:  # every response cut off after half its body
+        fh = open_binary(f"{server.url}/s.tar", sequential=True, retries=8, backoff=0.01)
+        got = bytearray()
+        while len(got) < 5 << 20:
+            got += fh.read(1 << 20)
+        assert bytes(got) == data[: len(got)] and server.drops == 3, server.drops  # from 0, 3 MB, 4.5 MB

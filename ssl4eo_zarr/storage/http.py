@@ -346,3 +346,106 @@ class HTTPRangeFile(PositionedFile):
         buf = bytearray(left if n is None or n < 0 else min(n, left))
         del buf[self.readinto(buf):]
         return bytes(buf)
+
+
+class HTTPStreamFile(PositionedFile):
+    """A remote file read front to back through one open-ended GET (``Range: bytes=POS-``): a shard streamed
+    for training costs one request, not one per block. Reads that continue where the last one ended continue
+    the same response; a forward skip of up to :attr:`SKIP` bytes reads through it; any other seek starts a new
+    response there. The size comes from the first response (``Content-Range``), so opening costs nothing. A
+    response that ends early gives what came and the next read starts a new one there; one that gives nothing
+    raises ``ConnectionError`` (transient: :class:`RetryingFile` retries it)."""
+
+    #: A forward skip up to this many bytes reads through the open response rather than paying a new round trip.
+    SKIP = 4 << 20
+
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None):
+        self.url = url
+        self.headers = dict(headers or {})
+        self._pos = 0
+        self.size: int | None = None
+        self._resp: http.client.HTTPResponse | None = None
+        self._pooled: _Pooled | None = None
+        self._at = 0  # the file position the open response has reached
+
+    def _drop(self) -> None:
+        if self._pooled is not None:
+            self._pooled[1].close()  # the body was not read to its end: the connection cannot be reused
+        self._resp = self._pooled = None
+
+    def _open(self, start: int) -> bool:
+        """A response from ``start``; False when ``start`` is at or past the end."""
+        self._drop()
+        resp, pooled = _send("GET", self.url, {**self.headers, "Range": f"bytes={start}-"})
+        try:
+            if resp.status == 206:
+                match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
+                if match is None or int(match.group(1)) != start or match.group(3) == "*":
+                    raise OSError(f"{self.url}: asked for bytes {start}-, got {resp.getheader('Content-Range')}")
+                self.size = int(match.group(3))
+            elif resp.status == 416:
+                match = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range", ""))
+                if match:
+                    self.size = int(match.group(1))
+                _read_all(resp, self.url)
+                _done(resp, pooled, True)
+                return False
+            elif resp.status == 200:  # Range ignored: the whole file comes; read up to the start
+                self.size = int(resp.getheader("Content-Length", "-1"))
+                skip = bytearray(min(start, _SKIP) or 1)
+                left = start
+                while left:
+                    n = _fill(resp, memoryview(skip)[: min(left, len(skip))])
+                    if not n:
+                        raise OSError(f"{self.url}: the response ended before byte {start}")
+                    left -= n
+            else:
+                _fail(resp, self.url)
+        except BaseException:
+            pooled[1].close()
+            raise
+        self._resp, self._pooled, self._at = resp, pooled, start
+        return True
+
+    def _end(self) -> int:
+        if self.size is None:
+            self.size = head_size(self.url, self.headers)
+        return self.size
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        if self.size is not None:
+            view = view[: max(min(len(view), self.size - self._pos), 0)]
+        if not len(view):
+            return 0
+        if self._resp is None or not self._at <= self._pos <= self._at + self.SKIP:
+            if not self._open(self._pos):
+                return 0
+        assert self._resp is not None
+        while self._at < self._pos:  # a short skip forward: read through
+            scratch = bytearray(min(self._pos - self._at, 1 << 20))
+            n = _fill(self._resp, memoryview(scratch))
+            if not n:
+                self._drop()
+                raise ConnectionError(f"{self.url}: the response ended at byte {self._at}")
+            self._at += n
+        if self.size is not None:
+            view = view[: max(min(len(view), self.size - self._pos), 0)]
+        n = _fill(self._resp, view)
+        self._at += n
+        self._pos += n
+        if n < len(view):  # the response ended early: keep what came, the next read starts a new one
+            self._drop()
+            if not n and (self.size is None or self._pos < self.size):
+                raise ConnectionError(f"{self.url}: the response ended at byte {self._pos} of {self.size}")
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self._end() - self._pos, 0)
+        buf = bytearray(left if n is None or n < 0 else min(n, left))
+        del buf[self.readinto(buf):]
+        return bytes(buf)
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
