@@ -213,6 +213,17 @@ def _done(resp: http.client.HTTPResponse, pooled: _Pooled, reuse: bool) -> None:
         conn.close()
 
 
+def _skip_to(resp: http.client.HTTPResponse, url: str, start: int) -> None:
+    """Read and drop the first ``start`` bytes of a whole-file answer (a host that ignored ``Range``)."""
+    skip = bytearray(min(start, _SKIP) or 1)
+    left = start
+    while left:
+        n = _fill(resp, memoryview(skip)[: min(left, len(skip))])
+        if not n:
+            raise OSError(f"{url}: the response ended before byte {start}")
+        left -= n
+
+
 def read_range(url: str, start: int, view: memoryview, headers: Mapping[str, str] | None = None) -> int:
     """Bytes ``start .. start + len(view)`` of ``url`` into ``view`` (one request); returns ``len(view)``.
     Raises ``FileNotFoundError`` (404), ``PermissionError`` (401/403) or ``OSError`` (transient)."""
@@ -226,13 +237,7 @@ def read_range(url: str, start: int, view: memoryview, headers: Mapping[str, str
             if match is None or int(match.group(1)) != start or int(match.group(2)) != end:
                 raise OSError(f"{url}: asked for bytes {start}-{end}, got {resp.getheader('Content-Range')}")
         elif resp.status == 200:  # Range ignored: the whole file comes; skip to the range
-            skip = bytearray(min(start, _SKIP))
-            left = start
-            while left:
-                n = _fill(resp, memoryview(skip)[: min(left, len(skip))])
-                if not n:
-                    raise OSError(f"{url}: the response ended before byte {start}")
-                left -= n
+            _skip_to(resp, url, start)
         else:
             _fail(resp, url)
         got = _fill(resp, view)
@@ -392,13 +397,7 @@ class HTTPStreamFile(PositionedFile):
                 return False
             elif resp.status == 200:  # Range ignored: the whole file comes; read up to the start
                 self.size = int(resp.getheader("Content-Length", "-1"))
-                skip = bytearray(min(start, _SKIP) or 1)
-                left = start
-                while left:
-                    n = _fill(resp, memoryview(skip)[: min(left, len(skip))])
-                    if not n:
-                        raise OSError(f"{self.url}: the response ended before byte {start}")
-                    left -= n
+                _skip_to(resp, self.url, start)
             else:
                 _fail(resp, self.url)
         except BaseException:
