@@ -241,8 +241,16 @@ def _serve(members: Mapping[str, Mapping[str, bytes]], latency: float, rate: flo
         def do_HEAD(self) -> None:
             self._answer(False)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            import sys
+
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone (a stopped row) is no error
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", 0), Handler)
     port.value = server.server_address[1]
     ready.set()
     server.serve_forever(poll_interval=0.05)

@@ -425,7 +425,7 @@ class ChunkDataset(IterableDataset):
             holding = shards_for_ids(self.sets, table, wanted) if table is not None else None
             scan = list(holding) if holding else scan
         keys: list[list[str] | None] = [[] for _ in range(n)]
-        if self.streaming:
+        if self.streaming and (index is not None or holding):
             jobs = [(k, m) for k in scan for m in self.modalities if m in self.sets[k].paths]
             if index is not None:
                 found = [index.members(m, self.sets[k].name) for k, m in jobs]
@@ -441,9 +441,8 @@ class ChunkDataset(IterableDataset):
                 elif [x.key for x in members] != keys[k]:
                     raise ModalityMismatchError(f"{self.sets[k].paths[m]} holds other locations than the shards of "
                                                 f"the other modalities of {self.sets[k].name}")
-        else:
-            scanned = self._scan()
-            keys = list(scanned)
+        else:  # every shard's (first modality's) headers, damaged ones handled as on_error says
+            keys = list(self._scan())
         self.rows = [[i for i, k in enumerate(ks) if k in wanted] if ks else [] for ks in keys]
         # Shards that hold none of the selection are never opened: their members stay out of what workers get.
         self.members = {p: v for k, cs in enumerate(self.sets) if self.rows[k] for p, v in
