@@ -243,12 +243,13 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
         nbytes = _chunk_bytes(sets, sorted({s.set for s in selected}), mods, kw)
     used = sorted({s.set for s in selected})
     jobs = [(sets[k], m) for k in used for m in mods if m in sets[k].paths]
-    with ThreadPoolExecutor(max(workers, WALK_WORKERS)) as pool:  # a round trip each: overlap them
-        found = list(pool.map(lambda job: shard_version(job[0].paths[job[1]], storage_options), jobs))
-    versions = {cs.paths[m]: v for (cs, m), v in zip(jobs, found)}
+    shards = [(cs.paths[m], m, cs.name) for cs, m in jobs]
     if loaded is not None:
-        for (cs, m), v in zip(jobs, found):
-            loaded.check(cs.paths[m], m, cs.name, v)
+        found = loaded.check_all(shards, storage_options)
+    else:
+        with ThreadPoolExecutor(max(workers, WALK_WORKERS)) as pool:  # a round trip each: overlap them
+            found = list(pool.map(lambda job: shard_version(job[0], storage_options), shards))
+    versions = {path: v for (path, _m, _n), v in zip(shards, found)}
     kept_table = None
     if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
         table = table.loc[[s.key for s in selected if s.key in set(table.index)]]

@@ -258,6 +258,17 @@ class ShardIndex:
                               "`ssl4eo-zarr index`")
 
 
+    def check_all(self, shards: Sequence[tuple[str, str, str]],
+                  storage_options: Mapping[str, Any] | None = None) -> list[str | None]:
+        """:meth:`check` for each ``(path, modality, shard name)``, their versions asked for 32 at a time (a round
+        trip each remotely); returns the versions."""
+        with ThreadPoolExecutor(WALK_WORKERS) as pool:
+            versions = list(pool.map(lambda job: shard_version(job[0], storage_options), shards))
+        for (path, modality, shard), version in zip(shards, versions):
+            self.check(path, modality, shard, version)
+        return versions
+
+
 def _differ(a: str, b: str) -> bool:
     """Whether two shard versions (``size:tag``, see :func:`~ssl4eo_zarr.shards.shard_version`) name other files:
     sizes always compare, and ETags (a host's) when both have one. A local mtime (digits alone) is not compared:

@@ -188,14 +188,10 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
         raise ModalityMismatchError(f"the shards share no modality: {[sorted(cs.paths) for cs in sets][:3]}")
     jobs = [(m, cs.paths[m]) for m in mods for cs in sets]
     if index is not None:  # an index file (ssl4eo_zarr.shardindex): no header read, each shard's version checked
-        from .shards import shard_version
-
         names = [cs.name for _m in mods for cs in sets]
         found = [index.members(m, name) for (m, _p), name in zip(jobs, names)]
-        with ThreadPoolExecutor(32) as pool:
-            versions = list(pool.map(lambda job: shard_version(job[1], archive_kwargs.get("storage_options")), jobs))
-        for (m, path), name, version in zip(jobs, names, versions):
-            index.check(path, m, name, version)
+        index.check_all([(path, m, name) for (m, path), name in zip(jobs, names)],
+                        archive_kwargs.get("storage_options"))
     else:
         with ThreadPoolExecutor(max(1, WALK_WORKERS if threads is None else threads)) as pool:
             found = list(pool.map(lambda job: shard_index(job[1], **archive_kwargs), jobs))

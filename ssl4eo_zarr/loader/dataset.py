@@ -429,7 +429,8 @@ class ChunkDataset(IterableDataset):
             jobs = [(k, m) for k in scan for m in self.modalities if m in self.sets[k].paths]
             if index is not None:
                 found = [index.members(m, self.sets[k].name) for k, m in jobs]
-                self._check_index(index, jobs)
+                index.check_all([(self.sets[k].paths[m], m, self.sets[k].name) for k, m in jobs],
+                                self.archive_kwargs.get("storage_options"))
             else:
                 # Each shard walked up to the last wanted member the table places in it.
                 found = walk([self.sets[k].paths[m] for k, m in jobs],
@@ -449,15 +450,6 @@ class ChunkDataset(IterableDataset):
                         ((cs.paths[m], self.members[cs.paths[m]]) for m in self.modalities
                          if cs.paths.get(m) in self.members)}
         return [len(ks) if ks else 0 for ks in keys]
-
-    def _check_index(self, index: Any, jobs: Sequence[tuple[int, str]]) -> None:
-        from ..shards import shard_version
-
-        paths = [self.sets[k].paths[m] for k, m in jobs]
-        with ThreadPoolExecutor(32) as pool:
-            versions = list(pool.map(lambda p: shard_version(p, self.archive_kwargs.get("storage_options")), paths))
-        for (k, m), path, version in zip(jobs, paths, versions):
-            index.check(path, m, self.sets[k].name, version)
 
     # -- epochs, length, resume ------------------------------------------------------------------------
     @property
