@@ -77,7 +77,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                    months=[int(m) for m in args.months.split(",")] if args.months else None,
                    dates=args.dates.split(",") if args.dates else None, max_cloud=args.max_cloud,
                    metadata=args.metadata, limit=args.limit, seed=args.seed, to=args.to, workers=args.workers,
-                   dry_run=args.dry_run, progress=_progress, index=args.index)
+                   dry_run=args.dry_run, progress=_progress, index=args.index, index_workers=args.index_workers,
+                   notify=lambda text: print(text, file=sys.stderr, flush=True))
     if isinstance(result, FetchPlan):
         print(result.summary())
         return 0
@@ -161,6 +162,7 @@ def cmd_sample_locations(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .shardindex import WALK_WORKERS
     parser = argparse.ArgumentParser(prog="ssl4eo-zarr", description="Build and read SSL4EO-S12 v1.1 chunk files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -219,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--dry-run", action="store_true", help="print the selection, bytes and estimated time; write nothing")
     p.add_argument("--index", help="index file of the source (`ssl4eo-zarr index`): plan without reading tar headers")
+    p.add_argument("--index-workers", type=int, default=WALK_WORKERS,
+                   help=f"shards indexed at once (tar header walks; default {WALK_WORKERS})")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("index", help="write one Parquet file locating every member of a split's shards",
@@ -230,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--modalities", required=True, help="comma-separated, e.g. S2L2A,DEM")
     p.add_argument("-o", "--output", required=True, help="the Parquet file to write")
-    p.add_argument("--workers", type=int, default=32, help="shards walked at once (default 32)")
+    p.add_argument("--workers", type=int, default=WALK_WORKERS, help=f"shards walked at once (default {WALK_WORKERS})")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("convert", help="convert between chunk files and WebDataset tar shards")

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +81,7 @@ class FetchPlan:
     versions: dict[str, str | None] = field(default_factory=dict)
     table_path: str | None = None
     raw_table: Any = field(default=None, repr=False)
+    estimate: PlanEstimate | None = None
 
     def summary(self, rate: float = ASSUMED_RATE) -> str:
         """What a dry run prints: locations, members, bytes and the time at ``rate`` bytes/s."""
@@ -89,9 +90,44 @@ class FetchPlan:
         lines = [f"source: {self.source} ({self.kind}, split {self.split}, {', '.join(self.modalities)})"]
         lines += [f"  {name}: {count} locations" for name, count in self.steps]
         what = f"{members} members" if self.kind == SHARDS else f"the chunks of {files} of {len(self.sets)} files"
+        est = self.estimate
+        if est is not None and est.transfer_seconds > 0 and est.member_bytes > 0:
+            rate = est.member_bytes / est.transfer_seconds  # as measured on the link, at the fetch's connections
         lines.append(f"selected: {len(self.selected)} locations, {what}, {self.nbytes / 1e9:.3f} GB "
                      f"(about {self.nbytes / rate / 60:.1f} min at {rate / 1e6:.0f} MB/s)")
         return "\n".join(lines)
+
+
+@dataclass
+class PlanEstimate:
+    """What planning and moving a selection will cost, from a few probes before any tar header is read:
+    ``requests``/``index_bytes``/``index_seconds`` to learn where the selected members lie (header walks or
+    read-throughs, as the link's cost model chooses per modality), ``members``/``member_bytes``/
+    ``transfer_seconds`` to move them, over ``link`` (:class:`~ssl4eo_zarr.costmodel.Link`). ``exact``: the
+    shard counts are the published ones (else 512 per shard was assumed)."""
+
+    link: Any
+    shards: int
+    requests: float
+    index_bytes: float
+    index_seconds: float
+    members: int
+    member_bytes: float
+    transfer_seconds: float
+    exact: bool = True
+    indexed: bool = False
+
+    def summary(self) -> str:
+        from .costmodel import fmt_seconds
+
+        if self.indexed:
+            plan = "planning: from the index file, no tar header read"
+        else:
+            plan = (f"planning: ~{self.requests:,.0f} requests ({self.index_bytes / 1e6:,.0f} MB) to index "
+                    f"{self.shards} shard files, about {fmt_seconds(self.index_seconds)}"
+                    + ("" if self.exact else " (assuming 512 locations per shard)"))
+        return (f"{plan}\nmoving: ~{self.members:,} members, {self.member_bytes / 1e9:,.2f} GB, about "
+                f"{fmt_seconds(self.transfer_seconds)}\nlink: {self.link.describe()}")
 
 
 # -- selection ---------------------------------------------------------------------------------------------------
@@ -116,14 +152,15 @@ def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
 
 
 def _shard_members(sets: Sequence[ChunkSet], mods: Sequence[str], workers: int, archive_kwargs: dict[str, Any],
-                   index: Any = None, progress: Any = None,
-                   until: Sequence[set[str] | None] | None = None) -> list[dict[str, list[Any]]]:
+                   index: Any = None, progress: Any = None, until: Sequence[set[str] | None] | None = None,
+                   budget: float | None = None) -> list[dict[str, list[Any]]]:
     jobs = [(k, m) for k in range(len(sets)) for m in mods if m in sets[k].paths]  # a subset's own modalities
     if index is not None:
         found = [index.members(m, sets[k].name) for k, m in jobs]
     else:
         found = walk([sets[k].paths[m] for k, m in jobs], workers=workers, progress=progress,
-                     until=[until[k] for k, _m in jobs] if until is not None else None, **archive_kwargs)
+                     until=[until[k] for k, _m in jobs] if until is not None else None, budget=budget,
+                     **archive_kwargs)
     out: list[dict[str, list[Any]]] = [{} for _ in sets]
     for (k, m), members in zip(jobs, found):
         out[k][m] = members
@@ -151,18 +188,26 @@ def _months_of(table: Any) -> np.ndarray:
     return np.where(np.isnat(times), 0, months)
 
 
+#: Bytes a fetch may move beyond the members it selects, as a fraction of them (tar headers, probes): the cost
+#: model reads members through while indexing only where that stays inside this budget.
+OVERHEAD = 0.15
+
+
 def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations: Any = None,
                bbox: Sequence[float] | None = None, months: Sequence[int] | None = None,
                dates: Sequence[Any] | None = None, max_cloud: float | None = None, metadata: str | None = None,
                limit: int | None = None, seed: int = 0, workers: int = 8,
                storage_options: Mapping[str, Any] | None = None, index: str | None = None,
-               progress: Callable[..., Any] | None = None) -> FetchPlan:
+               progress: Callable[..., Any] | None = None, notify: Callable[[str], Any] | None = None,
+               index_workers: int = WALK_WORKERS) -> FetchPlan:
     """The :class:`FetchPlan` of :func:`fetch` (same arguments), from indexes and the metadata table alone.
 
     With ``index`` (an index file, :func:`~ssl4eo_zarr.shardindex.write_index`) no tar header is read.
-    Otherwise shards are indexed from their tar headers (:func:`~ssl4eo_zarr.shardindex.walk`, ``max(workers,
-    32)`` shards at once): where the table says which shard holds each candidate location (its ``tar``
-    column), only those shards."""
+    Otherwise shards are indexed from their tar headers (:func:`~ssl4eo_zarr.shardindex.walk`,
+    ``index_workers`` shards at once): where the table says which shard holds each candidate location (its
+    ``tar`` column), only those shards, each up to its last candidate; a ``limit`` is drawn from the table
+    before any shard is read. Before the first header is read, ``notify`` (e.g. ``print``) gets the
+    :class:`PlanEstimate` of what planning and moving will cost (also ``plan.estimate``)."""
     from .shards import shard_version
 
     mods = [schema.modality_name(m) for m in modalities]
@@ -174,7 +219,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     filters = any(v is not None for v in (bbox, months, dates, max_cloud))
     ids = list(dict.fromkeys(read_ids(locations))) if locations is not None else None
     table, path, raw = None, None, None
-    if filters or metadata is not None or (kind == SHARDS and ids is not None):
+    if filters or metadata is not None or (kind == SHARDS and (ids is not None or limit is not None)):
         path = metadata or table_path(root_of(sets), split, storage_options)
         if path is None and (filters or metadata is not None):
             raise SelectionError(f"--bbox/--months/--dates/--max-cloud need the metadata table: none at "
@@ -191,14 +236,33 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     if filters:
         assert table is not None and path is not None
         candidates, table_steps = _filter_table(table, path, candidates, bbox, months, dates, max_cloud)
+    from_table = filters
+    drawn = False
+    if kind == SHARDS and limit is not None and table is not None and "tar" in table.columns:
+        # Draw the sample from the table: only the shards that hold it are read, each up to its last pick.
+        every = list(table.index) if candidates is None else candidates
+        from_table = from_table or candidates is None
+        if candidates is None:
+            table_steps.append((f"in the table {basename(str(path))}", len(every)))
+        candidates = _draw(every, limit, seed)
+        drawn = True
     scan = list(range(len(sets)))
     holding = shards_for_ids(sets, table, candidates) if kind == SHARDS and candidates is not None else None
     if holding:  # the table names each candidate's shard: walk those, each up to its last candidate
         scan = list(holding)
     scanned = [sets[k] for k in scan]
     loaded = load_index(index, storage_options) if index is not None else None
-    members = (_shard_members(scanned, mods, max(workers, WALK_WORKERS), kw, loaded, progress,
-                              [holding[k] for k in scan] if holding else None) if kind == SHARDS else None)
+    estimate = None
+    if kind == SHARDS:
+        estimate = estimate_plan(sets, mods, scan, holding, len(candidates) if candidates is not None else limit,
+                                 workers, index_workers, storage_options, indexed=loaded is not None)
+        if notify is not None:
+            notify(estimate.summary())
+    budget = None
+    if estimate is not None and estimate.requests:
+        budget = OVERHEAD * estimate.member_bytes / max(1.0, estimate.requests)
+    members = (_shard_members(scanned, mods, index_workers, kw, loaded, progress,
+                              [holding[k] for k in scan] if holding else None, budget) if kind == SHARDS else None)
     rows = ([[x.key for x in next(iter(by_mod.values()))] for by_mod in members] if members is not None
             else _chunk_rows(scanned, mods[0], workers, kw))
     where = {key: (scan[j], i, j) for j, keys in enumerate(rows) for i, key in enumerate(keys)}
@@ -213,17 +277,16 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
                                  f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; nothing was written")
         steps.append(("--locations", len(ids)))
     steps += table_steps
-    if filters:
+    if from_table:
         lacking = [k for k in candidates or [] if k not in where]
         if lacking:
             raise SelectionError(f"{len(lacking)} locations of the table {basename(str(path))} are not in the archives "
                                  f"at {source}: {', '.join(lacking[:10])}{' ...' if len(lacking) > 10 else ''}; "
                                  "nothing was written (is it the table of another split or release?)")
     chosen = [k for keys in rows for k in keys] if candidates is None else sorted(candidates, key=lambda k: where[k][:2])
-    if limit is not None and limit < len(chosen):
-        rng = np.random.default_rng(seed)
-        pick = set(rng.choice(len(chosen), size=int(limit), replace=False).tolist())
-        chosen = [k for j, k in enumerate(chosen) if j in pick]
+    if limit is not None and (drawn or limit < len(chosen)):
+        if not drawn:
+            chosen = _draw(chosen, limit, seed)
         steps.append((f"--limit {limit} (seed {seed})", len(chosen)))
     if not chosen:
         emptied = next((name for (name, n), (_p, before) in zip(steps[1:], steps) if n == 0 and before), steps[-1][0])
@@ -247,14 +310,76 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     if loaded is not None:
         found = loaded.check_all(shards, storage_options)
     else:
-        with ThreadPoolExecutor(max(workers, WALK_WORKERS)) as pool:  # a round trip each: overlap them
+        with ThreadPoolExecutor(index_workers) as pool:  # a round trip each: overlap them
             found = list(pool.map(lambda job: shard_version(job[0], storage_options), shards))
     versions = {path: v for (path, _m, _n), v in zip(shards, found)}
     kept_table = None
     if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
         table = table.loc[[s.key for s in selected if s.key in set(table.index)]]
         kept_table = path
-    return FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, kept_table, raw)
+    plan = FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, kept_table, raw)
+    plan.estimate = estimate
+    return plan
+
+
+def _draw(pool: Sequence[str], limit: int, seed: int) -> list[str]:
+    """``limit`` of ``pool`` drawn with ``seed``, in ``pool``'s order (all of it when it holds no more)."""
+    if limit >= len(pool):
+        return list(pool)
+    rng = np.random.default_rng(seed)
+    pick = set(rng.choice(len(pool), size=int(limit), replace=False).tolist())
+    return [k for j, k in enumerate(pool) if j in pick]
+
+
+def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[int],
+                  holding: Mapping[int, Collection[str]] | None, selected: int | None, workers: int,
+                  index_workers: int, storage_options: Mapping[str, Any] | None = None, *,
+                  indexed: bool = False) -> PlanEstimate:
+    """The :class:`PlanEstimate` of indexing the shard sets ``scan`` (each up to its last id of ``holding``
+    when given) and moving ``selected`` locations (all of the scanned shards' when ``None``), from the published
+    counts (or 512 a shard) and probes: the link (:func:`~ssl4eo_zarr.costmodel.probe`, three requests) and
+    the first member's size in each modality (one request each)."""
+    from .costmodel import expected_last, probe
+    from .shardindex import known_counts
+
+    counts = known_counts(sets)
+    exact = counts is not None
+    sizes = counts if counts is not None else [schema.LOCATIONS_PER_SHARD] * len(sets)
+    first = next(iter(sets[scan[0]].paths.values()))
+    link = probe(first, storage_options, connections=index_workers)
+    member = {m: _first_member_size(next(sets[k].paths[m] for k in scan if m in sets[k].paths), storage_options)
+              for m in mods if any(m in sets[k].paths for k in scan)}
+    requests = nbytes = serial = 0.0
+    total = 0.0
+    jobs = [(k, m) for k in scan for m in mods if m in sets[k].paths]
+    for k, m in jobs:
+        headers = expected_last(sizes[k], len(holding[k])) if holding else float(sizes[k])
+        r, b, _t = link.index_cost(headers, member[m] + 1024)
+        requests += r + 2  # and a version request and an open (HEAD) per shard file
+        nbytes += b
+        total += _t * link.connections
+        serial = max(serial, _t * link.connections)
+    seconds = max(total / link.connections, serial)  # never less than the longest single shard
+    n = selected if selected is not None else sum(sizes[k] for k in scan)
+    member_bytes = float(n) * sum(member.values())
+    mover = link.with_connections(workers)
+    return PlanEstimate(link, len(jobs), 0.0 if indexed else requests, 0.0 if indexed else nbytes,
+                        0.0 if indexed else seconds, int(n) * len(member), member_bytes,
+                        mover.read_seconds(member_bytes, n * len(member)), exact, indexed)
+
+
+def _first_member_size(path: str, storage_options: Mapping[str, Any] | None) -> int:
+    """Bytes of the first member of a shard, from its first tar header (one small request)."""
+    import tarfile
+
+    from .shards import open_binary
+
+    with open_binary(path, storage_options=storage_options) as fh:
+        block = fh.read(tarfile.BLOCKSIZE)
+    try:
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
+    except tarfile.TarError:
+        return 0
 
 
 def _filter_table(table: Any, path: str, candidates: list[str] | None, bbox: Sequence[float] | None,
@@ -377,7 +502,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
           max_cloud: float | None = None, metadata: str | None = None, limit: int | None = None, seed: int = 0,
           to: str | None = None, workers: int = 8, dry_run: bool = False,
           storage_options: Mapping[str, Any] | None = None, progress: Callable[..., Any] | None = None,
-          per_shard: int = schema.LOCATIONS_PER_SHARD, index: str | None = None) -> FetchResult | FetchPlan:
+          per_shard: int = schema.LOCATIONS_PER_SHARD, index: str | None = None,
+          notify: Callable[[str], Any] | None = None, index_workers: int = WALK_WORKERS) -> FetchResult | FetchPlan:
     """Fetch a subset of SSL4EO-S12 v1.1 into a dataset root of its own (see the module docstring).
 
     Parameters
@@ -413,6 +539,11 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
     index:
         An index file of the source (``ssl4eo-zarr index``): planning then reads no tar header; a shard that
         changed since it was made is refused (:class:`~ssl4eo_zarr.shardindex.StaleIndexError`).
+    notify:
+        Called with the :class:`PlanEstimate`'s summary (requests, bytes and time planning and moving will
+        take, from a few probes) before any tar header is read; the CLI prints it.
+    index_workers:
+        Shards indexed at once (tar header walks are round trips, a few bytes each: they overlap).
 
     Returns
     -------
@@ -429,7 +560,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
     """
     plan = plan_fetch(source, split=split, modalities=modalities, locations=locations, bbox=bbox, months=months,
                       dates=dates, max_cloud=max_cloud, metadata=metadata, limit=limit, seed=seed, workers=workers,
-                      storage_options=storage_options, index=index, progress=progress)
+                      storage_options=storage_options, index=index, progress=progress, notify=notify,
+                      index_workers=index_workers)
     if dry_run:
         return plan
     target = to or plan.kind
@@ -545,6 +677,11 @@ def output_shards(plan: FetchPlan, per_shard: int) -> list[tuple[str, list[Selec
     return out
 
 
+#: Output shards whose members are fetched ahead of the one being written: the link stays busy while a shard
+#: is written and checked.
+AHEAD = 2
+
+
 def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int, bar: Any,
                per_shard: int) -> tuple[dict[str, list[str]], int, int]:
     from .shards import write_shard
@@ -554,6 +691,7 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
     files: dict[str, list[str]] = {m: [] for m in plan.modalities}
     reused = 0
     convert = plan.kind == CHUNKS
+    todo = []
     for name, group, mods in output_shards(plan, per_shard):
         rels = {m: os.path.join(plan.split, m, name) for m in mods}
         if all(_complete(dest, doc, rel) for rel in rels.values()):
@@ -562,36 +700,56 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
             if bar is not None:
                 bar.update(sum(x.size for s in group for x in s.members.values()) if not convert else 0)
             continue
-        if convert:
-            blobs = _converted_members(plan, group, staging, kw)
-        else:
-            reused += _stage_members(plan, group, staging, mover, workers)
-            blobs = None
-        for m in mods:
-            rel = rels[m]
-            if _complete(dest, doc, rel):
-                files[m].append(os.path.join(dest, rel))
-                continue
-            crcs: dict[str, int] = {}
-            path = os.path.join(dest, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                write_shard(path, _members_of(plan, group, m, blobs, staging, crcs))
-            except OSError as exc:
-                _disk_full(exc, path)
-                raise
-            doc["files"][rel] = {"size": os.path.getsize(path), "crc32": _file_crc(path),
-                                 "members": [{"key": k, "crc32": c} for k, c in crcs.items()]}
-            _save_manifest(dest, doc)  # a completed shard is never fetched again
-            files[m].append(path)
-        for s in group:
+        todo.append((group, mods, rels))
+    # One pool moves members of the next AHEAD shards in order while the current one is written.
+    pool = ThreadPoolExecutor(mover.workers)
+    pending: dict[int, tuple[list[Any], int]] = {}
+
+    def ahead(i: int) -> None:
+        if not convert and i < len(todo) and i not in pending:
+            pending[i] = _stage_members(plan, todo[i][0], staging, mover, pool)
+
+    try:
+        for i in range(AHEAD):
+            ahead(i)
+        for i, (group, mods, rels) in enumerate(todo):
+            if convert:
+                blobs = _converted_members(plan, group, staging, kw)
+            else:
+                ahead(i)
+                futures, was_staged = pending.pop(i)
+                for future in futures:
+                    future.result()
+                reused += was_staged
+                ahead(i + AHEAD)
+                blobs = None
             for m in mods:
-                key = _member_key(plan, s, m) if not convert else None
-                if key is not None:
-                    try:
-                        os.unlink(staging._path(key))
-                    except OSError:
-                        pass
+                rel = rels[m]
+                if _complete(dest, doc, rel):
+                    files[m].append(os.path.join(dest, rel))
+                    continue
+                crcs: dict[str, int] = {}
+                path = os.path.join(dest, rel)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    write_shard(path, _members_of(plan, group, m, blobs, staging, crcs))
+                except OSError as exc:
+                    _disk_full(exc, path)
+                    raise
+                doc["files"][rel] = {"size": os.path.getsize(path), "crc32": _file_crc(path),
+                                     "members": [{"key": k, "crc32": c} for k, c in crcs.items()]}
+                _save_manifest(dest, doc)  # a completed shard is never fetched again
+                files[m].append(path)
+            for s in group:
+                for m in mods:
+                    key = _member_key(plan, s, m) if not convert else None
+                    if key is not None:
+                        try:
+                            os.unlink(staging._path(key))
+                        except OSError:
+                            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return files, mover.moved, reused
 
 
@@ -613,8 +771,9 @@ def _member_key(plan: FetchPlan, s: Selected, m: str) -> str:
 
 
 def _stage_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache, mover: _Mover,
-                   workers: int) -> int:
-    """Fetch the group's members not staged yet, ``workers`` at once; returns how many were staged already."""
+                   pool: ThreadPoolExecutor) -> tuple[list[Any], int]:
+    """Queue the group's members not staged yet on ``pool``; returns their futures and how many were staged
+    already."""
     todo = []
     reused = 0
     for s in group:
@@ -641,10 +800,7 @@ def _stage_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCach
             raise OSError(errno.ENOSPC, f"the disk is full staging members under {staging.root}; nothing partial was "
                                         "left: free space and rerun to resume")
 
-    with ThreadPoolExecutor(mover.workers) as pool:
-        for _ in pool.map(one, todo):
-            pass
-    return reused
+    return [pool.submit(one, item) for item in todo], reused
 
 
 def _converted_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache,

@@ -29,7 +29,7 @@ from .shards import MEMBER_SUFFIX, Member, kept_shard_index, save_shard_index, s
 from .storage import exists, is_url, join, parent, read_bytes
 
 #: Shards walked at once (header walks are round trips: they overlap, the bytes are few).
-WALK_WORKERS = 32
+WALK_WORKERS = 64
 #: Smallest bytes a member can take in a shard: its 512-byte header and at least one data block.
 _MIN_MEMBER_BYTES = 1024
 
@@ -115,20 +115,28 @@ def read_root_table(sets: Sequence[ChunkSet], storage_options: Mapping[str, Any]
 # -- header walks ------------------------------------------------------------------------------------------------
 
 def walk(paths: Sequence[str], *, workers: int = WALK_WORKERS, progress: Callable[..., Any] | None = None,
-         until: Sequence[Collection[str] | None] | None = None, **archive_kwargs: Any) -> list[list[Member]]:
+         until: Sequence[Collection[str] | None] | None = None, link: Any = None, budget: float | None = None,
+         **archive_kwargs: Any) -> list[list[Member]]:
     """The members of each shard in ``paths`` (tar headers; kept indexes where the cache has them), ``workers``
     shards at once. ``until[k]``: the keys wanted from shard ``k``; its walk stops at the last of them (the
-    members before it; a complete kept index is used when there is one). ``progress``: a tqdm-like factory
-    (``total=``, ``desc=``, ``unit=``) for a bar of shards."""
+    members before it; a complete kept index is used when there is one). Headers are walked or read through as
+    the link's cost model chooses (``link``: a :class:`~ssl4eo_zarr.costmodel.Link`, probed when ``None``;
+    ``budget``: the most bytes per header the index may move, ``None`` for no limit). ``progress``: a tqdm-like
+    factory (``total=``, ``desc=``, ``unit=``) for a bar of shards."""
     bar = progress(total=len(paths), desc="indexing shards", unit="shard") if progress is not None else None
     wanted = list(until) if until is not None else [None] * len(paths)
+    if link is None and paths:
+        from .costmodel import probe
+
+        link = probe(paths[0], archive_kwargs.get("storage_options"), connections=workers)
+    how = {"link": link, "budget": budget}
 
     def one(job: tuple[str, Collection[str] | None]) -> list[Member]:
         path, keys = job
         if keys is None:
-            members = shard_index(path, **archive_kwargs)
+            members = shard_index(path, **archive_kwargs, **how)
         else:
-            members = _walk_until(path, keys, archive_kwargs)
+            members = _walk_until(path, keys, archive_kwargs | how)
         if bar is not None:
             bar.update(1)
         return members
@@ -141,7 +149,7 @@ def walk(paths: Sequence[str], *, workers: int = WALK_WORKERS, progress: Callabl
             bar.close()
 
 
-def _walk_until(path: str, keys: Collection[str], archive_kwargs: Mapping[str, Any]) -> list[Member]:
+def _walk_until(path: str, keys: Collection[str], archive_kwargs: dict[str, Any]) -> list[Member]:
     """The members of ``path`` up to the last of ``keys``: from a kept complete index, or a kept walk that went
     that far, else walked now (and kept, so the next plan of the same selection reads no header)."""
     version = shard_version(path, archive_kwargs.get("storage_options"))

@@ -143,24 +143,22 @@ def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
 _MAX_PADDING = 1 << 20
 
 
-#: Remote index scans read through members up to this size instead of seeking past them: a request costs a
-#: round trip (tens of ms, the time to move about a megabyte on a fast link), so for small members (DEM, NDVI,
-#: LULC) one request covers many headers. Larger members (S2, ~3.7 MB) cost one 512-byte request per header.
-INDEX_READAHEAD = 1 << 20
-
-
 class _ReadAhead(PositionedFile):
-    """Reads of a remote file served from one buffered window, refilled on a miss with as much as the stride
-    between the last two reads suggests is cheaper to read through than to request again (see
-    :data:`INDEX_READAHEAD`). Tar headers lie one member apart, so the stride is a member's size."""
+    """Reads of a remote file served from one buffered window, refilled on a miss with as many bytes as the
+    link's cost model says (:meth:`~ssl4eo_zarr.costmodel.Link.window`): one header's worth to walk, or a long
+    window that reads through several members when moving them is cheaper than a round trip each. Tar headers
+    lie one member apart, so the stride between reads is a member's size."""
 
-    def __init__(self, raw, readahead: int = INDEX_READAHEAD):
+    def __init__(self, raw, link: Any, budget: float | None = None):
+        from .costmodel import HEADER_READ
+
         self._raw = raw
-        self._readahead = readahead
+        self._link = link
+        self._budget = budget
         self._buf = b""
         self._start = 0
         self._last: int | None = None
-        self._window = 4096
+        self._window = HEADER_READ
 
     def _end(self) -> int:
         return self._raw.seek(0, 2)
@@ -173,8 +171,8 @@ class _ReadAhead(PositionedFile):
             # tarfile reads a header, then 1 byte before the next one, then that header: the strides that
             # matter are a member apart (the 1-byte step is always inside the window just read).
             stride = pos - self._last
-            # Read through only when one request then covers several headers; else one small read per header.
-            self._window = min(8 * stride, self._readahead) if 0 < 2 * stride <= self._readahead else 4096
+            if stride > 1:
+                self._window = self._link.window(stride, budget=self._budget)
         self._last = pos
         at = pos - self._start
         if not (0 <= at and at + n <= len(self._buf)):
@@ -190,18 +188,25 @@ class _ReadAhead(PositionedFile):
         super().close()
 
 
-def scan_shard(path: str, *, until: Collection[str] | None = None, **archive_kwargs: Any) -> list[Member]:
+def scan_shard(path: str, *, until: Collection[str] | None = None, link: Any = None, budget: float | None = None,
+               **archive_kwargs: Any) -> list[Member]:
     """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
     data: a local scan reads 512 bytes per location; a remote one makes one small range request per header, or
-    one per several headers when members are small, see :data:`INDEX_READAHEAD`). With ``until`` (keys), the
-    walk stops at the member whose key completes that set: the members before it, not the whole shard.
+    reads through several members per request where the link makes that cheaper: ``link``, a
+    :class:`~ssl4eo_zarr.costmodel.Link`, measured with :func:`~ssl4eo_zarr.costmodel.probe` when not given;
+    ``budget``, the most bytes per header the read may move). With ``until`` (keys), the walk stops at the
+    member whose key completes that set: the members before it, not the whole shard.
 
     Raises :class:`DamagedShardError` when the headers stop before the shard's end; its ``members`` attribute
     then holds the members before the damage."""
     found: list[Member] = []
     left = set(until) if until is not None else None
     opened = open_binary(path, **archive_kwargs)
-    with _ReadAhead(opened) if is_url(path) else opened as fh:
+    if is_url(path) and link is None:
+        from .costmodel import probe
+
+        link = probe(path, archive_kwargs.get("storage_options"))
+    with _ReadAhead(opened, link, budget) if is_url(path) else opened as fh:
         try:
             for _info, m in _members(path, fh):
                 if m.name.endswith(MEMBER_SUFFIX):

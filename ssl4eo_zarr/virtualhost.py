@@ -167,9 +167,23 @@ class _Host:
 
 
 def _serve(members: Mapping[str, Mapping[str, bytes]], latency: float, rate: float | None, tables: bool,
-           counters: Any, port: Any, ready: Any, log: str | None) -> None:
+           counters: Any, port: Any, ready: Any, log: str | None, total: float | None = None) -> None:
     host = _Host(members, latency, rate, tables, counters)
     host.log = log
+    # The host's uplink: every response's bytes pass one queue drained at ``total`` bytes/s (first come, first
+    # served), on top of each response's own ``rate``.
+    uplink = threading.Lock()
+    free_at = [0.0]
+
+    def wait_uplink(n: int) -> None:
+        if not total:
+            return
+        with uplink:
+            now = time.monotonic()
+            start = max(now, free_at[0])
+            free_at[0] = start + n / total
+        if start + n / total > now:
+            time.sleep(start + n / total - now)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -224,14 +238,15 @@ def _serve(members: Mapping[str, Mapping[str, bytes]], latency: float, rate: flo
             try:
                 for pos in range(start, end, step):
                     chunk = host.read(path, pos, min(end, pos + step))
-                    self.wfile.write(chunk)
+                    wait_uplink(len(chunk))
                     sent += len(chunk)
-                    with counters.get_lock():
-                        counters[1] += len(chunk)
-                    if host.rate:  # pace this response to the per-connection rate
+                    if host.rate:  # pace this response to the per-connection rate: a chunk leaves when it is due
                         ahead = sent / host.rate - (time.monotonic() - began)
                         if ahead > 0:
                             time.sleep(ahead)
+                    self.wfile.write(chunk)
+                    with counters.get_lock():
+                        counters[1] += len(chunk)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client stopped reading (a stream it no longer needs)
 
@@ -261,16 +276,17 @@ class VirtualHost:
     modality to one real member's bytes, see :func:`sample_members`) served from a child process on
     ``http://127.0.0.1:<port>/<corpus>``. ``root(corpus)`` is the dataset root URL. Use as a context manager;
     the process ends on exit. (Spawned: a script that makes one needs ``if __name__ == "__main__":``.)
-    ``log``: a file that gets a line per request, ``METHOD PATH RANGE``."""
+    ``latency``: seconds before each response; ``rate``: bytes/s of each response; ``total``: bytes/s of all
+    responses together (the host's uplink). ``log``: a file that gets a line per request, ``METHOD PATH RANGE``."""
 
     def __init__(self, members: Mapping[str, Mapping[str, bytes]], *, latency: float = 0.0,
-                 rate: float | None = None, tables: bool = True, log: str | None = None):
+                 rate: float | None = None, tables: bool = True, log: str | None = None, total: float | None = None):
         ctx = mp.get_context("spawn")  # a clean process: no inherited threads or torch state
         self._counters = ctx.Array("q", 2)
         self._port = ctx.Value("i", 0)
         ready = ctx.Event()
         self._proc = ctx.Process(target=_serve, args=({c: dict(v) for c, v in members.items()}, latency, rate, tables,
-                                                      self._counters, self._port, ready, log), daemon=True)
+                                                      self._counters, self._port, ready, log, total), daemon=True)
         self._proc.start()
         deadline = time.monotonic() + 120
         while not ready.wait(0.2):

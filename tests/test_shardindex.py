@@ -179,3 +179,17 @@ def test_index_command(shard_root, tmp_path, capsys):
     assert main(["index", shard_root, "--split", "val", "--modalities", "S2L2A,S1GRD", "-o", out]) == 0
     assert "indexed 4 shards x 2 modalities of val (60 members)" in capsys.readouterr().out
     assert load_index(out).members("S1GRD", schema.shard_name(4))[-1].key
+
+
+def test_a_limit_is_drawn_from_the_table_before_any_shard_is_walked(host):
+    """``limit=`` with a metadata table: the locations are drawn from the table, then only their shards are read,
+    each up to its last pick (published counts: the shard of each pick is known without reading)."""
+    host.reset_counts()
+    plan = sz.fetch(host.root(), "/nonexistent-dry-run", split="train", modalities=["S2L2A"], limit=3, seed=4,
+                    dry_run=True)
+    assert len(plan.selected) == 3
+    touched = {p.rsplit("/", 1)[-1] for p in host.paths("GET") if p.endswith(".tar") and "/S2L2A/" in p}
+    holding = {plan.sets[s.set].name for s in plan.selected}
+    assert len(touched - holding) <= 1, "only the shards holding a pick are walked (and one probed)"
+    assert holding <= touched
+    assert host.requests < 3 * 520, host.requests
