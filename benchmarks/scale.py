@@ -17,6 +17,12 @@ Rows (the issue's table):
   ssl_first:    the same over SSL4EO-S12 train
   ssl_samples:  SSL4EO-S12 train with samples= 200 ids (10 in each of 20 shards): first batch
   fetch_plan:   fetch(..., locations=those 200 ids, dry_run=True)
+  sample_plan:  fetch a 1 % sample spread over all of SSL4EO-S12 train (limit=2440, S2L2A + DEM), dry run: time
+                to the printed estimate and to the plan
+  fetch_fifth:  fetch a fifth of SSL4EO-S12 val's locations (limit=435) of DEM (small members): bytes the host
+                sent over the selected bytes
+  fetch_rate:   fetch 300 locations of SSL4EO-S12 val S2L2A: the transfer's rate (planning not counted); run it
+                with --total (the host's cap on all responses together, e.g. 100e6) and compare with that cap
 """
 
 from __future__ import annotations
@@ -46,10 +52,32 @@ rng = np.random.default_rng(0)
 shards = sorted(rng.choice(477, 20, replace=False).tolist())
 ids = [f"{1 + 512 * s + k:07d}" for s in shards for k in sorted(rng.choice(256, 10, replace=False))]
 out = {}
+import inspect
+takes = inspect.signature(sz.fetch).parameters
 t0 = time.perf_counter()
 if row == "fetch_plan":
     plan = sz.fetch(root_ssl, tmp, split="train", modalities=["S2L2A", "DEM"], locations=ids, dry_run=True)
     out["selected"] = len(plan.selected)
+elif row == "sample_plan":
+    kw = {}
+    if "notify" in takes:
+        kw["notify"] = lambda text: out.update(estimate_s=time.perf_counter() - t0, estimate=text)
+    plan = sz.fetch(root_ssl, tmp, split="train", modalities=["S2L2A", "DEM"], limit=2440, dry_run=True, **kw)
+    out["selected"] = len(plan.selected)
+    out["selected_mb"] = plan.nbytes / 1e6
+elif row in ("fetch_fifth", "fetch_rate"):
+    mod, n = ("DEM", 435) if row == "fetch_fifth" else ("S2L2A", 300)
+    t1 = time.perf_counter()
+    dry = sz.fetch(root_ssl, tmp + "-dry", split="val", modalities=[mod], limit=n, dry_run=True)
+    out["plan_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    res = sz.fetch(root_ssl, tmp + "-" + row, split="val", modalities=[mod], limit=n)
+    spent = time.perf_counter() - t1
+    out["selected"] = len(res.plan.selected)
+    out["selected_mb"] = res.plan.nbytes / 1e6
+    # The second plan reads the shard indexes kept by the first: what is left is the transfer.
+    out["transfer_s"] = getattr(res, "seconds", 0.0) or spent
+    out["transfer_mb_s"] = res.nbytes / 1e6 / out["transfer_s"]
 else:
     kw = dict(split="train", modalities=["S2L2A", "DEM"], timestamps=0, batch_size=64, seed=0)
     if row == "ssl_samples":
@@ -88,6 +116,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=264)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cap", type=float, default=150.0)
+    ap.add_argument("--total", type=float, default=None, help="the host's cap on all responses together (bytes/s)")
     ap.add_argument("--baseline", help="folder with another commit's ssl4eo_zarr package")
     ap.add_argument("--rows", default="tm_first,ssl_first,ssl_samples,fetch_plan")
     args = ap.parse_args()
@@ -103,21 +132,31 @@ def main() -> None:
     print("member bytes:", {c: {m: len(b) for m, b in v.items()} for c, v in members.items()})
     libs = {"this": HERE} | ({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})
     results: dict[tuple[str, str], list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp, VirtualHost(members, latency=args.latency, rate=args.rate) as host:
+    with tempfile.TemporaryDirectory() as tmp, VirtualHost(members, latency=args.latency, rate=args.rate,
+                                                                   total=args.total) as host:
         for r in range(args.rounds):
             for row in args.rows.split(","):
                 for name, lib in (libs.items() if r % 2 == 0 else reversed(libs.items())):
                     res = run_row(row, lib, host, args.cap, tmp)
                     results.setdefault((row, name), []).append(res)
                     print(f"round {r} {row:12s} {name:8s} {json.dumps(res)}", flush=True)
-    print(f"\nlatency {args.latency * 1e3:.0f} ms, {args.rate / 1e6:.0f} MB/s per response, members {args.size} px; "
-          f"median of {args.rounds} rounds")
-    print(f"{'row':12s} {'code':8s} {'seconds':>9s} {'requests':>9s} {'MB':>8s}")
+    cap = f", {args.total / 1e6:.0f} MB/s in all" if args.total else ""
+    print(f"\nlatency {args.latency * 1e3:.0f} ms, {args.rate / 1e6:.0f} MB/s per response{cap}, members {args.size} "
+          f"px; median of {args.rounds} rounds")
+    print(f"{'row':12s} {'code':8s} {'seconds':>9s} {'requests':>9s} {'MB':>8s}  notes")
     for (row, name), rs in results.items():
         rs = sorted(rs, key=lambda x: x.get("seconds", float("inf")))
         mid = rs[len(rs) // 2]
         secs = f"{mid['seconds']:.1f}" if "seconds" in mid else f">{args.cap:.0f}"
-        print(f"{row:12s} {name:8s} {secs:>9s} {mid['requests']:>9d} {mid['mb']:>8.0f}")
+        notes = []
+        if "estimate_s" in mid:
+            notes.append(f"estimate printed after {mid['estimate_s']:.1f} s")
+        if "selected_mb" in mid and row == "fetch_fifth":
+            notes.append(f"moved {mid['mb'] / mid['selected_mb']:.2f} x the selected {mid['selected_mb']:.0f} MB")
+        if "transfer_mb_s" in mid:
+            ratio = f" = {mid['transfer_mb_s'] * 1e6 / args.total:.2f} x the cap" if args.total else ""
+            notes.append(f"transfer {mid['transfer_s']:.1f} s, {mid['transfer_mb_s']:.0f} MB/s{ratio}")
+        print(f"{row:12s} {name:8s} {secs:>9s} {mid['requests']:>9d} {mid['mb']:>8.0f}  {'; '.join(notes)}")
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         return 0
     print(result.plan.summary())
     written = sum(len(v) for v in result.files.values())
+    rate = result.nbytes / result.seconds / 1e6 if result.seconds else 0.0
     print(f"wrote {result.locations} locations in {written} files under {args.dst} ({result.nbytes / 1e9:.3f} GB "
-          f"moved, {result.reused} members reused from an earlier run)")
+          f"moved in {result.seconds:.1f} s, {rate:.0f} MB/s; {result.reused} members reused from an earlier run)")
     return 0
 
 
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many locations, drawn with --seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--to", choices=("shards", "chunks"), help="output distribution (default: as the source)")
-    p.add_argument("--workers", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="member requests in flight (default: from the measured link, 8 to 64)")
     p.add_argument("--dry-run", action="store_true", help="print the selection, bytes and estimated time; write nothing")
     p.add_argument("--index", help="index file of the source (`ssl4eo-zarr index`): plan without reading tar headers")
     p.add_argument("--index-workers", type=int, default=WALK_WORKERS,

@@ -23,6 +23,7 @@ host for the process); :func:`LOCAL` is a local disk, where a seek is free and a
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -97,6 +98,18 @@ class Link:
         nbytes = headers * stride
         requests = max(1.0, nbytes / w)
         return requests, nbytes, self.read_seconds(nbytes, requests)
+
+    def transfer_connections(self, nbytes: float, *, least: int = 8, most: int = 64, share: float = 0.9) -> int:
+        """Requests to keep in flight moving pieces of ``nbytes`` each. Against a host that caps all responses
+        together (``total``), enough that round trips hide behind the others' transfers and the pieces arrive at
+        ``share`` of the cap (``n >= share / (1 - share) x total x rtt / nbytes``); otherwise every connection adds
+        its own rate and ``connections`` are used. Between ``least`` and ``most``; ``least`` for local files."""
+        if self.local:
+            return least
+        if self.total is None:
+            return max(least, min(most, self.connections))
+        wanted = share / (1 - share) * self.total * self.rtt / max(nbytes, 1.0)
+        return int(max(least, min(most, math.ceil(wanted))))
 
     def describe(self) -> str:
         if self.local:

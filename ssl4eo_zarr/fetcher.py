@@ -26,8 +26,9 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,7 @@ class PlanEstimate:
     transfer_seconds: float
     exact: bool = True
     indexed: bool = False
+    workers: int = 8
 
     def summary(self) -> str:
         from .costmodel import fmt_seconds
@@ -127,7 +129,7 @@ class PlanEstimate:
                     f"{self.shards} shard files, about {fmt_seconds(self.index_seconds)}"
                     + ("" if self.exact else " (assuming 512 locations per shard)"))
         return (f"{plan}\nmoving: ~{self.members:,} members, {self.member_bytes / 1e9:,.2f} GB, about "
-                f"{fmt_seconds(self.transfer_seconds)}\nlink: {self.link.describe()}")
+                f"{fmt_seconds(self.transfer_seconds)} over {self.workers} connections\nlink: {self.link.describe()}")
 
 
 # -- selection ---------------------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ OVERHEAD = 0.15
 def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations: Any = None,
                bbox: Sequence[float] | None = None, months: Sequence[int] | None = None,
                dates: Sequence[Any] | None = None, max_cloud: float | None = None, metadata: str | None = None,
-               limit: int | None = None, seed: int = 0, workers: int = 8,
+               limit: int | None = None, seed: int = 0, workers: int | None = None,
                storage_options: Mapping[str, Any] | None = None, index: str | None = None,
                progress: Callable[..., Any] | None = None, notify: Callable[[str], Any] | None = None,
                index_workers: int = WALK_WORKERS) -> FetchPlan:
@@ -264,7 +266,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     members = (_shard_members(scanned, mods, index_workers, kw, loaded, progress,
                               [holding[k] for k in scan] if holding else None, budget) if kind == SHARDS else None)
     rows = ([[x.key for x in next(iter(by_mod.values()))] for by_mod in members] if members is not None
-            else _chunk_rows(scanned, mods[0], workers, kw))
+            else _chunk_rows(scanned, mods[0], workers or 8, kw))
     where = {key: (scan[j], i, j) for j, keys in enumerate(rows) for i, key in enumerate(keys)}
     total = sum(len(r) for r in rows)
     label = (f"{split} at the source" if len(scan) == len(sets) else
@@ -332,7 +334,7 @@ def _draw(pool: Sequence[str], limit: int, seed: int) -> list[str]:
 
 
 def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[int],
-                  holding: Mapping[int, Collection[str]] | None, selected: int | None, workers: int,
+                  holding: Mapping[int, Collection[str]] | None, selected: int | None, workers: int | None,
                   index_workers: int, storage_options: Mapping[str, Any] | None = None, *,
                   indexed: bool = False) -> PlanEstimate:
     """The :class:`PlanEstimate` of indexing the shard sets ``scan`` (each up to its last id of ``holding``
@@ -362,10 +364,12 @@ def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[
     seconds = max(total / link.connections, serial)  # never less than the longest single shard
     n = selected if selected is not None else sum(sizes[k] for k in scan)
     member_bytes = float(n) * sum(member.values())
+    if workers is None:
+        workers = link.transfer_connections(sum(member.values()) / max(1, len(member)))
     mover = link.with_connections(workers)
     return PlanEstimate(link, len(jobs), 0.0 if indexed else requests, 0.0 if indexed else nbytes,
                         0.0 if indexed else seconds, int(n) * len(member), member_bytes,
-                        mover.read_seconds(member_bytes, n * len(member)), exact, indexed)
+                        mover.read_seconds(member_bytes, n * len(member)), exact, indexed, workers)
 
 
 def _first_member_size(path: str, storage_options: Mapping[str, Any] | None) -> int:
@@ -424,7 +428,8 @@ def _chunk_bytes(sets: Sequence[ChunkSet], used: Sequence[int], mods: Sequence[s
 @dataclass
 class FetchResult:
     """What :func:`fetch` did: ``files`` written (``{modality: [paths]}``), ``locations`` in DEST, ``nbytes``
-    moved for members or chunks (index requests not counted), ``reused`` members taken from staging."""
+    moved for members or chunks (index requests not counted), ``reused`` members taken from staging, ``seconds``
+    spent moving and writing them (planning not counted)."""
 
     dest: str
     plan: FetchPlan
@@ -432,6 +437,7 @@ class FetchResult:
     locations: int
     nbytes: int = 0
     reused: int = 0
+    seconds: float = 0.0
 
 
 class _Mover:
@@ -500,7 +506,7 @@ def _file_crc(path: str) -> int:
 def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], locations: Any = None,
           bbox: Sequence[float] | None = None, months: Sequence[int] | None = None, dates: Sequence[Any] | None = None,
           max_cloud: float | None = None, metadata: str | None = None, limit: int | None = None, seed: int = 0,
-          to: str | None = None, workers: int = 8, dry_run: bool = False,
+          to: str | None = None, workers: int | None = None, dry_run: bool = False,
           storage_options: Mapping[str, Any] | None = None, progress: Callable[..., Any] | None = None,
           per_shard: int = schema.LOCATIONS_PER_SHARD, index: str | None = None,
           notify: Callable[[str], Any] | None = None, index_workers: int = WALK_WORKERS) -> FetchResult | FetchPlan:
@@ -529,7 +535,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
         ``"shards"`` or ``"chunks"`` (default: as the source). Converting re-encodes locations; DEM, NDVI and
         LULC exist as shards only.
     workers:
-        Requests in flight at once.
+        Member requests in flight at once (default: chosen from the measured link, enough that round trips hide
+        behind transfers: 8 for local files, up to 64 against a host that caps its total rate).
     dry_run:
         Plan only: returns the :class:`FetchPlan` (print ``plan.summary()``), writes nothing.
     storage_options:
@@ -564,6 +571,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
                       index_workers=index_workers)
     if dry_run:
         return plan
+    if workers is None:
+        workers = plan.estimate.workers if plan.estimate is not None else 8
     target = to or plan.kind
     if target not in (SHARDS, CHUNKS):
         raise ValueError(f"to must be 'shards' or 'chunks', got {to!r}")
@@ -600,6 +609,7 @@ def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, sp
         doc["selection"] = [{"filter": name, "locations": n} for name, n in plan.steps]
         bar = progress(total=plan.nbytes, unit="B", unit_scale=True, desc="fetch") if progress else None
         kw: dict[str, Any] = {"storage_options": storage_options}
+        began = time.perf_counter()
         try:
             if target == SHARDS:
                 files, moved, reused = _to_shards(plan, dest, doc, kw, workers, bar, per_shard)
@@ -618,7 +628,8 @@ def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, sp
             _write_table(plan, dest, doc, storage_options)
             _save_manifest(dest, doc)
         shutil.rmtree(os.path.join(dest, STAGING), ignore_errors=True)
-    return FetchResult(dest, plan, files, len(plan.selected), moved, reused)
+        seconds = time.perf_counter() - began
+    return FetchResult(dest, plan, files, len(plan.selected), moved, reused, seconds)
 
 
 def _remove_temporaries(dest: str) -> None:
@@ -684,7 +695,7 @@ AHEAD = 2
 
 def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int, bar: Any,
                per_shard: int) -> tuple[dict[str, list[str]], int, int]:
-    from .shards import write_shard
+    from .shards import write_shard_summed
 
     staging = _staged(dest)
     mover = _Mover(kw, workers, bar)
@@ -701,25 +712,25 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
                 bar.update(sum(x.size for s in group for x in s.members.values()) if not convert else 0)
             continue
         todo.append((group, mods, rels))
-    # One pool moves members of the next AHEAD shards in order while the current one is written.
+    # One pool moves members in order, those of the next AHEAD shards too, while the current one is written: the
+    # writer waits member by member, so writing, CRC checks and the transfer overlap.
     pool = ThreadPoolExecutor(mover.workers)
-    pending: dict[int, tuple[list[Any], int]] = {}
+    pending: dict[int, tuple[dict[tuple[str, str], Future[None]], int]] = {}
 
     def ahead(i: int) -> None:
         if not convert and i < len(todo) and i not in pending:
-            pending[i] = _stage_members(plan, todo[i][0], staging, mover, pool)
+            pending[i] = _stage_members(plan, todo[i][0], todo[i][1], staging, mover, pool)
 
     try:
         for i in range(AHEAD):
             ahead(i)
         for i, (group, mods, rels) in enumerate(todo):
+            futures: dict[tuple[str, str], Future[None]] = {}
             if convert:
                 blobs = _converted_members(plan, group, staging, kw)
             else:
                 ahead(i)
                 futures, was_staged = pending.pop(i)
-                for future in futures:
-                    future.result()
                 reused += was_staged
                 ahead(i + AHEAD)
                 blobs = None
@@ -732,14 +743,16 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
                 path = os.path.join(dest, rel)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 try:
-                    write_shard(path, _members_of(plan, group, m, blobs, staging, crcs))
+                    size, crc = write_shard_summed(path, _members_of(plan, group, m, blobs, staging, crcs, futures))
                 except OSError as exc:
                     _disk_full(exc, path)
                     raise
-                doc["files"][rel] = {"size": os.path.getsize(path), "crc32": _file_crc(path),
+                doc["files"][rel] = {"size": size, "crc32": crc,
                                      "members": [{"key": k, "crc32": c} for k, c in crcs.items()]}
                 _save_manifest(dest, doc)  # a completed shard is never fetched again
                 files[m].append(path)
+            for future in futures.values():  # members of a shard completed by an earlier run
+                future.result()
             for s in group:
                 for m in mods:
                     key = _member_key(plan, s, m) if not convert else None
@@ -754,9 +767,13 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
 
 
 def _members_of(plan: FetchPlan, group: Sequence[Selected], m: str, blobs: dict[tuple[str, str], bytes] | None,
-                staging: ByteCache, crcs: dict[str, int]) -> Iterator[tuple[str, bytes]]:
-    """``(member name, bytes)`` of one output shard, one member in memory at a time; records each CRC-32."""
+                staging: ByteCache, crcs: dict[str, int],
+                futures: Mapping[tuple[str, str], Future[None]] | None = None) -> Iterator[tuple[str, bytes]]:
+    """``(member name, bytes)`` of one output shard, one member in memory at a time, each as soon as its transfer
+    (``futures``, by key and modality) is done; records each CRC-32."""
     for s in group:
+        if futures is not None and (s.key, m) in futures:
+            futures[(s.key, m)].result()
         data = blobs[(s.key, m)] if blobs is not None else staging.get(_member_key(plan, s, m))
         if data is None:
             raise SSL4EOError(f"the staged member {s.key} of {m} vanished from {staging.root}; rerun to fetch it again")
@@ -770,14 +787,17 @@ def _member_key(plan: FetchPlan, s: Selected, m: str) -> str:
     return ByteCache.key("member", path, plan.versions.get(path), member.name, member.offset, member.size)
 
 
-def _stage_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache, mover: _Mover,
-                   pool: ThreadPoolExecutor) -> tuple[list[Any], int]:
-    """Queue the group's members not staged yet on ``pool``; returns their futures and how many were staged
-    already."""
+def _stage_members(plan: FetchPlan, group: Sequence[Selected], mods: Sequence[str], staging: ByteCache,
+                   mover: _Mover, pool: ThreadPoolExecutor) -> tuple[dict[tuple[str, str], Future[None]], int]:
+    """Queue the group's members not staged yet on ``pool``, modality by modality (the first modality's shard is
+    written while the next one's members arrive); returns their futures by ``(key, modality)`` and how many were
+    staged already."""
     todo = []
     reused = 0
-    for s in group:
-        for m in s.members:
+    for m in mods:
+        for s in group:
+            if m not in s.members:
+                continue
             key = _member_key(plan, s, m)
             if staging.get(key) is not None:
                 reused += 1
@@ -795,12 +815,11 @@ def _stage_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCach
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{path} vanished from the source (404) while fetching; what was completed is "
                                        f"kept in {os.path.dirname(staging.root)}: rerun to resume") from None
-        staging.put(key, data)
-        if staging.get(key) is None:  # put keeps nothing on a full disk
+        if not staging.put(key, data):  # put keeps nothing on a full disk
             raise OSError(errno.ENOSPC, f"the disk is full staging members under {staging.root}; nothing partial was "
                                         "left: free space and rerun to resume")
 
-    return [pool.submit(one, item) for item in todo], reused
+    return {(s.key, m): pool.submit(one, (s, m, key)) for s, m, key in todo}, reused
 
 
 def _converted_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache,

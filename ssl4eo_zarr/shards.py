@@ -40,6 +40,7 @@ from . import schema
 from .errors import CorruptFileError, DamagedShardError, DatasetNotFoundError, UnsafeFileError
 from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, http, is_url, remote_fs
 from .storage.cache import ByteCache, byte_cache
+from .storage.zip import crc32
 from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, read_region
 
 #: Suffix of every member of a shard.
@@ -512,14 +513,38 @@ def member_grid(archive: ZipArchive, group: GroupMeta) -> tuple[np.ndarray, np.n
 def write_shard(path: str, members: Iterable[tuple[str, bytes]]) -> str:
     """Write ``(member name, bytes)`` pairs as a POSIX tar shard, atomically, with fixed metadata so the same
     members always give the same bytes (an iterator keeps one member in memory at a time). Returns the path."""
-    with atomic_write(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            tar.addfile(info, fileobj=io.BytesIO(data))
+    write_shard_summed(path, members)
     return path
+
+
+class _Summing:
+    """A write-only file that keeps the CRC-32 and size of what passes through it (tarfile needs ``tell``)."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.crc, self.size = fh, 0, 0
+
+    def write(self, b: Any) -> int:
+        self.crc = crc32(b, self.crc)
+        self.size += len(memoryview(b).cast("B"))
+        return self.fh.write(b)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def write_shard_summed(path: str, members: Iterable[tuple[str, bytes]]) -> tuple[int, int]:
+    """:func:`write_shard`, returning the file's ``(size in bytes, CRC-32)`` as it was written (a manifest entry
+    without reading the file again)."""
+    with atomic_write(path) as fh:
+        sink = _Summing(fh)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o644
+                info.mtime = 0
+                tar.addfile(info, fileobj=io.BytesIO(data))
+    return sink.size, sink.crc
 
 
 def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupMeta]:
@@ -530,4 +555,5 @@ def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupM
 
 __all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "member_grid",
            "member_metadata", "member_modality", "member_times", "open_binary", "open_member_group", "read_time", "scan_shard",
-           "kept_shard_index", "save_shard_index", "shard_index", "shard_version", "write_shard"]
+           "kept_shard_index", "save_shard_index", "shard_index", "shard_version", "write_shard",
+           "write_shard_summed"]

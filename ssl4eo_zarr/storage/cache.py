@@ -149,10 +149,10 @@ class ByteCache:
             return False
         return self._accept(path, out[:got], trailer)
 
-    def put(self, key: str, data: bytes | memoryview, crc: int | None = None) -> None:
+    def put(self, key: str, data: bytes | memoryview, crc: int | None = None) -> bool:
         """Keep ``data`` under ``key`` (atomically; an existing entry is replaced); ``crc``, its CRC-32 when the
         caller has it already. A full disk leaves nothing behind and is not an error: the data was read, it is
-        just not kept."""
+        just not kept (``False``)."""
         path = self._path(key)
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
@@ -166,10 +166,11 @@ class ByteCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            return
+            return False
         self._added += len(view)
         if self.limit is not None and (not self._checked or self._added > self.limit // 20):
             self.evict()
+        return True
 
     def fetch(self, key: str, load: Callable[[], bytes | memoryview]) -> bytes | memoryview:
         """``get(key)``, or else ``load()`` kept under ``key``; concurrent callers of one key (other workers,
