@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -60,21 +61,51 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str | None, n: int | None = None) -> list[float] | None:
+def _floats(text: str | None, n: int | None = None, name: str = "") -> list[float] | None:
     if text is None:
         return None
-    values = [float(v) for v in text.split(",")]
-    if n is not None and len(values) != n:
-        raise SystemExit(f"expected {n} comma-separated numbers, got {text!r}")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (n is not None and len(values) != n):
+        raise SystemExit(f"{name or 'argument'}: expected {n or 'some'} comma-separated numbers, got {text!r}")
     return values
+
+
+def _ints(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{name}: expected comma-separated whole numbers, got {text!r}") from None
+
+
+#: Options whose value may start with a minus sign (``--bbox -10,35,30,60``): argparse would take it for an option.
+_SIGNED = ("--bbox",)
+_NUMBERS = re.compile(r"^-[\d.]+(,-?[\d.]+)*$")
+
+
+def _join_signed(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        if items[i] in _SIGNED and i + 1 < len(items) and _NUMBERS.match(items[i + 1]):
+            out.append(f"{items[i]}={items[i + 1]}")
+            i += 2
+            continue
+        out.append(items[i])
+        i += 1
+    return out
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .fetcher import FetchPlan, fetch
 
     result = fetch(args.src, args.dst, split=args.split, modalities=args.modalities.split(","),
-                   locations=args.locations, bbox=_floats(args.bbox, 4),
-                   months=[int(m) for m in args.months.split(",")] if args.months else None,
+                   locations=args.locations, bbox=_floats(args.bbox, 4, "--bbox"), months=_ints(args.months, "--months"),
                    dates=args.dates.split(",") if args.dates else None, max_cloud=args.max_cloud,
                    metadata=args.metadata, limit=args.limit, seed=args.seed, to=args.to, workers=args.workers,
                    dry_run=args.dry_run, progress=_progress, index=args.index, index_workers=args.index_workers,
@@ -88,6 +119,16 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     print(f"wrote {result.locations} locations in {written} files under {args.dst} ({result.nbytes / 1e9:.3f} GB "
           f"moved in {result.seconds:.1f} s, {rate:.0f} MB/s; {result.reused} members reused from an earlier run)")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .fetcher import verify
+
+    problems = verify(args.dst)
+    for line in problems:
+        print(line)
+    print(f"{args.dst}: {'ok' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -227,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"shards indexed at once (tar header walks; default {WALK_WORKERS})")
     p.set_defaults(func=cmd_fetch)
 
+    p = sub.add_parser("verify", help="check a fetched dataset: finished, every selected location there, intact",
+                       description="Compare DEST with its fetch manifest: the fetch finished, every planned file holds "
+                                   "the locations of the selection, every file has its size and CRC-32. Exit 1 on "
+                                   "problems.")
+    p.add_argument("dst", help="a folder written by `ssl4eo-zarr fetch`")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("index", help="write one Parquet file locating every member of a split's shards",
                        description="Walk the tar headers of a split's shards once (many at a time) and write every "
                                    "member's shard, key, offset and size per modality, with each shard's size and "
@@ -285,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_signed(sys.argv[1:] if argv is None else argv))
     from .errors import SSL4EOError
 
     start = time.perf_counter()

@@ -21,12 +21,14 @@ answers wait as ``Retry-After`` says.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,14 +38,14 @@ import numpy as np
 
 from . import schema
 from .errors import DatasetNotFoundError, ModalityMismatchError, SSL4EOError
-from .layout import CHUNKS, SHARDS, ChunkSet, resolve, write_split_list
+from .layout import CHUNKS, FETCH_MANIFEST, SHARDS, ChunkSet, resolve, write_split_list
 from .shardindex import WALK_WORKERS, load_index, root_of, shards_for_ids, table_path, walk
 from .storage import ByteCache, atomic_write, basename
-from .storage.lock import BuildLock, load_resumable, write_json
+from .storage.lock import LOCK, BuildLock, load_resumable, write_json
 from .storage.zip import crc32
 
 #: The manifest DEST holds.
-MANIFEST = "fetch_manifest.json"
+MANIFEST = FETCH_MANIFEST
 #: Members staged for output shards not yet written (deleted when the fetch completes).
 STAGING = ".fetch"
 #: Download rate the dry run's time estimate assumes (bytes/s): what users report from the host.
@@ -215,6 +217,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     mods = [schema.modality_name(m) for m in modalities]
     if not mods:
         raise SelectionError("no modalities given: name at least one (e.g. S2L2A)")
+    _check_arguments(bbox, months, dates, max_cloud, limit)
     sets = resolve(source, split=split, modalities=mods, storage_options=storage_options)
     kind = sets[0].kind
     kw: dict[str, Any] = {"storage_options": storage_options}
@@ -324,6 +327,33 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     return plan
 
 
+def _check_arguments(bbox: Sequence[float] | None, months: Sequence[int] | None, dates: Sequence[Any] | None,
+                     max_cloud: float | None, limit: int | None) -> None:
+    """Every filter argument checked before anything is read: a wrong one is named, never a selection that an
+    impossible filter left empty."""
+    from .metadata import _timestamp, check_bbox
+
+    try:
+        if bbox is not None:
+            check_bbox(bbox)
+        if dates is not None:
+            if isinstance(dates, str) or len(dates) != 2:
+                raise ValueError(f"dates={dates!r}: a (start, end) pair of dates")
+            first, last = (_timestamp(d, n) for d, n in zip(dates, ("start", "end")))
+            if first > last:
+                raise ValueError(f"dates: start {dates[0]} is after end {dates[1]}")
+    except ValueError as exc:
+        raise SelectionError(str(exc)) from None
+    if months is not None:
+        bad = [m for m in months if isinstance(m, bool) or not isinstance(m, int | np.integer) or not 1 <= m <= 12]
+        if bad or not len(months):
+            raise SelectionError(f"months={list(months)!r}: months are 1 (January) to 12 (December)")
+    if max_cloud is not None and not 0.0 <= float(max_cloud) <= 1.0:
+        raise SelectionError(f"max_cloud={max_cloud!r}: a cloud fraction from 0 to 1 (0.1 is 10 %)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1):
+        raise SelectionError(f"limit={limit!r}: a number of locations, at least 1")
+
+
 def _draw(pool: Sequence[str], limit: int, seed: int) -> list[str]:
     """``limit`` of ``pool`` drawn with ``seed``, in ``pool``'s order (all of it when it holds no more)."""
     if limit >= len(pool):
@@ -403,7 +433,10 @@ def _filter_table(table: Any, path: str, candidates: list[str] | None, bbox: Seq
                          ("--max-cloud", {"max_cloud": max_cloud} if max_cloud is not None else None),
                          ("--dates", {"start": dates[0], "end": dates[1]} if dates is not None else None)):
         if kwargs is not None:
-            sub = select(sub, **kwargs)
+            try:
+                sub = select(sub, **kwargs)
+            except ValueError as exc:
+                raise SelectionError(f"{name}: {exc}") from None
             steps.append((f"{name} {list(kwargs.values())}", len(sub)))
     if months is not None:
         sub = sub[np.isin(_months_of(sub), list(months)).any(axis=1)]
@@ -601,12 +634,21 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
 def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, split: str, target: str, workers: int,
            storage_options: Mapping[str, Any] | None, progress: Callable[..., Any] | None,
            per_shard: int) -> FetchResult:
+    _refuse_foreign(dest)
     with BuildLock(dest):
         doc = _load_manifest(dest, settings)
         doc["source"] = source
-        _remove_temporaries(dest)
-        doc["source_files"] = {p: {"version": v} for p, v in plan.versions.items()}
+        expected = _expected_outputs(plan, target, per_shard)
+        _remove_temporaries(dest, expected)
+        now = {p: {"version": json.loads(json.dumps(v))} for p, v in plan.versions.items()}
+        changed = sorted(p for p, v in (doc.get("source_files") or {}).items() if p in now and v != now[p])
+        doc["source_files"] = now
         doc["selection"] = [{"filter": name, "locations": n} for name, n in plan.steps]
+        doc["expected"] = expected
+        doc["complete"] = False  # until the last file is written: verify and the readers say so meanwhile
+        if changed:
+            _forget_changed(dest, doc, changed)
+        _save_manifest(dest, doc)  # from here DEST is this fetch's: a rerun after a kill is recognised
         bar = progress(total=plan.nbytes, unit="B", unit_scale=True, desc="fetch") if progress else None
         kw: dict[str, Any] = {"storage_options": storage_options}
         began = time.perf_counter()
@@ -623,22 +665,68 @@ def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, sp
             except OSError:  # a full disk: the manifest of the last completed file stays, and the error goes on
                 pass
         if target == CHUNKS:
-            write_split_list(dest, split, [basename(p) for p in files[plan.modalities[0]]])
+            listed = write_split_list(dest, split, [basename(p) for p in files[plan.modalities[0]]])
+            doc["files"][os.path.relpath(listed, dest)] = {"size": os.path.getsize(listed), "crc32": _file_crc(listed)}
         if plan.table_path is not None:
             _write_table(plan, dest, doc, storage_options)
-            _save_manifest(dest, doc)
         shutil.rmtree(os.path.join(dest, STAGING), ignore_errors=True)
+        doc["complete"] = True  # last: every selected member of every modality is in DEST
+        _save_manifest(dest, doc)
         seconds = time.perf_counter() - began
     return FetchResult(dest, plan, files, len(plan.selected), moved, reused, seconds)
 
 
-def _remove_temporaries(dest: str) -> None:
-    """Temporaries a killed run left (``atomic_write``'s ``.<name>.*.tmp``): never data, always incomplete."""
-    for folder, dirs, names in os.walk(dest):
-        dirs[:] = [d for d in dirs if d != STAGING]
+def _remove_temporaries(dest: str, expected: Mapping[str, Any]) -> None:
+    """Temporaries a killed run left (``atomic_write``'s ``.<name>.*.tmp``) in the folders this fetch writes:
+    never data, always incomplete. Nothing else under DEST is touched."""
+    folders = {dest, os.path.join(dest, "splits")} | {os.path.dirname(os.path.join(dest, rel)) for rel in expected}
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
         for name in names:
             if name.startswith(".") and name.endswith(".tmp"):
-                os.unlink(os.path.join(folder, name))
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+def _refuse_foreign(dest: str) -> None:
+    """A non-empty DEST without this library's fetch manifest holds someone else's files: never write there."""
+    try:
+        names = [n for n in os.listdir(dest) if n != LOCK]
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise SelectionError(f"{dest} is a file, not a folder to fetch into") from None
+    if names and not os.path.exists(os.path.join(dest, MANIFEST)):
+        shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+        raise SelectionError(f"{dest} is not empty ({shown}) and holds no {MANIFEST}: it is not a fetch to resume; "
+                             "fetch into a new or empty folder (nothing was written)")
+
+
+def _expected_outputs(plan: FetchPlan, target: str, per_shard: int) -> dict[str, list[str]]:
+    """``{file relative to DEST: location keys it will hold}`` of every data file the fetch writes."""
+    if target == SHARDS:
+        return {os.path.join(plan.split, m, name): [s.key for s in group]
+                for name, group, mods in output_shards(plan, per_shard) for m in mods}
+    step = schema.SAMPLES_PER_FILE
+    return {os.path.join(plan.split, m, schema.chunk_file_name(plan.split, g // step + 1)):
+            [s.key for s in plan.selected[g: g + step]]
+            for g in range(0, len(plan.selected), step) for m in plan.modalities}
+
+
+def _forget_changed(dest: str, doc: dict[str, Any], changed: Sequence[str]) -> None:
+    """Written files made from source files that changed since: fetched again, with a warning naming both."""
+    gone = set(changed)
+    stale = [rel for rel, entry in doc["files"].items()
+             if rel in doc["expected"] and gone & set(entry.get("sources", gone))]
+    for rel in stale:
+        del doc["files"][rel]
+    if stale:
+        warnings.warn(f"{len(changed)} source files changed since this fetch began ({', '.join(changed[:3])}"
+                      f"{' ...' if len(changed) > 3 else ''}): {len(stale)} files of {dest} made from them are fetched "
+                      f"again ({', '.join(sorted(stale)[:3])}{' ...' if len(stale) > 3 else ''})", stacklevel=4)
 
 
 def _write_table(plan: FetchPlan, dest: str, doc: dict[str, Any], storage_options: Mapping[str, Any] | None) -> None:
@@ -748,7 +836,8 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
                     _disk_full(exc, path)
                     raise
                 doc["files"][rel] = {"size": size, "crc32": crc,
-                                     "members": [{"key": k, "crc32": c} for k, c in crcs.items()]}
+                                     "members": [{"key": k, "crc32": c} for k, c in crcs.items()],
+                                     "sources": sorted({plan.sets[s.set].paths[m] for s in group})}
                 _save_manifest(dest, doc)  # a completed shard is never fetched again
                 files[m].append(path)
             for future in futures.values():  # members of a shard completed by an earlier run
@@ -887,19 +976,48 @@ def _to_chunks(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
                 _disk_full(exc, path)
                 raise
             doc["files"][rel] = {"size": os.path.getsize(path), "crc32": _file_crc(path),
-                                 "locations": [str(x) for x in ds["sample"].values]}
+                                 "locations": [str(x) for x in ds["sample"].values],
+                                 "sources": sorted({plan.sets[s.set].paths[m] for s in group})}
             _save_manifest(dest, doc)
             files[m].append(path)
     return files, moved, 0
 
 
 def verify(dest: str) -> list[str]:
-    """Problems of a fetched DEST against its manifest (a missing file, another size or CRC-32); empty when
-    everything is as written. Reads every written file once."""
-    with open(os.path.join(dest, MANIFEST), encoding="utf-8") as f:
-        doc = json.load(f)
+    """Problems of a fetched DEST, each naming the file and what is wrong; empty when the fetch finished and every
+    selected location is in DEST, in every modality, intact. Checks the manifest's ``complete`` mark (written
+    last), every planned file against the selection it should hold (location keys, in order), and every written
+    file (data, metadata table, split list) against its size and CRC-32. Reads every written file once."""
+    path = os.path.join(dest, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return [f"{dest}: no {MANIFEST}: not a fetched dataset (or its manifest was removed)"]
+    except ValueError as exc:
+        return [f"{path}: not readable JSON ({exc}): the manifest is damaged"]
     problems = []
-    for rel, entry in sorted(doc["files"].items()):
+    files: dict[str, Any] = doc.get("files") or {}
+    expected: dict[str, list[str]] | None = doc.get("expected")
+    if doc.get("complete") is False:
+        problems.append(f"{dest}: the fetch did not finish ({sum(r in files for r in expected or {})} of "
+                        f"{len(expected or {})} data files written): rerun the same fetch to complete it")
+    if expected is not None:
+        for rel, keys in sorted(expected.items()):
+            entry = files.get(rel)
+            if entry is None:
+                problems.append(f"{os.path.join(dest, rel)}: not written (it is to hold {len(keys)} selected "
+                                "locations)")
+                continue
+            held = [m["key"] for m in entry["members"]] if "members" in entry else entry.get("locations")
+            if held is not None and held != keys:
+                problems.append(f"{os.path.join(dest, rel)}: holds {len(held)} locations, the selection puts "
+                                f"{len(keys)} there ({sorted(set(keys) - set(held))[:3]} missing)")
+        placed = {k for keys in expected.values() for k in keys}
+        lost = [k for k in (doc.get("settings") or {}).get("locations", []) if k not in placed]
+        if lost:
+            problems.append(f"{dest}: {len(lost)} selected locations have no file ({', '.join(lost[:5])})")
+    for rel, entry in sorted(files.items()):
         path = os.path.join(dest, rel)
         if not os.path.exists(path):
             problems.append(f"{path}: missing")

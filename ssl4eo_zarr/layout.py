@@ -14,8 +14,10 @@ here lists a remote folder: split lists are read by name and shard counts found 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,14 +213,37 @@ def _shard_sets(split: str, names: Sequence[str], use: Sequence[str], corpus: sc
     return out
 
 
+#: What :func:`~ssl4eo_zarr.fetch` writes at the root of a fetched dataset; its ``complete`` mark comes last.
+FETCH_MANIFEST = "fetch_manifest.json"
+
+
+def warn_if_incomplete(root: str) -> None:
+    """Warn when ``root`` is a fetched dataset whose fetch has not finished: it holds part of its selection."""
+    path = os.path.join(root, FETCH_MANIFEST)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return  # being rewritten this instant, or not ours to judge
+    if isinstance(doc, dict) and doc.get("complete") is False:
+        planned, done = len(doc.get("expected") or {}), len(doc.get("files") or {})
+        warnings.warn(f"{root} is an unfinished fetch ({done} of {planned or '?'} files written): it holds only part of "
+                      "its selection; rerun the same fetch to finish it (`ssl4eo-zarr verify` says what is missing)",
+                      stacklevel=4)
+
+
 def _resolve_local(src: str, split: str | None, mods: list[str] | None, distribution: str | None) -> list[ChunkSet]:
     if not os.path.isdir(src):
         raise DatasetNotFoundError(f"dataset path not found: {src}")
     if _folder_kind(src) and not _modality_folders(src):  # a modality folder: read its split
         src = os.path.dirname(os.path.abspath(src))
     if _modality_folders(src) and not os.path.isdir(os.path.join(src, "splits")):  # a split folder
+        warn_if_incomplete(os.path.dirname(os.path.abspath(src)))
         return _local_split(os.path.dirname(os.path.abspath(src)), os.path.basename(os.path.abspath(src)), src, mods,
                             distribution)
+    warn_if_incomplete(src)
     splits = [split] if split else available_splits(src)
     if not splits:
         raise DatasetNotFoundError(f"no SSL4EO-S12 splits under {src} (expected {src}/train or {src}/val)")

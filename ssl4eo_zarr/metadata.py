@@ -305,25 +305,43 @@ def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True
            tiles: Sequence[str] | None = None, split: str | None = None) -> Any:
     """Rows of a :func:`read_metadata` table that pass every filter given.
 
-    ``max_cloud``: cloud fraction at most this in every timestamp (``all_times``) or in at least one; unknown
-    fractions (NaN) never pass. ``bbox``: ``(min_lon, min_lat, max_lon, max_lat)`` containing the centre.
-    ``start``/``end``: every S2 time within (inclusive). ``tiles``: MGRS tile ids. ``split``: train/val.
+    ``max_cloud``: cloud fraction (0..1) at most this in every timestamp (``all_times``) or in at least one;
+    unknown fractions (NaN) never pass. ``bbox``: ``(min_lon, min_lat, max_lon, max_lat)`` in degrees containing
+    the centre; ``min_lon > max_lon`` is a box across the antimeridian (e.g. ``(170, -20, -170, 0)``).
+    ``start``/``end``: every S2 time within, both inclusive (a date without a time of day as ``end`` takes
+    that whole day). ``tiles``: MGRS tile ids. ``split``: train/val. A filter that cannot apply (out of range,
+    start after end, no cloud columns in the table) raises ``ValueError`` naming it.
     """
     import pandas as pd
 
     keep = np.ones(len(table), dtype=bool)
     if max_cloud is not None:
-        cloud = table[[f"cloud_{t}" for t in range(schema.N_TIMESTAMPS)]].to_numpy(dtype=float)
+        if not 0.0 <= float(max_cloud) <= 1.0:
+            raise ValueError(f"max_cloud={max_cloud!r}: a cloud fraction from 0 to 1")
+        columns = [f"cloud_{t}" for t in range(schema.N_TIMESTAMPS)]
+        if not set(columns) <= set(table.columns) or table[columns].isna().all(axis=None):
+            raise ValueError("max_cloud: this metadata table has no cloud cover (no cloud_0..cloud_3 values); "
+                             "drop the filter or pass a table that has it")
+        cloud = table[columns].to_numpy(dtype=float)
         ok = np.nan_to_num(cloud, nan=np.inf) <= max_cloud
         keep &= ok.all(axis=1) if all_times else ok.any(axis=1)
     if bbox is not None:
-        lon0, lat0, lon1, lat1 = bbox
-        keep &= (table["center_lon"].between(lon0, lon1) & table["center_lat"].between(lat0, lat1)).to_numpy()
+        lon0, lat0, lon1, lat1 = check_bbox(bbox)
+        lon = table["center_lon"]
+        inside = lon.between(lon0, lon1) if lon0 <= lon1 else (lon >= lon0) | (lon <= lon1)
+        keep &= (inside & table["center_lat"].between(lat0, lat1)).to_numpy()
     times = table[[f"s2_time_{t}" for t in range(schema.N_TIMESTAMPS)]]
-    if start is not None:
-        keep &= (times >= pd.Timestamp(start)).all(axis=1).to_numpy()
-    if end is not None:
-        keep &= (times <= pd.Timestamp(end)).all(axis=1).to_numpy()
+    first = _timestamp(start, "start") if start is not None else None
+    last = _timestamp(end, "end") if end is not None else None
+    if first is not None and last is not None and first > last:
+        raise ValueError(f"dates: start {start} is after end {end}")
+    if first is not None:
+        keep &= (times >= first).all(axis=1).to_numpy()
+    if last is not None:
+        if _date_only(end, last):
+            keep &= (times < last + pd.Timedelta(days=1)).all(axis=1).to_numpy()
+        else:
+            keep &= (times <= last).all(axis=1).to_numpy()
     if tiles is not None:
         keep &= table["tile_id"].isin(list(tiles)).to_numpy()
     if split is not None:
@@ -331,5 +349,49 @@ def select(table: Any, *, max_cloud: float | None = None, all_times: bool = True
     return table[keep]
 
 
-__all__ = ["COLUMNS", "SEASONS", "match_time_columns", "read_metadata", "read_table", "season_slots", "select",
+def check_bbox(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    """``(W, S, E, N)`` in degrees, checked: four finite numbers, longitudes in -180..180, latitudes in -90..90,
+    S <= N (W > E is a box across the antimeridian). Raises ``ValueError`` naming what is wrong."""
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise ValueError(f"bbox={bbox!r}: four numbers W,S,E,N in degrees") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise ValueError(f"bbox={bbox!r}: four finite numbers W,S,E,N in degrees")
+    w, s, e, n = values
+    if not (-180 <= w <= 180 and -180 <= e <= 180):
+        raise ValueError(f"bbox={bbox!r}: longitudes (W, E) must lie in -180..180")
+    if not (-90 <= s <= 90 and -90 <= n <= 90):
+        raise ValueError(f"bbox={bbox!r}: latitudes (S, N) must lie in -90..90")
+    if s > n:
+        raise ValueError(f"bbox={bbox!r}: south {s} is north of north {n} (the order is W,S,E,N)")
+    return w, s, e, n
+
+
+def _timestamp(value: Any, name: str) -> Any:
+    import pandas as pd
+
+    try:
+        t = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"dates: {name} {value!r} is not a date (e.g. 2021-06-30)") from None
+    if t is pd.NaT:
+        raise ValueError(f"dates: {name} {value!r} is not a date (e.g. 2021-06-30)")
+    return t.tz_convert(None) if t.tzinfo is not None else t
+
+
+def _date_only(value: Any, t: Any) -> bool:
+    """A day without a time of day (``"2021-06-30"``, a ``datetime.date``): an end that includes that day."""
+    import datetime
+
+    if isinstance(value, datetime.datetime):
+        return False
+    if isinstance(value, datetime.date):
+        return True
+    if isinstance(value, str):
+        return t == t.normalize() and not any(c in value for c in "T: ")
+    return False
+
+
+__all__ = ["COLUMNS", "check_bbox", "SEASONS", "match_time_columns", "read_metadata", "read_table", "season_slots", "select",
            "table_rows"]

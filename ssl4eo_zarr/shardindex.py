@@ -133,10 +133,13 @@ def walk(paths: Sequence[str], *, workers: int = WALK_WORKERS, progress: Callabl
 
     def one(job: tuple[str, Collection[str] | None]) -> list[Member]:
         path, keys = job
-        if keys is None:
-            members = shard_index(path, **archive_kwargs, **how)
-        else:
-            members = _walk_until(path, keys, archive_kwargs | how)
+        try:
+            if keys is None:
+                members = shard_index(path, **archive_kwargs, **how)
+            else:
+                members = _walk_until(path, keys, archive_kwargs | how)
+        except FileNotFoundError:  # answered a moment ago (found by name or version), gone now
+            raise DatasetNotFoundError(f"{path} vanished from the source (404) while its headers were read") from None
         if bar is not None:
             bar.update(1)
         return members

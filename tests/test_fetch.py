@@ -147,7 +147,7 @@ def test_bad_input_is_named_and_nothing_is_written(source, host, tmp_path):
     with pytest.raises(SelectionError, match="--bbox .* left no location"):
         fetch(host.url, str(dest), split="val", modalities=MODS, bbox=(0.0, 0.0, 0.001, 0.001))
     with pytest.raises(SelectionError, match="--max-cloud .* left no location"):
-        fetch(host.url, str(dest), split="val", modalities=MODS, max_cloud=-1.0)
+        fetch(host.url, str(dest), split="val", modalities=MODS, max_cloud=0.0)
     with pytest.raises(SelectionError, match="not a location id"):
         fetch(host.url, str(dest), split="val", modalities=MODS, locations=["S2A_thing"])
     with pytest.raises(SelectionError, match="shards only"):
