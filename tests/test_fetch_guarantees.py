@@ -180,3 +180,14 @@ def test_the_cli_takes_a_box_with_a_negative_west(source, tmp_path, capsys):
                  "--bbox", "-180,-90,180,90", "--dry-run"]) in (0, 2)
     err = capsys.readouterr().err
     assert "expected one argument" not in err and len(lon) == 24
+
+
+def test_a_host_that_ignores_range_is_named_at_once_not_read_quadratically(source, tmp_path, monkeypatch):
+    from ssl4eo_zarr.storage import http
+
+    # The synthetic shards are small: refuse skips beyond 1 kB, as 16 MB is refused on published shards.
+    monkeypatch.setattr(http, "RANGE_SKIP_LIMIT", 1000)
+    with RangeHTTPServer(source, ranges=False) as server:
+        with pytest.raises(http.RangeIgnoredError, match="ignores Range requests .* download the files"):
+            fetch(server.url, str(tmp_path / "d"), split="val", modalities=["S2L2A"], locations=_ids(source, [5]))
+        assert server.requests < 40, f"{server.requests} requests: the error was retried"

@@ -213,6 +213,18 @@ def _done(resp: http.client.HTTPResponse, pooled: _Pooled, reuse: bool) -> None:
         conn.close()
 
 
+class RangeIgnoredError(HTTPStatusError):
+    """A host that answers range requests with the whole file, far from its start: every random read would
+    download the file up to that point again. Final (not retried)."""
+
+    final = True
+
+
+#: How far into a whole-file answer (a host that ignored ``Range``) a read may skip before it is refused: beyond
+#: this, reading a shard's members one by one would move the file again for each (quadratic).
+RANGE_SKIP_LIMIT = 16 << 20
+
+
 def _skip_to(resp: http.client.HTTPResponse, url: str, start: int) -> None:
     """Read and drop the first ``start`` bytes of a whole-file answer (a host that ignored ``Range``)."""
     skip = bytearray(min(start, _SKIP) or 1)
@@ -236,7 +248,13 @@ def read_range(url: str, start: int, view: memoryview, headers: Mapping[str, str
             match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
             if match is None or int(match.group(1)) != start or int(match.group(2)) != end:
                 raise OSError(f"{url}: asked for bytes {start}-{end}, got {resp.getheader('Content-Range')}")
-        elif resp.status == 200:  # Range ignored: the whole file comes; skip to the range
+        elif resp.status == 200:  # Range ignored: the whole file comes; skip to the range if it is near
+            if start > RANGE_SKIP_LIMIT:
+                raise RangeIgnoredError(
+                    f"{url}: the host ignores Range requests (asked for bytes {start}-{end}, it sent the whole "
+                    f"{resp.getheader('Content-Length') or '?'} bytes): reading members from it would download the "
+                    "file again for every read; download the files and read them locally, or use a host that "
+                    "honours Range", 200)
             _skip_to(resp, url, start)
         else:
             _fail(resp, url)

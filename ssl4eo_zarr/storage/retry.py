@@ -60,6 +60,8 @@ def http_status(exc: BaseException) -> int | None:
 def is_transient(exc: BaseException) -> bool:
     """Whether a network error may go away by itself. An HTTP 4xx answer is final (the request itself is
     wrong, or not allowed), except 408 (request timeout) and 429 (rate limit)."""
+    if getattr(exc, "final", False):  # e.g. a host that ignores Range: asking again changes nothing
+        return False
     status = http_status(exc)
     return status is None or not (400 <= status < 500) or status in (408, 429)
 
