@@ -198,3 +198,164 @@ def test_a_stream_cut_off_resumes_where_it_was(tmp_path):
         while len(got) < 5 << 20:
             got += fh.read(1 << 20)
         assert bytes(got) == data[: len(got)] and server.drops == 3, server.drops  # from 0, 3 MB, 4.5 MB
+
+
+def test_credentials_never_go_from_https_down_to_http():
+    same = http._same_host
+    assert same("https://h.org/a", "https://h.org/b") and same("http://h.org/a", "https://h.org/b")
+    assert not same("https://h.org:8443/a", "http://h.org:8443/b"), "a downgrade on the same host and port"
+    assert not same("https://h.org/a", "http://h.org/b") and not same("https://h.org/a", "https://cdn.org/b")
+    assert not same("http://h.org:8080/a", "http://h.org:9090/b")
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1/file", "file:///etc/passwd"])
+def test_a_redirect_to_another_protocol_is_refused_at_once(root, location):
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        server.answer_next((302, {"Location": location}))
+        with pytest.raises(http.RedirectError, match="not HTTP"):
+            retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.01)
+        assert server.requests == 1
+
+
+def test_a_redirect_loop_is_final_not_retried(root):
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as server:
+        server.answer_next(*[(302, {"Location": "/loop"})] * 20)
+        began = time.monotonic()
+        with pytest.raises(http.RedirectError, match="loop"):
+            retry_module.retry(http.head_size, f"{server.url}/{_rel(root, path)}", backoff=0.2)
+        assert server.requests == 2 and time.monotonic() - began < 2
+
+
+def test_a_signed_cdn_url_is_not_printed_in_errors(root):
+    path = chunk_path(root, "S2RGB", 1)
+    with RangeHTTPServer(root) as hub:
+        hub.answer_next((302, {"Location": "http://127.0.0.1:1/blob?X-Amz-Signature=topsecret"}))
+        with pytest.raises(OSError) as info:
+            http.head_size(f"{hub.url}/{_rel(root, path)}")
+        assert "topsecret" not in str(info.value) and "127.0.0.1:1/blob" in str(info.value)
+
+
+def test_remembered_redirects_are_bounded_and_kept_per_credentials():
+    table = http._Redirects()
+    for k in range(http._Redirects.SIZE + 100):
+        table.put(f"https://hub/{k}", {}, f"https://cdn/{k}")
+    assert len(table) == http._Redirects.SIZE and table.get("https://hub/0", {}) == "https://hub/0"
+    table.put("https://hub/x", {"Authorization": "Bearer a"}, "https://cdn/for-a")
+    assert table.get("https://hub/x", {"Authorization": "Bearer b"}) == "https://hub/x", "another token asks again"
+    assert table.get("https://hub/x", {"Authorization": "Bearer a"}) == "https://cdn/for-a"
+
+
+class _ForwardProxy:
+    """A forward HTTP proxy on 127.0.0.1: takes absolute-form requests, sends them on to 127.0.0.1 at the
+    URL's port whatever its host name (``data.invalid`` resolves nowhere: only the proxy can reach it)."""
+
+    def __init__(self):
+        import http.client as hc
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        proxy = self
+        self.seen: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                proxy.seen.append(self.path)
+                parts = urlsplit(self.path)
+                conn = hc.HTTPConnection("127.0.0.1", parts.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                conn.close()
+
+            do_GET = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_environments_proxy_is_used_and_no_proxy_honoured(root, monkeypatch):
+    path = chunk_path(root, "S2RGB", 1)
+    proxy = _ForwardProxy()
+    try:
+        with RangeHTTPServer(root) as server:
+            url = f"http://data.invalid:{server.port}/{_rel(root, path)}"
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            with open(path, "rb") as f:
+                want = f.read()
+            assert http.read_bytes(url) == want
+            assert proxy.seen and proxy.seen[0].startswith("http://data.invalid:")
+            got = sz.open_dataset(url).load()
+            xr.testing.assert_identical(got, sz.open_dataset(path).load())
+            monkeypatch.setenv("NO_PROXY", "data.invalid")
+            with pytest.raises(OSError):
+                http.head_size(url)  # straight to a host that does not resolve
+    finally:
+        proxy.close()
+
+
+def test_retry_after_in_other_scripts_digits_is_no_error():
+    assert retry_module.parse_retry_after("\u00b2") is None  # superscript two: str.isdigit() says True
+    assert retry_module.parse_retry_after("\u0663") is None  # Arabic-Indic three
+
+
+def test_rate_limit_waits_go_on_past_the_retry_count_within_a_wait_budget(root, caplog):
+    """A hub rations requests in windows of minutes: answers with Retry-After are waited for (a log line each)
+    beyond ``retries``, until the wait budget is spent; then the error is raised."""
+    import logging
+
+    path = chunk_path(root, "S2RGB", 1)
+    url = None
+    with RangeHTTPServer(root) as server:
+        url = f"{server.url}/{_rel(root, path)}"
+        server.answer_next(*[(429, {"Retry-After": "0"})] * 6)
+        with caplog.at_level(logging.WARNING, logger="ssl4eo_zarr"):
+            size = retry_module.retry(http.head_size, url, retries=2, backoff=0.01)
+        assert size == os.path.getsize(path) and server.requests == 7
+        assert sum("waiting" in r.getMessage() for r in caplog.records) == 6
+        server.answer_next(*[(503, {"Retry-After": "1"})] * 3)
+        with pytest.raises(http.HTTPStatusError, match="503"):
+            retry_module.retry(http.head_size, url, retries=5, backoff=0.01, wait_budget=1.5)
+        assert server.requests == 7 + 2
+
+
+def test_hub_errors_carry_their_status_and_retry_after(root):
+    """huggingface_hub raises ``HfHubHTTPError`` with the status in ``.response.status_code``: a 404 is final,
+    a 429's Retry-After is honoured, through the hub's own client against a real local hub."""
+    hf = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with RangeHTTPServer(root, hub_repo="org/SSL4EO-S12-v1.1") as hub:
+        api = hf.HfApi(endpoint=hub.url, token=False)
+        hub.answer_next((418, {}))
+        with pytest.raises(HfHubHTTPError) as info:
+            retry_module.retry(api.dataset_info, "org/SSL4EO-S12-v1.1", backoff=0.01)
+        assert retry_module.http_status(info.value) == 418 and not retry_module.is_transient(info.value)
+        assert hub.requests == 1, "a final answer is not retried"
+        hub.answer_next((429, {"Retry-After": "1"}))
+        began = time.monotonic()
+        info = retry_module.retry(api.dataset_info, "org/SSL4EO-S12-v1.1", retries=1, backoff=0.01)
+        assert info.id == "org/SSL4EO-S12-v1.1" and time.monotonic() - began >= 0.95

@@ -25,9 +25,11 @@ import os
 import re
 import ssl
 import threading
+import urllib.request
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NoReturn
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from .retry import PositionedFile, parse_retry_after
 
@@ -36,6 +38,7 @@ SUPPORTED_OPTIONS = frozenset({"headers"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _SKIP = 1 << 20
+MAX_REDIRECTS = 10
 #: Headers that carry credentials: never sent to a host other than the one the caller named.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
@@ -60,10 +63,16 @@ def _origin(url: str) -> tuple[str, int]:
 
 
 def _same_host(a: str, b: str) -> bool:
-    """Whether credentials given for ``a`` may go to ``b``: the same host and port, or the same host moved
-    from plain HTTP on port 80 to HTTPS on 443 (an upgrade, which requests allows too)."""
+    """Whether credentials given for ``a`` may go to ``b``: the same scheme, host and port, or the same host
+    moved from plain HTTP on port 80 to HTTPS on 443 (an upgrade, which requests allows too). Never from HTTPS
+    down to HTTP, where they would cross the network in the clear."""
     (host_a, port_a), (host_b, port_b) = _origin(a), _origin(b)
-    return host_a == host_b and (port_a == port_b or (port_a, port_b) == (80, 443))
+    scheme_a, scheme_b = urlsplit(a).scheme, urlsplit(b).scheme
+    if host_a != host_b:
+        return False
+    if scheme_a == scheme_b:
+        return port_a == port_b
+    return (scheme_a, port_a, scheme_b, port_b) == ("http", 80, "https", 443)
 
 
 def _without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
@@ -75,32 +84,46 @@ def handles(url: str, storage_options: Mapping[str, Any] | None) -> bool:
     return url.startswith(("http://", "https://")) and set(storage_options or {}) <= SUPPORTED_OPTIONS
 
 
+_Key = tuple[str, str, int, str]  # scheme, host, port, proxy ("" for a direct connection)
+
+
 class _Pool:
-    """Idle keep-alive connections per (scheme, host, port), shared by the threads of one process."""
+    """Idle keep-alive connections per (scheme, host, port, proxy), shared by the threads of one process."""
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[_Key, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._context: ssl.SSLContext | None = None
 
-    def get(self, scheme: str, host: str, port: int, *, fresh: bool = False) -> http.client.HTTPConnection:
+    def get(self, key: _Key, *, fresh: bool = False) -> http.client.HTTPConnection:
+        scheme, host, port, proxy = key
         with self._lock:
             if self._pid != os.getpid():  # never share a socket with the parent of a fork
                 self._idle, self._pid = {}, os.getpid()
-            idle = self._idle.get((scheme, host, port))
+            idle = self._idle.get(key)
             if idle and not fresh:
                 return idle.pop()
             if scheme == "https" and self._context is None:
                 self._context = ssl.create_default_context()
+        if proxy:
+            parts = urlsplit(proxy)
+            phost, pport = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+            auth = _proxy_auth(parts)
+            if scheme == "https":  # a tunnel through the proxy (CONNECT), TLS end to end
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(phost, pport, timeout=60,
+                                                                               context=self._context)
+                conn.set_tunnel(host, port, headers=auth)
+                return conn
+            return http.client.HTTPConnection(phost, pport, timeout=60)
         if scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=60, context=self._context)
         return http.client.HTTPConnection(host, port, timeout=60)
 
-    def put(self, scheme: str, host: str, port: int, conn: http.client.HTTPConnection) -> None:
+    def put(self, key: _Key, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if self._pid == os.getpid():
-                self._idle.setdefault((scheme, host, port), []).append(conn)
+                self._idle.setdefault(key, []).append(conn)
                 return
         conn.close()
 
@@ -113,47 +136,130 @@ class _Pool:
                 conn.close()
 
 
+def _proxy_auth(parts: Any) -> dict[str, str]:
+    if parts.username is None:
+        return {}
+    import base64
+
+    token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(token).decode()}
+
+
+def proxy_for(scheme: str, host: str) -> str:
+    """The proxy URL the environment names for ``scheme`` (``HTTP_PROXY``/``HTTPS_PROXY``, lower case too),
+    ``""`` for none or where ``NO_PROXY`` exempts ``host``; as curl and requests read them. This machine's own
+    loopback is never proxied (a proxy elsewhere cannot reach it)."""
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return ""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme, "")
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+        return ""
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def shown(url: str) -> str:
+    """``url`` for messages: without its query (a signed CDN URL's signature is a credential)."""
+    parts = urlsplit(url)
+    return parts._replace(query="…" if parts.query else "", fragment="").geturl()
+
+
+class RedirectError(HTTPStatusError):
+    """Redirects that go nowhere: a loop, too many, or to another protocol (``ftp:``, ``file:``). Final."""
+
+    final = True
+
+
 _POOL = _Pool()
 atexit.register(_POOL.close_all)
-_RESOLVED: dict[str, str] = {}  # URL -> where its redirects led (per process; signed CDN URLs expire)
 
 
-_Pooled = tuple[tuple[str, str, int], http.client.HTTPConnection]
+class _Redirects:
+    """Where each URL's redirects led, for the credentials it was asked with (another token may be sent
+    elsewhere), the most recent :data:`SIZE` kept (per process; signed CDN URLs expire)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._map: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(url: str, headers: Mapping[str, str]) -> tuple[str, int]:
+        return url, hash(tuple(sorted((k.lower(), v) for k, v in headers.items() if k.lower() in CREDENTIAL_HEADERS)))
+
+    def get(self, url: str, headers: Mapping[str, str]) -> str:
+        with self._lock:
+            return self._map.get(self._key(url, headers), url)
+
+    def put(self, url: str, headers: Mapping[str, str], final: str) -> None:
+        key = self._key(url, headers)
+        with self._lock:
+            self._map[key] = final
+            self._map.move_to_end(key)
+            while len(self._map) > self.SIZE:
+                self._map.popitem(last=False)
+
+    def forget(self, url: str, headers: Mapping[str, str]) -> None:
+        with self._lock:
+            self._map.pop(self._key(url, headers), None)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
+_RESOLVED = _Redirects()
+
+
+_Pooled = tuple[_Key, http.client.HTTPConnection]
 
 
 def _request(method: str, url: str, headers: Mapping[str, str],
              origin: str | None = None) -> tuple[http.client.HTTPResponse, _Pooled, str]:
-    """Send ``method`` to ``url`` following redirects; the response (body unread), its connection with the
-    pool key, and the final URL. Credentials in ``headers`` belong to ``origin`` (default ``url``): every hop
-    to another host goes without them."""
+    """Send ``method`` to ``url`` following redirects (through the environment's proxy, if any); the response
+    (body unread), its connection with the pool key, and the final URL. Credentials in ``headers`` belong to
+    ``origin`` (default ``url``): every hop to another host, another port or from HTTPS down to HTTP goes
+    without them."""
     target = url
     origin = url if origin is None else origin
-    for _ in range(6):
+    seen = set()
+    for _ in range(MAX_REDIRECTS + 1):
         if not _same_host(origin, target):
             headers = _without_credentials(headers)
         parts = urlsplit(target)
         scheme = parts.scheme
+        if scheme not in ("http", "https"):
+            raise RedirectError(f"{shown(url)} redirects to {shown(target)}, which is not HTTP(S)", 0)
         port = parts.port or (443 if scheme == "https" else 80)
         host = parts.hostname or ""
         path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        proxy = proxy_for(scheme, host)
+        sent = dict(headers)
+        if proxy and scheme == "http":  # a forward proxy takes the whole URL
+            path = target
+            sent.update(_proxy_auth(urlsplit(proxy)))
+        key: _Key = (scheme, host, port, proxy)
         for fresh in (False, True):
             # A kept-alive connection the server has since closed fails at once: try once more on a new one.
-            conn = _POOL.get(scheme, host, port, fresh=fresh)
+            conn = _POOL.get(key, fresh=fresh)
             try:
-                conn.request(method, path, headers=dict(headers))
+                conn.request(method, path, headers=sent)
                 resp = conn.getresponse()
                 break
             except (http.client.HTTPException, OSError) as exc:
                 conn.close()
                 if fresh:
-                    raise ConnectionError(f"{method} {target}: {exc}") from None
+                    raise ConnectionError(f"{method} {shown(target)}: {exc}") from None
         if resp.status in _REDIRECTS and resp.getheader("Location"):
             _read_all(resp, target)
-            _POOL.put(scheme, host, port, conn)
+            _POOL.put(key, conn)
+            seen.add(target)
             target = urljoin(target, resp.getheader("Location", ""))
+            if target in seen:
+                raise RedirectError(f"{shown(url)}: the redirects loop (back to {shown(target)})", resp.status)
             continue
-        return resp, ((scheme, host, port), conn), target
-    raise OSError(f"{url}: too many redirects")
+        return resp, (key, conn), target
+    raise RedirectError(f"{shown(url)}: more than {MAX_REDIRECTS} redirects", 0)
 
 
 def _fail(resp: http.client.HTTPResponse, url: str) -> NoReturn:
@@ -193,14 +299,14 @@ def _read_all(resp: http.client.HTTPResponse, url: str) -> bytes:
 def _send(method: str, url: str, headers: Mapping[str, str]) -> tuple[http.client.HTTPResponse, _Pooled]:
     """:func:`_request` sent where ``url``'s redirects led last time; an expired redirect target (a signed CDN
     URL: 403/404/410) is resolved again from ``url`` once. Remembers where a successful request ended."""
-    resolved = _RESOLVED.get(url, url)
+    resolved = _RESOLVED.get(url, headers)
     resp, pooled, final = _request(method, resolved, headers, url)
     if resp.status in (403, 404, 410) and resolved != url:
         pooled[1].close()
-        _RESOLVED.pop(url, None)
+        _RESOLVED.forget(url, headers)
         resp, pooled, final = _request(method, url, headers)
-    if resp.status in (200, 206, 416):
-        _RESOLVED[url] = final
+    if resp.status in (200, 206, 416) and final != url:
+        _RESOLVED.put(url, headers, final)
     return resp, pooled
 
 
@@ -208,7 +314,7 @@ def _done(resp: http.client.HTTPResponse, pooled: _Pooled, reuse: bool) -> None:
     """Give the connection back when its response was read to the end, else close it."""
     key, conn = pooled
     if reuse and resp.isclosed():
-        _POOL.put(*key, conn)
+        _POOL.put(key, conn)
     else:
         conn.close()
 

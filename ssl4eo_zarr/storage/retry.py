@@ -5,13 +5,19 @@ from __future__ import annotations
 import email.utils
 import functools
 import io
+import logging
 import time
 from datetime import timezone
 from typing import Any
 
-#: The longest wait a ``Retry-After`` answer can impose, in seconds: a hub that asks for an hour must not
-#: stall a training job silently for that long; it is retried after this and fails loudly if still refused.
+#: The longest single wait a ``Retry-After`` answer can impose, in seconds: a hub that asks for an hour must not
+#: stall a training job for that long; it is asked again after this.
 RETRY_AFTER_CAP = 60.0
+#: Seconds one read may spend waiting on rate limits (429/503 with ``Retry-After``) in all before it fails: the
+#: hub's rate-limit windows are five minutes long, so a shorter budget fails jobs the hub would have served.
+WAIT_BUDGET = 330.0
+
+log = logging.getLogger("ssl4eo_zarr")
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +44,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also takes '²' and other scripts' digits
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -52,9 +58,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status an error carries (this library's :class:`~.http.HTTPStatusError`, aiohttp's
-    ``ClientResponseError``), else ``None``."""
+    ``ClientResponseError``, huggingface_hub's and requests' ``HTTPError`` with ``.response.status_code``),
+    else ``None``."""
     status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    status = getattr(getattr(exc, "response", None), "status_code", None)
     return status if isinstance(status, int) else None
+
+
+def _headers(exc: BaseException) -> Any:
+    headers = getattr(exc, "headers", None)
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+    return headers
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -71,7 +88,7 @@ def retry_wait(exc: BaseException, delay: float) -> float:
     ``Retry-After`` (429 and 503 answers), capped at :data:`RETRY_AFTER_CAP`."""
     after = getattr(exc, "retry_after", None)
     if after is None:
-        headers: Any = getattr(exc, "headers", None)
+        headers: Any = _headers(exc)
         try:
             after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
         except AttributeError:
@@ -79,17 +96,22 @@ def retry_wait(exc: BaseException, delay: float) -> float:
     return delay if after is None else max(delay, min(float(after), RETRY_AFTER_CAP))
 
 
-def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_found_retries: int = 0):
+def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_found_retries: int = 0,
+          wait_budget: float | None = None):
     """``fn(*args)``, retried with exponential backoff on transient network errors.
 
     A missing file is retried only ``not_found_retries`` times: fsspec's HTTP filesystem reports a server
     error while it looks up a file's size as ``FileNotFoundError``, so opens give it a second chance. HTTP 4xx
     answers other than 408 and 429 are raised at once; a ``Retry-After`` answer is waited for
-    (:func:`retry_wait`).
+    (:func:`retry_wait`), and such waits do not use up ``retries``: they go on, with a log line each, until
+    ``wait_budget`` seconds (default :data:`WAIT_BUDGET`) were spent waiting.
     """
     transient = _transient_errors()
+    budget = WAIT_BUDGET if wait_budget is None else wait_budget
     delay = backoff
-    for attempt in range(retries + 1):
+    attempt = 0
+    waited = 0.0
+    while True:
         try:
             return fn(*args)
         except FileNotFoundError:
@@ -97,20 +119,48 @@ def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_
                 raise
             time.sleep(delay)
             delay *= 2
+            attempt += 1
             continue
         except (IsADirectoryError, PermissionError):
             raise
         except transient as exc:
-            if attempt == retries or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            time.sleep(retry_wait(exc, delay))
-            delay *= 2
+            asked = _asked_to_wait(exc)
+            wait = retry_wait(exc, delay)
+            if asked:  # the host rations us: wait as it says while the budget lasts
+                if waited + wait > budget:
+                    raise
+                log.warning("%s; waiting %.0f s as the host asks (%.0f of %.0f s waited so far)",
+                            _short(exc), wait, waited, budget)
+                waited += wait
+                delay = min(delay * 2, RETRY_AFTER_CAP)
+            else:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                delay *= 2
+            time.sleep(wait)
             if on_retry is not None:
                 try:
                     on_retry()
                 except Exception:  # noqa: BLE001 - the next attempt reports the real error
                     pass
-    raise AssertionError("unreachable")
+
+
+def _asked_to_wait(exc: BaseException) -> bool:
+    if getattr(exc, "retry_after", None) is not None:
+        return True
+    headers = _headers(exc)
+    try:
+        return headers is not None and parse_retry_after(headers.get("Retry-After")) is not None
+    except AttributeError:
+        return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
 
 
 class PositionedFile(io.RawIOBase):
