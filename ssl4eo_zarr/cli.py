@@ -109,7 +109,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                    dates=args.dates.split(",") if args.dates else None, max_cloud=args.max_cloud,
                    metadata=args.metadata, limit=args.limit, seed=args.seed, to=args.to, workers=args.workers,
                    dry_run=args.dry_run, progress=_progress, index=args.index, index_workers=args.index_workers,
-                   notify=lambda text: print(text, file=sys.stderr, flush=True))
+                   notify=lambda text: print(text, file=sys.stderr, flush=True), client=args.scheduler)
     if isinstance(result, FetchPlan):
         print(result.summary())
         return 0
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="index file of the source (`ssl4eo-zarr index`): plan without reading tar headers")
     p.add_argument("--index-workers", type=int, default=WALK_WORKERS,
                    help=f"shards indexed at once (tar header walks; default {WALK_WORKERS})")
+    p.add_argument("--scheduler", default=None,
+                   help="address of a dask scheduler: output shards are made by its workers (DEST on a shared disk)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("verify", help="check a fetched dataset: finished, every selected location there, intact",

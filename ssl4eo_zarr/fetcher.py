@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -542,7 +543,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
           to: str | None = None, workers: int | None = None, dry_run: bool = False,
           storage_options: Mapping[str, Any] | None = None, progress: Callable[..., Any] | None = None,
           per_shard: int = schema.LOCATIONS_PER_SHARD, index: str | None = None,
-          notify: Callable[[str], Any] | None = None, index_workers: int = WALK_WORKERS) -> FetchResult | FetchPlan:
+          notify: Callable[[str], Any] | None = None, index_workers: int = WALK_WORKERS,
+          client: Any = None) -> FetchResult | FetchPlan:
     """Fetch a subset of SSL4EO-S12 v1.1 into a dataset root of its own (see the module docstring).
 
     Parameters
@@ -584,6 +586,11 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
         take, from a few probes) before any tar header is read; the CLI prints it.
     index_workers:
         Shards indexed at once (tar header walks are round trips, a few bytes each: they overlap).
+    client:
+        A ``dask.distributed.Client`` or a scheduler address: output shards are dealt to the cluster's workers
+        (one task each, ``workers`` member requests at once in each), which write them into DEST (a folder every
+        worker reaches: a shared file system); this process plans, keeps the one manifest and resumes as without
+        a cluster. Shard sources only (chunk files convert in this process).
 
     Returns
     -------
@@ -622,7 +629,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
     settings = {"split": split, "modalities": plan.modalities, "to": target,
                 "locations": [s.key for s in plan.selected], "per_shard": per_shard}
     try:
-        return _write(plan, dest, settings, source, split, target, workers, storage_options, progress, per_shard)
+        return _write(plan, dest, settings, source, split, target, workers, storage_options, progress, per_shard,
+                      client)
     except OSError as exc:
         if exc.errno == errno.ENOSPC and "disk is full" not in str(exc):  # from anywhere: the manifest, a folder
             free = shutil.disk_usage(dest).free if os.path.isdir(dest) else 0
@@ -633,7 +641,7 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
 
 def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, split: str, target: str, workers: int,
            storage_options: Mapping[str, Any] | None, progress: Callable[..., Any] | None,
-           per_shard: int) -> FetchResult:
+           per_shard: int, client: Any = None) -> FetchResult:
     _refuse_foreign(dest)
     with BuildLock(dest):
         doc = _load_manifest(dest, settings)
@@ -654,7 +662,7 @@ def _write(plan: FetchPlan, dest: str, settings: dict[str, Any], source: str, sp
         began = time.perf_counter()
         try:
             if target == SHARDS:
-                files, moved, reused = _to_shards(plan, dest, doc, kw, workers, bar, per_shard)
+                files, moved, reused = _to_shards(plan, dest, doc, kw, workers, bar, per_shard, client)
             else:
                 files, moved, reused = _to_chunks(plan, dest, doc, kw, workers, bar)
         finally:
@@ -781,25 +789,154 @@ def output_shards(plan: FetchPlan, per_shard: int) -> list[tuple[str, list[Selec
 AHEAD = 2
 
 
-def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int, bar: Any,
-               per_shard: int) -> tuple[dict[str, list[str]], int, int]:
-    from .shards import write_shard_summed
+@dataclass(frozen=True)
+class ShardJob:
+    """One output shard to make, self-contained (sent to a cluster worker as it is): ``rels`` modality ->
+    file relative to DEST; ``members`` in output order, ``(key, {modality: (source path, version, member name,
+    offset, size)})``; ``sources`` modality -> the source files its members come from."""
 
-    staging = _staged(dest)
-    mover = _Mover(kw, workers, bar)
-    files: dict[str, list[str]] = {m: [] for m in plan.modalities}
-    reused = 0
-    convert = plan.kind == CHUNKS
+    rels: dict[str, str]
+    members: list[tuple[str, dict[str, tuple[str, Any, str, int, int]]]]
+    sources: dict[str, list[str]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x[4] for _k, by in self.members for x in by.values())
+
+
+def _job(plan: FetchPlan, group: Sequence[Selected], rels: dict[str, str]) -> ShardJob:
+    members = []
+    for s in group:
+        by: dict[str, tuple[str, Any, str, int, int]] = {}
+        for m in rels:
+            if m in s.members:
+                path, x = plan.sets[s.set].paths[m], s.members[m]
+                by[m] = (path, plan.versions.get(path), x.name, x.offset, x.size)
+        members.append((s.key, by))
+    sources = {m: sorted({by[m][0] for _k, by in members if m in by}) for m in rels}
+    return ShardJob(rels, members, sources)
+
+
+def _member_key(item: tuple[str, Any, str, int, int]) -> str:
+    path, version, name, offset, size = item
+    return ByteCache.key("member", path, version, name, offset, size)
+
+
+def _stage_job(job: ShardJob, staging: ByteCache, mover: _Mover,
+               pool: ThreadPoolExecutor) -> tuple[dict[tuple[str, str], Future[None]], int]:
+    """Queue the job's members not staged yet on ``pool``, modality by modality (the first modality's shard is
+    written while the next one's members arrive); returns their futures by ``(key, modality)`` and how many were
+    staged already."""
     todo = []
+    reused = 0
+    for m in job.rels:
+        for key, by in job.members:
+            if m not in by:
+                continue
+            if staging.get(_member_key(by[m])) is not None:
+                reused += 1
+                if mover.bar is not None:
+                    mover.bar.update(by[m][4])
+                continue
+            todo.append((key, m, by[m]))
+
+    def one(item: tuple[str, Any, str, int, int]) -> None:
+        path, _version, _name, offset, size = item
+        try:
+            data = mover.read(path, offset, size)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"{path} vanished from the source (404) while fetching; what was completed is "
+                                       f"kept in {os.path.dirname(staging.root)}: rerun to resume") from None
+        if not staging.put(_member_key(item), data):  # put keeps nothing on a full disk
+            raise OSError(errno.ENOSPC, f"the disk is full staging members under {staging.root}; nothing partial was "
+                                        "left: free space and rerun to resume")
+
+    return {(key, m): pool.submit(one, item) for key, m, item in todo}, reused
+
+
+def _write_job(job: ShardJob, dest: str, staging: ByteCache, futures: Mapping[tuple[str, str], Future[None]],
+               done: Callable[[str], bool]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Write the job's shards (those ``done`` does not say are complete) from staging, each member as soon as its
+    transfer is done; yields ``(rel, manifest entry)`` per file written, then unstages the members."""
+    from .shards import MEMBER_SUFFIX, write_shard_summed
+
+    for m, rel in job.rels.items():
+        if done(rel):
+            continue
+        crcs: dict[str, int] = {}
+
+        def members(m: str = m, crcs: dict[str, int] = crcs) -> Iterator[tuple[str, bytes]]:
+            for key, by in job.members:
+                if m not in by:
+                    continue
+                if (key, m) in futures:
+                    futures[(key, m)].result()
+                data = staging.get(_member_key(by[m]))
+                if data is None:
+                    raise SSL4EOError(f"the staged member {key} of {m} vanished from {staging.root}; rerun to fetch "
+                                      "it again")
+                crcs[key] = crc32(data)
+                yield f"{key}{MEMBER_SUFFIX}", data
+
+        path = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            size, crc = write_shard_summed(path, members())
+        except OSError as exc:
+            _disk_full(exc, path)
+            raise
+        yield rel, {"size": size, "crc32": crc, "members": [{"key": k, "crc32": c} for k, c in crcs.items()],
+                    "sources": job.sources[m]}
+    for future in futures.values():  # members of a shard completed by an earlier run
+        future.result()
+    for _key, by in job.members:
+        for item in by.values():
+            with contextlib.suppress(OSError):
+                os.unlink(staging._path(_member_key(item)))
+
+
+def make_output_shard(job: ShardJob, dest: str, storage_options: Mapping[str, Any] | None,
+                      threads: int = 8) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Make one output shard of a fetch (every modality's file), ``threads`` member requests at once: on a
+    cluster worker (``fetch(client=)``) or anywhere DEST is reachable. Returns the manifest entries by file,
+    the bytes moved and the members reused from staging."""
+    staging = _staged(dest)
+    mover = _Mover({"storage_options": storage_options}, threads, None)
+    with ThreadPoolExecutor(mover.workers) as pool:
+        futures, reused = _stage_job(job, staging, mover, pool)
+        try:
+            entries = dict(_write_job(job, dest, staging, futures, lambda rel: False))
+        finally:
+            for future in futures.values():
+                future.cancel()
+    return entries, mover.moved, reused
+
+
+def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, Any], workers: int, bar: Any,
+               per_shard: int, client: Any = None) -> tuple[dict[str, list[str]], int, int]:
+    staging = _staged(dest)
+    files: dict[str, list[str]] = {m: [] for m in plan.modalities}
+    convert = plan.kind == CHUNKS
+    todo: list[tuple[ShardJob, list[Selected]]] = []
     for name, group, mods in output_shards(plan, per_shard):
         rels = {m: os.path.join(plan.split, m, name) for m in mods}
+        for m in mods:
+            files[m].append(os.path.join(dest, rels[m]))
         if all(_complete(dest, doc, rel) for rel in rels.values()):
-            for m in mods:
-                files[m].append(os.path.join(dest, rels[m]))
             if bar is not None:
                 bar.update(sum(x.size for s in group for x in s.members.values()) if not convert else 0)
             continue
-        todo.append((group, mods, rels))
+        todo.append((_job(plan, group, rels) if not convert else ShardJob(rels, [], {}), list(group)))
+
+    def record(rel: str, entry: dict[str, Any]) -> None:
+        doc["files"][rel] = entry
+        _save_manifest(dest, doc)  # a completed shard is never fetched again
+
+    if client is not None and not convert:
+        moved, reused = _deal(client, [job for job, _g in todo], dest, kw, workers, bar, record)
+        return files, moved, reused
+    mover = _Mover(kw, workers, bar)
+    reused = 0
     # One pool moves members in order, those of the next AHEAD shards too, while the current one is written: the
     # writer waits member by member, so writing, CRC checks and the transfer overlap.
     pool = ThreadPoolExecutor(mover.workers)
@@ -807,108 +944,76 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
 
     def ahead(i: int) -> None:
         if not convert and i < len(todo) and i not in pending:
-            pending[i] = _stage_members(plan, todo[i][0], todo[i][1], staging, mover, pool)
+            pending[i] = _stage_job(todo[i][0], staging, mover, pool)
 
+    done = partial(_complete, dest, doc)
     try:
         for i in range(AHEAD):
             ahead(i)
-        for i, (group, mods, rels) in enumerate(todo):
-            futures: dict[tuple[str, str], Future[None]] = {}
+        for i, (job, group) in enumerate(todo):
             if convert:
                 blobs = _converted_members(plan, group, staging, kw)
+                _stage_blobs(job, blobs, staging)
+                futures: dict[tuple[str, str], Future[None]] = {}
+                job = ShardJob(job.rels, [(s.key, {m: _blob_item(s.key, m) for m in job.rels}) for s in group],
+                               {m: sorted({plan.sets[s.set].paths[m] for s in group}) for m in job.rels})
             else:
                 ahead(i)
                 futures, was_staged = pending.pop(i)
                 reused += was_staged
                 ahead(i + AHEAD)
-                blobs = None
-            for m in mods:
-                rel = rels[m]
-                if _complete(dest, doc, rel):
-                    files[m].append(os.path.join(dest, rel))
-                    continue
-                crcs: dict[str, int] = {}
-                path = os.path.join(dest, rel)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                try:
-                    size, crc = write_shard_summed(path, _members_of(plan, group, m, blobs, staging, crcs, futures))
-                except OSError as exc:
-                    _disk_full(exc, path)
-                    raise
-                doc["files"][rel] = {"size": size, "crc32": crc,
-                                     "members": [{"key": k, "crc32": c} for k, c in crcs.items()],
-                                     "sources": sorted({plan.sets[s.set].paths[m] for s in group})}
-                _save_manifest(dest, doc)  # a completed shard is never fetched again
-                files[m].append(path)
-            for future in futures.values():  # members of a shard completed by an earlier run
-                future.result()
-            for s in group:
-                for m in mods:
-                    key = _member_key(plan, s, m) if not convert else None
-                    if key is not None:
-                        try:
-                            os.unlink(staging._path(key))
-                        except OSError:
-                            pass
+            for rel, entry in _write_job(job, dest, staging, futures, done):
+                record(rel, entry)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return files, mover.moved, reused
 
 
-def _members_of(plan: FetchPlan, group: Sequence[Selected], m: str, blobs: dict[tuple[str, str], bytes] | None,
-                staging: ByteCache, crcs: dict[str, int],
-                futures: Mapping[tuple[str, str], Future[None]] | None = None) -> Iterator[tuple[str, bytes]]:
-    """``(member name, bytes)`` of one output shard, one member in memory at a time, each as soon as its transfer
-    (``futures``, by key and modality) is done; records each CRC-32."""
-    for s in group:
-        if futures is not None and (s.key, m) in futures:
-            futures[(s.key, m)].result()
-        data = blobs[(s.key, m)] if blobs is not None else staging.get(_member_key(plan, s, m))
-        if data is None:
-            raise SSL4EOError(f"the staged member {s.key} of {m} vanished from {staging.root}; rerun to fetch it again")
-        crcs[s.key] = crc32(data)
-        yield f"{s.key}.zarr.zip", data
+def _blob_item(key: str, m: str) -> tuple[str, Any, str, int, int]:
+    """The staging identity of a member converted from chunk files (no source range: keyed by location)."""
+    return ("converted", None, f"{key}/{m}", 0, 0)
 
 
-def _member_key(plan: FetchPlan, s: Selected, m: str) -> str:
-    member = s.members[m]
-    path = plan.sets[s.set].paths[m]
-    return ByteCache.key("member", path, plan.versions.get(path), member.name, member.offset, member.size)
-
-
-def _stage_members(plan: FetchPlan, group: Sequence[Selected], mods: Sequence[str], staging: ByteCache,
-                   mover: _Mover, pool: ThreadPoolExecutor) -> tuple[dict[tuple[str, str], Future[None]], int]:
-    """Queue the group's members not staged yet on ``pool``, modality by modality (the first modality's shard is
-    written while the next one's members arrive); returns their futures by ``(key, modality)`` and how many were
-    staged already."""
-    todo = []
-    reused = 0
-    for m in mods:
-        for s in group:
-            if m not in s.members:
-                continue
-            key = _member_key(plan, s, m)
-            if staging.get(key) is not None:
-                reused += 1
-                if mover.bar is not None:
-                    mover.bar.update(s.members[m].size)
-                continue
-            todo.append((s, m, key))
-
-    def one(item: tuple[Selected, str, str]) -> None:
-        s, m, key = item
-        path = plan.sets[s.set].paths[m]
-        member = s.members[m]
-        try:
-            data = mover.read(path, member.offset, member.size)
-        except FileNotFoundError:
-            raise DatasetNotFoundError(f"{path} vanished from the source (404) while fetching; what was completed is "
-                                       f"kept in {os.path.dirname(staging.root)}: rerun to resume") from None
-        if not staging.put(key, data):  # put keeps nothing on a full disk
+def _stage_blobs(job: ShardJob, blobs: Mapping[tuple[str, str], bytes], staging: ByteCache) -> None:
+    for (key, m), data in blobs.items():
+        if not staging.put(_member_key(_blob_item(key, m)), data):
             raise OSError(errno.ENOSPC, f"the disk is full staging members under {staging.root}; nothing partial was "
                                         "left: free space and rerun to resume")
 
-    return {(s.key, m): pool.submit(one, (s, m, key)) for s, m, key in todo}, reused
+
+def _deal(client: Any, jobs: Sequence[ShardJob], dest: str, kw: dict[str, Any], workers: int, bar: Any,
+          record: Callable[[str, dict[str, Any]], None]) -> tuple[int, int]:
+    """Output shards dealt to a dask.distributed cluster's workers, one task each (``workers`` member requests at
+    once in each); this process keeps the one manifest, recording each file as its task ends."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:
+        raise SSL4EOError("fetch(client=...) needs dask.distributed: pip install 'ssl4eo-zarr[build]'") from exc
+    own = isinstance(client, str)
+    if own:
+        client = Client(client)
+    moved = reused = 0
+    try:
+        futures = client.map(make_output_shard, list(jobs), dest=dest, storage_options=kw.get("storage_options"),
+                             threads=workers, pure=False,
+                             key=[f"fetch-{os.path.basename(next(iter(j.rels.values())))}-{k}"
+                                  for k, j in enumerate(jobs)])
+        by_future = dict(zip(futures, jobs))
+        try:
+            for future in as_completed(futures):
+                entries, n, r = future.result()
+                for rel, entry in entries.items():
+                    record(rel, entry)
+                moved, reused = moved + n, reused + r
+                if bar is not None:
+                    bar.update(by_future[future].nbytes)
+                future.release()
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+    finally:
+        if own:
+            client.close()
+    return moved, reused
 
 
 def _converted_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache,

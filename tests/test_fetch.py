@@ -304,3 +304,37 @@ def test_a_full_disk_is_a_clear_error_with_nothing_partial_left(source, host, sm
             path = os.path.join(folder, name)
             assert not name.startswith("."), f"a temporary was left: {path}"
             assert sz.shards.scan_shard(path), f"{path} is not whole"
+
+
+def test_a_fetch_dealt_to_a_dask_cluster(source, host, tmp_path):
+    """Output shards are made by a LocalCluster's 2 worker processes (one task each); this process keeps the one
+    manifest; a rerun resumes (nothing moved), and the CLI takes the scheduler's address."""
+    distributed = pytest.importorskip("distributed")
+    ids = _ids(source, list(range(0, 24, 2)))
+    dest = str(tmp_path / "dealt")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        with distributed.get_task_stream(client) as stream:
+            result = fetch(host.url, dest, split="val", modalities=MODS, locations=ids, per_shard=3, client=client)
+        tasks = [t for t in stream.data if str(t["key"]).startswith("fetch-") or "fetch-" in str(t["key"])]
+        assert len(tasks) == 4 and len({t["worker"] for t in tasks}) == 2, [(t["key"], t["worker"]) for t in tasks]
+        assert result.nbytes == _member_bytes(source, set(ids)) and verify(dest) == []
+        got, want = sz.open_dataset(dest, split="val"), sz.open_dataset(source, split="val")
+        order = [want["sample"].values.tolist().index(k) for k in got["sample"].values.tolist()]
+        assert sorted(got["sample"].values.tolist()) == sorted(ids)
+        for m in MODS:
+            np.testing.assert_array_equal(got[m].values, want[m].values[order])
+        again = fetch(host.url, dest, split="val", modalities=MODS, locations=ids, per_shard=3, client=client)
+        assert again.nbytes == 0
+        from ssl4eo_zarr.cli import main
+
+        assert main(["fetch", host.url, str(tmp_path / "cli"), "--split", "val", "--modalities", "S2L2A",
+                     "--locations", str(_write_ids(tmp_path, ids[:4])),
+                     "--scheduler", cluster.scheduler_address]) == 0
+        assert verify(str(tmp_path / "cli")) == []
+
+
+def _write_ids(tmp_path, ids):
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    return path
