@@ -31,12 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-#: Bytes one header request reads: tarfile asks for 512 bytes, and the reader's smallest window is 4 kB.
-HEADER_READ = 4096
+#: Bytes one header request reads: tarfile reads the last byte before a header, then its 512 bytes; a little
+#: more costs nothing on the wire and every walked header is bytes a fetch moves beyond its members.
+HEADER_READ = 1024
 #: Longest window a read through asks for in one request (bytes).
 MAX_WINDOW = 64 << 20
-#: Bytes the rate probe reads (enough that the transfer, not the round trip, dominates on a fast link).
-PROBE_BYTES = 2 << 20
+#: Bytes the rate probe reads: enough that the transfer is measurable beside the round trip, little beside what
+#: a fetch moves.
+PROBE_BYTES = 1 << 20
 #: Responses the probe of the host's total rate runs at once.
 PARALLEL = 4
 

@@ -108,7 +108,8 @@ class PlanEstimate:
     ``requests``/``index_bytes``/``index_seconds`` to learn where the selected members lie (header walks or
     read-throughs, as the link's cost model chooses per modality), ``members``/``member_bytes``/
     ``transfer_seconds`` to move them, over ``link`` (:class:`~ssl4eo_zarr.costmodel.Link`). ``exact``: the
-    shard counts are the published ones (else 512 per shard was assumed)."""
+    shard counts are the published ones (else 512 per shard was assumed). ``workers``: member requests in
+    flight; ``budget``: bytes per tar header the index may move (see :data:`OVERHEAD`)."""
 
     link: Any
     shards: int
@@ -121,6 +122,7 @@ class PlanEstimate:
     exact: bool = True
     indexed: bool = False
     workers: int = 8
+    budget: float | None = None
 
     def summary(self) -> str:
         from .costmodel import fmt_seconds
@@ -264,9 +266,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
                                  workers, index_workers, storage_options, indexed=loaded is not None)
         if notify is not None:
             notify(estimate.summary())
-    budget = None
-    if estimate is not None and estimate.requests:
-        budget = OVERHEAD * estimate.member_bytes / max(1.0, estimate.requests)
+    budget = estimate.budget if estimate is not None else None
     members = (_shard_members(scanned, mods, index_workers, kw, loaded, progress,
                               [holding[k] for k in scan] if holding else None, budget) if kind == SHARDS else None)
     rows = ([[x.key for x in next(iter(by_mod.values()))] for by_mod in members] if members is not None
@@ -385,22 +385,25 @@ def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[
     requests = nbytes = serial = 0.0
     total = 0.0
     jobs = [(k, m) for k in scan for m in mods if m in sets[k].paths]
+    walked = {k: expected_last(sizes[k], len(holding[k])) if holding else float(sizes[k]) for k in scan}
+    n = selected if selected is not None else sum(sizes[k] for k in scan)
+    member_bytes = float(n) * sum(member.values())
+    # A fetch promises to move little more than it selects: reading through is allowed while the index's bytes
+    # per header stay within OVERHEAD of the selected bytes per header walked.
+    budget = OVERHEAD * member_bytes / max(1.0, sum(walked[k] for k, _m in jobs))
     for k, m in jobs:
-        headers = expected_last(sizes[k], len(holding[k])) if holding else float(sizes[k])
-        r, b, _t = link.index_cost(headers, member[m] + 1024)
+        r, b, _t = link.index_cost(walked[k], member[m] + 1024, budget=budget)
         requests += r + 2  # and a version request and an open (HEAD) per shard file
         nbytes += b
         total += _t * link.connections
         serial = max(serial, _t * link.connections)
     seconds = max(total / link.connections, serial)  # never less than the longest single shard
-    n = selected if selected is not None else sum(sizes[k] for k in scan)
-    member_bytes = float(n) * sum(member.values())
     if workers is None:
         workers = link.transfer_connections(sum(member.values()) / max(1, len(member)))
     mover = link.with_connections(workers)
     return PlanEstimate(link, len(jobs), 0.0 if indexed else requests, 0.0 if indexed else nbytes,
                         0.0 if indexed else seconds, int(n) * len(member), member_bytes,
-                        mover.read_seconds(member_bytes, n * len(member)), exact, indexed, workers)
+                        mover.read_seconds(member_bytes, n * len(member)), exact, indexed, workers, budget)
 
 
 def _first_member_size(path: str, storage_options: Mapping[str, Any] | None) -> int:

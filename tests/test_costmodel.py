@@ -4,6 +4,7 @@ printed before any tar header is read, and the virtual host's total cap holds.""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -123,4 +124,21 @@ def test_a_dry_run_prints_its_estimate_before_any_tar_header_is_read(tmp_path):
         shards_after = {p for m, p, _r in host.log()[at:] if m == "GET" and p.endswith(".tar")}
         assert len(shards_before) <= 1 and len(shards_after) == 3, (shards_before, shards_after)
         assert plan.estimate is not None and plan.estimate.members == 3
+    costmodel.forget()
+
+
+def test_a_fifth_of_a_split_with_small_members_moves_little_more_than_it_selects(tmp_path):
+    """DEM at full size (~230 kB a member): reading shards through would be quicker on this link, but the
+    fetch's byte budget makes the index walk headers; host bytes <= 1.15 x the selected members."""
+    members = {"ssl4eo-s12": sample_members(264, ("DEM",))}
+    with VirtualHost(members, latency=0.003) as host:
+        costmodel.forget()
+        dest = str(tmp_path / "fifth")
+        host.reset_counts()
+        result = sz.fetch(host.root(), dest, split="val", modalities=["DEM"], limit=2176 // 5, seed=2)
+        moved = host.bytes_sent
+        assert result.locations == 435 and result.plan.estimate.budget < 50_000
+        table = os.path.getsize(os.path.join(dest, "val_metadata.parquet"))
+        assert moved - table <= 1.15 * result.plan.nbytes, (moved, table, result.plan.nbytes)
+        assert sz.fetcher.verify(dest) == []
     costmodel.forget()
