@@ -83,7 +83,7 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
         drop_variables: str | Iterable[str] | None = None,
         split: str | None = None,
         modalities: Iterable[str] | None = None,
-        s2_offset: bool = True,
+        s2_offset: bool | None = None,
         fix_s1_order: bool = True,
         reindex_seasonal: bool = False,
         distribution: str | None = None,

@@ -377,7 +377,7 @@ def open_dataset(
     engine: str = "ssl4eo",
     verify_grid: bool = False,
     fix_s1_order: bool = True,
-    s2_offset: bool = True,
+    s2_offset: bool | None = None,
     reindex_seasonal: bool = False,
     distribution: str | None = None,
     use_index: bool = True,
@@ -420,8 +420,9 @@ def open_dataset(
         season ``t`` matches ``time_[t]`` and S2 season ``t``. Reads ``file_id``/``time_`` of each S1 file at
         open. ``False`` delivers files as stored. Files without the problem are unaffected.
     s2_offset:
-        Multi-modal views: S2L1C/S2L2A as DN + 1000 (``True``, the chunk-file convention) or with the offset
-        removed (``False``, the shard convention), whichever distribution they come from.
+        Multi-modal views: S2L1C/S2L2A as DN + 1000 (``True``, the default: the chunk-file convention) or with
+        the offset removed (``False``, the shard convention), whichever distribution they come from. TerraMesh
+        values are as its members store them (its published loader's; leave ``s2_offset`` unset).
     reindex_seasonal:
         Order each location's timestamps by month of year instead of date, as the published loader's option
         does (see :meth:`ssl4eo_zarr.accessor.SSL4EOAccessor.reindex_seasonal`; reads the acquisition times).
@@ -477,11 +478,13 @@ def open_dataset(
         from .shardview import open_shard_dataset
 
         loaded = load_index(os.fspath(index), storage_options) if index is not None else None
-        ds = open_shard_dataset(sets, s2_offset=s2_offset, fix_s1_order=fix_s1_order, threads=threads,
+        convention = schema.s2_convention(schema.get_corpus(sets[0].corpus), s2_offset)
+        ds = open_shard_dataset(sets, s2_offset=convention, fix_s1_order=fix_s1_order, threads=threads,
                                 explicit=modalities is not None, index=loaded, **kwargs)
         return ds.ssl4eo.reindex_seasonal() if reindex_seasonal else ds
     ds = open_multimodal(sets, threads=threads, verify_grid=verify_grid, fix_s1_order=fix_s1_order,
                          use_index=use_index, **kwargs)
+    s2_offset = True if s2_offset is None else bool(s2_offset)
     if not s2_offset:
         for m in ds.attrs["modalities"]:
             if schema.MODALITIES[m].offset:

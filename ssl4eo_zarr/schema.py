@@ -331,8 +331,12 @@ class Subset:
 class Corpus:
     """A dataset served as WebDataset shards of per-location ``.zarr.zip`` members.
 
-    ``timestamps`` per member (SSL4EO-S12: 4 seasons; TerraMesh: 1); ``stats`` per modality ``(mean, std)`` in
-    the shards' units (S2 offset removed), the corpus's own published statistics; ``locations`` per split.
+    ``timestamps`` per member (SSL4EO-S12: 4 seasons; TerraMesh: 1); ``stats`` per modality ``(mean, std)``,
+    the corpus's own published statistics, in the units of the values as its members store them (SSL4EO-S12
+    shards: S2 offset removed); ``locations`` per split. ``as_stored``: values are delivered exactly as the
+    members store them and the statistics apply to those, as the corpus's published loader does (TerraMesh:
+    its S2 carries the +1000 offset of post-2022 processing already); the ``s2_offset`` convention is then not
+    applied.
     """
 
     name: str
@@ -341,19 +345,21 @@ class Corpus:
     stats: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
     locations: dict[str, int]
     description: str = ""
+    as_stored: bool = False
 
     def subset(self, prefix: str) -> Subset | None:
         return next((s for s in self.subsets if s.prefix == prefix), None)
 
     def modality_stats(self, modality: str, *, with_offset: bool) -> tuple[np.ndarray, np.ndarray] | None:
         """``(mean, std)`` float64 ``[C]`` of ``modality`` in this corpus (S2 with the +1000 offset when
-        ``with_offset``), or ``None`` where none are published."""
+        ``with_offset``; as published for an ``as_stored`` corpus, whatever ``with_offset``), or ``None`` where
+        none are published."""
         found = self.stats.get(modality)
         if found is None:
             return None
         mean, std = (np.asarray(v, dtype=np.float64) for v in found)
         mod = find_modality(modality)
-        if with_offset and mod is not None and mod.offset:
+        if with_offset and not self.as_stored and mod is not None and mod.offset:
             mean = mean + mod.offset
         return mean, std
 
@@ -396,9 +402,23 @@ TERRAMESH = Corpus(
     },
     locations={"train": 9_089_536, "val": 89_088},
     description="TerraMesh (TerraMind's corpus): Major TOM and SSL4EO-S12 v1.1 locations, one timestamp each",
+    as_stored=True,
 )
 #: The corpora by name.
 CORPORA: dict[str, Corpus] = {c.name: c for c in (SSL4EO_S12, TERRAMESH)}
+
+
+def s2_convention(corpus: Corpus, s2_offset: bool | None) -> bool | None:
+    """The S2 convention delivered for ``corpus``: ``True`` (DN + 1000, the default) or ``False`` (offset
+    removed) for SSL4EO-S12; ``None`` (as stored, the published loader's values) for an ``as_stored`` corpus,
+    where an explicit ``s2_offset`` is refused: its members' values are not those of either convention."""
+    if corpus.as_stored:
+        if s2_offset is not None:
+            raise ValueError(f"s2_offset={s2_offset!r}: {corpus.name} values are delivered as its members store them "
+                             "(its S2 already carries the +1000 offset), as its published loader does; leave "
+                             "s2_offset unset")
+        return None
+    return True if s2_offset is None else bool(s2_offset)
 
 
 def get_corpus(name: str) -> Corpus:

@@ -159,13 +159,14 @@ def _check_keys(sets: Sequence[ChunkSet], indexes: dict[str, list[list[Member]]]
                         "the shards of all modalities must hold the same keys in the same order")
 
 
-def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_s1_order: bool = True,
+def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool | None = True, fix_s1_order: bool = True,
                        threads: int | None = None, explicit: bool = True, index: Any = None,
                        **archive_kwargs: Any) -> xr.Dataset:
     """One multi-modal Dataset over the shards ``sets`` (see :func:`ssl4eo_zarr.open_dataset`).
 
     Variables: ``<MOD>`` ``[sample, time, band_<MOD>, y, x]`` (static modalities such as DEM
-    ``[sample, band_DEM, y, x]``), S2 with the +1000 offset unless ``s2_offset=False``; ``cloud_mask`` uint8
+    ``[sample, band_DEM, y, x]``), S2 with the +1000 offset unless ``s2_offset=False`` (``None``: as the
+    members store it, TerraMesh's convention); ``cloud_mask`` uint8
     ``[sample, time, y, x]``; ``center_lat``/``center_lon`` float64 ``[sample]``; ``crs`` int64 ``[sample]``;
     ``x_``/``y_`` float64 UTM metres ``[sample, x|y]``; ``time_<MOD>`` datetime64[ns] and ``file_id_<MOD>`` str
     ``[sample, time]``; coordinates ``sample``, ``file`` (shard name) and ``split`` along ``sample``.
@@ -219,7 +220,7 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
         band_dim = f"band_{m}"
         bands = _lazy(MemberStack(stacks, mrows, schema.BANDS_VAR, (t, c, h, w), meta.dtype, delta=delta,
                                   s1_fix=s1_fix), (1, 1, c, h, w))
-        attrs = {"units": mod.units if (mod.known and (s2_offset or not mod.offset))
+        attrs = {"units": mod.units if (mod.known and (s2_offset is None or s2_offset or not mod.offset))
                  else "DN (offset removed; reflectance = DN / 10000)" if mod.offset else mod.units}
         if mod.static or t == 1:
             ds[m] = xr.Variable(("sample", band_dim, "y", "x"), bands[:, 0], attrs)
@@ -267,7 +268,8 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool = True, fix_
         ds = ds.assign_coords(x=np.arange(ds.sizes["x"], dtype=np.int64), y=np.arange(ds.sizes["y"], dtype=np.int64))
     corpus = schema.get_corpus(sets[0].corpus)
     ds.attrs.update(modalities=mods, title="SSL4EO-S12 v1.1" if corpus is schema.SSL4EO_S12 else corpus.description,
-                    distribution="shards", dataset=corpus.name, s2_offset="DN + 1000" if s2_offset else "removed")
+                    distribution="shards", dataset=corpus.name,
+                    s2_offset="as stored" if s2_offset is None else "DN + 1000" if s2_offset else "removed")
     if corpus is not schema.SSL4EO_S12:
         ds = ds.assign_coords(subset=("sample", np.repeat([cs.subset or "" for cs in sets],
                                                           [len(i) for i in indexes[ref]])))

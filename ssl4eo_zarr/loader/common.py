@@ -29,7 +29,7 @@ class ReadSpec:
     modalities: list[str]
     timestamps: str | int | list[int]
     return_metadata: bool
-    s2_offset: bool
+    s2_offset: bool | None
     fix_s1_order: bool
     on_error: str
     seed: int
@@ -63,9 +63,10 @@ class ReadSpec:
         return list(self.timestamps)
 
 
-def offset_delta(mod: schema.Modality, stored_with_offset: bool, want_offset: bool) -> int:
-    """What to add to stored values of ``mod`` to deliver them in the asked S2 convention."""
-    if not mod.offset or stored_with_offset == want_offset:
+def offset_delta(mod: schema.Modality, stored_with_offset: bool, want_offset: bool | None) -> int:
+    """What to add to stored values of ``mod`` to deliver them in the asked S2 convention (``None``: as
+    stored)."""
+    if not mod.offset or want_offset is None or stored_with_offset == want_offset:
         return 0
     return mod.offset if want_offset else -mod.offset
 

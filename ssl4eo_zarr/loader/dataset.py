@@ -152,8 +152,10 @@ class ChunkDataset(IterableDataset):
     retries, retry_backoff:
         Remote reads that fail transiently are retried ``retries`` times, sleeping ``retry_backoff * 2**k`` s.
     s2_offset:
-        ``True``: S2L1C/S2L2A as DN + 1000 (chunk-file convention); ``False``: offset removed (shard convention).
-        Applies to both distributions, so the same locations give identical tensors from either.
+        ``True`` (default for SSL4EO-S12): S2L1C/S2L2A as DN + 1000 (chunk-file convention); ``False``: offset
+        removed (shard convention). Applies to both distributions, so the same locations give identical tensors
+        from either. TerraMesh values are delivered as its members store them, as its published loader does
+        (its S2 carries the offset already); ``s2_offset`` must then be left unset.
     samples:
         Only these locations (7-digit ids; or a table with a ``sample`` column or index such as
         :func:`ssl4eo_zarr.read_metadata` returns, e.g. filtered by cloud fraction or bounding box). Chunk files
@@ -223,7 +225,7 @@ class ChunkDataset(IterableDataset):
         on_error: str = "raise",
         samples_per_file: int | Sequence[int] | None = None,
         num_workers: int | None = None,
-        s2_offset: bool = True,
+        s2_offset: bool | None = None,
         samples: Any = None,
         reindex_seasonal: bool = False,
         distribution: str | None = None,
@@ -281,7 +283,7 @@ class ChunkDataset(IterableDataset):
         self.return_metadata = return_metadata
         self.on_error = on_error
         self.num_workers = num_workers
-        self.s2_offset = bool(s2_offset)
+        self.s2_offset = schema.s2_convention(self.corpus, s2_offset)
         self.reindex_seasonal = bool(reindex_seasonal)
         self.fix_s1_order = fix_s1_order
         self.archive_kwargs: dict[str, Any] = {"storage_options": storage_options, "cache_dir": cache_dir,

@@ -38,7 +38,7 @@ class DeviceFeeder:
         float32 ``(x - mean) / std``; ``s2_offset`` and ``layout`` as there.
     """
 
-    def __init__(self, device: torch.device | str = "cuda", *, normalize: bool = False, s2_offset: bool = True,
+    def __init__(self, device: torch.device | str = "cuda", *, normalize: bool = False, s2_offset: bool | None = True,
                  layout: str = "BTCHW"):
         self.device = torch.device(device)
         self.normalize = normalize

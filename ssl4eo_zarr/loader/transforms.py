@@ -106,7 +106,7 @@ class Normalize:
 
     needs_generator = False
 
-    def __init__(self, s2_offset: bool = True):
+    def __init__(self, s2_offset: bool | None = True):
         self.s2_offset = s2_offset
 
     def __call__(self, batch: BatchDict) -> BatchDict:
@@ -158,7 +158,7 @@ def call_transform(t: Callable[..., BatchDict], batch: BatchDict, generator: tor
 
 
 def normalize(batch: BatchDict, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-              s2_offset: bool = True, layout: str = "BTCHW") -> BatchDict:
+              s2_offset: bool | None = True, layout: str = "BTCHW") -> BatchDict:
     """Standardised copy of a batch: each modality as ``dtype`` ``(x - mean) / std`` per band, with the
     published statistics (modalities without published statistics, such as LULC classes, are left as they are).
 
@@ -175,8 +175,8 @@ def normalize(batch: BatchDict, *, device: torch.device | str | None = None, dty
         mod = schema.find_modality(key) if isinstance(key, str) else None
         if mod is None or not torch.is_tensor(value):
             continue
-        stats = corpus.modality_stats(key, with_offset=s2_offset) if corpus is not None else (
-            mod.stats(with_offset=s2_offset) if mod.has_stats else None)
+        stats = corpus.modality_stats(key, with_offset=bool(s2_offset)) if corpus is not None else (
+            mod.stats(with_offset=bool(s2_offset)) if mod.has_stats else None)
         if stats is None:
             continue
         x = value.to(device=device, non_blocking=True) if device is not None else value
