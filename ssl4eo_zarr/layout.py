@@ -369,10 +369,47 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
 
 # -- explicit files ----------------------------------------------------------------------------------------------
 
-def _from_files(files: Sequence[str], mods: list[str] | None) -> list[ChunkSet]:
+def _first_member_key(path: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The key of a shard's first member, from its first tar header (one small read), or ``None``."""
+    import tarfile
+
+    from .shards import MEMBER_SUFFIX, open_binary
+
+    try:
+        with open_binary(path, storage_options=storage_options) as fh:
+            name = tarfile.TarInfo.frombuf(fh.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape").name
+    except (OSError, tarfile.TarError, DatasetNotFoundError):
+        return None
+    return name[: -len(MEMBER_SUFFIX)] if name.endswith(MEMBER_SUFFIX) else name
+
+
+def corpus_of_files(files: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> schema.Corpus:
+    """The corpus of shard files given one by one: by their names (a Major TOM shard is TerraMesh's), then by
+    numbering and the members themselves: an ``ssl4eos12_shard_*`` numbered beyond SSL4EO-S12's published
+    shards of its split (TerraMesh's SSL4EO-S12 shards are 000794..000889 train, 000009 val) is TerraMesh's when
+    its first member has a TerraMesh key (``ssl4eos12_val_0080385``), not a 7-digit id (one small read)."""
+    shards = [f for f in files if is_shard_file(f)]
+    corpus = schema.detect_corpus([basename(f) for f in shards])
+    if corpus is not schema.SSL4EO_S12:
+        return corpus
+    ranges = schema.SSL4EO_S12.subsets[0].ranges
+    for f in shards:
+        parsed = schema.parse_shard(basename(f))
+        split = basename(parent(parent(f)))
+        last = ranges[split][1] if split in ranges else max(r[1] for r in ranges.values())
+        if parsed and parsed[0] == "ssl4eos12" and parsed[1] > last:
+            key = _first_member_key(f, storage_options)
+            if key is not None and not key.isdigit() and key.startswith("ssl4eos12_"):
+                return schema.TERRAMESH
+            return corpus
+    return corpus
+
+
+def _from_files(files: Sequence[str], mods: list[str] | None,
+                storage_options: Mapping[str, Any] | None = None) -> list[ChunkSet]:
     if not files:
         raise DatasetNotFoundError("no chunk files or shards given")
-    corpus = schema.detect_corpus([basename(f) for f in files if is_shard_file(f)])
+    corpus = corpus_of_files(files, storage_options)
     sets = []
     for f in files:
         if not (is_chunk_file(f) or is_shard_file(f)):
@@ -445,11 +482,11 @@ def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike], split: str
     if isinstance(source, str | os.PathLike):
         src = os.fspath(source)
         if _BRACE.search(src):
-            return _from_files(expand_braces(src), mods)
+            return _from_files(expand_braces(src), mods, storage_options)
         if is_chunk_file(src) or is_shard_file(src):
-            return _from_files([src], mods)
+            return _from_files([src], mods, storage_options)
         if is_url(src):
             return _resolve_url(src, split, mods, distribution, storage_options)
         return _resolve_local(src.removeprefix("file://"), split, mods, distribution)
     files = [f for p in source for f in expand_braces(os.fspath(p))]
-    return _from_files(files, mods)
+    return _from_files(files, mods, storage_options)

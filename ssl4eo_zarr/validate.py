@@ -240,7 +240,11 @@ def validate_shard(path: str, *, modality: str | None = None, size: int | None =
             if mod is None and modality:
                 mod = member_modality(modality, archive, group)
             problems: list[str] = []
-            timestamps = (schema.get_corpus(corpus) if corpus else schema.detect_corpus([path])).timestamps
+            if corpus is None:
+                from .layout import corpus_of_files
+
+                corpus = corpus_of_files([path]).name
+            timestamps = schema.get_corpus(corpus).timestamps
             _check_member(member.key, archive, group, mod, size, check_values, problems, timestamps)
             for name in archive.names():
                 archive.read(name)  # CRC of every entry

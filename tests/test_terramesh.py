@@ -252,3 +252,33 @@ def test_hf_terramesh_root(reference):
                            storage_options=options, workers=0)
     assert sorted(k for b in batches for k in b["sample"]) == sorted(reference)
     assert all(("S1RTC" in b) == (b["subset"] == "majortom") for b in batches)
+
+
+def test_a_published_terramesh_shard_name_given_as_a_file_is_terramesh(reference, tmp_path):
+    """``.../val/S2L2A/ssl4eos12_shard_000009.tar`` (a name from the published loader's split_files): beyond
+    SSL4EO-S12's five val shards and holding TerraMesh keys, it is TerraMesh's, read and validated as such."""
+    import shutil
+
+    for m in ("S2L2A", "S1GRD"):
+        os.makedirs(tmp_path / "val" / m)
+        shutil.copy(os.path.join(ROOT, "val", m, "ssl4eos12_shard_000002.tar"),
+                    tmp_path / "val" / m / "ssl4eos12_shard_000009.tar")
+    path = str(tmp_path / "val" / "S2L2A" / "ssl4eos12_shard_000009.tar")
+    batches = _batches(path, modalities=["S2L2A", "S1GRD"], workers=0)
+    assert batches and all(b["dataset"] == "terramesh" and b["subset"] == "ssl4eos12" for b in batches)
+    for b in batches:
+        for j, key in enumerate(b["sample"]):
+            np.testing.assert_array_equal(b["S2L2A"][j, 0].numpy(), reference[key][1]["S2L2A"]["bands"].values[0])
+    from ssl4eo_zarr.validate import validate
+
+    report = validate(path, size=SIZE)
+    assert report.ok, report.format()
+    # An SSL4EO-S12 shard under a number beyond the published ones (a conversion with smaller shards) stays
+    # SSL4EO-S12: its members have 7-digit ids.
+    from ssl4eo_zarr import synthetic
+    from ssl4eo_zarr.layout import corpus_of_files
+
+    own = tmp_path / "own"
+    synthetic.make_shards(str(own), 64, per_shard=8, size=16, seed=2, modalities=("S2L2A",))
+    eighth = str(own / "val" / "S2L2A" / "ssl4eos12_shard_000008.tar")
+    assert corpus_of_files([eighth]) is schema.SSL4EO_S12 and corpus_of_files([path]) is schema.TERRAMESH
