@@ -763,27 +763,26 @@ def _staged(dest: str) -> ByteCache:
 
 
 def output_shards(plan: FetchPlan, per_shard: int) -> list[tuple[str, list[Selected], list[str]]]:
-    """``(shard name, locations, modalities)`` of DEST's shards: ``per_shard`` locations each in source order,
-    numbered from 1 as published. A TerraMesh subset keeps its name (``majortom_shard_*``), its shards hold its
-    own modalities, and SSL4EO-S12 shards are numbered on after the Major TOM ones, or from the published first
-    number when there are none, so DEST is recognised as TerraMesh by its names."""
+    """``(shard name, locations, modalities)`` of DEST's shards. SSL4EO-S12: ``per_shard`` locations each in
+    source order, numbered from 1 as published. TerraMesh: each member stays in a shard of its source shard's
+    name (``majortom_shard_000003.tar`` holds what was fetched from that shard, in source order; ``per_shard``
+    does not apply), so DEST reads, with this library and with the published loader, as the source does; a
+    shard holds its own subset's modalities."""
     corpus = schema.get_corpus(plan.sets[0].corpus)
-    by_subset: dict[str, list[Selected]] = {}
-    for s in plan.selected:
-        by_subset.setdefault(plan.sets[s.set].subset or "ssl4eos12", []).append(s)
-    order = [sub.prefix for sub in corpus.subsets]
     out = []
+    if corpus is not schema.SSL4EO_S12:
+        by_set: dict[int, list[Selected]] = {}
+        for s in plan.selected:
+            by_set.setdefault(s.set, []).append(s)
+        for k in sorted(by_set):
+            cs = plan.sets[k]
+            out.append((cs.name, by_set[k], [m for m in plan.modalities if m in cs.paths]))
+        return out
     number = 0
-    for prefix in sorted(by_subset, key=lambda p: order.index(p) if p in order else len(order)):
-        items = by_subset[prefix]
-        sub = corpus.subset(prefix)
-        if corpus is not schema.SSL4EO_S12 and number == 0 and sub is not None and plan.split in sub.ranges:
-            number = sub.ranges[plan.split][0] - 1
-        for i in range(0, len(items), per_shard):
-            number += 1
-            group = items[i: i + per_shard]
-            mods = [m for m in plan.modalities if m in plan.sets[group[0].set].paths]
-            out.append((schema.shard_name(number, prefix), group, mods))
+    for i in range(0, len(plan.selected), per_shard):
+        number += 1
+        group = plan.selected[i: i + per_shard]
+        out.append((schema.shard_name(number), group, [m for m in plan.modalities if m in plan.sets[group[0].set].paths]))
     return out
 
 
