@@ -272,38 +272,59 @@ def _terramesh_here(root: str, split: str, storage_options: Mapping[str, Any] | 
 
 
 def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Sequence[str] | None,
-                     storage_options: Mapping[str, Any] | None) -> list[ChunkSet] | None:
+                     storage_options: Mapping[str, Any] | None,
+                     subsets: Sequence[str] | None = None) -> list[ChunkSet] | None:
     """A TerraMesh split at a URL, found by its shard names (no listing): each subset's first published shard,
     then its count by probing; ``None`` when none answers (then it is not TerraMesh)."""
     corpus = schema.TERRAMESH
     out: list[ChunkSet] = []
-    after = 0  # TerraMesh numbers its SSL4EO-S12 shards on after the Major TOM ones
+    after = 0  # a copy may number its SSL4EO-S12 shards on after its own Major TOM ones
+    short: list[str] = []  # published shards of a subset that a published-numbered root lacks at its end
     for sub in corpus.subsets:
         here = [m for m in candidates if m in sub.modalities]
         if not here or split not in sub.ranges:
             continue
-        first, last = sub.ranges[split]
+        # A subset not asked for is still counted (a copy numbers SSL4EO-S12 after it), never read or judged.
+        wanted = subsets is None or sub.prefix in subsets
+        published_first, published_last = sub.ranges[split]
         folder = join(root, split, here[0])
+        firsts = [published_first]
         if sub.prefix == "ssl4eos12":
-            first, last = (after + 1, after + 1 + last - first) if after else (first, last)
-            if first == 1 or (not after and exists(join(folder, schema.shard_name(1, sub.prefix)), storage_options)):
+            if published_first == 1 or (not after and exists(join(folder, schema.shard_name(1, sub.prefix)),
+                                                              storage_options)):
                 continue  # numbered from 1: the SSL4EO-S12 distribution (however many shards), probed by the caller
-        if not exists(join(folder, schema.shard_name(first, sub.prefix)), storage_options):
+            if after and after + 1 != published_first:
+                firsts.append(after + 1)
+        first = next((f for f in firsts if exists(join(folder, schema.shard_name(f, sub.prefix)), storage_options)),
+                     None)
+        if first is None:
             continue
+        guess = published_last - published_first + 1
 
         def present(i: int, folder: str = folder, first: int = first, prefix: str = sub.prefix) -> bool:
             return exists(join(folder, schema.shard_name(first + i - 1, prefix)), storage_options)
 
-        n = count_by_probing(present, guess=last - first + 1)
+        n = count_by_probing(present, guess=guess)
         names = [schema.shard_name(first + i, sub.prefix) for i in range(n)]
         if sub.prefix == "majortom":
             after = first + n - 1
+            if n < guess and wanted:
+                short += [schema.shard_name(first + i, sub.prefix) for i in range(n, guess)]
+        if not wanted:
+            continue
         have = [here[0]] + [m for m in here[1:] if exists(join(root, split, m, names[-1]), storage_options)]
         lacking = [m for m in here if m not in have and mods]
         if lacking:
             raise DatasetNotFoundError(f"{join(root, split)}: no {sub.prefix} shards of {lacking} (probed {names[-1]})")
         out += [ChunkSet(n_, split, {m: join(root, split, m, n_) for m in have}, SHARDS, sub.prefix, corpus.name)
                 for n_ in names]
+        if sub.prefix == "ssl4eos12" and first == published_first and short:
+            # Both subsets where the published numbering puts them: the Major TOM shards before are missing,
+            # not a smaller copy.
+            raise DatasetNotFoundError(
+                f"{join(root, split)} is numbered as the published TerraMesh but lacks {len(short)} of its Major TOM "
+                f"shards ({short[0]}{' .. ' + short[-1] if len(short) > 1 else ''}): a partial mirror? Read the "
+                "subsets that are whole with subsets=[...], or name the shards as files (a brace pattern)")
     if not out:
         return None
     if mods:
@@ -314,7 +335,7 @@ def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Seq
 
 
 def _resolve_url(src: str, split: str | None, mods: list[str] | None, distribution: str | None,
-                 storage_options: Mapping[str, Any] | None) -> list[ChunkSet]:
+                 storage_options: Mapping[str, Any] | None, subsets: Sequence[str] | None = None) -> list[ChunkSet]:
     src = src.rstrip("/")
     if schema.find_modality(basename(src)) is not None:  # a modality folder: its split folder
         src = parent(src)
@@ -330,7 +351,8 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
     out = []
     for s in splits:
         candidates = mods or list(schema.MODALITIES)
-        terramesh = None if distribution == CHUNKS else _probe_terramesh(root, s, candidates, mods, storage_options)
+        terramesh = (None if distribution == CHUNKS
+                     else _probe_terramesh(root, s, candidates, mods, storage_options, subsets))
         if terramesh:
             out += terramesh
             continue
@@ -461,7 +483,7 @@ def resolve(
     ``ssl4eos12_shard_*``) is found by its shard names too; ``subsets=["ssl4eos12"]`` keeps those shards only.
     Raises :class:`DatasetNotFoundError` naming what is missing.
     """
-    sets = _resolve(source, split, modalities, storage_options, distribution)
+    sets = _resolve(source, split, modalities, storage_options, distribution, subsets)
     if subsets is None:
         return sets
     have = {cs.subset for cs in sets}
@@ -475,7 +497,7 @@ def resolve(
 
 def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike], split: str | None,
              modalities: Sequence[str] | None, storage_options: Mapping[str, Any] | None,
-             distribution: str | None) -> list[ChunkSet]:
+             distribution: str | None, subsets: Sequence[str] | None = None) -> list[ChunkSet]:
     mods = [schema.modality_name(m) for m in modalities] if modalities else None
     if distribution not in (None, CHUNKS, SHARDS):
         raise ValueError(f"distribution must be 'chunks', 'shards' or None, got {distribution!r}")
@@ -486,7 +508,7 @@ def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike], split: str
         if is_chunk_file(src) or is_shard_file(src):
             return _from_files([src], mods, storage_options)
         if is_url(src):
-            return _resolve_url(src, split, mods, distribution, storage_options)
+            return _resolve_url(src, split, mods, distribution, storage_options, subsets)
         return _resolve_local(src.removeprefix("file://"), split, mods, distribution)
     files = [f for p in source for f in expand_braces(os.fspath(p))]
     return _from_files(files, mods, storage_options)

@@ -283,3 +283,31 @@ def test_a_published_terramesh_shard_name_given_as_a_file_is_terramesh(reference
     synthetic.make_shards(str(own), 64, per_shard=8, size=16, seed=2, modalities=("S2L2A",))
     eighth = str(own / "val" / "S2L2A" / "ssl4eos12_shard_000008.tar")
     assert corpus_of_files([eighth]) is schema.SSL4EO_S12 and corpus_of_files([path]) is schema.TERRAMESH
+
+
+def test_a_root_missing_major_tom_shards_never_loses_the_ssl4eo_subset(tmp_path):
+    """Over HTTP (no listing) the subsets are found at their published numbers: a root whose last Major TOM shard
+    is missing is named, not read as Major TOM 1..7 without its SSL4EO-S12 shard; a missing middle shard is
+    named when it is read; subsets=["ssl4eos12"] still reads what is whole."""
+    from ssl4eo_zarr import synthetic
+
+    root = str(tmp_path / "tm")
+    synthetic.make_terramesh(root, 64, 8, per_shard=8, size=16, modalities=("S2L2A", "DEM"))
+    names = sorted(os.listdir(os.path.join(root, "val", "S2L2A")))
+    assert names[-1] == "ssl4eos12_shard_000009.tar" and names[-2] == "majortom_shard_000008.tar"
+    for m in ("S2L2A", "DEM"):
+        os.unlink(os.path.join(root, "val", m, "majortom_shard_000008.tar"))
+    with RangeHTTPServer(root) as server:
+        with pytest.raises(sz.DatasetNotFoundError, match=r"lacks 1 of its Major TOM shards \(majortom_shard_000008"):
+            sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "DEM"])
+        only = sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "DEM"], subsets=["ssl4eos12"])
+        assert [cs.name for cs in only.sets] == ["ssl4eos12_shard_000009.tar"]
+    for m in ("S2L2A", "DEM"):  # the last one back, a middle one gone
+        shutil.copy(os.path.join(root, "val", m, "majortom_shard_000007.tar"),
+                    os.path.join(root, "val", m, "majortom_shard_000008.tar"))
+        os.unlink(os.path.join(root, "val", m, "majortom_shard_000004.tar"))
+    with RangeHTTPServer(root) as server:
+        ds = sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "DEM"], batch_size=8, shuffle=False)
+        assert len(ds.sets) == 9 and ds.sets[-1].subset == "ssl4eos12"
+        fourth = ds.sets[3]  # kept under its published name: reading it names it (a 404), never skipped silently
+        assert fourth.name == "majortom_shard_000004.tar" and not sz.storage.exists(fourth.paths["S2L2A"])
