@@ -76,6 +76,40 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for item in items for out in expand_braces(head + item + tail)]
 
 
+#: The published TerraMesh loader's modality list inside a path: ``ROOT/val/[S2L2A,DEM]/majortom_shard_*.tar``.
+_MOD_LIST = re.compile(r"/\[\s*([A-Za-z0-9_]+(?:\s*,\s*[A-Za-z0-9_]+)*)\s*\]/")
+
+
+def published_urls(source: Any) -> list[tuple[str, list[str] | None]] | None:
+    """The published loader's ``urls`` form, or ``None`` when ``source`` is not in it: shard patterns joined by
+    ``::`` (one per subset), each may name its modalities as a ``/[S2L2A,DEM]/`` path segment. Returns
+    ``(pattern with the first named modality's folder, the named modalities or None)`` per part."""
+    if not isinstance(source, str | os.PathLike):
+        return None
+    text = os.fspath(source)
+    parts = text.split("::")
+    # fsspec chains protocols with "::" too (simplecache::s3://...): only shard patterns are split here.
+    if len(parts) > 1 and not all(p.rstrip().endswith(SHARD_SUFFIX) for p in parts):
+        return None
+    out: list[tuple[str, list[str] | None]] = []
+    for part in parts:
+        match = _MOD_LIST.search(part)
+        if match is None:
+            out.append((part, None))
+            continue
+        names = [schema.modality_name(n.strip()) for n in match.group(1).split(",")]
+        out.append((part[: match.start()] + f"/{names[0]}/" + part[match.end():], names))
+    return out if len(out) > 1 or out[0][1] is not None else None
+
+
+def named_modalities(source: Any) -> list[str] | None:
+    """The modalities a published-loader ``urls`` source names (``/[S2L2A,DEM]/``), in order, or ``None``."""
+    parts = published_urls(source)
+    if parts is None or all(names is None for _p, names in parts):
+        return None
+    return list(dict.fromkeys(m for _p, names in parts for m in names or []))
+
+
 def _listdir(path: str) -> list[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
@@ -427,11 +461,11 @@ def corpus_of_files(files: Sequence[str], storage_options: Mapping[str, Any] | N
     return corpus
 
 
-def _from_files(files: Sequence[str], mods: list[str] | None,
-                storage_options: Mapping[str, Any] | None = None) -> list[ChunkSet]:
+def _from_files(files: Sequence[str], mods: list[str] | None, storage_options: Mapping[str, Any] | None = None,
+                corpus: schema.Corpus | None = None) -> list[ChunkSet]:
     if not files:
         raise DatasetNotFoundError("no chunk files or shards given")
-    corpus = corpus_of_files(files, storage_options)
+    corpus = corpus or corpus_of_files(files, storage_options)
     sets = []
     for f in files:
         if not (is_chunk_file(f) or is_shard_file(f)):
@@ -501,6 +535,17 @@ def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike], split: str
     mods = [schema.modality_name(m) for m in modalities] if modalities else None
     if distribution not in (None, CHUNKS, SHARDS):
         raise ValueError(f"distribution must be 'chunks', 'shards' or None, got {distribution!r}")
+    parts = published_urls(source)
+    if parts is not None:  # the published loader's urls: each part a subset's shards, maybe naming modalities
+        out: list[ChunkSet] = []
+        corpus = corpus_of_files([f for pattern, _n in parts for f in expand_braces(pattern)], storage_options)
+        for pattern, names in parts:
+            use = names if not mods else [m for m in mods if names is None or m in names]
+            if use:
+                out += _from_files(expand_braces(pattern), use, storage_options, corpus)
+        if not out:
+            raise DatasetNotFoundError(f"none of {mods} is among the modalities {source} names")
+        return out
     if isinstance(source, str | os.PathLike):
         src = os.fspath(source)
         if _BRACE.search(src):

@@ -311,3 +311,20 @@ def test_a_root_missing_major_tom_shards_never_loses_the_ssl4eo_subset(tmp_path)
         assert len(ds.sets) == 9 and ds.sets[-1].subset == "ssl4eos12"
         fourth = ds.sets[3]  # kept under its published name: reading it names it (a 404), never skipped silently
         assert fourth.name == "majortom_shard_000004.tar" and not sz.storage.exists(fourth.paths["S2L2A"])
+
+
+def test_the_published_loaders_urls_are_taken(reference):
+    """``::`` joins the subsets' shard patterns and ``/[A,B]/`` names the modalities, as the published loader's
+    ``urls`` do: the same members and values as the root, for ChunkDataset and open_dataset."""
+    urls = (f"{ROOT}/val/[S2L2A,S1RTC]/majortom_shard_{{000001..000001}}.tar::"
+            f"{ROOT}/val/[S2L2A,S1GRD]/ssl4eos12_shard_000002.tar")
+    batches = _batches(urls, workers=0)
+    assert sorted(k for b in batches for k in b["sample"]) == sorted(reference)
+    for b in batches:
+        assert ("S1RTC" in b) == (b["subset"] == "majortom") and ("S1GRD" in b) == (b["subset"] == "ssl4eos12")
+        for j, key in enumerate(b["sample"]):
+            np.testing.assert_array_equal(b["S2L2A"][j].numpy(), reference[key][1]["S2L2A"]["bands"].values)
+    one = f"{ROOT}/val/S2L2A/majortom_shard_000001.tar::{ROOT}/val/S2L2A/ssl4eos12_shard_000002.tar"
+    view = sz.open_dataset(one, modalities=["S2L2A"])
+    assert sorted(str(k) for k in view["sample"].values) == sorted(reference)
+    assert sz.ChunkDataset(f"{ROOT}/val/[DEM]/ssl4eos12_shard_000002.tar").modalities == ["DEM"]

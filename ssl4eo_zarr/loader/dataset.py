@@ -16,7 +16,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .. import schema
 from ..chunkfile import open_chunk
 from ..errors import DamagedShardError, ModalityMismatchError, SSL4EOError
-from ..layout import SHARDS, ChunkSet, resolve
+from ..layout import SHARDS, ChunkSet, named_modalities, resolve
 from ..shardindex import WALK_WORKERS, counts_from_index, known_counts, load_index, read_root_table, shards_for_ids, walk
 from ..shards import shard_index
 from ..storage import is_url
@@ -84,12 +84,15 @@ class ChunkDataset(IterableDataset):
     root_or_files:
         Dataset root (either distribution, detected), split folder, a chunk file or shard, a list of them, or a
         brace pattern as the published loader takes (``ROOT/val/S2L2A/ssl4eos12_shard_{000001..000005}.tar``;
-        the other modalities are found in the sibling folders). Local paths or URLs (``https://``, ``s3://``,
+        the other modalities are found in the sibling folders), or the published TerraMesh loader's ``urls``
+        (``ROOT/val/[S2L2A,DEM]/majortom_shard_{000001..000008}.tar::ROOT/val/[S2L2A,DEM]/ssl4eos12_shard_000009.tar``:
+        ``::`` joins the subsets, ``[...]`` names the modalities). Local paths or URLs (``https://``, ``s3://``,
         ``hf://``); a static host that lists no folders works.
     split:
         ``"train"`` or ``"val"`` when given a root.
     modalities:
-        Modalities to read (default S2L1C, S2L2A, S1GRD).
+        Modalities to read (default: those the published loader's ``urls`` name, ``ROOT/val/[S2L2A,DEM]/...``,
+        else S2L1C, S2L2A, S1GRD).
     batch_size:
         ``None`` yields whole chunks (64 locations; 64 locations from shards); smaller sizes split chunks
         without rereading, larger ones combine chunks. Partial chunks (< 64 locations) work.
@@ -207,7 +210,7 @@ class ChunkDataset(IterableDataset):
         root_or_files: str | os.PathLike | Sequence[str | os.PathLike],
         *,
         split: str | None = None,
-        modalities: Sequence[str] = schema.DEFAULT_TRAIN_MODALITIES,
+        modalities: Sequence[str] | None = None,
         batch_size: int | None = None,
         timestamps: Timestamps = "all",
         shuffle: bool = True,
@@ -246,6 +249,8 @@ class ChunkDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive or None, got {batch_size}")
         check_cache_options(root_or_files, cache_dir, cache_limit)
+        if modalities is None:  # the published loader's urls may name them (/[S2L2A,DEM]/)
+            modalities = named_modalities(root_or_files) or schema.DEFAULT_TRAIN_MODALITIES
         self.modalities = [schema.modality_name(m) for m in modalities]
         self.sets: list[ChunkSet] = resolve(root_or_files, split=split, modalities=self.modalities,
                                             storage_options=storage_options, distribution=distribution,
