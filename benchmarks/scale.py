@@ -98,8 +98,10 @@ def run_row(row: str, lib: str, host, cap: float, tmp: str) -> dict:
     env = dict(os.environ, PYTHONPATH=lib, SSL4EO_ZARR_CACHE=os.path.join(tmp, "cache-" + str(time.time_ns())))
     started = time.perf_counter()
     try:
+        # A folder of its own per run: a fetch into another run's DEST would resume it and move nothing.
         proc = subprocess.run([sys.executable, "-c", ROW, row, host.root("ssl4eo-s12"), host.root("terramesh"),
-                               os.path.join(tmp, "dry")], env=env, capture_output=True, text=True, timeout=cap,
+                               os.path.join(tmp, f"dest-{time.time_ns()}")], env=env, capture_output=True, text=True,
+                              timeout=cap,
                               cwd=tmp)  # not the checkout: `python -c` would import the package beside it
         found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-1:]}
