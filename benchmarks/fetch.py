@@ -91,7 +91,7 @@ def bbox_for(table, fraction: float) -> tuple[float, float, float, float]:
 
 
 def timed_fetch(server, dest: str, **kwargs) -> dict:
-    from ssl4eo_zarr.fetcher import fetch
+    from ssl4eo_zarr.fetching import fetch
 
     shutil.rmtree(dest, ignore_errors=True)
     server.reset_counts()
@@ -132,7 +132,7 @@ def download_whole(server, folder: str, n_shards: int, workers: int) -> dict:
 def index_cost(server, root: str, n_shards: int) -> dict:
     """Planning from tar headers with no kept index: requests and bytes per shard."""
     import ssl4eo_zarr.storage.paths as paths
-    from ssl4eo_zarr.fetcher import plan_fetch
+    from ssl4eo_zarr.fetching import plan_fetch
 
     cache = tempfile.mkdtemp(prefix="fetch-index-")
     os.environ["SSL4EO_ZARR_CACHE"] = cache

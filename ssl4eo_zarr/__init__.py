@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {"builder", "fetcher", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
+_SUBMODULES = {"builder", "fetching", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
                "shardview", "stats", "storage", "synthetic", "timeorder", "validate", "webdataset", "zarrv2"}
 
 
@@ -62,7 +62,7 @@ def __getattr__(name: str) -> Any:
     if name == "ChunkDataset":
         return importlib.import_module(".loader", __name__).ChunkDataset
     if name == "fetch":
-        return importlib.import_module(".fetcher", __name__).fetch
+        return importlib.import_module(".fetching", __name__).fetch
     if name == "read_metadata":  # geopandas is optional (the build extra)
         return importlib.import_module(".metadata", __name__).read_metadata
     if name in _SUBMODULES:

@@ -102,7 +102,7 @@ def _join_signed(argv: Sequence[str]) -> list[str]:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetcher import FetchPlan, fetch
+    from .fetching import FetchPlan, fetch
 
     result = fetch(args.src, args.dst, split=args.split, modalities=args.modalities.split(","),
                    locations=args.locations, bbox=_floats(args.bbox, 4, "--bbox"), months=_ints(args.months, "--months"),
@@ -122,7 +122,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .fetcher import verify
+    from .fetching import verify
 
     problems = verify(args.dst)
     for line in problems:

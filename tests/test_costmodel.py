@@ -140,5 +140,5 @@ def test_a_fifth_of_a_split_with_small_members_moves_little_more_than_it_selects
         assert result.locations == 435 and result.plan.estimate.budget < 50_000
         table = os.path.getsize(os.path.join(dest, "val_metadata.parquet"))
         assert moved - table <= 1.15 * result.plan.nbytes, (moved, table, result.plan.nbytes)
-        assert sz.fetcher.verify(dest) == []
+        assert sz.fetching.verify(dest) == []
     costmodel.forget()

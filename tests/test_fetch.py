@@ -16,7 +16,7 @@ import pytest
 
 import ssl4eo_zarr as sz
 from ssl4eo_zarr import DatasetNotFoundError, schema, synthetic
-from ssl4eo_zarr.fetcher import MANIFEST, STAGING, FetchPlan, SelectionError, fetch, verify
+from ssl4eo_zarr.fetching import MANIFEST, STAGING, FetchPlan, SelectionError, fetch, verify
 from ssl4eo_zarr.testing import RangeHTTPServer
 
 gpd = pytest.importorskip("geopandas")
@@ -204,7 +204,7 @@ def test_a_vanished_source_file_is_named_and_completed_work_kept(source, tmp_pat
 
 _KILLED = """
 import sys
-from ssl4eo_zarr.fetcher import fetch
+from ssl4eo_zarr.fetching import fetch
 fetch(sys.argv[1], sys.argv[2], split="val", modalities=["S2L2A", "S1GRD"], per_shard=8, workers=1)
 """
 

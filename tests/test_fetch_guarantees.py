@@ -16,7 +16,7 @@ import pytest
 
 import ssl4eo_zarr as sz
 from ssl4eo_zarr import DatasetNotFoundError, schema, synthetic
-from ssl4eo_zarr.fetcher import MANIFEST, SelectionError, fetch, verify
+from ssl4eo_zarr.fetching import MANIFEST, SelectionError, fetch, verify
 from ssl4eo_zarr.metadata import select
 from ssl4eo_zarr.testing import RangeHTTPServer
 

@@ -207,7 +207,7 @@ def test_fetch_keeps_subsets_and_numbering(reference, tmp_path):
     # each member stays in a shard of its source shard's name (the fixture's SSL4EO-S12 shard is 000002)
     assert os.listdir(os.path.join(only_ssl, "val", "S2L2A")) == [schema.shard_name(2, "ssl4eos12")]
     assert sz.ChunkDataset(only_ssl, split="val", modalities=["S2L2A"]).corpus is schema.TERRAMESH
-    with pytest.raises(sz.fetcher.SelectionError, match="one timestamp"):
+    with pytest.raises(sz.fetching.SelectionError, match="one timestamp"):
         sz.fetch(ROOT, str(tmp_path / "c"), split="val", modalities=["S2L2A"], locations=keys, to="chunks")
 
 
