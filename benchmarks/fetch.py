@@ -37,7 +37,7 @@ MODS = ("S2L2A", "S1GRD")
 def ensure_data(folder: str, n_shards: int, per_shard: int) -> str:
     """The split (``folder/val``) and its metadata table; generated once."""
     from ssl4eo_zarr import schema, synthetic
-    from ssl4eo_zarr.shards import scan_shard, write_shard
+    from ssl4eo_zarr.shardfile import scan_shard, write_shard
 
     last = os.path.join(folder, "val", MODS[-1], schema.shard_name(n_shards))
     table = os.path.join(folder, "val_metadata.parquet")

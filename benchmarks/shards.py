@@ -28,12 +28,12 @@ from loader import MODS, _consume, ensure_data, machine  # noqa: E402
 
 
 def ensure_shards(chunks: str, out: str) -> None:
-    from ssl4eo_zarr import webdataset
+    from ssl4eo_zarr import convert
 
     if all(os.path.isdir(os.path.join(out, "train", m)) for m in MODS):
         return
     t0 = time.perf_counter()
-    webdataset.chunks_to_shards(chunks, out, split="train", modalities=MODS, per_shard=64)
+    convert.chunks_to_shards(chunks, out, split="train", modalities=MODS, per_shard=64)
     print(f"converted to shards in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

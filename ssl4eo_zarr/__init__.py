@@ -20,8 +20,8 @@ from .errors import (
     SSL4EOError,
     UnsafeFileError,
 )
-from .reader import open_chunk, open_dataset
 from .schema import CloudClass
+from .views.chunkfiles import open_chunk, open_dataset
 from .writer import write_chunk
 
 __version__ = "0.1.0"
@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {"builder", "fetching", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shards",
-               "shardview", "stats", "storage", "synthetic", "timeorder", "validate", "webdataset", "zarrv2"}
+_SUBMODULES = {"builder", "fetching", "geo", "layout", "loader", "metadata", "plot", "repair", "rgb", "s1order", "shardfile",
+               "convert", "stats", "storage", "synthetic", "timeorder", "validate", "views", "zarrv2"}
 
 
 def __dir__() -> list[str]:

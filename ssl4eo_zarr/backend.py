@@ -92,7 +92,7 @@ class SSL4EOBackendEntrypoint(BackendEntrypoint):
         cache_limit: int | str | None = None,
         subsets: Iterable[str] | None = None,
     ) -> xr.Dataset:
-        from .reader import open_dataset
+        from .views.chunkfiles import open_dataset
 
         ds = open_dataset(os.fspath(filename_or_obj), split=split, modalities=list(modalities) if modalities else None,
                           s2_offset=s2_offset, fix_s1_order=fix_s1_order, reindex_seasonal=reindex_seasonal,

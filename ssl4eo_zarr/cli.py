@@ -144,15 +144,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from . import webdataset
+    from . import convert
 
     if args.to == "shards":
-        written = webdataset.chunks_to_shards(args.src, args.dst, split=args.split, modalities=args.modality or None,
+        written = convert.chunks_to_shards(args.src, args.dst, split=args.split, modalities=args.modality or None,
                                               per_shard=args.per_shard, progress=_progress,
                                               fix_s1_order=not args.s1_as_stored)
         print(f"wrote {sum(len(v) for v in written.values())} shards under {args.dst}/{args.split}")
     else:
-        names = webdataset.shards_to_chunks(args.src, args.dst, split=args.split, modalities=args.modality or None,
+        names = convert.shards_to_chunks(args.src, args.dst, split=args.split, modalities=args.modality or None,
                                             progress=_progress, fix_s1_order=not args.s1_as_stored)
         print(f"wrote {len(names)} chunk files per modality under {args.dst}/{args.split}")
     return 0

@@ -151,7 +151,7 @@ def probe(path: str, storage_options: Mapping[str, Any] | None = None, *, connec
         return known.with_connections(connections)
     from concurrent.futures import ThreadPoolExecutor
 
-    from .shards import open_binary
+    from .shardfile import open_binary
 
     def timed(fh: Any, offset: int, n: int) -> tuple[float, int]:
         fh.seek(min(offset, max(0, size - n)))

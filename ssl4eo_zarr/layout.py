@@ -429,7 +429,7 @@ def _first_member_key(path: str, storage_options: Mapping[str, Any] | None = Non
     """The key of a shard's first member, from its first tar header (one small read), or ``None``."""
     import tarfile
 
-    from .shards import MEMBER_SUFFIX, open_binary
+    from .shardfile import MEMBER_SUFFIX, open_binary
 
     try:
         with open_binary(path, storage_options=storage_options) as fh:

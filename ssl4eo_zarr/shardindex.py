@@ -25,7 +25,7 @@ from typing import Any
 from . import schema
 from .errors import DatasetNotFoundError, SSL4EOError
 from .layout import ChunkSet
-from .shards import MEMBER_SUFFIX, Member, kept_shard_index, save_shard_index, scan_shard, shard_index, shard_version
+from .shardfile import MEMBER_SUFFIX, Member, kept_shard_index, save_shard_index, scan_shard, shard_index, shard_version
 from .storage import exists, is_url, join, parent, read_bytes
 
 #: Shards walked at once (header walks are round trips: they overlap, the bytes are few).
@@ -281,7 +281,7 @@ class ShardIndex:
 
 
 def _differ(a: str, b: str) -> bool:
-    """Whether two shard versions (``size:tag``, see :func:`~ssl4eo_zarr.shards.shard_version`) name other files:
+    """Whether two shard versions (``size:tag``, see :func:`~ssl4eo_zarr.shardfile.shard_version`) name other files:
     sizes always compare, and ETags (a host's) when both have one. A local mtime (digits alone) is not compared:
     a copy gets a new one with the same bytes, and an index made of a local copy serves its source too."""
     size_a, _, tag_a = a.partition(":")

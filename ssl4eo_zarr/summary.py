@@ -16,7 +16,7 @@ def _size_on_disk(paths) -> int:
 
 def describe(path: str, *, split: str | None = None) -> str:
     """Summary of a file, split folder or dataset root: files, locations, modalities, extent, time span."""
-    from .reader import open_dataset
+    from .views.chunkfiles import open_dataset
 
     single = is_chunk_file(path)
     ds = open_dataset(path, split=split)

@@ -218,7 +218,7 @@ def make_chunk(locs: Locations, *, size: int = schema.PATCH_SIZE, seed: int = 0,
 
 def _extra_members(chunk: dict[str, xr.Dataset], i: int, rng: np.random.Generator) -> dict[str, xr.Dataset]:
     """DEM, NDVI and LULC members of location ``i`` (shard layout), consistent with its S2 data."""
-    from .webdataset import member_dataset
+    from .convert import member_dataset
 
     l2a = chunk["S2L2A"].isel(sample=i)
     common = {"center_lat": float(l2a["center_lat"]), "center_lon": float(l2a["center_lon"]), "epsg": int(l2a["crs"]),
@@ -259,8 +259,8 @@ def make_shards(
     The locations and pixels are those :func:`make_dataset` writes for the same ``n_locations``/``seed`` when
     ``n_locations`` fills whole chunks, so both distributions can be compared location by location.
     """
-    from .shards import MEMBER_SUFFIX, write_shard
-    from .webdataset import location_dataset, member_bytes
+    from .convert import location_dataset, member_bytes
+    from .shardfile import MEMBER_SUFFIX, write_shard
 
     root = os.fspath(root)
     mods = list(modalities or schema.SHARD_MODALITIES)
@@ -299,7 +299,7 @@ def terramesh_members(n_majortom: int, n_ssl: int, *, size: int = schema.PATCH_S
     ``n_ssl`` SSL4EO-S12 locations, ONE timestamp each (location ``i`` keeps season ``i % 4``), in the published
     member layout. SSL4EO-S12 locations have S1GRD, Major TOM ones S1RTC (float32 dB, assumed: not published);
     keys ``ssl4eos12_{split}_<id>`` as published, ``majortom_{split}_<id>`` (assumed)."""
-    from .webdataset import location_dataset
+    from .convert import location_dataset
 
     out: dict[str, list[tuple[str, dict[str, xr.Dataset]]]] = {}
     for prefix, n, salt in (("majortom", n_majortom, 0), ("ssl4eos12", n_ssl, 1)):
@@ -330,8 +330,8 @@ def make_terramesh(root: str | os.PathLike, n_majortom: int = 12, n_ssl: int = 8
     """Write a synthetic TerraMesh split: ``root/{split}/{modality}/majortom_shard_NNNNNN.tar`` (from 000001),
     then ``ssl4eos12_shard_NNNNNN.tar`` numbered on after them as published (S1GRD folders hold only the
     latter, S1RTC folders only the former), ``per_shard`` locations each. Returns ``{modality: [paths]}``."""
-    from .shards import MEMBER_SUFFIX, write_shard
-    from .webdataset import member_bytes
+    from .convert import member_bytes
+    from .shardfile import MEMBER_SUFFIX, write_shard
 
     root = os.fspath(root)
     written: dict[str, list[str]] = {}

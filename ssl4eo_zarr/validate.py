@@ -22,7 +22,7 @@ from .checks import dataset_problems, infer_modality
 from .chunkfile import ChunkFile, open_chunk
 from .errors import SSL4EOError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
-from .reader import modality_dataset
+from .views.chunkfiles import modality_dataset
 from .zarrv2 import read_array, read_chunk
 
 #: Fraction of pixels outside the typical range above which a file is reported (values outside do occur).
@@ -173,7 +173,7 @@ def _check_member(key: str, archive, group, mod: schema.Modality | None, size: i
                   problems: list[str], timestamps: int | None = None) -> None:
     """Schema and values of one shard member (offset removed for S2), problems prefixed with its key.
     ``timestamps``: what the corpus's members hold (TerraMesh: 1), else the modality's own count."""
-    from .shards import bands_meta, member_metadata, read_time
+    from .shardfile import bands_meta, member_metadata, read_time
 
     meta = bands_meta(group, archive.path)
     t, c, h, w = meta.shape
@@ -226,7 +226,7 @@ def validate_shard(path: str, *, modality: str | None = None, size: int | None =
     """Check one shard: the tar reads to its end, every member is a sound archive in the member schema (of
     ``corpus``: TerraMesh members hold one timestamp; default from the shard's name). Returns the report and the
     member keys in shard order. Never raises for a damaged shard."""
-    from .shards import ShardStream, member_modality, open_member_group
+    from .shardfile import ShardStream, member_modality, open_member_group
 
     report = FileReport(path=path, modality=modality)
     keys: list[str] = []

@@ -343,7 +343,7 @@ def sample_members(size: int = schema.PATCH_SIZE, modalities: Sequence[str] = ("
     import tempfile
 
     from . import synthetic
-    from .shards import scan_shard
+    from .shardfile import scan_shard
 
     with tempfile.TemporaryDirectory() as tmp:
         if corpus == schema.SSL4EO_S12.name:

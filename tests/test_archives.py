@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import ssl4eo_zarr as sz
 from ssl4eo_zarr import CorruptFileError, SSL4EOError, synthetic
-from ssl4eo_zarr.shards import MemberArchive, scan_shard, write_shard
+from ssl4eo_zarr.shardfile import MemberArchive, scan_shard, write_shard
 from ssl4eo_zarr.storage import MemoryZipArchive, ScratchBuffer, ZipArchive
 from ssl4eo_zarr.testing import RangeHTTPServer
 from ssl4eo_zarr.zarrv2 import read_group
@@ -190,7 +190,7 @@ def test_a_chunk_renamed_in_the_directory_is_damage_not_an_empty_chunk(files, ht
 
 def test_shard_members_in_memory_are_checked_like_files(files, tmp_path):
     """A member damaged inside a shard fails with the shard and member named, from the loader too."""
-    from ssl4eo_zarr.webdataset import location_dataset, member_bytes
+    from ssl4eo_zarr.convert import location_dataset, member_bytes
 
     good = member_bytes(location_dataset(files["ds"], 0, "S1GRD"))
     bad = bytearray(member_bytes(location_dataset(files["ds"], 1, "S1GRD")))

@@ -83,7 +83,7 @@ def test_the_probe_measures_round_trip_rate_and_a_host_wide_cap(slow_host):
 def test_the_virtual_hosts_total_cap_holds_for_many_connections(slow_host):
     from concurrent.futures import ThreadPoolExecutor
 
-    from ssl4eo_zarr.shards import open_binary
+    from ssl4eo_zarr.shardfile import open_binary
 
     url = slow_host.root() + "/val/S2L2A/ssl4eos12_shard_000001.tar"
 

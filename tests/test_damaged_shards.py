@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 import ssl4eo_zarr as sz
 from ssl4eo_zarr import DamagedShardError, ModalityMismatchError, schema, synthetic
-from ssl4eo_zarr.shards import scan_shard, write_shard
+from ssl4eo_zarr.shardfile import scan_shard, write_shard
 
 N, SIZE, BAD = 20, 8, 5  # 20 locations, the header of the 6th damaged
 

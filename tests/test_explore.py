@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 import ssl4eo_zarr as sz
-from ssl4eo_zarr import CloudClass, schema, webdataset
+from ssl4eo_zarr import CloudClass, convert, schema
 from ssl4eo_zarr.cli import main
 from ssl4eo_zarr.stats import band_stats
 
@@ -80,14 +80,14 @@ def test_band_stats_match_numpy_and_run_on_a_cluster(root):
 
 
 def test_chunk_files_to_shards_and_back_are_identical(root, tmp_path):
-    shards = webdataset.chunks_to_shards(root, str(tmp_path / "wds"), split="val", per_shard=20)
-    assert [os.path.basename(p) for p in shards["S2L2A"]] == [webdataset.shard_name(i) for i in (1, 2, 3)]
-    first = next(webdataset.iter_shard(shards["S2L2A"][0]))
+    shards = convert.chunks_to_shards(root, str(tmp_path / "wds"), split="val", per_shard=20)
+    assert [os.path.basename(p) for p in shards["S2L2A"]] == [convert.shard_name(i) for i in (1, 2, 3)]
+    first = next(convert.iter_shard(shards["S2L2A"][0]))
     original = sz.open_dataset(chunk_path(root, "S2L2A")).isel(sample=0)
     np.testing.assert_array_equal(first["bands"].values, original["bands"].values - 1000)  # offset removed
     assert first["bands"].dims == ("time", "band", "y", "x")
     np.testing.assert_array_equal(first["time"].values, original["time_"].values.astype(np.int64))
-    names = webdataset.shards_to_chunks(str(tmp_path / "wds"), str(tmp_path / "back"), split="val")
+    names = convert.shards_to_chunks(str(tmp_path / "wds"), str(tmp_path / "back"), split="val")
     assert names == [schema.chunk_file_name("val", 1)]  # 42 locations fit in one chunk file
     for mod in schema.CHUNK_MODALITIES:
         back = sz.open_dataset(os.path.join(tmp_path, "back", "val", mod, names[0])).load()
@@ -104,8 +104,8 @@ def test_one_chunk_file_round_trips_byte_identically(root, tmp_path):
     for mod in schema.CHUNK_MODALITIES:
         os.makedirs(src / "val" / mod)
         os.link(chunk_path(root, mod, 3), chunk_path(str(src), mod, 1))
-    webdataset.chunks_to_shards(str(src), str(tmp_path / "wds"), split="val")
-    webdataset.shards_to_chunks(str(tmp_path / "wds"), str(tmp_path / "back"), split="val")
+    convert.chunks_to_shards(str(src), str(tmp_path / "wds"), split="val")
+    convert.shards_to_chunks(str(tmp_path / "wds"), str(tmp_path / "back"), split="val")
     for mod in schema.CHUNK_MODALITIES:
         assert filecmp.cmp(chunk_path(str(src), mod, 1), chunk_path(str(tmp_path / "back"), mod, 1), shallow=False)
 

@@ -63,7 +63,7 @@ def _ids(source, k):
 
 
 def _member_bytes(source, ids, mods=MODS):
-    from ssl4eo_zarr.shards import scan_shard
+    from ssl4eo_zarr.shardfile import scan_shard
 
     total = 0
     for m in mods:
@@ -226,7 +226,7 @@ def test_kill_and_resume(source, tmp_path):
         proc.wait(30)
         for folder, _dirs, names in os.walk(os.path.join(dest, "val")):
             for name in names:  # every visible shard is whole
-                assert not name.endswith(".tar") or sz.shards.scan_shard(os.path.join(folder, name))
+                assert not name.endswith(".tar") or sz.shardfile.scan_shard(os.path.join(folder, name))
         server.reset_counts()
         result = fetch(server.url, dest, split="val", modalities=MODS, per_shard=8, workers=4)
     assert result.reused >= 6, result.reused
@@ -303,7 +303,7 @@ def test_a_full_disk_is_a_clear_error_with_nothing_partial_left(source, host, sm
         for name in names:
             path = os.path.join(folder, name)
             assert not name.startswith("."), f"a temporary was left: {path}"
-            assert sz.shards.scan_shard(path), f"{path} is not whole"
+            assert sz.shardfile.scan_shard(path), f"{path} is not whole"
 
 
 def test_a_fetch_dealt_to_a_dask_cluster(source, host, tmp_path):

@@ -107,7 +107,7 @@ def test_a_folder_that_is_not_a_fetch_is_refused_and_left_untouched(source, tmp_
 def test_a_source_that_changed_between_runs_is_named_and_refetched(source, tmp_path):
     import shutil
 
-    from ssl4eo_zarr.shards import scan_shard, write_shard
+    from ssl4eo_zarr.shardfile import scan_shard, write_shard
 
     mirror = str(tmp_path / "mirror")
     shutil.copytree(source, mirror)

@@ -168,7 +168,7 @@ def test_https_works_with_the_base_install(root, certificate):
 def test_a_streamed_file_is_one_request_front_to_back(tmp_path, ranges):
     """A shard streamed for training: one open-ended GET, read on; short skips read through, a seek back or
     far ahead starts one new response; a host that ignores Range still gives the right bytes."""
-    from ssl4eo_zarr.shards import open_binary
+    from ssl4eo_zarr.shardfile import open_binary
 
     data = os.urandom(3 << 20) + bytes(range(256)) * 4096
     (tmp_path / "s.tar").write_bytes(data)
@@ -188,7 +188,7 @@ def test_a_streamed_file_is_one_request_front_to_back(tmp_path, ranges):
 
 
 def test_a_stream_cut_off_resumes_where_it_was(tmp_path):
-    from ssl4eo_zarr.shards import open_binary
+    from ssl4eo_zarr.shardfile import open_binary
 
     data = os.urandom(6 << 20)
     (tmp_path / "s.tar").write_bytes(data)

@@ -303,25 +303,25 @@ def test_reordering_holds_when_a_file_spans_several_dask_chunks(prefix, tmp_path
 @pytest.mark.parametrize("fix", [True, False])
 def test_converters_and_iter_shard_follow_one_rule(partly, tmp_path, fix, monkeypatch):
     """chunks -> shards, iter_shard and shards -> chunks all fix S1 per location (or all keep it as stored)."""
-    from ssl4eo_zarr import chunkfile, webdataset
+    from ssl4eo_zarr import chunkfile, convert
 
     monkeypatch.setattr(chunkfile, "_WARNED", set())  # once per file and process: earlier tests warned already
     root, good, bad = partly
     shards = str(tmp_path / "shards")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        webdataset.chunks_to_shards(root, shards, split="val", modalities=["S1GRD"], per_shard=8, fix_s1_order=fix)
+        convert.chunks_to_shards(root, shards, split="val", modalities=["S1GRD"], per_shard=8, fix_s1_order=fix)
     assert bool(_s1_warnings(record)) == fix
     want = _expected(good, bad) if fix else bad["bands"].values
     members = [ds for p in sorted(os.listdir(os.path.join(shards, "val", "S1GRD")))
-               for ds in webdataset.iter_shard(os.path.join(shards, "val", "S1GRD", p), fix_s1_order=fix)]
+               for ds in convert.iter_shard(os.path.join(shards, "val", "S1GRD", p), fix_s1_order=fix)]
     for k in range(12):
         np.testing.assert_array_equal(members[k]["bands"].values, want[k])
     back = str(tmp_path / "back")
-    webdataset.shards_to_chunks(shards, back, split="val", modalities=["S1GRD"], fix_s1_order=fix)
+    convert.shards_to_chunks(shards, back, split="val", modalities=["S1GRD"], fix_s1_order=fix)
     np.testing.assert_array_equal(xr_open_zarr(chunk_path(back, "S1GRD", 1))["bands"].values[:12], want[:12])
     if not fix:  # the stored order went through unchanged: iter_shard with the fix now reorders the same way
         fixed = [ds for p in sorted(os.listdir(os.path.join(shards, "val", "S1GRD")))
-                 for ds in webdataset.iter_shard(os.path.join(shards, "val", "S1GRD", p))]
+                 for ds in convert.iter_shard(os.path.join(shards, "val", "S1GRD", p))]
         for k in range(12):
             np.testing.assert_array_equal(fixed[k]["bands"].values, _expected(good, bad)[k])

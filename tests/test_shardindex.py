@@ -131,7 +131,7 @@ def shard_root(tmp_path_factory):
 
 
 def test_an_index_file_round_trips_and_replaces_every_header_read(shard_root, tmp_path):
-    from ssl4eo_zarr.shards import scan_shard
+    from ssl4eo_zarr.shardfile import scan_shard
 
     out = write_index(shard_root, str(tmp_path / "val.parquet"), split="val", modalities=["S2L2A", "S1GRD"])
     index = load_index(out)

@@ -14,9 +14,9 @@ import xarray as xr
 from torch.utils.data import DataLoader
 
 import ssl4eo_zarr as sz
-from ssl4eo_zarr import ModalityMismatchError, schema, synthetic, webdataset
+from ssl4eo_zarr import ModalityMismatchError, convert, schema, synthetic
 from ssl4eo_zarr.layout import count_by_probing, expand_braces, resolve
-from ssl4eo_zarr.shards import scan_shard, shard_index
+from ssl4eo_zarr.shardfile import scan_shard, shard_index
 from ssl4eo_zarr.testing import RangeHTTPServer
 
 N, SIZE, SEED = 40, 32, 4
@@ -185,7 +185,7 @@ def test_memory_is_bounded_by_the_shuffle_buffer(odd):
 def _rewrite_shard(path, change):
     with tarfile.open(path) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    from ssl4eo_zarr.shards import write_shard
+    from ssl4eo_zarr.shardfile import write_shard
 
     write_shard(path, change(members))
 
@@ -274,7 +274,7 @@ def test_hub_resolve_urls_and_one_timestep_reads_only_its_bytes(both, tmp_path):
         np.testing.assert_array_equal(got, local["S2L2A"].isel(sample=20, time=2).values)
         member = shard_index(os.path.join(shards, "val", "S2L2A", schema.shard_name(2)))[4]
         assert member.key == str(ds["sample"].values[20])
-        from ssl4eo_zarr.shards import MemberArchive
+        from ssl4eo_zarr.shardfile import MemberArchive
 
         with MemberArchive(os.path.join(shards, "val", "S2L2A", schema.shard_name(2)), member) as archive:
             chunk = archive._entry("bands/2.0.0.0", 1 << 30).compress_size
@@ -309,12 +309,12 @@ def test_hf_urls_read_through_this_librarys_path(both):
 def test_convert_keeps_seven_modalities_and_says_what_chunks_cannot_hold(both, tmp_path):
     _, shards = both
     with pytest.warns(UserWarning, match="DEM, NDVI, LULC left out"):
-        names = webdataset.shards_to_chunks(shards, str(tmp_path / "chunks"), split="val")
+        names = convert.shards_to_chunks(shards, str(tmp_path / "chunks"), split="val")
     assert names == [schema.chunk_file_name("val", 1)]
     back = sz.open_dataset(str(tmp_path / "chunks"), split="val")
     view = sz.open_dataset(shards, split="val")
     np.testing.assert_array_equal(back["S2L1C"].values, view["S2L1C"].values)
-    written = webdataset.chunks_to_shards(str(tmp_path / "chunks"), str(tmp_path / "again"), split="val", per_shard=16)
+    written = convert.chunks_to_shards(str(tmp_path / "chunks"), str(tmp_path / "again"), split="val", per_shard=16)
     assert [os.path.basename(p) for p in written["S1GRD"]] == [schema.shard_name(i) for i in (1, 2, 3)]
     for mod in ("S2L2A", "S1GRD"):
         for a, b in zip(written[mod], sorted(os.listdir(os.path.join(shards, "val", mod)))):
@@ -365,8 +365,8 @@ def test_pre_fix_s1_order_inside_shards_is_delivered_chronologically(both, tmp_p
     good = sz.open_dataset(os.path.join(chunks, "val", "S1GRD", schema.chunk_file_name("val", 1))).load()
     bad = synthetic.pre_fix_s1_order(good)
     members = [(f"{bad['sample'].values[i]}.zarr.zip",
-                webdataset.member_bytes(webdataset.location_dataset(bad, i, "S1GRD"))) for i in range(8)]
-    from ssl4eo_zarr.shards import write_shard
+                convert.member_bytes(convert.location_dataset(bad, i, "S1GRD"))) for i in range(8)]
+    from ssl4eo_zarr.shardfile import write_shard
 
     path = write_shard(str(tmp_path / "val" / "S1GRD" / schema.shard_name(1)), members)
     with warnings.catch_warnings():

@@ -212,10 +212,10 @@ def test_fetch_keeps_subsets_and_numbering(reference, tmp_path):
 
 
 def test_converting_terramesh_to_chunk_files_is_refused(tmp_path):
-    from ssl4eo_zarr import webdataset
+    from ssl4eo_zarr import convert
 
     with pytest.raises(sz.SchemaError, match="one timestamp|1 timestamp"):
-        webdataset.shards_to_chunks(ROOT, str(tmp_path / "c"), split="val", modalities=["S2L2A"])
+        convert.shards_to_chunks(ROOT, str(tmp_path / "c"), split="val", modalities=["S2L2A"])
 
 
 def test_terramesh_metadata_tables_with_one_timestamp(tmp_path):

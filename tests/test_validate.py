@@ -9,8 +9,8 @@ import pytest
 
 from ssl4eo_zarr import schema
 from ssl4eo_zarr.cli import main
-from ssl4eo_zarr.reader import open_dataset
 from ssl4eo_zarr.validate import validate
+from ssl4eo_zarr.views.chunkfiles import open_dataset
 from ssl4eo_zarr.writer import encode_members, write_members
 
 from .helpers import chunk_path

@@ -151,7 +151,7 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     ``tar`` column), only those shards, each up to its last candidate; a ``limit`` is drawn from the table
     before any shard is read. Before the first header is read, ``notify`` (e.g. ``print``) gets the
     :class:`PlanEstimate` of what planning and moving will cost (also ``plan.estimate``)."""
-    from ..shards import shard_version
+    from ..shardfile import shard_version
 
     mods = [schema.modality_name(m) for m in modalities]
     if not mods:
@@ -310,7 +310,7 @@ def _first_member_size(path: str, storage_options: Mapping[str, Any] | None) -> 
     """Bytes of the first member of a shard, from its first tar header (one small request)."""
     import tarfile
 
-    from ..shards import open_binary
+    from ..shardfile import open_binary
 
     with open_binary(path, storage_options=storage_options) as fh:
         block = fh.read(tarfile.BLOCKSIZE)

@@ -36,7 +36,7 @@ class _Mover:
         self.lock = threading.Lock()
 
     def _handle(self, path: str):
-        from ..shards import open_binary
+        from ..shardfile import open_binary
 
         handles = self.local.__dict__.setdefault("handles", {})
         if path not in handles:
@@ -134,7 +134,7 @@ def _write_job(job: ShardJob, dest: str, staging: ByteCache, futures: Mapping[tu
                done: Callable[[str], bool]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Write the job's shards (those ``done`` does not say are complete) from staging, each member as soon as its
     transfer is done; yields ``(rel, manifest entry)`` per file written, then unstages the members."""
-    from ..shards import MEMBER_SUFFIX, write_shard_summed
+    from ..shardfile import MEMBER_SUFFIX, write_shard_summed
 
     for m, rel in job.rels.items():
         if done(rel):
@@ -295,8 +295,8 @@ def _deal(client: Any, jobs: Sequence[ShardJob], dest: str, kw: dict[str, Any], 
 def _converted_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache,
                        kw: dict[str, Any]) -> dict[tuple[str, str], bytes]:
     """Chunk-file locations as shard members (offset removed, the published member layout)."""
-    from ..reader import open_dataset
-    from ..webdataset import location_dataset, member_bytes
+    from ..convert import location_dataset, member_bytes
+    from ..views.chunkfiles import open_dataset
 
     out: dict[tuple[str, str], bytes] = {}
     by_set: dict[int, list[Selected]] = {}
@@ -316,8 +316,8 @@ def _to_chunks(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
     published codec)."""
     import xarray as xr
 
-    from ..reader import modality_dataset, open_chunk
-    from ..webdataset import chunk_from_locations, read_member
+    from ..convert import chunk_from_locations, read_member
+    from ..views.chunkfiles import modality_dataset, open_chunk
     from ..writer import write_chunk
 
     files: dict[str, list[str]] = {m: [] for m in plan.modalities}

@@ -17,8 +17,8 @@ from .. import schema
 from ..chunkfile import open_chunk
 from ..errors import DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..layout import SHARDS, ChunkSet, named_modalities, resolve
+from ..shardfile import shard_index
 from ..shardindex import WALK_WORKERS, counts_from_index, known_counts, load_index, read_root_table, shards_for_ids, walk
-from ..shards import shard_index
 from ..storage import is_url
 from ..storage.cache import check_cache_options
 from .chunk_reader import ChunkReader

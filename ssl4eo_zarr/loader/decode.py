@@ -110,7 +110,7 @@ class ArchiveCache:
             return self._files.get(path)
 
     def s1_permutation(self, cf: ChunkFile) -> np.ndarray | None:
-        """:func:`~ssl4eo_zarr.reader.s1_permutation` of an open S1 file, computed once per worker."""
+        """:func:`~ssl4eo_zarr.views.chunkfiles.s1_permutation` of an open S1 file, computed once per worker."""
         with self._lock:
             if cf.path not in self._perms:
                 perm, left = s1_plan(cf)

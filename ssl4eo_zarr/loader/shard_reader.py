@@ -15,7 +15,7 @@ import torch
 from .. import schema
 from ..chunkfile import member_s1_order
 from ..errors import CorruptFileError, DamagedShardError, ModalityMismatchError, SSL4EOError
-from ..shards import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
+from ..shardfile import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
 from ..storage import thread_scratch
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc

@@ -13,7 +13,7 @@ import tempfile
 
 import zarr
 
-from ssl4eo_zarr import synthetic, webdataset
+from ssl4eo_zarr import convert, synthetic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODALITIES = ("S2L2A", "S1GRD", "DEM")
@@ -30,7 +30,7 @@ def reference_members():
     for i, key in enumerate(locs.ids):
         extra = synthetic._extra_members(chunk, i, rng)
         for m in MODALITIES:
-            ds = extra[m] if m == "DEM" else webdataset.location_dataset(chunk[m], i, m)
+            ds = extra[m] if m == "DEM" else convert.location_dataset(chunk[m], i, m)
             ds.attrs.pop("sample", None)
             out[m].append((str(key), ds))
     return out

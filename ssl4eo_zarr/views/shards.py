@@ -19,13 +19,13 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from . import schema
-from .chunkfile import member_s1_order
-from .errors import ModalityMismatchError, SchemaError
-from .layout import ChunkSet
-from .shardindex import WALK_WORKERS
-from .shards import Member, MemberArchive, bands_meta, member_metadata, member_modality, read_time, shard_index
-from .zarrv2 import GroupMeta, read_array, read_group
+from .. import schema
+from ..chunkfile import member_s1_order
+from ..errors import ModalityMismatchError, SchemaError
+from ..layout import ChunkSet
+from ..shardfile import Member, MemberArchive, bands_meta, member_metadata, member_modality, read_time, shard_index
+from ..shardindex import WALK_WORKERS
+from ..zarrv2 import GroupMeta, read_array, read_group
 
 
 class _Members:

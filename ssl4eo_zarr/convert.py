@@ -1,7 +1,7 @@
 """The WebDataset distribution as xarray: per-location Datasets of shard members, and conversion both ways.
 
 Shards live at ``{split}/{modality}/ssl4eos12_shard_NNNNNN.tar`` (512 locations each, numbered from 000001);
-each member is ``<sample id>.zarr.zip`` in the layout described in :mod:`ssl4eo_zarr.shards`. Members this
+each member is ``<sample id>.zarr.zip`` in the layout described in :mod:`ssl4eo_zarr.shardfile`. Members this
 library writes follow the published layout: ``bands`` ``[time, band, y, x]`` with the S2 offset removed,
 ``cloud_mask`` ``[time, y, x]``, ``time`` int64 ns, scalar ``center_lat``/``center_lon``/``crs``, ``file_id``
 ``[time]``, ``x``/``y`` in UTM metres and the CRS as WKT in ``spatial_ref`` (``crs_wkt``, as rioxarray writes).
@@ -32,8 +32,8 @@ from . import schema
 from .chunkfile import member_s1_order
 from .errors import ModalityMismatchError, SchemaError
 from .layout import SHARDS, resolve, write_split_list
-from .reader import modality_dataset, open_chunk, open_dataset
-from .shards import MEMBER_SUFFIX, ShardStream, member_archive, write_shard
+from .shardfile import MEMBER_SUFFIX, ShardStream, member_archive, write_shard
+from .views.chunkfiles import modality_dataset, open_chunk, open_dataset
 from .writer import encode_members, write_chunk, zip_bytes
 
 LOCATIONS_PER_SHARD = schema.LOCATIONS_PER_SHARD

@@ -25,14 +25,14 @@ from dask.base import tokenize
 from xarray.backends import BackendArray
 from xarray.core import indexing as xr_indexing
 
-from . import s1order, schema
-from .chunkfile import ChunkFile, open_chunk, s1_permutation, s1_plan, times_ns, warn_s1_order
-from .errors import ModalityMismatchError, SchemaError
-from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
-from .splitindex import SplitIndex
-from .storage import is_url
-from .timeorder import reorder_block
-from .zarrv2 import ArrayMeta, read_region
+from .. import s1order, schema
+from ..chunkfile import ChunkFile, open_chunk, s1_permutation, s1_plan, times_ns, warn_s1_order
+from ..errors import ModalityMismatchError, SchemaError
+from ..layout import SHARDS, ChunkSet, is_chunk_file, resolve
+from ..splitindex import SplitIndex
+from ..storage import is_url
+from ..timeorder import reorder_block
+from ..zarrv2 import ArrayMeta, read_region
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
 _INDEX_COORDS = schema.COORDS
@@ -428,7 +428,7 @@ def open_dataset(
         does (see :meth:`ssl4eo_zarr.accessor.SSL4EOAccessor.reindex_seasonal`; reads the acquisition times).
     distribution:
         ``"chunks"`` or ``"shards"`` where a root holds both (default: detected). Over shards the Dataset has
-        the same layout (see :func:`ssl4eo_zarr.shardview.open_shard_dataset`), DEM as ``[sample, band_DEM, y, x]``.
+        the same layout (see :func:`ssl4eo_zarr.views.shards.open_shard_dataset`), DEM as ``[sample, band_DEM, y, x]``.
     use_index:
         Keep what opening local chunk files learns (zip directories, metadata, sample ids, S1 order) in a split
         index in ``$SSL4EO_ZARR_CACHE`` (see :mod:`ssl4eo_zarr.splitindex`), so reopening reads none of it;
@@ -440,7 +440,7 @@ def open_dataset(
     subsets:
         A TerraMesh root (found by its shard names): the subsets to open (``["ssl4eos12"]``, ``["majortom"]``;
         default both). One Dataset holds the modalities every selected subset has, with a ``subset``
-        coordinate; see :func:`ssl4eo_zarr.shardview.open_shard_dataset`.
+        coordinate; see :func:`ssl4eo_zarr.views.shards.open_shard_dataset`.
     index:
         Shards: an index file of the source (``ssl4eo-zarr index``): opening reads no tar header (one version
         check per shard; a shard changed since is refused with :class:`~ssl4eo_zarr.shardindex.StaleIndexError`).
@@ -454,7 +454,7 @@ def open_dataset(
     DatasetNotFoundError, CorruptFileError, ModalityMismatchError
         Each message names the file at fault.
     """
-    from .storage.cache import check_cache_options
+    from ..storage.cache import check_cache_options
 
     check_cache_options(source, cache_dir, cache_limit)
     kwargs = dict(archive_kwargs, storage_options=storage_options)
@@ -463,7 +463,7 @@ def open_dataset(
     single = isinstance(source, str | os.PathLike) and is_chunk_file(source) and not modalities
     if single:
         if engine == "zarr":
-            from .storage import zarr_open_kwargs, zarr_store
+            from ..storage import zarr_open_kwargs, zarr_store
 
             return xr.open_zarr(zarr_store(str(os.fspath(source))), **zarr_open_kwargs())  # type: ignore[arg-type]
         if engine != "ssl4eo":
@@ -474,8 +474,8 @@ def open_dataset(
     sets = resolve(source, split=split, modalities=modalities, storage_options=storage_options,
                    distribution=distribution, subsets=subsets)
     if sets and sets[0].kind == SHARDS:
-        from .shardindex import load_index
-        from .shardview import open_shard_dataset
+        from ..shardindex import load_index
+        from .shards import open_shard_dataset
 
         loaded = load_index(os.fspath(index), storage_options) if index is not None else None
         convention = schema.s2_convention(schema.get_corpus(sets[0].corpus), s2_offset)
