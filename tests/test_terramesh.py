@@ -328,3 +328,17 @@ def test_the_published_loaders_urls_are_taken(reference):
     view = sz.open_dataset(one, modalities=["S2L2A"])
     assert sorted(str(k) for k in view["sample"].values) == sorted(reference)
     assert sz.ChunkDataset(f"{ROOT}/val/[DEM]/ssl4eos12_shard_000002.tar").modalities == ["DEM"]
+
+
+def test_timestamps_a_one_timestamp_member_does_not_hold_are_refused(reference):
+    """A TerraMesh member holds one timestamp: indices 1..3 or a list beyond 0 are errors, never timestep 0
+    passed off as another; "random" draws the one there is and says so."""
+    for ts in (1, 3, [0, 1]):
+        with pytest.raises(ValueError, match="terramesh members hold 1 timestamp: timestamp indices must be in 0..0"):
+            sz.ChunkDataset(ROOT, split="val", modalities=["S2L2A"], timestamps=ts)
+    batches = _batches(ROOT, modalities=["S2L2A"], timestamps="random", workers=0)
+    assert batches and all(b["timestamp"].tolist() == [0] * len(b["sample"]) for b in batches)
+    for b in batches:
+        assert b["S2L2A"].shape[1:] == (12, SIZE, SIZE)
+        for j, key in enumerate(b["sample"]):
+            np.testing.assert_array_equal(b["S2L2A"][j].numpy(), reference[key][1]["S2L2A"]["bands"].values[0])

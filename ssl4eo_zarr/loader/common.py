@@ -42,6 +42,8 @@ class ReadSpec:
     members: dict[str, list[Any]] = field(default_factory=dict)
     #: Where ``counts`` came from, named when a shard holds another count.
     counted: str = "its index"
+    #: Timestamps each member holds (SSL4EO-S12: 4 seasons; TerraMesh: 1).
+    n_timestamps: int = schema.N_TIMESTAMPS
 
     @property
     def single(self) -> bool:
@@ -50,12 +52,12 @@ class ReadSpec:
 
     def random_t(self, f: int) -> np.ndarray:
         """int64 ``[counts[f]]``: the season drawn for each location of file ``f`` this epoch."""
-        return rng_for(self.seed, self.epoch, SALT_TIMESTAMP, f).integers(0, schema.N_TIMESTAMPS, self.counts[f])
+        return rng_for(self.seed, self.epoch, SALT_TIMESTAMP, f).integers(0, self.n_timestamps, self.counts[f])
 
     def listed(self) -> list[int]:
         """Timestamps asked for when they are "all", an index or a list."""
         if self.timestamps == "all":
-            return list(range(schema.N_TIMESTAMPS))
+            return list(range(self.n_timestamps))
         if isinstance(self.timestamps, int):
             return [self.timestamps]
         if isinstance(self.timestamps, str):

@@ -276,7 +276,7 @@ class ChunkDataset(IterableDataset):
         self.streaming = self.kind == SHARDS
         self.batch_size = batch_size if batch_size is not None or not self.streaming else schema.SAMPLES_PER_FILE
         self.shuffle_buffer = int(shuffle_buffer) if shuffle_buffer else schema.SAMPLES_PER_FILE * self.mix
-        self.timestamps = self._parse_timestamps(timestamps)
+        self.timestamps = self._parse_timestamps(timestamps, self.corpus.timestamps, self.corpus.name)
         self.shuffle = shuffle
         self.seed = int(seed)
         dist_rank, dist_world = _distributed()
@@ -323,14 +323,18 @@ class ChunkDataset(IterableDataset):
 
     # -- setup -----------------------------------------------------------------------------------------
     @staticmethod
-    def _parse_timestamps(ts: Timestamps) -> str | int | list[int]:
+    def _parse_timestamps(ts: Timestamps, n: int = schema.N_TIMESTAMPS,
+                          corpus: str = schema.SSL4EO_S12.name) -> str | int | list[int]:
+        """``ts`` checked against the ``n`` timestamps each member of ``corpus`` holds (a TerraMesh member holds
+        one: only index 0 exists, and ``"random"`` always draws it)."""
         if isinstance(ts, str):
             if ts not in ("all", "random"):
                 raise ValueError(f"timestamps must be 'all', 'random', an index or a list, got {ts!r}")
             return ts
         items = [int(ts)] if isinstance(ts, int | np.integer) else [int(t) for t in ts]
-        if not items or any(not 0 <= t < schema.N_TIMESTAMPS for t in items):
-            raise ValueError(f"timestamp indices must be in 0..{schema.N_TIMESTAMPS - 1}, got {ts!r}")
+        if not items or any(not 0 <= t < n for t in items):
+            held = f"{corpus} members hold {n} timestamp{'s' if n > 1 else ''}: " if n != schema.N_TIMESTAMPS else ""
+            raise ValueError(f"{held}timestamp indices must be in 0..{n - 1}, got {ts!r}")
         return items if not isinstance(ts, int | np.integer) else items[0]
 
     def _keys_of(self, cs: ChunkSet) -> list[str]:
@@ -539,7 +543,8 @@ class ChunkDataset(IterableDataset):
                         return_metadata=self.return_metadata, s2_offset=self.s2_offset,
                         fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
-                        prefetch=self.prefetch, members=self.members, counted=self._counted)
+                        prefetch=self.prefetch, members=self.members, counted=self._counted,
+                        n_timestamps=self.corpus.timestamps)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)
