@@ -220,6 +220,43 @@ def test_a_modality_the_schema_does_not_know_still_reads(both, tmp_path):
     assert list(view["band_SAR9"].values) == ["vv", "vh"]
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "int8"])
+def test_a_member_dtype_beyond_the_published_six_is_delivered_as_stored(both, tmp_path, dtype):
+    """A grown dataset's modality stored as uint16, int32, ...: batches and views hold its values bit for bit."""
+    from ssl4eo_zarr.convert import member_bytes, member_dataset
+    from ssl4eo_zarr.shardfile import write_shard
+
+    _, shards = both
+    work = tmp_path / "shards"
+    shutil.copytree(os.path.join(shards, "val", "S2L2A"), work / "val" / "S2L2A")
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    want = {}
+    for name in sorted(os.listdir(work / "val" / "S2L2A")):
+        members = []
+        for m in scan_shard(str(work / "val" / "S2L2A" / name)):
+            bands = rng.integers(info.min, info.max, (1, 1, SIZE, SIZE), dtype=dtype, endpoint=True)
+            want[m.key] = bands[0, 0]
+            ds = member_dataset(bands, band_names=["lst"], times_ns=np.array([1_600_000_000_000_000_000]),
+                                file_id=["x"], center_lat=0.0, center_lon=0.0, epsg=32631,
+                                x=np.arange(SIZE) * 10.0, y=np.arange(SIZE) * -10.0)
+            members.append((m.name, member_bytes(ds)))
+        os.makedirs(work / "val" / "LST", exist_ok=True)
+        write_shard(str(work / "val" / "LST" / name), members)
+    ds = sz.ChunkDataset(str(work), split="val", modalities=["S2L2A", "LST"], batch_size=8, return_metadata=True)
+    seen = 0
+    for batch in _run(ds, 0):
+        assert batch["LST"].dtype == getattr(torch, dtype)
+        for j, key in enumerate(batch["sample"]):
+            np.testing.assert_array_equal(batch["LST"][j].numpy().reshape(SIZE, SIZE), want[key])
+            seen += 1
+    assert seen == N
+    view = sz.open_dataset(str(work), split="val", modalities=["LST"])
+    assert view["LST"].dtype == np.dtype(dtype)
+    key = str(view["sample"].values[0])
+    np.testing.assert_array_equal(np.asarray(view["LST"].values[0]).reshape(SIZE, SIZE), want[key])
+
+
 def test_brace_patterns_and_lists(both):
     _, shards = both
     assert expand_braces("a_{0001..0003}.tar") == ["a_0001.tar", "a_0002.tar", "a_0003.tar"]

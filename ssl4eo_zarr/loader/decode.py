@@ -23,11 +23,25 @@ _TORCH_DTYPES = {np.dtype("int16"): torch.int16, np.dtype("float16"): torch.floa
                  np.dtype("float32"): torch.float32, np.dtype("int64"): torch.int64, np.dtype("float64"): torch.float64}
 
 
+def torch_dtype(dtype: Any) -> torch.dtype:
+    """The torch dtype that holds numpy ``dtype`` bit for bit: the published six, and any other torch has
+    (uint16, int32, int8, bool, ...: a grown dataset's members may carry them). ``TypeError`` naming the dtype
+    where torch has none (strings, datetimes, big-endian values are read native first)."""
+    dt = np.dtype(dtype)
+    found = _TORCH_DTYPES.get(dt)
+    if found is not None:
+        return found
+    try:
+        return torch.from_numpy(np.empty(0, dtype=dt.newbyteorder("="))).dtype
+    except TypeError:
+        raise TypeError(f"members of dtype {dt} have no torch dtype to be delivered in") from None
+
+
 def alloc(shape: Sequence[int], dtype: np.dtype, *, shared: bool) -> torch.Tensor:
     """An uninitialised tensor; in shared memory when ``shared`` so that handing it from a DataLoader worker
     to the main process moves a file descriptor instead of copying the data. Shared memory comes mapped in
     (see :func:`populate`): every byte of it is about to be decoded into."""
-    tdtype = _TORCH_DTYPES[np.dtype(dtype)]
+    tdtype = torch_dtype(dtype)
     if not shared:
         return torch.empty(tuple(shape), dtype=tdtype)
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

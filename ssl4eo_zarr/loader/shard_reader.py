@@ -239,7 +239,10 @@ class ShardReader:
         item = tuple(meta.shape[1:])
         shape = delivered_shape(self.spec, static, n, n_t, item)
         if key not in out:
-            tensors[key] = self._new(shape, meta.dtype)
+            try:
+                tensors[key] = self._new(shape, meta.dtype)
+            except TypeError as exc:
+                raise CorruptFileError(path, f"{key!r}: {exc}") from None
             out[key] = tensors[key].numpy()
         elif out[key].shape != shape or out[key].dtype != meta.dtype:
             raise CorruptFileError(path, f"{key!r} is {meta.dtype} {list(shape)[1:]}, other locations of the batch "
