@@ -22,24 +22,43 @@ from .layout import is_chunk_file, is_shard_file
 
 class LazyArray(BackendArray):
     """One variable of the library's view as xarray's lazily indexed array: an index reads only the stored
-    chunks it touches (the view's dask graph, sliced, computed in the calling thread), so xarray decides the
-    chunking (``chunks=None``: lazy indexing; ``chunks={}``: dask with :attr:`preferred_chunks`)."""
+    chunks it touches, so xarray decides the chunking (``chunks=None``: lazy indexing; ``chunks={}``: dask with
+    :attr:`preferred_chunks`). Where the view's variable is its source's ``from_array`` (the images, masks and
+    coordinates of both views), an index goes straight to that source: a block read costs the same in a split
+    of 16,000 blocks as in one. Other variables slice the view's dask graph."""
 
     def __init__(self, data: Any):
+        from .views import source_of
+
         self._data = data
+        self._source = source_of(data)
         self.shape = tuple(data.shape)
         self.dtype = np.dtype(data.dtype)
 
     @property
-    def preferred_chunks(self) -> tuple[int, ...]:
-        """The stored chunk edge along each dimension (the first block's size)."""
-        return tuple(int(c[0]) if c else 0 for c in self._data.chunks)
+    def preferred_chunks(self) -> tuple[int | tuple[int, ...], ...]:
+        """The stored chunking along each dimension: the chunk edge where chunks are regular (the last may be
+        shorter), else every chunk's size (files of other lengths along ``sample``, irregular ``time``)."""
+        out: list[int | tuple[int, ...]] = []
+        for c in self._data.chunks:
+            if not c:
+                out.append(0)
+            elif all(x == c[0] for x in c[:-1]) and c[-1] <= c[0]:
+                out.append(int(c[0]))
+            else:
+                out.append(tuple(int(x) for x in c))
+        return tuple(out)
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._raw)
 
     def _raw(self, key: tuple) -> np.ndarray:
-        return np.asarray(self._data[key].compute(scheduler="synchronous"))
+        if self._source is None:
+            return np.asarray(self._data[key].compute(scheduler="synchronous"))
+        # The sources take slices (as dask hands them); an integer is a slice of one, its axis dropped after.
+        slices = tuple(slice(k, k + 1) if isinstance(k, int | np.integer) else k for k in key)
+        drop = tuple(0 if isinstance(k, int | np.integer) else slice(None) for k in key)
+        return np.asarray(self._source[slices])[drop]
 
 
 def as_backend_variables(ds: xr.Dataset) -> xr.Dataset:

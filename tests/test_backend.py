@@ -92,3 +92,43 @@ def test_lazy_indexing_reads_only_the_chunk_it_needs(root):
         got = ds["bands"].isel(sample=5, time=3).values
         assert chunk <= server.bytes_served <= chunk + 200, (server.bytes_served, chunk)
     np.testing.assert_array_equal(got, sz.open_dataset(path)["bands"].isel(sample=5, time=3).values)
+
+
+def test_a_block_read_goes_to_the_source_not_through_the_graph(root, monkeypatch):
+    """xarray's lazy indexing of a split reads the view's source directly (no dask graph sliced per block:
+    constant cost however many blocks the split has), integers dropping their axes as xarray expects."""
+    import dask.array as da
+    from xarray.core import indexing
+
+    from ssl4eo_zarr.backend import LazyArray
+
+    view = sz.open_dataset(root, split="val")
+    ref = view["S2L2A"].values
+    lazy = LazyArray(view["S2L2A"].data)
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("the dask graph was sliced")
+
+    monkeypatch.setattr(da.Array, "__getitem__", no_graph)
+    got = lazy[indexing.BasicIndexer((20, 3, slice(1, 4), slice(None), slice(5, 9)))]
+    np.testing.assert_array_equal(got, ref[20, 3, 1:4, :, 5:9])
+    ds = xr.open_dataset(root, engine="ssl4eo", split="val")
+    np.testing.assert_array_equal(ds["S2L2A"].isel(sample=40, time=1).values, ref[40, 1])
+    monkeypatch.undo()
+    derived = LazyArray(view["S2L2A"].data + 1)  # not a source's own array: read through the graph
+    np.testing.assert_array_equal(derived[indexing.BasicIndexer((1, 0, 0, slice(None), slice(None)))],
+                                  ref[1, 0, 0] + 1)
+
+
+def test_preferred_chunks_keep_irregular_stored_chunks(root):
+    """Files of 10 then 16 locations: the stored sample chunks are irregular, and chunks={} keeps them."""
+    from ssl4eo_zarr.backend import LazyArray, as_backend_variables
+
+    files = [chunk_path(root, "S2L2A", 3), chunk_path(root, "S2L2A", 1)]
+    view = sz.open_dataset(files)
+    assert view["S2L2A"].chunks[0] == (10, 16)
+    assert LazyArray(view["S2L2A"].data).preferred_chunks[0] == (10, 16)
+    backend = as_backend_variables(view)
+    assert backend["S2L2A"].encoding["preferred_chunks"]["sample"] == (10, 16)
+    regular = LazyArray(sz.open_dataset(root, split="val")["S2L2A"].data)
+    assert regular.preferred_chunks[0] == 16  # 16, 16, 10: regular, the last shorter

@@ -33,6 +33,7 @@ from ..splitindex import SplitIndex
 from ..storage import is_url
 from ..timeorder import reorder_block
 from ..zarrv2 import ArrayMeta, read_region
+from . import register
 
 #: Index coordinates xarray reads eagerly; the rest stays lazy.
 _INDEX_COORDS = schema.COORDS
@@ -160,8 +161,9 @@ def _lazy(files: Sequence[ChunkFile], name: str) -> da.Array:
             chunks.append([min(c, s - k * c) for k in range(first.grid[i])])
     # One task per stored chunk, in a graph dask builds lazily (a split of thousands of files opens in
     # constant time here).
-    return da.from_array(FilesArray(use, metas, axis), chunks=tuple(tuple(c) for c in chunks), name=token,
-                         asarray=False, fancy=False, meta=np.empty((0,) * len(first.shape), dtype=first.dtype))
+    source = FilesArray(use, metas, axis)
+    return register(da.from_array(source, chunks=tuple(tuple(c) for c in chunks), name=token, asarray=False,
+                                  fancy=False, meta=np.empty((0,) * len(first.shape), dtype=first.dtype)), source)
 
 
 def _variable(files: Sequence[ChunkFile], name: str, *, eager: bool = False) -> xr.Variable:

@@ -26,6 +26,7 @@ from ..layout import ChunkSet
 from ..shardfile import Member, MemberArchive, bands_meta, member_metadata, member_modality, read_time, shard_index
 from ..shardindex import WALK_WORKERS
 from ..zarrv2 import GroupMeta, read_array, read_group
+from . import register
 
 
 class _Members:
@@ -141,7 +142,8 @@ def _as_datetime(block: np.ndarray) -> np.ndarray:
 
 def _lazy(stack: MemberStack, chunks: tuple[int, ...]) -> da.Array:
     token = tokenize(stack.members.paths, stack.name, len(stack.rows), stack.delta, stack.s1_fix)
-    return da.from_array(stack, chunks=chunks, asarray=False, fancy=False, name=f"ssl4eo-{stack.name}-{token}")
+    array = da.from_array(stack, chunks=chunks, asarray=False, fancy=False, name=f"ssl4eo-{stack.name}-{token}")
+    return register(array, stack)
 
 
 def _check_keys(sets: Sequence[ChunkSet], indexes: dict[str, list[list[Member]]]) -> None:
