@@ -142,9 +142,14 @@ def write_split_list(root: str, split: str, names: Sequence[str], *, merge: bool
     return path
 
 
-def count_by_probing(present: Callable[[int], bool], *, guess: int | None = None) -> int:
+#: The most files a probe counts: far beyond any published split (TerraMesh train: 889 shards); a host that has
+#: them all answers for names that do not exist.
+MAX_PROBED = 1 << 16
+
+
+def count_by_probing(present: Callable[[int], bool], *, guess: int | None = None, where: str = "the host") -> int:
     """The largest ``n`` with ``present(1..n)`` all true, for files numbered from 1 without gaps: about
-    ``2 log2 n`` probes (two when ``guess`` is right)."""
+    ``2 log2 n`` probes (two when ``guess`` is right), at most ``2 log2`` :data:`MAX_PROBED`."""
     if not present(1):
         return 0
     if guess and present(guess) and not present(guess + 1):
@@ -152,6 +157,9 @@ def count_by_probing(present: Callable[[int], bool], *, guess: int | None = None
     lo = 1
     while present(lo * 2):
         lo *= 2
+        if lo >= MAX_PROBED:
+            raise DatasetNotFoundError(f"{where} answers for file number {lo} and beyond: not a dataset's files "
+                                       "(a host that answers every name?)")
     hi = lo * 2  # present(lo), not present(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -338,7 +346,7 @@ def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Seq
         def present(i: int, folder: str = folder, first: int = first, prefix: str = sub.prefix) -> bool:
             return exists(join(folder, schema.shard_name(first + i - 1, prefix)), storage_options)
 
-        n = count_by_probing(present, guess=guess)
+        n = count_by_probing(present, guess=guess, where=folder)
         names = [schema.shard_name(first + i, sub.prefix) for i in range(n)]
         if sub.prefix == "majortom":
             after = first + n - 1
@@ -368,9 +376,20 @@ def _probe_terramesh(root: str, split: str, candidates: Sequence[str], mods: Seq
     return out
 
 
+def _refuse_catch_all(src: str, storage_options: Mapping[str, Any] | None) -> None:
+    """A host that answers for a name no dataset has (an HTML site, a catch-all rule) would pass every probe:
+    one request tells, before any count is probed."""
+    probe = join(src, "val", "S2L2A", "ssl4eo-zarr-no-such-file-0000000.tar")
+    if exists(probe, storage_options):
+        raise DatasetNotFoundError(f"{src} answers for {probe}, which no dataset has: a catch-all or HTML site, not "
+                                   "a static host of the dataset's files; check the URL (a hub's files are under "
+                                   ".../resolve/main)")
+
+
 def _resolve_url(src: str, split: str | None, mods: list[str] | None, distribution: str | None,
                  storage_options: Mapping[str, Any] | None, subsets: Sequence[str] | None = None) -> list[ChunkSet]:
     src = src.rstrip("/")
+    _refuse_catch_all(src, storage_options)
     if schema.find_modality(basename(src)) is not None:  # a modality folder: its split folder
         src = parent(src)
     if split is None and basename(src) in schema.SPLITS:
@@ -401,7 +420,7 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
             def shard_exists(i: int, first: str = first) -> bool:
                 return exists(join(first, schema.shard_name(i)), storage_options)
 
-            n = count_by_probing(shard_exists, guess=guess)
+            n = count_by_probing(shard_exists, guess=guess, where=first)
             names = [schema.shard_name(i) for i in range(1, n + 1)]
             for m in shard_mods[1:]:
                 if not exists(join(root, s, m, names[-1]), storage_options):

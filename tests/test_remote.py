@@ -204,3 +204,63 @@ def test_s3_through_a_real_s3_api_server(root):
                                       np.sort(local["S1GRD"].values[:, 3, 0, 0, 0]))
     finally:
         server.stop()
+
+
+class _CatchAll:
+    """An HTML site that answers 200 for every path (a catch-all rule), GET and HEAD, counting requests."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        site = self
+        self.requests = 0
+        page = b"<html><body>Welcome</body></html>"
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, body):
+                site.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(page)
+
+            def do_GET(self):
+                self._answer(True)
+
+            def do_HEAD(self):
+                self._answer(False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_catch_all_html_host_is_named_after_one_probe():
+    from ssl4eo_zarr.layout import MAX_PROBED, count_by_probing
+
+    site = _CatchAll()
+    try:
+        for opener in (lambda: sz.open_dataset(site.url, split="val"),
+                       lambda: sz.ChunkDataset(site.url, split="val", modalities=["S2L2A"])):
+            site.requests = 0
+            with pytest.raises(sz.DatasetNotFoundError, match="catch-all or HTML site"):
+                opener()
+            assert site.requests <= 2, site.requests
+    finally:
+        site.close()
+    calls = []
+    with pytest.raises(sz.DatasetNotFoundError, match="answers for file number"):
+        count_by_probing(lambda i: calls.append(i) or True, where="a host")
+    assert len(calls) <= MAX_PROBED.bit_length() + 2
