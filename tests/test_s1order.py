@@ -325,3 +325,31 @@ def test_converters_and_iter_shard_follow_one_rule(partly, tmp_path, fix, monkey
                  for ds in convert.iter_shard(os.path.join(shards, "val", "S1GRD", p))]
         for k in range(12):
             np.testing.assert_array_equal(fixed[k]["bands"].values, _expected(good, bad)[k])
+
+
+def test_validate_names_the_location_no_reordering_reconciles_beside_fixable_ones(partly, tmp_path):
+    """The reader's warning sends users to validate: it names the irreconcilable location (an error) beside the
+    fixable ones (a warning), and an id that carries no time does not switch the order check off."""
+    from ssl4eo_zarr.validate import validate_file
+
+    root, good, bad = partly
+    path = chunk_path(root, "S1GRD", 1)
+    report = validate_file(path, size=int(good.sizes["x"]))
+    sample = str(good["sample"].values[3])
+    assert any("no reordering" in e and sample in e for e in report.errors), report.errors
+    assert any(s1order_note() in w for w in report.warnings), report.warnings
+    odd = bad.copy(deep=True)
+    ids = odd["file_id"].values.astype(object)
+    ids[5, 2] = "not-a-product-id"
+    odd["file_id"] = (("sample", "time"), ids.astype(str))
+    other = str(tmp_path / "odd.zarr.zip")
+    _write(odd, other)
+    report = validate_file(other, size=int(good.sizes["x"]))
+    assert any("product-id pattern" in w for w in report.warnings), report.warnings
+    assert any("no reordering" in e and sample in e for e in report.errors), report.errors
+
+
+def s1order_note() -> str:
+    from ssl4eo_zarr import s1order
+
+    return s1order.FIX_NOTE
