@@ -159,3 +159,98 @@ def test_options_that_cannot_apply_are_refused(root, tmp_path):
         sz.ChunkDataset("http://127.0.0.1:9/x", split="val", cache_limit="1GB")
     with pytest.raises(ValueError, match="cannot read"):
         sz.ChunkDataset("http://127.0.0.1:9/x", split="val", cache_dir=str(tmp_path), cache_limit="lots")
+
+
+def _fill(root: str, limit: int, k: int) -> None:
+    cache = ByteCache(root, limit=limit)
+    for i in range(40):
+        cache.put(f"p{k}-{i}", bytes([k]) * 8_000)
+
+
+def test_the_budget_holds_for_processes_together(tmp_path):
+    """Eight processes filling one 1 MB cache with 2.5 MB: a shared ledger brings it back under the budget
+    (each process alone stayed under its share of puts and never evicted: 1.22 MB were left)."""
+    ctx = mp.get_context("spawn")
+    root, limit = str(tmp_path / "c"), 1_000_000
+    procs = [ctx.Process(target=_fill, args=(root, limit, k)) for k in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    cache = ByteCache(root, limit=limit)
+    assert cache.size() <= limit, cache.size()
+    assert int(open(os.path.join(root, "ledger")).read()) == cache.size()
+
+
+def test_eviction_leaves_the_locks_others_hold(tmp_path):
+    from ssl4eo_zarr.storage.cache import _locked
+
+    cache = ByteCache(tmp_path / "c")
+    for k in range(4):
+        cache.put(f"k{k}", bytes(30_000))
+        os.utime(cache._path(f"k{k}"), (1000 + k, 1000 + k))
+    held, free = cache._path("k0") + ".lock", cache._path("k1") + ".lock"
+    open(free, "w").close()
+    with _locked(held):  # a fetch of k0 under way in another process
+        assert ByteCache(tmp_path / "c", limit=70_000).evict() > 0
+        assert "k0" not in cache and "k1" not in cache
+        assert os.path.exists(held) and not os.path.exists(free)
+
+
+@pytest.fixture()
+def no_inodes(tmp_path):
+    """A tmpfs with 8 inodes (needs root, as CI and this machine run): a cache folder there fills at once."""
+    import subprocess
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=8", "tmpfs", str(folder)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"needs permission to mount a small tmpfs ({done.stderr.decode().strip()})")
+    yield str(folder)
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_cache_without_free_inodes_reads_from_the_host_with_one_warning(root, no_inodes):
+    import warnings
+
+    local = sz.open_dataset(root, split="val", modalities=["S2L2A"]).load()
+    with RangeHTTPServer(root) as server, warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got = sz.open_dataset(server.url, split="val", modalities=["S2L2A"], cache_dir=no_inodes).load()
+    np.testing.assert_array_equal(got["S2L2A"].values, local["S2L2A"].values)
+    said = [w for w in record if "cannot be used" in str(w.message)]
+    assert len(said) == 1 and no_inodes in str(said[0].message), [str(w.message) for w in record]
+
+
+def test_chunk_file_members_are_fetched_once_by_readers_sharing_a_cache(root, tmp_path):
+    """Two readers (separate archives, as two workers hold) miss the same stored chunk at once: one fetches it
+    under the entry's lock, the other waits and reads it from the cache."""
+    import threading
+    import zipfile
+
+    from ssl4eo_zarr.chunkfile import open_chunk
+
+    path = chunk_path(root, "S2L1C", 1)
+    rel = os.path.relpath(path, root)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("bands/0.2.0.0.0")
+    cache_dir = str(tmp_path / "c")
+    with RangeHTTPServer(root, latency=0.3) as server:
+        readers = [open_chunk(f"{server.url}/{rel}", cache_dir=cache_dir) for _ in range(2)]
+        for r in readers:
+            r.archive.names()  # the directory first: then only member reads remain
+        server.reset_counts()
+        out: list[bytes] = []
+        threads = [threading.Thread(target=lambda r=r: out.append(bytes(r.archive.read("bands/0.2.0.0.0"))))
+                   for r in readers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        member_reads = [p for _t, m, p, h in server.seen if m == "GET" and "Range" in h
+                        and int(h["Range"].split("=")[1].split("-")[0]) == info.header_offset]
+    assert len(out) == 2 and out[0] == out[1]
+    assert len(member_reads) == 1, member_reads

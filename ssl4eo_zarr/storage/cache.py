@@ -8,8 +8,10 @@ CRC-32, so a damaged or truncated entry is detected when reused, deleted and fet
 
 Several processes (DataLoader workers, the ranks of a node) share one cache folder: a process that misses an
 entry takes the entry's file lock, looks again, and only then fetches, so one member is never downloaded twice
-at once. At the byte budget the least recently used entries go (a hit touches its entry's modification time);
-eviction runs under a folder-wide lock and leaves the budget's last 10 % free, so it runs rarely.
+at once. The bytes kept are counted in a ledger all processes update under its lock, so the byte budget holds
+for them together: a put that takes the total over it evicts the least recently used entries (a hit touches
+its entry's modification time) down to 90 % of the budget, under a folder-wide lock. A cache that cannot be
+written (a full disk, no free inodes, no permission) is no error: reads go to the host, with one warning.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import struct
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,6 +75,17 @@ def _locked(path: str, *, blocking: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+_WARNED: set[str] = set()
+
+
+def _trouble(root: str, exc: OSError) -> None:
+    """Cache trouble is no error: say it once per folder and process, and read from the host."""
+    if root not in _WARNED:
+        _WARNED.add(root)
+        warnings.warn(f"the cache {root} cannot be used ({exc.strerror or exc}): reading from the host without it",
+                      RuntimeWarning, stacklevel=3)
+
+
 class ByteCache:
     """A folder of remote bytes, shared by processes (see the module docstring).
 
@@ -86,8 +100,6 @@ class ByteCache:
     def __init__(self, root: str | os.PathLike, limit: int | str | None = None):
         self.root = os.path.abspath(os.fspath(root))
         self.limit = parse_size(limit)
-        self._added = 0
-        self._checked = False
         os.makedirs(os.path.join(self.root, "bytes"), exist_ok=True)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -154,23 +166,45 @@ class ByteCache:
         caller has it already. A full disk leaves nothing behind and is not an error: the data was read, it is
         just not kept (``False``)."""
         path = self._path(key)
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # threads of a process may put one key at once
         view = memoryview(data).cast("B")
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(view)
                 f.write(_TRAILER.pack(_MAGIC, len(view) & 0xFFFFFFFF, crc32(view) if crc is None else crc))
             os.replace(tmp, path)
-        except OSError:
+        except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            _trouble(self.root, exc)
             return False
-        self._added += len(view)
-        if self.limit is not None and (not self._checked or self._added > self.limit // 20):
-            self.evict()
+        if self.limit is not None:
+            try:
+                total = self._count(len(view) + _TRAILER.size)
+            except OSError:
+                total = self.limit + 1  # no ledger: let a scan decide
+            if total > self.limit:
+                self.evict(wait=True)
         return True
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """The entry's file lock, for a read-through: while one process fetches what is missing, the others
+        wait for it (then find it kept). Without a lock (the folder cannot be written) it yields all the same."""
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            lock = _locked(path + ".lock")
+            lock.__enter__()
+        except OSError as exc:
+            _trouble(self.root, exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
 
     def fetch(self, key: str, load: Callable[[], bytes | memoryview]) -> bytes | memoryview:
         """``get(key)``, or else ``load()`` kept under ``key``; concurrent callers of one key (other workers,
@@ -178,15 +212,27 @@ class ByteCache:
         data = self.get(key)
         if data is not None:
             return data
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with _locked(path + ".lock"):
+        with self.locked(key):
             data = self.get(key)
             if data is not None:
                 return data
             loaded = load()
             self.put(key, loaded)
             return loaded
+
+    def _count(self, delta: int, *, total: int | None = None) -> int:
+        """Add ``delta`` bytes to the ledger (or set it to ``total``) under its lock; returns the new total."""
+        path = os.path.join(self.root, "ledger")
+        with _locked(path + ".lock"):
+            if total is None:
+                try:
+                    with open(path, encoding="ascii") as f:
+                        total = int(f.read() or 0) + delta
+                except (OSError, ValueError):  # none yet, or damaged: count what is there
+                    total = sum(size for _t, size, _p in self._entries())
+            with open(path, "w", encoding="ascii") as f:
+                f.write(str(max(0, total)))
+        return max(0, total)
 
     def _entries(self) -> list[tuple[float, int, str]]:
         out = []
@@ -214,30 +260,41 @@ class ByteCache:
         """Bytes kept (entries with their trailers)."""
         return sum(size for _t, size, _p in self._entries())
 
-    def evict(self) -> int:
+    def evict(self, *, wait: bool = False) -> int:
         """Delete the least recently used entries until the cache holds at most 90 % of its budget; returns
-        the bytes freed. Skipped while another process evicts."""
-        self._checked, self._added = True, 0
+        the bytes freed. Skipped while another process evicts, unless ``wait`` (a put that took the total over
+        the budget waits for that eviction and then checks again)."""
         if self.limit is None:
             return 0
-        with _locked(os.path.join(self.root, "evict.lock"), blocking=False) as mine:
+        try:
+            evicting = _locked(os.path.join(self.root, "evict.lock"), blocking=wait)
+            mine = evicting.__enter__()
+        except OSError as exc:
+            _trouble(self.root, exc)
+            return 0
+        try:
             if not mine:
                 return 0
             entries = sorted(self._entries())
             total = sum(size for _t, size, _p in entries)
             freed = 0
-            if total <= self.limit:
-                return 0
-            goal = int(self.limit * 0.9)
-            for _mtime, size, path in entries:
-                if total - freed <= goal:
-                    break
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                    freed += size
-                with contextlib.suppress(OSError):
-                    os.unlink(path + ".lock")
+            if total > self.limit:
+                goal = int(self.limit * 0.9)
+                for _mtime, size, path in entries:
+                    if total - freed <= goal:
+                        break
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                        freed += size
+                    # Its lock goes too, unless a process holds it (a fetch of that entry under way).
+                    with contextlib.suppress(OSError), _locked(path + ".lock", blocking=False) as free:
+                        if free:
+                            os.unlink(path + ".lock")
+            with contextlib.suppress(OSError):
+                self._count(0, total=total - freed)
             return freed
+        finally:
+            evicting.__exit__(None, None, None)
 
 
 def check_cache_options(paths: Any, cache_dir: str | os.PathLike | None, cache_limit: int | str | None) -> None:
@@ -267,7 +324,11 @@ def byte_cache(root: str | os.PathLike | None, limit: int | str | None = None) -
     key = (os.path.abspath(os.fspath(root)), parse_size(limit), os.getpid())
     cache = _CACHES.get(key)
     if cache is None:
-        cache = _CACHES[key] = ByteCache(root, limit)
+        try:
+            cache = _CACHES[key] = ByteCache(root, limit)
+        except OSError as exc:  # the folder cannot be made: read from the host
+            _trouble(key[0], exc)
+            return None
     return cache
 
 

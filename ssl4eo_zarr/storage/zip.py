@@ -222,11 +222,6 @@ class ZipArchive:
     def _cache_key(self, name: str, entry: _Entry) -> str:
         return ByteCache.key("zip", self.path, name, entry.header_offset, entry.compress_size, entry.crc)
 
-    def _from_cache(self, name: str, entry: _Entry, view: memoryview) -> bool:
-        # The entry's own trailer CRC is the member's (only members that matched the directory are kept).
-        cache = self.cache
-        return cache is not None and cache.get_into(self._cache_key(name, entry), view)
-
     def _to_cache(self, name: str, entry: _Entry, view: memoryview) -> None:
         """Keep a member read remotely; call it once ``view`` matched ``entry.crc`` (only good bytes are kept)."""
         cache = self.cache
@@ -402,10 +397,21 @@ class ZipArchive:
             if cached is not None and len(cached) == len(view):
                 view[:] = cached
                 return "tail"
-        if self._from_cache(name, entry, view):
+        cache = self.cache
+        if cache is None:
+            self._read_remote(name, entry, view)
+            return "read"
+        key = self._cache_key(name, entry)
+        if cache.get_into(key, view):
             return "cache"
-        self._read_remote(name, entry, view)
-        return "read"
+        with cache.locked(key):  # other processes missing it wait for this read, then find it kept
+            if cache.get_into(key, view):
+                return "cache"
+            self._read_remote(name, entry, view)
+            if crc32(view) != entry.crc:
+                return "read"  # the caller names the damage
+            cache.put(key, view, crc=entry.crc)
+            return "cache"  # checked and kept
 
     def _read_remote(self, name: str, entry: _Entry, view: memoryview) -> None:
         fh = self._fh
