@@ -27,7 +27,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .validate import validate
 
     report = validate(args.path, split=args.split, size=args.size, check_values=not args.no_values,
-                      progress=_progress)
+                      progress=_progress, client=args.scheduler)
     print(report.format(verbose=args.verbose))
     return 0 if report.ok else 1
 
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="expected patch edge (default 264)")
     p.add_argument("--no-values", action="store_true", help="skip decoding every chunk for value checks")
     p.add_argument("-v", "--verbose", action="store_true", help="list files without problems too")
+    p.add_argument("--scheduler", default=None, help="address of a dask scheduler: files are checked by its workers")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("quicklook", help="plot the 4 timestamps of one location (S2 RGB, S1, cloud classes)")

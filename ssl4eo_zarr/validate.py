@@ -14,12 +14,14 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from . import s1order, schema
 from .checks import dataset_problems, infer_modality
 from .chunkfile import ChunkFile, open_chunk
+from .cluster import map_ordered
 from .errors import SSL4EOError
 from .layout import SHARDS, ChunkSet, is_chunk_file, resolve
 from .views.chunkfiles import modality_dataset
@@ -307,42 +309,51 @@ def validate(
     size: int | None = None,
     check_values: bool = True,
     progress: Callable | None = None,
+    client: Any = None,
 ) -> Report:
-    """Validate a file, files, split folder or dataset root (see module docstring); returns a :class:`Report`."""
+    """Validate a file, files, split folder or dataset root (see module docstring); returns a :class:`Report`.
+
+    ``client``: a ``dask.distributed.Client`` or scheduler address: each file (or shard) is checked by a task on
+    the cluster's workers (which must reach the files: a shared file system or URLs); the report is the same."""
     if isinstance(source, str | os.PathLike) and is_chunk_file(source) and not os.path.isdir(source):
         parent = os.path.basename(os.path.dirname(os.fspath(source)))
         mod = parent if parent in schema.MODALITIES else None
         return Report([validate_file(os.fspath(source), modality=mod, size=size, check_values=check_values)])
     sets = resolve(source, split=split)
     if sets and sets[0].kind == SHARDS:
-        return _validate_shards(sets, size=size, check_values=check_values, progress=progress)
-    reports: dict[str, FileReport] = {}
+        return _validate_shards(sets, size=size, check_values=check_values, progress=progress, client=client)
     items = [(m, p) for cs in sets for m, p in cs.paths.items()]
-    iterator = progress(items, desc="validate", unit="file") if progress else items
-    for m, p in iterator:
-        if not os.path.exists(p):
-            reports[p] = FileReport(p, m, errors=["file is missing (its chunk exists in other modalities)"])
-        else:
-            reports[p] = validate_file(p, modality=m or None, size=size, check_values=check_values)
+    found = map_ordered(_check_chunk_file, items, client=client, progress=progress, desc="validate", unit="file",
+                        key="validate", size=size, check_values=check_values)
+    reports: dict[str, FileReport] = {p: r for (_m, p), r in zip(items, found)}
     for cs in sets:
         _check_chunkset(dict(cs.paths), reports)
     return Report(list(reports.values()))
 
 
+def _check_chunk_file(item: tuple[str, str], *, size: int | None, check_values: bool) -> FileReport:
+    m, p = item
+    if not os.path.exists(p):
+        return FileReport(p, m, errors=["file is missing (its chunk exists in other modalities)"])
+    return validate_file(p, modality=m or None, size=size, check_values=check_values)
+
+
+def _check_shard(item: tuple[str, str, str], *, size: int | None,
+                 check_values: bool) -> tuple[FileReport, list[str] | None]:
+    m, p, corpus = item
+    if not os.path.exists(p):
+        return FileReport(p, m, errors=["shard is missing (it exists in other modalities)"]), None
+    report, found = validate_shard(p, modality=m, size=size, check_values=check_values, corpus=corpus)
+    return report, (found if report.ok else None)
+
+
 def _validate_shards(sets: Sequence[ChunkSet], *, size: int | None, check_values: bool,
-                     progress: Callable | None) -> Report:
-    reports: dict[str, FileReport] = {}
-    keys: dict[str, list[str] | None] = {}
-    items = [(m, p) for cs in sets for m, p in cs.paths.items()]
-    corpus_of = {p: cs.corpus for cs in sets for p in cs.paths.values()}
-    for m, p in progress(items, desc="validate", unit="shard") if progress else items:
-        if not os.path.exists(p):
-            reports[p] = FileReport(p, m, errors=["shard is missing (it exists in other modalities)"])
-            keys[p] = None
-            continue
-        reports[p], found = validate_shard(p, modality=m, size=size, check_values=check_values,
-                                           corpus=corpus_of[p])
-        keys[p] = found if reports[p].ok else None
+                     progress: Callable | None, client: Any = None) -> Report:
+    items = [(m, p, cs.corpus) for cs in sets for m, p in cs.paths.items()]
+    done = map_ordered(_check_shard, items, client=client, progress=progress, desc="validate", unit="shard",
+                       key="validate", size=size, check_values=check_values)
+    reports: dict[str, FileReport] = {p: r for (_m, p, _c), (r, _k) in zip(items, done)}
+    keys: dict[str, list[str] | None] = {p: k for (_m, p, _c), (_r, k) in zip(items, done)}
     for cs in sets:
         known: dict[str, list[str]] = {}
         for m, p in cs.paths.items():

@@ -148,3 +148,25 @@ def test_files_chunked_over_all_timestamps_are_reported(root_copy, tmp_path):
                 zf.write(full, os.path.relpath(full, folder))
     errors = _errors(validate(root_copy, size=32), path)
     assert any("one chunk per timestamp" in e for e in errors), errors
+
+
+def test_validate_on_a_dask_cluster_gives_the_same_report(root_copy, tmp_path):
+    """Files checked by a LocalCluster's 2 worker processes: the same report, errors named by file."""
+    distributed = pytest.importorskip("distributed")
+    from ssl4eo_zarr import synthetic
+
+    path = chunk_path(root_copy, "S2L2A", 2)
+    with open(path, "r+b") as f:  # damage one file
+        f.seek(200)
+        f.write(b"\0" * 64)
+    shards = str(tmp_path / "shards")
+    synthetic.make_shards(shards, 24, per_shard=8, size=16, seed=4, modalities=("S2L2A", "S1GRD"))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        for source, size in ((root_copy, 32), (shards, 16)):
+            here = validate(source, size=size)
+            there = validate(source, size=size, client=client)
+            assert [(f.path, f.errors, f.warnings) for f in there.files] == \
+                   [(f.path, f.errors, f.warnings) for f in here.files]
+        cluster_report = validate(root_copy, size=32, client=cluster.scheduler_address)
+        assert not cluster_report.ok and any(f.path == path and f.errors for f in cluster_report.files)

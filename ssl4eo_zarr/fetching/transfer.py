@@ -57,7 +57,7 @@ class _Mover:
 
 
 def _staged(dest: str) -> ByteCache:
-    return ByteCache(os.path.join(dest, STAGING))
+    return ByteCache(os.path.join(dest, STAGING), warn=False)
 
 
 #: Output shards whose members are fetched ahead of the one being written: the link stays busy while a shard
@@ -261,19 +261,15 @@ def _deal(client: Any, jobs: Sequence[ShardJob], dest: str, kw: dict[str, Any], 
           record: Callable[[str, dict[str, Any]], None]) -> tuple[int, int]:
     """Output shards dealt to a dask.distributed cluster's workers, one task each (``workers`` member requests at
     once in each); this process keeps the one manifest, recording each file as its task ends."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError as exc:
-        raise SSL4EOError("fetch(client=...) needs dask.distributed: pip install 'ssl4eo-zarr[build]'") from exc
-    own = isinstance(client, str)
-    if own:
-        client = Client(client)
+    from ..cluster import dask_client
+
     moved = reused = 0
-    try:
-        futures = client.map(make_output_shard, list(jobs), dest=dest, storage_options=kw.get("storage_options"),
-                             threads=workers, pure=False,
-                             key=[f"fetch-{os.path.basename(next(iter(j.rels.values())))}-{k}"
-                                  for k, j in enumerate(jobs)])
+    with dask_client(client) as c:
+        from distributed import as_completed
+
+        futures = c.map(make_output_shard, list(jobs), dest=dest, storage_options=kw.get("storage_options"),
+                        threads=workers, pure=False,
+                        key=[f"fetch-{os.path.basename(next(iter(j.rels.values())))}-{k}" for k, j in enumerate(jobs)])
         by_future = dict(zip(futures, jobs))
         try:
             for future in as_completed(futures):
@@ -285,10 +281,7 @@ def _deal(client: Any, jobs: Sequence[ShardJob], dest: str, kw: dict[str, Any], 
                     bar.update(by_future[future].nbytes)
                 future.release()
         finally:
-            client.cancel([f for f in futures if not f.done()])
-    finally:
-        if own:
-            client.close()
+            c.cancel([f for f in futures if not f.done()])
     return moved, reused
 
 

@@ -95,21 +95,29 @@ class ByteCache:
         The cache folder (created).
     limit:
         Byte budget (``200GB``, ``500MiB`` or an int); ``None`` keeps everything.
+    warn:
+        Say once when the folder cannot be written (a reader's cache: it reads from the host instead); ``False``
+        where the caller reports it itself (a fetch's staging, whose full disk is the fetch's error).
     """
 
-    def __init__(self, root: str | os.PathLike, limit: int | str | None = None):
+    def __init__(self, root: str | os.PathLike, limit: int | str | None = None, *, warn: bool = True):
         self.root = os.path.abspath(os.fspath(root))
         self.limit = parse_size(limit)
+        self.warn = warn
         os.makedirs(os.path.join(self.root, "bytes"), exist_ok=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "limit": self.limit}
+        return {"root": self.root, "limit": self.limit, "warn": self.warn}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["limit"])  # type: ignore[misc]
+        self.__init__(state["root"], state["limit"], warn=state.get("warn", True))  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"ByteCache({self.root!r}, limit={self.limit})"
+
+    def _trouble(self, exc: OSError) -> None:
+        if self.warn:
+            _trouble(self.root, exc)
 
     @staticmethod
     def key(*parts: Any) -> str:
@@ -177,7 +185,7 @@ class ByteCache:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            _trouble(self.root, exc)
+            self._trouble(exc)
             return False
         if self.limit is not None:
             try:
@@ -198,7 +206,7 @@ class ByteCache:
             lock = _locked(path + ".lock")
             lock.__enter__()
         except OSError as exc:
-            _trouble(self.root, exc)
+            self._trouble(exc)
             yield
             return
         try:
@@ -270,7 +278,7 @@ class ByteCache:
             evicting = _locked(os.path.join(self.root, "evict.lock"), blocking=wait)
             mine = evicting.__enter__()
         except OSError as exc:
-            _trouble(self.root, exc)
+            self._trouble(exc)
             return 0
         try:
             if not mine:
