@@ -353,3 +353,26 @@ class ServerProcess:
         self._proc.join(timeout=10)
         if self._proc.is_alive():
             self._proc.kill()
+
+
+class Served:
+    """A ``BaseHTTPRequestHandler`` class served on ``http://127.0.0.1:<port>`` in a background thread (a
+    stand-in for a proxy, a catch-all site, ...: hosts that are not static file hosts). ``url``; ``close()``,
+    or use as a context manager."""
+
+    def __init__(self, handler: type) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

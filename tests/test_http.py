@@ -253,9 +253,10 @@ class _ForwardProxy:
 
     def __init__(self):
         import http.client as hc
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
         from urllib.parse import urlsplit
+
+        from ssl4eo_zarr.testing import Served
 
         proxy = self
         self.seen: list[str] = []
@@ -286,13 +287,11 @@ class _ForwardProxy:
 
             do_GET = do_HEAD = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.served = Served(Handler)
+        self.url = self.served.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.served.close()
 
 
 def test_the_environments_proxy_is_used_and_no_proxy_honoured(root, monkeypatch):

@@ -210,8 +210,9 @@ class _CatchAll:
     """An HTML site that answers 200 for every path (a catch-all rule), GET and HEAD, counting requests."""
 
     def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
+
+        from ssl4eo_zarr.testing import Served
 
         site = self
         self.requests = 0
@@ -238,13 +239,11 @@ class _CatchAll:
             def do_HEAD(self):
                 self._answer(False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.served = Served(Handler)
+        self.url = self.served.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.served.close()
 
 
 def test_a_catch_all_html_host_is_named_after_one_probe():
