@@ -103,14 +103,24 @@ def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
     headers stop: Python's tarfile ends iteration silently at a header that fails its checksum, which would
     shrink a damaged shard without a word. Raises :class:`DamagedShardError` naming the byte of that header."""
     found = 0
+    last: tarfile.TarInfo | None = None
     try:
         tar = tarfile.open(fileobj=fh, mode="r:")
         for info in tar:
+            last = info
             if not info.isfile():
                 continue
             found += info.name.endswith(MEMBER_SUFFIX)
             yield info, Member(_key(path, info.name), info.name, info.offset_data, info.size)
     except tarfile.TarError as exc:
+        try:
+            size = fh.seek(0, 2)
+        except (OSError, ValueError):
+            size = -1
+        if last is not None and 0 <= size < last.offset_data + last.size:
+            raise CorruptFileError(path, f"the file is cut at byte {size}, inside member {last.name} (bytes "
+                                         f"{last.offset_data}..{last.offset_data + last.size}, after {found - 1} "
+                                         "whole locations): it is truncated. Download it again") from None
         raise CorruptFileError(path, f"not a readable tar shard ({exc}); the file is truncated or damaged") from None
     end = tar.offset  # where the headers stopped: an end-of-archive block, or a damaged header
     fh.seek(end)
@@ -387,7 +397,8 @@ class ShardStream:
         self._fh.seek(member.offset)
         data = self._fh.read(member.size)
         if len(data) != member.size:
-            raise CorruptFileError(self.path, f"member ends after {len(data)} of {member.size} bytes "
+            raise CorruptFileError(self.path, f"member at byte {member.offset} ends after {len(data)} of {member.size} "
+                                              f"bytes: the file is cut at byte {member.offset + len(data)} "
                                               "(truncated shard)", member=member.name)
         return data
 

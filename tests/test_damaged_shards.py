@@ -162,3 +162,17 @@ def test_padding_after_the_end_of_archive_is_fine(tmp_path):
     with open(path, "ab") as f:
         f.write(bytes(3 * 10240))
     assert [m.key for m in scan_shard(path)] == ["0000000", "0000001", "0000002"]
+
+
+def test_a_shard_cut_inside_a_members_data_names_the_byte(tmp_path):
+    """A download stopped inside the 4th member's data: the error names the shard, the member and the byte."""
+    synthetic.make_shards(str(tmp_path), 6, per_shard=6, size=SIZE, seed=1, modalities=("S2L2A",))
+    path = os.path.join(str(tmp_path), "val", "S2L2A", schema.shard_name(1))
+    members = scan_shard(path)
+    cut = members[3].offset + members[3].size // 2
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    with pytest.raises(sz.CorruptFileError) as info:
+        list(sz.ChunkDataset(str(tmp_path), split="val", modalities=["S2L2A"], batch_size=2, shuffle=False))
+    message = str(info.value)
+    assert path in message and (f"byte {cut}" in message or f"byte {members[3].offset - 512}" in message), message
