@@ -71,7 +71,7 @@ def test_s1_pseudocolor_scales_vv_and_vh_to_their_ranges():
 
 def test_package_dir_lists_the_lazy_names():
     names = dir(sz)
-    assert {"ChunkDataset", "read_metadata", "shards", "builder", "webdataset"} <= set(names)
+    assert {"ChunkDataset", "read_metadata", "shardfile", "builder", "convert", "views", "fetching"} <= set(names)
 
 
 def test_to_layout_and_normalize_in_terratorchs_layout():
