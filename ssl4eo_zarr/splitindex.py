@@ -60,7 +60,8 @@ class SplitIndex:
         self.dirty = False
         self._lock = threading.Lock()
         # Recorded while opening, encoded when saving: path -> (version, directory, group, samples).
-        self._pending: dict[str, tuple[tuple[int, int], Mapping[str, tuple[int, ...]], Any, np.ndarray]] = {}
+        self._pending: dict[str, tuple[tuple[int, int], Mapping[str, tuple[int, ...]], Any, np.ndarray,
+                                       bytes]] = {}
         self._pending_s1: dict[str, tuple[np.ndarray | None, list[str]]] = {}
         if self.enabled:
             saving = _SAVING.get(self.file)
@@ -135,18 +136,20 @@ class SplitIndex:
         finger = _fingerprint(full)
         if finger is None or ".zmetadata" not in cf.archive:
             return
+        # The metadata's bytes now, while the parsed group is surely cached: the cache is bounded, and by the
+        # time a background save encodes, opening other files may have pushed it out.
+        raw = group_bytes(cf.group)
+        if raw is None:
+            return
         directory = cf.archive.directory_view()
         with self._lock:  # files are opened on several threads
-            self._pending[full] = (finger, directory, cf.group, cf.samples)
+            self._pending[full] = (finger, directory, cf.group, cf.samples, raw)
             self.dirty = True
 
     def _encode(self, full: str, finger: tuple[int, int], directory: Mapping[str, tuple[int, ...]], group: Any,
-                samples: np.ndarray) -> None:
+                samples: np.ndarray, raw: bytes) -> None:
         groups = self.__dict__.setdefault("_group_blobs", {})
         if id(group) not in groups:  # files of a modality share one parsed group: encode its bytes once
-            raw = group_bytes(group)
-            if raw is None:
-                return
             groups[id(group)] = (group, self._blob(base64.b64encode(raw).decode("ascii")))
         names = self.__dict__.setdefault("_names_blobs", {})
         members = list(directory)

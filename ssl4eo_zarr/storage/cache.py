@@ -228,19 +228,24 @@ class ByteCache:
             self.put(key, loaded)
             return loaded
 
-    def _count(self, delta: int, *, total: int | None = None) -> int:
-        """Add ``delta`` bytes to the ledger (or set it to ``total``) under its lock; returns the new total."""
-        path = os.path.join(self.root, "ledger")
-        with _locked(path + ".lock"):
-            if total is None:
-                try:
-                    with open(path, encoding="ascii") as f:
-                        total = int(f.read() or 0) + delta
-                except (OSError, ValueError):  # none yet, or damaged: count what is there
-                    total = sum(size for _t, size, _p in self._entries())
-            with open(path, "w", encoding="ascii") as f:
-                f.write(str(max(0, total)))
+    def _count(self, delta: int) -> int:
+        """Add ``delta`` bytes to the ledger under its lock; returns the new total."""
+        with _locked(self._ledger + ".lock"):
+            try:
+                with open(self._ledger, encoding="ascii") as f:
+                    total = int(f.read() or 0) + delta
+            except (OSError, ValueError):  # none yet, or damaged: count what is there
+                total = sum(size for _t, size, _p in self._entries())
+            self._write_ledger(total)
         return max(0, total)
+
+    @property
+    def _ledger(self) -> str:
+        return os.path.join(self.root, "ledger")
+
+    def _write_ledger(self, total: int) -> None:
+        with open(self._ledger, "w", encoding="ascii") as f:
+            f.write(str(max(0, total)))
 
     def _entries(self) -> list[tuple[float, int, str]]:
         out = []
@@ -283,23 +288,26 @@ class ByteCache:
         try:
             if not mine:
                 return 0
-            entries = sorted(self._entries())
-            total = sum(size for _t, size, _p in entries)
-            freed = 0
-            if total > self.limit:
-                goal = int(self.limit * 0.9)
-                for _mtime, size, path in entries:
-                    if total - freed <= goal:
-                        break
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                        freed += size
-                    # Its lock goes too, unless a process holds it (a fetch of that entry under way).
-                    with contextlib.suppress(OSError), _locked(path + ".lock", blocking=False) as free:
-                        if free:
-                            os.unlink(path + ".lock")
-            with contextlib.suppress(OSError):
-                self._count(0, total=total - freed)
+            # The ledger stays locked from the count to the new total: a put that lands meanwhile adds its
+            # bytes after the new total is written, never into a total that is then overwritten.
+            with _locked(self._ledger + ".lock"):
+                entries = sorted(self._entries())
+                total = sum(size for _t, size, _p in entries)
+                freed = 0
+                if total > self.limit:
+                    goal = int(self.limit * 0.9)
+                    for _mtime, size, path in entries:
+                        if total - freed <= goal:
+                            break
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                            freed += size
+                        # Its lock goes too, unless a process holds it (a fetch of that entry under way).
+                        with contextlib.suppress(OSError), _locked(path + ".lock", blocking=False) as free:
+                            if free:
+                                os.unlink(path + ".lock")
+                with contextlib.suppress(OSError):
+                    self._write_ledger(total - freed)
             return freed
         finally:
             evicting.__exit__(None, None, None)
