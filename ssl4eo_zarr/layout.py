@@ -446,16 +446,12 @@ def _resolve_url(src: str, split: str | None, mods: list[str] | None, distributi
 
 def _first_member_key(path: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
     """The key of a shard's first member, from its first tar header (one small read), or ``None``."""
-    import tarfile
+    from .shardfile import MEMBER_SUFFIX, first_header
 
-    from .shardfile import MEMBER_SUFFIX, open_binary
-
-    try:
-        with open_binary(path, storage_options=storage_options) as fh:
-            name = tarfile.TarInfo.frombuf(fh.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape").name
-    except (OSError, tarfile.TarError, DatasetNotFoundError):
+    info = first_header(path, storage_options)
+    if info is None:
         return None
-    return name[: -len(MEMBER_SUFFIX)] if name.endswith(MEMBER_SUFFIX) else name
+    return info.name[: -len(MEMBER_SUFFIX)] if info.name.endswith(MEMBER_SUFFIX) else info.name
 
 
 def corpus_of_files(files: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> schema.Corpus:

@@ -199,6 +199,16 @@ class _ReadAhead(PositionedFile):
         super().close()
 
 
+def first_header(path: str, storage_options: Mapping[str, Any] | None = None) -> tarfile.TarInfo | None:
+    """The first tar header of a shard (its first member's name and size) from one small read, or ``None``
+    where there is none to read (missing, empty, not a tar)."""
+    try:
+        with open_binary(path, storage_options=storage_options) as fh:
+            return tarfile.TarInfo.frombuf(fh.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape")
+    except (OSError, tarfile.TarError, DatasetNotFoundError):
+        return None
+
+
 def scan_shard(path: str, *, until: Collection[str] | None = None, link: Any = None, budget: float | None = None,
                **archive_kwargs: Any) -> list[Member]:
     """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
@@ -566,5 +576,5 @@ def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupM
 
 __all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "member_grid",
            "member_metadata", "member_modality", "member_times", "open_binary", "open_member_group", "read_time", "scan_shard",
-           "kept_shard_index", "save_shard_index", "shard_index", "shard_version", "write_shard",
+           "kept_shard_index", "save_shard_index", "shard_index", "shard_version", "write_shard", "first_header",
            "write_shard_summed"]

@@ -13,11 +13,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import schema
 from ..layout import FETCH_MANIFEST, SHARDS
 from ..storage.lock import LOCK, load_resumable, write_json
 from ..storage.zip import crc32
-from .plan import FetchPlan, output_shards
+from .plan import FetchPlan, output_chunk_files, output_shards
 from .selection import SelectionError
 
 #: The manifest DEST holds.
@@ -93,10 +92,8 @@ def _expected_outputs(plan: FetchPlan, target: str, per_shard: int) -> dict[str,
     if target == SHARDS:
         return {os.path.join(plan.split, m, name): [s.key for s in group]
                 for name, group, mods in output_shards(plan, per_shard) for m in mods}
-    step = schema.SAMPLES_PER_FILE
-    return {os.path.join(plan.split, m, schema.chunk_file_name(plan.split, g // step + 1)):
-            [s.key for s in plan.selected[g: g + step]]
-            for g in range(0, len(plan.selected), step) for m in plan.modalities}
+    return {os.path.join(plan.split, m, name): [s.key for s in group]
+            for name, group in output_chunk_files(plan) for m in plan.modalities}
 
 
 def _forget_changed(dest: str, doc: dict[str, Any], changed: Sequence[str]) -> None:

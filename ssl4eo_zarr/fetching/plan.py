@@ -270,7 +270,7 @@ def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[
                   indexed: bool = False) -> PlanEstimate:
     """The :class:`PlanEstimate` of indexing the shard sets ``scan`` (each up to its last id of ``holding``
     when given) and moving ``selected`` locations (all of the scanned shards' when ``None``), from the published
-    counts (or 512 a shard) and probes: the link (:func:`~ssl4eo_zarr.costmodel.probe`, three requests) and
+    counts (or 512 a shard) and probes: the link (:func:`~ssl4eo_zarr.costmodel.probe`, a few requests) and
     the first member's size in each modality (one request each)."""
     from ..costmodel import expected_last, probe
     from ..shardindex import known_counts
@@ -308,16 +308,10 @@ def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[
 
 def _first_member_size(path: str, storage_options: Mapping[str, Any] | None) -> int:
     """Bytes of the first member of a shard, from its first tar header (one small request)."""
-    import tarfile
+    from ..shardfile import first_header
 
-    from ..shardfile import open_binary
-
-    with open_binary(path, storage_options=storage_options) as fh:
-        block = fh.read(tarfile.BLOCKSIZE)
-    try:
-        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
-    except tarfile.TarError:
-        return 0
+    info = first_header(path, storage_options)
+    return info.size if info is not None else 0
 
 
 def _chunk_bytes(sets: Sequence[ChunkSet], used: Sequence[int], mods: Sequence[str], kw: dict[str, Any]) -> int:
@@ -354,3 +348,10 @@ def output_shards(plan: FetchPlan, per_shard: int) -> list[tuple[str, list[Selec
         out.append((schema.shard_name(number), group, [m for m in plan.modalities if m in plan.sets[group[0].set].paths]))
     return out
 
+
+def output_chunk_files(plan: FetchPlan) -> list[tuple[str, list[Selected]]]:
+    """``(file name, locations)`` of DEST's chunk files: 64 selected locations each in source order, numbered
+    from 1 as published."""
+    step = schema.SAMPLES_PER_FILE
+    return [(schema.chunk_file_name(plan.split, g // step + 1), plan.selected[g: g + step])
+            for g in range(0, len(plan.selected), step)]

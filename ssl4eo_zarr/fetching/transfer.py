@@ -5,7 +5,6 @@ re-packed into chunk files."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import threading
@@ -15,13 +14,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .. import schema
 from ..errors import DatasetNotFoundError, SSL4EOError
 from ..layout import CHUNKS
 from ..storage import ByteCache
 from ..storage.zip import crc32
 from .manifest import STAGING, _complete, _disk_full, _file_crc, _save_manifest
-from .plan import FetchPlan, Selected, output_shards
+from .plan import FetchPlan, Selected, output_chunk_files, output_shards
 
 
 class _Mover:
@@ -131,9 +129,11 @@ def _stage_job(job: ShardJob, staging: ByteCache, mover: _Mover,
 
 
 def _write_job(job: ShardJob, dest: str, staging: ByteCache, futures: Mapping[tuple[str, str], Future[None]],
-               done: Callable[[str], bool]) -> Iterator[tuple[str, dict[str, Any]]]:
+               done: Callable[[str], bool],
+               blobs: Mapping[tuple[str, str], bytes] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Write the job's shards (those ``done`` does not say are complete) from staging, each member as soon as its
-    transfer is done; yields ``(rel, manifest entry)`` per file written, then unstages the members."""
+    transfer is done, or from ``blobs`` (``(key, modality)`` -> bytes, members made in memory by a conversion);
+    yields ``(rel, manifest entry)`` per file written, then unstages the members."""
     from ..shardfile import MEMBER_SUFFIX, write_shard_summed
 
     for m, rel in job.rels.items():
@@ -143,6 +143,11 @@ def _write_job(job: ShardJob, dest: str, staging: ByteCache, futures: Mapping[tu
 
         def members(m: str = m, crcs: dict[str, int] = crcs) -> Iterator[tuple[str, bytes]]:
             for key, by in job.members:
+                if blobs is not None:
+                    if (key, m) in blobs:
+                        crcs[key] = crc32(blobs[(key, m)])
+                        yield f"{key}{MEMBER_SUFFIX}", blobs[(key, m)]
+                    continue
                 if m not in by:
                     continue
                 if (key, m) in futures:
@@ -167,8 +172,7 @@ def _write_job(job: ShardJob, dest: str, staging: ByteCache, futures: Mapping[tu
         future.result()
     for _key, by in job.members:
         for item in by.values():
-            with contextlib.suppress(OSError):
-                os.unlink(staging._path(_member_key(item)))
+            staging.discard(_member_key(item))
 
 
 def make_output_shard(job: ShardJob, dest: str, storage_options: Mapping[str, Any] | None,
@@ -202,7 +206,9 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
             if bar is not None:
                 bar.update(sum(x.size for s in group for x in s.members.values()) if not convert else 0)
             continue
-        todo.append((_job(plan, group, rels) if not convert else ShardJob(rels, [], {}), list(group)))
+        todo.append((_job(plan, group, rels) if not convert else
+                     ShardJob(rels, [(s.key, {}) for s in group],
+                              {m: sorted({plan.sets[s.set].paths[m] for s in group}) for m in rels}), list(group)))
 
     def record(rel: str, entry: dict[str, Any]) -> None:
         doc["files"][rel] = entry
@@ -227,34 +233,20 @@ def _to_shards(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
         for i in range(AHEAD):
             ahead(i)
         for i, (job, group) in enumerate(todo):
+            futures: dict[tuple[str, str], Future[None]] = {}
+            blobs = None
             if convert:
-                blobs = _converted_members(plan, group, staging, kw)
-                _stage_blobs(job, blobs, staging)
-                futures: dict[tuple[str, str], Future[None]] = {}
-                job = ShardJob(job.rels, [(s.key, {m: _blob_item(s.key, m) for m in job.rels}) for s in group],
-                               {m: sorted({plan.sets[s.set].paths[m] for s in group}) for m in job.rels})
+                blobs = _converted_members(plan, group, kw)
             else:
                 ahead(i)
                 futures, was_staged = pending.pop(i)
                 reused += was_staged
                 ahead(i + AHEAD)
-            for rel, entry in _write_job(job, dest, staging, futures, done):
+            for rel, entry in _write_job(job, dest, staging, futures, done, blobs):
                 record(rel, entry)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return files, mover.moved, reused
-
-
-def _blob_item(key: str, m: str) -> tuple[str, Any, str, int, int]:
-    """The staging identity of a member converted from chunk files (no source range: keyed by location)."""
-    return ("converted", None, f"{key}/{m}", 0, 0)
-
-
-def _stage_blobs(job: ShardJob, blobs: Mapping[tuple[str, str], bytes], staging: ByteCache) -> None:
-    for (key, m), data in blobs.items():
-        if not staging.put(_member_key(_blob_item(key, m)), data):
-            raise OSError(errno.ENOSPC, f"the disk is full staging members under {staging.root}; nothing partial was "
-                                        "left: free space and rerun to resume")
 
 
 def _deal(client: Any, jobs: Sequence[ShardJob], dest: str, kw: dict[str, Any], workers: int, bar: Any,
@@ -285,7 +277,7 @@ def _deal(client: Any, jobs: Sequence[ShardJob], dest: str, kw: dict[str, Any], 
     return moved, reused
 
 
-def _converted_members(plan: FetchPlan, group: Sequence[Selected], staging: ByteCache,
+def _converted_members(plan: FetchPlan, group: Sequence[Selected],
                        kw: dict[str, Any]) -> dict[tuple[str, str], bytes]:
     """Chunk-file locations as shard members (offset removed, the published member layout)."""
     from ..convert import location_dataset, member_bytes
@@ -315,9 +307,7 @@ def _to_chunks(plan: FetchPlan, dest: str, doc: dict[str, Any], kw: dict[str, An
 
     files: dict[str, list[str]] = {m: [] for m in plan.modalities}
     moved = 0
-    groups = [plan.selected[i: i + schema.SAMPLES_PER_FILE] for i in range(0, len(plan.selected), schema.SAMPLES_PER_FILE)]
-    for g, group in enumerate(groups):
-        name = schema.chunk_file_name(plan.split, g + 1)
+    for name, group in output_chunk_files(plan):
         for m in plan.modalities:
             rel = os.path.join(plan.split, m, name)
             path = os.path.join(dest, rel)

@@ -196,6 +196,11 @@ class ByteCache:
                 self.evict(wait=True)
         return True
 
+    def discard(self, key: str) -> None:
+        """Drop the entry under ``key`` if there is one (staged bytes that served their purpose)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(key))
+
     @contextlib.contextmanager
     def locked(self, key: str) -> Iterator[None]:
         """The entry's file lock, for a read-through: while one process fetches what is missing, the others

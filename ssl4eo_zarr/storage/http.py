@@ -20,6 +20,7 @@ standard library is used, so ``https://`` works with the base install.
 from __future__ import annotations
 
 import atexit
+import functools
 import http.client
 import os
 import re
@@ -151,6 +152,16 @@ def proxy_for(scheme: str, host: str) -> str:
     loopback is never proxied (a proxy elsewhere cannot reach it)."""
     if host in ("localhost", "127.0.0.1", "::1"):
         return ""
+    # Reading the whole environment costs ~35 us, on every request: decide once per setting of the variables.
+    return _proxy_for(scheme, host, tuple(os.environ.get(v) for v in _PROXY_VARIABLES))
+
+
+_PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
+                    "NO_PROXY")
+
+
+@functools.lru_cache(maxsize=1024)
+def _proxy_for(scheme: str, host: str, _environment: tuple[str | None, ...]) -> str:
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme, "")
     if not proxy or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]

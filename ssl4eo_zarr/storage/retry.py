@@ -86,14 +86,20 @@ def is_transient(exc: BaseException) -> bool:
 def retry_wait(exc: BaseException, delay: float) -> float:
     """How long to wait before the next try: the backoff ``delay``, or longer where the server said so in
     ``Retry-After`` (429 and 503 answers), capped at :data:`RETRY_AFTER_CAP`."""
-    after = getattr(exc, "retry_after", None)
-    if after is None:
-        headers: Any = _headers(exc)
-        try:
-            after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
-        except AttributeError:
-            after = None
+    after = _retry_after(exc)
     return delay if after is None else max(delay, min(float(after), RETRY_AFTER_CAP))
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked to wait (``Retry-After``, read by this library or from a client's response)."""
+    after = getattr(exc, "retry_after", None)
+    if after is not None:
+        return float(after)
+    headers: Any = _headers(exc)
+    try:
+        return parse_retry_after(headers.get("Retry-After")) if headers is not None else None
+    except AttributeError:
+        return None
 
 
 def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_found_retries: int = 0,
@@ -126,7 +132,7 @@ def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_
         except transient as exc:
             if not is_transient(exc):
                 raise
-            asked = _asked_to_wait(exc)
+            asked = _retry_after(exc) is not None
             wait = retry_wait(exc, delay)
             if asked:  # the host rations us: wait as it says while the budget lasts
                 if waited + wait > budget:
@@ -146,16 +152,6 @@ def retry(fn, *args, retries: int = 5, backoff: float = 0.2, on_retry=None, not_
                     on_retry()
                 except Exception:  # noqa: BLE001 - the next attempt reports the real error
                     pass
-
-
-def _asked_to_wait(exc: BaseException) -> bool:
-    if getattr(exc, "retry_after", None) is not None:
-        return True
-    headers = _headers(exc)
-    try:
-        return headers is not None and parse_retry_after(headers.get("Retry-After")) is not None
-    except AttributeError:
-        return False
 
 
 def _short(exc: BaseException) -> str:
