@@ -89,6 +89,24 @@ def location_dataset(chunk: xr.Dataset, i: int, modality: str) -> xr.Dataset:
     return ds
 
 
+def terramesh_member(member: xr.Dataset, sample: str) -> xr.Dataset:
+    """A one-timestamp member (:func:`member_dataset` layout, ``bands`` ``[1, C, H, W]``) in TerraMesh's form:
+    its own ``sample`` coordinate (``<7-digit id>_<season>`` for SSL4EO-S12 locations) along a ``sample``
+    dimension of length 1 that ``center_lat``/``center_lon`` (float64 degrees) and ``crs`` (int64 EPSG) share,
+    and ``time`` datetime64[ns] (stored as int64 ns since 1970 with CF units: xarray decodes it, zarr gives the
+    integers). The published loader reads ``center_lat`` with ``[...]`` and squeezes axis 0 of what it gets, so
+    they must not be scalars there as they are in SSL4EO-S12's own shards."""
+    ds = member.copy()
+    for name in ("center_lat", "center_lon", "crs"):
+        if name in ds:
+            ds[name] = (("sample",), np.asarray(ds[name].values).reshape(1))
+    times = np.asarray(ds["time"].values)
+    times = times.astype("datetime64[ns]") if times.dtype.kind == "M" else times.astype(np.int64).view("datetime64[ns]")
+    ds = ds.assign_coords(sample=("sample", np.array([str(sample)])), time=("time", times))
+    ds.attrs.pop("sample", None)
+    return ds
+
+
 def _grid(loc: xr.Dataset, axis: str) -> np.ndarray:
     """UTM metres of a member's pixel centres: ``x``/``y`` as published, ``x_``/``y_`` from older writers."""
     if f"{axis}_" in loc:

@@ -568,6 +568,24 @@ def location_key(value: Any) -> str:
                      "(e.g. ssl4eos12_val_0080385)")
 
 
+def terramesh_key(prefix: str, split: str, number: int) -> str:
+    """A TerraMesh member key: ``{prefix}_{split}_{number:07d}``, ``number`` running from 1 over the whole split,
+    Major TOM's members first (the card's example ``ssl4eos12_val_0080385`` is the first SSL4EO-S12 val member:
+    80,384 Major TOM val members come before it; Major TOM's own keys are not published, assumed alike)."""
+    return f"{prefix}_{split}_{number:0{SAMPLE_ID_WIDTH}d}"
+
+
+def season_of(value: Any) -> tuple[str, int]:
+    """``(location, season)`` from a member's own ``sample`` coordinate: TerraMesh's SSL4EO-S12 members carry
+    ``<7-digit id>_<season 0..3>`` (``0194630_1`` -> ``('0194630', 1)``); anything else (a Major TOM cell) is
+    its own location with season ``-1``."""
+    text = str(value).strip()
+    head, _, tail = text.rpartition("_")
+    if head.isdigit() and len(head) == SAMPLE_ID_WIDTH and tail.isdigit() and int(tail) < N_TIMESTAMPS:
+        return head, int(tail)
+    return text, -1
+
+
 def sample_id(location: int | str) -> str:
     """Zero-padded 7-digit location id (``80717`` -> ``'0080717'``)."""
     text = str(location)

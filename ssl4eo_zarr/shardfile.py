@@ -504,19 +504,48 @@ def _scalar(archive: ZipArchive, group: GroupMeta, name: str, default: Any) -> A
 
 def member_metadata(archive: ZipArchive, group: GroupMeta) -> dict[str, Any]:
     """Per-location facts of a member: ``center_lat``/``center_lon`` float (degrees), ``crs`` int (EPSG),
-    ``time`` int64 ``[T]`` (ns since 1970), ``file_id`` str ``[T]``."""
+    ``time`` int64 ``[T]`` (ns since 1970), ``file_id`` str ``[T]``, and ``sample``: the member's own ``sample``
+    coordinate (TerraMesh: ``<id>_<season>``, see :func:`ssl4eo_zarr.schema.season_of`) or ``None``. Scalars
+    and length-1 arrays (TerraMesh's form) read alike."""
     out: dict[str, Any] = {"center_lat": float(_scalar(archive, group, "center_lat", np.nan)),
                            "center_lon": float(_scalar(archive, group, "center_lon", np.nan)),
                            "crs": int(_scalar(archive, group, "crs", 0))}
+    sample = _scalar(archive, group, "sample", None)
+    out["sample"] = None if sample is None else str(sample)
     out["time"], out["file_id"] = member_times(archive, group)
     return out
+
+
+_CF_UNITS_NS = {"nanoseconds": 1, "microseconds": 10**3, "milliseconds": 10**6, "seconds": 10**9,
+                "minutes": 60 * 10**9, "hours": 3600 * 10**9, "days": 86400 * 10**9}
+
+
+def cf_times_ns(raw: np.ndarray, attrs: Any, where: str = "") -> np.ndarray:
+    """int64 ns since 1970 ``[T]`` from a stored ``time`` array: datetime64, or integers/floats with CF units
+    (``"<unit> since <date>"``, as xarray writes datetime64; ``nanoseconds since 1970-01-01`` by this library
+    and, by its loader's "ns as int", the published stack); integers without units are taken as ns."""
+    if raw.dtype.kind == "M":
+        return raw.astype("datetime64[ns]").astype(np.int64)
+    units = str(attrs.get("units", "")) if attrs else ""
+    if " since " not in units:
+        return raw.astype(np.int64)
+    unit, _, ref = units.partition(" since ")
+    scale = _CF_UNITS_NS.get(unit.strip().lower())
+    try:
+        origin = np.datetime64(ref.strip().replace(" ", "T").rstrip("Z").split("+")[0], "ns").astype(np.int64)
+    except ValueError:
+        origin = None
+    if scale is None or origin is None:
+        raise CorruptFileError(where, f"'time' has units {units!r}, not a CF time unit this reader knows")
+    return (np.round(raw.astype(np.float64) * scale).astype(np.int64) if raw.dtype.kind == "f"
+            else raw.astype(np.int64) * scale) + origin
 
 
 def member_times(archive: ZipArchive, group: GroupMeta) -> tuple[np.ndarray, np.ndarray]:
     """``(time int64 [T] ns since 1970, file_id str [T])`` of a member (empty where absent)."""
     times = group.arrays.get("time")
-    raw = read_array(archive, times) if times is not None else np.zeros(0, np.int64)
-    raw = raw.astype("datetime64[ns]").astype(np.int64) if raw.dtype.kind == "M" else raw.astype(np.int64)
+    raw = (cf_times_ns(read_array(archive, times), times.attrs, archive.path) if times is not None
+           else np.zeros(0, np.int64))
     ids = group.arrays.get("file_id")
     return raw, (read_array(archive, ids).astype(str) if ids is not None else np.array([], dtype=str))
 

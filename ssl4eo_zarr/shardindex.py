@@ -38,10 +38,11 @@ class StaleIndexError(SSL4EOError, ValueError):
     """An index file made for another version of a shard (its size or ETag changed since)."""
 
 
-def known_counts(sets: Sequence[ChunkSet]) -> list[int] | None:
+def known_counts(sets: Sequence[ChunkSet], storage_options: Mapping[str, Any] | None = None) -> list[int] | None:
     """Members of each shard set from the published totals, without reading a shard: when the sets are exactly
-    the published shards of their corpus and split (whole subsets, in order) and none is a local file too small
-    to hold its count; else ``None``. Inferred counts are checked as each shard streams."""
+    the published shards of their corpus and split (whole subsets, in order), none is a local file too small
+    to hold its count, and the first remote shard of each subset is not either (one HEAD per subset); else
+    ``None``. Inferred counts are checked as each shard streams."""
     splits = {cs.split for cs in sets}
     split = splits.pop() if len(splits) == 1 else None
     if split is None:
@@ -55,6 +56,16 @@ def known_counts(sets: Sequence[ChunkSet]) -> list[int] | None:
             # A copy made under the published names (a fetched subset, synthetic data) holds fewer: its files
             # are too small for the published counts, and a stat says so before any header is read.
             if not is_url(path) and os.path.exists(path) and os.path.getsize(path) < n * _MIN_MEMBER_BYTES:
+                return None
+    firsts = {cs.subset: k for k, cs in reversed(list(enumerate(sets)))}
+    for k in firsts.values():
+        path = next(iter(sets[k].paths.values()))
+        if is_url(path):
+            # A copy served under the published names (a mirrored subset, a fetch put on a server): its first
+            # shard's size says so before anything streams; the version is remembered for the stream's cache.
+            version = shard_version(path, storage_options)
+            size = version.split(":", 1)[0] if version else ""
+            if size.isdigit() and int(size) < counts[k] * _MIN_MEMBER_BYTES:
                 return None
     return counts
 
@@ -170,6 +181,121 @@ def _walk_until(path: str, keys: Collection[str], archive_kwargs: dict[str, Any]
 
 #: Marks a kept index that ends before its shard does (a walk stopped at its last wanted member).
 PARTIAL = ":partial"
+
+
+# -- the members' own sample ids (TerraMesh) ------------------------------------------------------------------
+
+#: Marks the kept list of a shard's members' own ``sample`` coordinates.
+SAMPLES = ":samples"
+
+
+def member_samples(path: str, members: Sequence[Member], *, workers: int = 16, **archive_kwargs: Any) -> list[str]:
+    """Each member's own ``sample`` coordinate (TerraMesh: ``<7-digit id>_<season>``; ``""`` where a member has
+    none), read by range: the member's zip directory, ``.zmetadata`` and one small chunk (a few kB, three reads)
+    per member, ``workers`` at once. Kept in the cache beside the shard's index, keyed by its version."""
+    import gzip
+
+    from .shardfile import MemberArchive, _index_file
+    from .zarrv2 import read_array, read_group
+
+    version = shard_version(path, archive_kwargs.get("storage_options"))
+    where = _index_file(path, version + SAMPLES) if version else None
+    if where is not None:
+        try:
+            with gzip.open(where, "rt", encoding="utf-8") as f:
+                doc = json.load(f)
+            if doc["path"] == path and doc["keys"] == [m.key for m in members]:
+                return list(doc["samples"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            pass
+
+    def one(member: Member) -> str:
+        archive = MemberArchive(path, member, **archive_kwargs)
+        try:
+            meta = read_group(archive).arrays.get("sample")
+            return "" if meta is None else str(read_array(archive, meta).reshape(-1)[0])
+        finally:
+            archive.release()
+
+    with ThreadPoolExecutor(max(1, min(workers, len(members) or 1))) as pool:
+        samples = list(pool.map(one, members))
+    if where is not None:
+        from .storage import atomic_write
+
+        try:
+            with atomic_write(where) as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as z:
+                z.write(json.dumps({"path": path, "keys": [m.key for m in members], "samples": samples},
+                                   separators=(",", ":")).encode())
+        except OSError:
+            pass  # a read-only cache reads them again next time
+    return samples
+
+
+def wanted_seasons(values: Iterable[Any]) -> tuple[set[str], dict[str, set[int] | None]]:
+    """``(member keys, {7-digit location id: seasons or None for all four})`` of a TerraMesh selection: member
+    keys (``ssl4eos12_val_0080385``) as they are; an SSL4EO-S12 id (``194630``, ``0194630``) takes its four
+    one-season members; ``0194630_1`` the one of season 1."""
+    keys: set[str] = set()
+    ids: dict[str, set[int] | None] = {}
+    for value in values:
+        text = str(value).strip()
+        loc, season = schema.season_of(text)
+        if season >= 0:
+            if ids.get(loc, set()) is not None:
+                ids.setdefault(loc, set()).add(season)  # type: ignore[union-attr]
+            continue
+        key = schema.location_key(text)
+        if key.isdigit():
+            ids[key] = None
+        else:
+            keys.add(key)
+    return keys, ids
+
+
+def resolve_locations(sets: Sequence[ChunkSet], values: Iterable[Any], *, workers: int = WALK_WORKERS,
+                      progress: Callable[..., Any] | None = None, **archive_kwargs: Any) -> tuple[set[str], list[str]]:
+    """``(member keys, values not found)`` for a TerraMesh selection (:func:`wanted_seasons`): location ids are
+    looked up in the members' own ``sample`` coordinates of the SSL4EO-S12 shards (:func:`member_samples`,
+    kept after the first time; every member of those shards is asked once, so a first lookup over TerraMesh
+    train reads 975,872 small ranges: give a local copy or keep the cache). Member keys are taken as given."""
+    keys, ids = wanted_seasons(values)
+    missing: list[str] = []
+    if not ids:
+        return keys, missing
+    ssl = [cs for cs in sets if cs.subset == "ssl4eos12"]
+    if not ssl:
+        return keys, sorted(ids)
+    # Any modality names the members: the smallest reads are the same few kB whatever the member's size.
+    paths = [cs.paths[next(iter(cs.paths))] for cs in ssl]
+    indexes = walk(paths, workers=workers, **archive_kwargs)
+    bar = progress(total=len(paths), desc="reading sample ids", unit="shard") if progress is not None else None
+    found: dict[str, set[int]] = {}
+    per_shard = max(1, workers // max(1, len(paths)))
+
+    def one(job: tuple[str, list[Member]]) -> None:
+        path, members = job
+        for member, own in zip(members, member_samples(path, members, workers=per_shard, **archive_kwargs)):
+            loc, season = schema.season_of(own)
+            want = ids.get(loc, False)
+            if want is not False and (want is None or season in want):
+                keys.add(member.key)
+                found.setdefault(loc, set()).add(season)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
+            list(pool.map(one, zip(paths, indexes)))
+    finally:
+        if bar is not None:
+            bar.close()
+    for loc, want in ids.items():
+        got = found.get(loc, set())
+        if want is None:
+            missing += [] if got else [loc]
+        else:
+            missing += [f"{loc}_{s}" for s in sorted(want - got)]
+    return keys, missing
 
 
 # -- index files -------------------------------------------------------------------------------------------------

@@ -295,31 +295,42 @@ def make_shards(
 
 def terramesh_members(n_majortom: int, n_ssl: int, *, size: int = schema.PATCH_SIZE, seed: int = 0,
                       split: str = "val") -> dict[str, list[tuple[str, dict[str, xr.Dataset]]]]:
-    """TerraMesh-style members: ``{subset: [(key, {modality: member Dataset})]}`` for ``n_majortom`` Major TOM and
-    ``n_ssl`` SSL4EO-S12 locations, ONE timestamp each (location ``i`` keeps season ``i % 4``), in the published
-    member layout. SSL4EO-S12 locations have S1GRD, Major TOM ones S1RTC (float32 dB, assumed: not published);
-    keys ``ssl4eos12_{split}_<id>`` as published, ``majortom_{split}_<id>`` (assumed)."""
-    from .convert import location_dataset
+    """TerraMesh members as its card shows them: ``{subset: [(key, {modality: member Dataset})]}``.
+
+    ``n_majortom`` Major TOM samples (one timestamp each) and ``n_ssl`` SSL4EO-S12 locations, each as FOUR
+    one-season members (as TerraMesh holds them: 975,872 train members = 243,968 locations x 4), in the form of
+    :func:`ssl4eo_zarr.convert.terramesh_member`: ``bands`` ``[1, C, size, size]``, a ``sample`` coordinate
+    (``<7-digit id>_<season>`` for SSL4EO-S12; a Major TOM grid cell such as ``123U_456R``, assumed), ``time``
+    datetime64[ns]. Keys run over the split, Major TOM's first (:func:`ssl4eo_zarr.schema.terramesh_key`).
+    SSL4EO-S12 locations have S1GRD, Major TOM ones S1RTC (float32 dB, assumed: not published)."""
+    from .convert import location_dataset, terramesh_member
 
     out: dict[str, list[tuple[str, dict[str, xr.Dataset]]]] = {}
+    number = 0
     for prefix, n, salt in (("majortom", n_majortom, 0), ("ssl4eos12", n_ssl, 1)):
         locs = sample_locations(max(n, 1), seed=seed * 2 + salt)
         chunk = make_chunk(locs, size=size, seed=seed * 7 + salt)
         rng = np.random.default_rng(seed + 31 + salt)
         items = []
         for i in range(n):
-            t = i % schema.N_TIMESTAMPS
-            members = {m: location_dataset(chunk[m], i, m).isel(time=[t]) for m in schema.CHUNK_MODALITIES}
             extra = _extra_members(chunk, i, rng)
-            members.update(NDVI=extra["NDVI"].isel(time=[t]), LULC=extra["LULC"].isel(time=[t]), DEM=extra["DEM"])
-            if prefix == "majortom":  # Major TOM carries terrain-corrected S1 instead of GRD
-                s1 = members.pop("S1GRD")
-                rtc = s1.copy()
-                rtc[schema.BANDS_VAR] = (s1[schema.BANDS_VAR].astype(np.float32) + np.float32(2.0))
-                members["S1RTC"] = rtc
-            for ds in members.values():
-                ds.attrs.pop("sample", None)
-            items.append((f"{prefix}_{split}_{locs.ids[i]}", members))
+            # Major TOM: one sample per grid cell, its season drawn; SSL4EO-S12: every season, one member each.
+            seasons = range(schema.N_TIMESTAMPS) if prefix == "ssl4eos12" else [i % schema.N_TIMESTAMPS]
+            for t in seasons:
+                members = {m: location_dataset(chunk[m], i, m).isel(time=[t]) for m in schema.CHUNK_MODALITIES}
+                members.update(NDVI=extra["NDVI"].isel(time=[t]), LULC=extra["LULC"].isel(time=[t]),
+                               DEM=extra["DEM"])
+                if prefix == "majortom":  # Major TOM carries terrain-corrected S1 instead of GRD
+                    s1 = members.pop("S1GRD")
+                    rtc = s1.copy()
+                    rtc[schema.BANDS_VAR] = (s1[schema.BANDS_VAR].astype(np.float32) + np.float32(2.0))
+                    members["S1RTC"] = rtc
+                    sample = f"{100 + 7 * i}U_{200 + 3 * i}R"
+                else:
+                    sample = f"{locs.ids[i]}_{t}"
+                number += 1
+                items.append((schema.terramesh_key(prefix, split, number),
+                              {m: terramesh_member(ds, sample) for m, ds in members.items()}))
         out[prefix] = items
     return out
 
@@ -329,7 +340,8 @@ def make_terramesh(root: str | os.PathLike, n_majortom: int = 12, n_ssl: int = 8
                    modalities: Sequence[str] | None = None) -> dict[str, list[str]]:
     """Write a synthetic TerraMesh split: ``root/{split}/{modality}/majortom_shard_NNNNNN.tar`` (from 000001),
     then ``ssl4eos12_shard_NNNNNN.tar`` numbered on after them as published (S1GRD folders hold only the
-    latter, S1RTC folders only the former), ``per_shard`` locations each. Returns ``{modality: [paths]}``."""
+    latter, S1RTC folders only the former), ``per_shard`` members each; ``n_ssl`` SSL4EO-S12 locations give four
+    members each (:func:`terramesh_members`). Returns ``{modality: [paths]}``."""
     from .convert import member_bytes
     from .shardfile import MEMBER_SUFFIX, write_shard
 

@@ -81,7 +81,7 @@ def test_subsets_and_modalities_no_subset_holds():
 @pytest.fixture(scope="module")
 def larger(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("terramesh"))
-    synthetic.make_terramesh(root, 48, 16, per_shard=8, size=8, seed=2, modalities=("S2L2A", "S1GRD", "S1RTC"))
+    synthetic.make_terramesh(root, 48, 4, per_shard=8, size=8, seed=2, modalities=("S2L2A", "S1GRD", "S1RTC"))
     return root
 
 
@@ -181,7 +181,7 @@ def test_the_xarray_view_and_entry_point(reference):
         sz.open_dataset(ROOT, split="val", modalities=["S2L2A", "S1RTC"])
     if "ssl4eo" in xr.backends.list_engines():
         via = xr.open_dataset(ROOT, engine="ssl4eo", split="val", modalities=["S1RTC"], subsets=["majortom"])
-        assert via.sizes["sample"] == 3 and "S1RTC" in via
+        assert via.sizes["sample"] == 16 and "S1RTC" in via
 
 
 def test_validate_knows_one_timestamp_members():
@@ -189,7 +189,7 @@ def test_validate_knows_one_timestamp_members():
 
     report = validate(ROOT, size=SIZE)
     assert report.ok, [f.errors for f in report.files if f.errors]
-    assert len(report.files) == 7 + 7  # each subset's shard in its seven modality folders
+    assert len(report.files) == 8 * 7 + 7  # each subset's shards in its seven modality folders
 
 
 def test_fetch_keeps_subsets_and_numbering(reference, tmp_path):
@@ -198,14 +198,14 @@ def test_fetch_keeps_subsets_and_numbering(reference, tmp_path):
     with RangeHTTPServer(ROOT) as server:
         sz.fetch(server.url, dest, split="val", modalities=["S2L2A", "S1GRD", "S1RTC"], locations=keys)
     got = {m: sorted(os.listdir(os.path.join(dest, "val", m))) for m in ("S2L2A", "S1GRD", "S1RTC")}
-    assert got == {"S2L2A": ["majortom_shard_000001.tar", "ssl4eos12_shard_000002.tar"],
-                   "S1GRD": ["ssl4eos12_shard_000002.tar"], "S1RTC": ["majortom_shard_000001.tar"]}
+    assert got == {"S2L2A": ["majortom_shard_000001.tar", "ssl4eos12_shard_000009.tar"],
+                   "S1GRD": ["ssl4eos12_shard_000009.tar"], "S1RTC": ["majortom_shard_000001.tar"]}
     back = _batches(dest, modalities=["S2L2A", "S1GRD", "S1RTC"], workers=0)
     assert sorted(k for b in back for k in b["sample"]) == sorted(keys)
     only_ssl = str(tmp_path / "ssl")
     sz.fetch(ROOT, only_ssl, split="val", modalities=["S2L2A"], locations=keys[-2:])
-    # each member stays in a shard of its source shard's name (the fixture's SSL4EO-S12 shard is 000002)
-    assert os.listdir(os.path.join(only_ssl, "val", "S2L2A")) == [schema.shard_name(2, "ssl4eos12")]
+    # each member stays in a shard of its source shard's name (SSL4EO-S12 val is 000009, as published)
+    assert os.listdir(os.path.join(only_ssl, "val", "S2L2A")) == [schema.shard_name(9, "ssl4eos12")]
     assert sz.ChunkDataset(only_ssl, split="val", modalities=["S2L2A"]).corpus is schema.TERRAMESH
     with pytest.raises(sz.fetching.SelectionError, match="one timestamp"):
         sz.fetch(ROOT, str(tmp_path / "c"), split="val", modalities=["S2L2A"], locations=keys, to="chunks")
@@ -235,11 +235,12 @@ def test_terramesh_metadata_tables_with_one_timestamp(tmp_path):
 
 
 def test_copy_of_a_local_root_detected_without_major_tom(tmp_path):
-    """A TerraMesh folder holding only its SSL4EO-S12 shard (numbered 000002 here, 000009 as published) is
-    still TerraMesh: one-timestamp members, its statistics."""
+    """A TerraMesh folder holding only its SSL4EO-S12 shard (000009 as published) is still TerraMesh:
+    one-timestamp members, its statistics."""
     root = tmp_path / "tm"
     shutil.copytree(os.path.join(ROOT, "val", "S2L2A"), root / "val" / "S2L2A")
-    os.unlink(root / "val" / "S2L2A" / "majortom_shard_000001.tar")
+    for k in range(1, 9):
+        os.unlink(root / "val" / "S2L2A" / schema.shard_name(k, "majortom"))
     ds = sz.ChunkDataset(str(root), split="val", modalities=["S2L2A"], batch_size=3)
     assert ds.corpus is schema.TERRAMESH
 
@@ -262,7 +263,7 @@ def test_a_published_terramesh_shard_name_given_as_a_file_is_terramesh(reference
 
     for m in ("S2L2A", "S1GRD"):
         os.makedirs(tmp_path / "val" / m)
-        shutil.copy(os.path.join(ROOT, "val", m, "ssl4eos12_shard_000002.tar"),
+        shutil.copy(os.path.join(ROOT, "val", m, "ssl4eos12_shard_000009.tar"),
                     tmp_path / "val" / m / "ssl4eos12_shard_000009.tar")
     path = str(tmp_path / "val" / "S2L2A" / "ssl4eos12_shard_000009.tar")
     batches = _batches(path, modalities=["S2L2A", "S1GRD"], workers=0)
@@ -288,11 +289,11 @@ def test_a_published_terramesh_shard_name_given_as_a_file_is_terramesh(reference
 def test_a_root_missing_major_tom_shards_never_loses_the_ssl4eo_subset(tmp_path):
     """Over HTTP (no listing) the subsets are found at their published numbers: a root whose last Major TOM shard
     is missing is named, not read as Major TOM 1..7 without its SSL4EO-S12 shard; a missing middle shard is
-    named when it is read; subsets=["ssl4eos12"] still reads what is whole."""
+    named; subsets=["ssl4eos12"] still reads what is whole."""
     from ssl4eo_zarr import synthetic
 
     root = str(tmp_path / "tm")
-    synthetic.make_terramesh(root, 64, 8, per_shard=8, size=16, modalities=("S2L2A", "DEM"))
+    synthetic.make_terramesh(root, 64, 2, per_shard=8, size=16, modalities=("S2L2A", "DEM"))
     names = sorted(os.listdir(os.path.join(root, "val", "S2L2A")))
     assert names[-1] == "ssl4eos12_shard_000009.tar" and names[-2] == "majortom_shard_000008.tar"
     for m in ("S2L2A", "DEM"):
@@ -307,27 +308,27 @@ def test_a_root_missing_major_tom_shards_never_loses_the_ssl4eo_subset(tmp_path)
                     os.path.join(root, "val", m, "majortom_shard_000008.tar"))
         os.unlink(os.path.join(root, "val", m, "majortom_shard_000004.tar"))
     with RangeHTTPServer(root) as server:
-        ds = sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "DEM"], batch_size=8, shuffle=False)
-        assert len(ds.sets) == 9 and ds.sets[-1].subset == "ssl4eos12"
-        fourth = ds.sets[3]  # kept under its published name: reading it names it (a 404), never skipped silently
-        assert fourth.name == "majortom_shard_000004.tar" and not sz.storage.exists(fourth.paths["S2L2A"])
+        # A copy under the published names is counted (its first shard is too small for the published counts):
+        # the missing middle shard is named then, never skipped silently.
+        with pytest.raises(sz.DatasetNotFoundError, match="majortom_shard_000004.tar"):
+            sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "DEM"], batch_size=8, shuffle=False)
 
 
 def test_the_published_loaders_urls_are_taken(reference):
     """``::`` joins the subsets' shard patterns and ``/[A,B]/`` names the modalities, as the published loader's
     ``urls`` do: the same members and values as the root, for ChunkDataset and open_dataset."""
-    urls = (f"{ROOT}/val/[S2L2A,S1RTC]/majortom_shard_{{000001..000001}}.tar::"
-            f"{ROOT}/val/[S2L2A,S1GRD]/ssl4eos12_shard_000002.tar")
+    urls = (f"{ROOT}/val/[S2L2A,S1RTC]/majortom_shard_{{000001..000008}}.tar::"
+            f"{ROOT}/val/[S2L2A,S1GRD]/ssl4eos12_shard_000009.tar")
     batches = _batches(urls, workers=0)
     assert sorted(k for b in batches for k in b["sample"]) == sorted(reference)
     for b in batches:
         assert ("S1RTC" in b) == (b["subset"] == "majortom") and ("S1GRD" in b) == (b["subset"] == "ssl4eos12")
         for j, key in enumerate(b["sample"]):
             np.testing.assert_array_equal(b["S2L2A"][j].numpy(), reference[key][1]["S2L2A"]["bands"].values)
-    one = f"{ROOT}/val/S2L2A/majortom_shard_000001.tar::{ROOT}/val/S2L2A/ssl4eos12_shard_000002.tar"
+    one = f"{ROOT}/val/S2L2A/majortom_shard_{{000001..000008}}.tar::{ROOT}/val/S2L2A/ssl4eos12_shard_000009.tar"
     view = sz.open_dataset(one, modalities=["S2L2A"])
     assert sorted(str(k) for k in view["sample"].values) == sorted(reference)
-    assert sz.ChunkDataset(f"{ROOT}/val/[DEM]/ssl4eos12_shard_000002.tar").modalities == ["DEM"]
+    assert sz.ChunkDataset(f"{ROOT}/val/[DEM]/ssl4eos12_shard_000009.tar").modalities == ["DEM"]
 
 
 def test_timestamps_a_one_timestamp_member_does_not_hold_are_refused(reference):

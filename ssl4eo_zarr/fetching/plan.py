@@ -12,7 +12,7 @@ from typing import Any
 from .. import schema
 from ..errors import ModalityMismatchError
 from ..layout import SHARDS, ChunkSet, resolve
-from ..shardindex import WALK_WORKERS, load_index, root_of, shards_for_ids, table_path, walk
+from ..shardindex import WALK_WORKERS, load_index, resolve_locations, root_of, shards_for_ids, table_path, walk
 from ..storage import basename
 from .selection import SelectionError, _check_arguments, _draw, _filter_table, read_ids
 
@@ -162,6 +162,14 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     kw: dict[str, Any] = {"storage_options": storage_options}
     filters = any(v is not None for v in (bbox, months, dates, max_cloud))
     ids = list(dict.fromkeys(read_ids(locations))) if locations is not None else None
+    if ids is not None and kind == SHARDS and schema.get_corpus(sets[0].corpus).timestamps == 1:
+        # TerraMesh: SSL4EO-S12 ids name four one-season members, found by the members' own sample ids.
+        keys, missing = resolve_locations(sets, read_ids(locations, raw=True), workers=index_workers,
+                                          progress=progress, **kw)
+        if missing:
+            raise SelectionError(f"{len(missing)} location ids are in no SSL4EO-S12 member of {source} ({split}): "
+                                 f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; nothing was written")
+        ids = sorted(keys)
     table, path, raw = None, None, None
     if filters or metadata is not None or (kind == SHARDS and (ids is not None or limit is not None)):
         path = metadata or table_path(root_of(sets), split, storage_options)
@@ -275,7 +283,7 @@ def estimate_plan(sets: Sequence[ChunkSet], mods: Sequence[str], scan: Sequence[
     from ..costmodel import expected_last, probe
     from ..shardindex import known_counts
 
-    counts = known_counts(sets)
+    counts = known_counts(sets, storage_options)
     exact = counts is not None
     sizes = counts if counts is not None else [schema.LOCATIONS_PER_SHARD] * len(sets)
     first = next(iter(sets[scan[0]].paths.values()))

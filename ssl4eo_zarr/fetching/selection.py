@@ -19,9 +19,10 @@ class SelectionError(SSL4EOError, ValueError):
     """A selection that cannot be made: unknown ids, an empty result (naming the filter that emptied it)."""
 
 
-def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
+def read_ids(locations: str | os.PathLike | Sequence[str], *, raw: bool = False) -> list[str]:
     """Location keys (7-digit ids, or TerraMesh keys such as ``ssl4eos12_val_0080385``) from a text file (one a
-    line; blank lines and ``#`` comments ignored) or a sequence."""
+    line; blank lines and ``#`` comments ignored) or a sequence; ``raw``: as written (``0194630_1`` kept whole,
+    a TerraMesh season), each checked to be a key."""
     if isinstance(locations, str | os.PathLike):
         with open(os.fspath(locations), encoding="utf-8") as f:
             items = [line.split("#", 1)[0].strip() for line in f]
@@ -32,7 +33,8 @@ def read_ids(locations: str | os.PathLike | Sequence[str]) -> list[str]:
         if not item:
             continue
         try:
-            out.append(schema.location_key(item))
+            key = schema.location_key(item)
+            out.append(item if raw else key)
         except ValueError as exc:
             raise SelectionError(str(exc)) from None
     return out

@@ -85,6 +85,7 @@ class RowMeta:
     crs: int
     times: dict[str, np.ndarray]
     timestamp: int | None = None
+    sample_id: str | None = None  # the member's own ``sample`` coordinate (TerraMesh: "<id>_<season>")
 
 
 def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
@@ -98,6 +99,11 @@ def metadata_batch(spec: ReadSpec, rows: Sequence[RowMeta]) -> dict[str, Any]:
         "center_lon": torch.tensor([r.center_lon for r in rows], dtype=torch.float64),
         "crs": torch.tensor([r.crs for r in rows], dtype=torch.int64),
     }
+    if rows and any(r.sample_id is not None for r in rows):
+        own = [schema.season_of(r.sample_id) if r.sample_id is not None else (r.sample, -1) for r in rows]
+        out["sample_id"] = [r.sample_id or "" for r in rows]
+        out["location"] = [loc for loc, _s in own]
+        out["season"] = torch.tensor([season for _l, season in own], dtype=torch.int64)
     if spec.timestamps == "random":
         out["timestamp"] = torch.tensor([r.timestamp for r in rows], dtype=torch.int64)
     for mod in held:

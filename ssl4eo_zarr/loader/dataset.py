@@ -399,7 +399,7 @@ class ChunkDataset(IterableDataset):
         n = len(self.sets)
         index = load_index(self.index, self.archive_kwargs.get("storage_options")) if self.index else None
         if samples is not None:
-            return self._subset_counts(_sample_ids(samples), index)
+            return self._subset_counts(self._wanted(samples), index)
         if isinstance(given, int):
             return [given] * n
         if given is not None:
@@ -412,7 +412,7 @@ class ChunkDataset(IterableDataset):
         split = splits.pop() if len(splits) == 1 else None
         names = [cs.name for cs in self.sets]
         if self.streaming:
-            published = known_counts(self.sets)
+            published = known_counts(self.sets, self.archive_kwargs.get("storage_options"))
             if published is not None:  # the published shards: counts from the published totals, checked as read
                 self._counted = "the published totals"
                 return published
@@ -420,6 +420,21 @@ class ChunkDataset(IterableDataset):
             return [schema.SAMPLES_PER_FILE] * n  # the published files hold exactly 64 locations each
         default = schema.LOCATIONS_PER_SHARD if self.streaming else schema.SAMPLES_PER_FILE
         return [len(keys) if keys is not None else default for keys in self._scan()]
+
+    def _wanted(self, samples: Any) -> set[str]:
+        """The keys ``samples`` selects: locations of SSL4EO-S12; of TerraMesh member keys, SSL4EO-S12 ids taking
+        their four seasons (``<id>_<season>`` one) as the members' own ``sample`` coordinates name them."""
+        values = _sample_values(samples)
+        if self.corpus.timestamps != 1 or not self.streaming:
+            return {schema.location_key(v) for v in values}
+        from ..shardindex import resolve_locations, root_of
+
+        keys, missing = resolve_locations(self.sets, values, **self.archive_kwargs)
+        if missing:
+            raise ValueError(f"{len(missing)} of the samples asked for are in no member of {root_of(self.sets)} "
+                             f"(searched the SSL4EO-S12 members' own sample ids): {', '.join(missing[:10])}"
+                             f"{' ...' if len(missing) > 10 else ''}")
+        return keys
 
     def _subset_counts(self, wanted: set[str], index: Any) -> list[int]:
         """Counts and ``self.rows`` for a selection of locations: only the shards that hold one are read, found
@@ -692,10 +707,11 @@ def _probs(probs: Mapping[str, float] | Sequence[float], found: Sequence[str]) -
     return values
 
 
-def _sample_ids(samples: Any) -> set[str]:
-    """Location keys (7-digit ids, TerraMesh keys) from a list or a table (``sample`` column, else its index)."""
+def _sample_values(samples: Any) -> list[str]:
+    """The ids of a list or a table (``sample`` column, else its index) as given (7-digit ids, ``<id>_<t>``,
+    TerraMesh keys)."""
     if hasattr(samples, "columns"):
         values = samples["sample"] if "sample" in samples.columns else samples.index
     else:
         values = samples
-    return {schema.location_key(v) for v in values}
+    return [str(v) for v in values]

@@ -224,7 +224,7 @@ class ShardReader:
                  for m, f in facts.items()}
         first = facts[ref]
         return RowMeta(sample=key, file=shard.name, center_lat=first["center_lat"], center_lon=first["center_lon"],
-                       crs=first["crs"], times=times, timestamp=pick)
+                       crs=first["crs"], times=times, timestamp=pick, sample_id=first.get("sample"))
 
     def _s1_chronological(self, path: str, times: np.ndarray, file_id: np.ndarray, ts: list[int]) -> list[int]:
         """Stored timesteps of an S1 member for ``ts``, in ``time`` order when its data follow product names."""

@@ -21,7 +21,7 @@ BatchDict = dict[str, Any]
 
 
 #: BatchDict keys that are metadata, never images.
-_META_KEYS = {"sample", "file", "center_lat", "center_lon", "crs", "timestamp"}
+_META_KEYS = {"sample", "file", "center_lat", "center_lon", "crs", "timestamp", "sample_id", "location", "season"}
 
 
 def spatial_keys(batch: BatchDict) -> list[str]:

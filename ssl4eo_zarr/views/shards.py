@@ -116,6 +116,8 @@ class MemberStack:
                 rest = key[2:]
             else:
                 item = read_array(archive, meta)
+                if item.shape != self.shape[1:] and item.size == int(np.prod(self.shape[1:])):
+                    item = item.reshape(self.shape[1:])  # TerraMesh's length-1 centre arrays, scalars elsewhere
                 if self.s1_fix and item.ndim >= 1:
                     item = item[self._times(archive, group, range(item.shape[0]))]
                 rest = key[1:]
@@ -138,6 +140,14 @@ class MemberStack:
 
 def _as_datetime(block: np.ndarray) -> np.ndarray:
     return block.view("datetime64[ns]")
+
+
+def _locations(block: np.ndarray) -> np.ndarray:
+    return np.array([schema.season_of(v)[0] for v in block.ravel()], dtype=block.dtype).reshape(block.shape)
+
+
+def _seasons(block: np.ndarray) -> np.ndarray:
+    return np.array([schema.season_of(v)[1] for v in block.ravel()], dtype=np.int64).reshape(block.shape)
 
 
 def _lazy(stack: MemberStack, chunks: tuple[int, ...]) -> da.Array:
@@ -174,7 +184,9 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool | None = Tru
     ``[sample, time]``; coordinates ``sample``, ``file`` (shard name) and ``split`` along ``sample``.
 
     TerraMesh (members of one timestamp): ``<MOD>`` ``[sample, band_<MOD>, y, x]``, ``time_<MOD>`` ``[sample]``,
-    ``cloud_mask`` ``[sample, y, x]``, and a ``subset`` coordinate. A modality that only some subsets hold (S1GRD,
+    ``cloud_mask`` ``[sample, y, x]``, and a ``subset`` coordinate; where members carry their own ``sample``
+    coordinate, ``sample_id`` str (e.g. ``0194630_1``), ``location`` str (``0194630``) and ``season`` int64
+    (``1``; -1 for Major TOM) ``[sample]``, read lazily (``sample`` itself is the member key). A modality that only some subsets hold (S1GRD,
     S1RTC) is left out when modalities were not named (``attrs["left_out"]``) and an error when they were: the
     view never fills in what a location does not have.
     """
@@ -246,6 +258,14 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool | None = Tru
                 if name in group.arrays:
                     meta_s = group.arrays[name]
                     ds[name] = xr.Variable(("sample",), _lazy(MemberStack(stacks, mrows, name, (), meta_s.dtype), (1,)))
+            if "sample" in group.arrays and group.arrays["sample"].dtype.kind == "U":
+                # The member's own sample (TerraMesh: "<id>_<season>"): location and season, read when asked for.
+                # Subsets name their samples differently: a width no member's name exceeds (64) for all.
+                own = _lazy(MemberStack(stacks, mrows, "sample", (), np.dtype("<U64")), (1,))
+                ds["sample_id"] = xr.Variable(("sample",), own)
+                ds["location"] = xr.Variable(("sample",), da.map_blocks(_locations, own, dtype=f"<U{own.dtype.itemsize // 4}"))
+                ds["season"] = xr.Variable(("sample",), da.map_blocks(_seasons, own, dtype=np.int64),
+                                           {"long_name": "season 0..3 of an SSL4EO-S12 location, -1 where none"})
             for axis, size in (("x", w), ("y", h)):
                 src = f"{axis}_" if f"{axis}_" in group.arrays else axis
                 if src in group.arrays:

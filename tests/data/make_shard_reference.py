@@ -36,15 +36,16 @@ def reference_members():
     return out
 
 
-def write_tar_218(path, members) -> None:
-    """``(key, member Dataset)`` pairs as a tar shard whose members xarray + zarr-python 2.18 wrote."""
+def write_tar_218(path, members, encoding=None) -> None:
+    """``(key, member Dataset)`` pairs as a tar shard whose members xarray + zarr-python 2.18 wrote (``encoding``
+    as ``Dataset.to_zarr`` takes it)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, ds in members:
             with tempfile.TemporaryDirectory() as tmp:
                 zpath = os.path.join(tmp, "m.zarr.zip")
                 store = zarr.ZipStore(zpath, mode="w")
-                ds.to_zarr(store, consolidated=True)
+                ds.to_zarr(store, consolidated=True, encoding=encoding)
                 store.close()
                 data = open(zpath, "rb").read()
             info = tarfile.TarInfo(f"{key}.zarr.zip")
