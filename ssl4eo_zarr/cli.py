@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="local folder to write (rerun with the same arguments to resume)")
     p.add_argument("--split", default="val")
     p.add_argument("--modalities", required=True, help="comma-separated, e.g. S2L2A,S1GRD")
-    p.add_argument("--locations", help="text file of 7-digit location ids, one a line")
+    p.add_argument("--locations", help="text file of 7-digit location ids, one a line (TerraMesh: member keys too; "
+                   "an id takes its four one-season members, <id>_<season> one)")
     p.add_argument("--bbox", help="W,S,E,N in degrees (patch centres)")
     p.add_argument("--months", help="comma-separated months 1..12: locations with an S2 acquisition in one")
     p.add_argument("--dates", help="START,END: locations whose S2 acquisitions all fall within")

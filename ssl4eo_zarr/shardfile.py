@@ -209,14 +209,15 @@ def first_header(path: str, storage_options: Mapping[str, Any] | None = None) ->
         return None
 
 
-def scan_shard(path: str, *, until: Collection[str] | None = None, link: Any = None, budget: float | None = None,
-               **archive_kwargs: Any) -> list[Member]:
+def scan_shard(path: str, *, until: Collection[str] | None = None, first: int | None = None, link: Any = None,
+               budget: float | None = None, **archive_kwargs: Any) -> list[Member]:
     """Every ``*.zarr.zip`` member of a shard, in tar order, from its headers alone (tarfile seeks past the
     data: a local scan reads 512 bytes per location; a remote one makes one small range request per header, or
     reads through several members per request where the link makes that cheaper: ``link``, a
     :class:`~ssl4eo_zarr.costmodel.Link`, measured with :func:`~ssl4eo_zarr.costmodel.probe` when not given;
     ``budget``, the most bytes per header the read may move). With ``until`` (keys), the walk stops at the
-    member whose key completes that set: the members before it, not the whole shard.
+    member whose key completes that set: the members before it, not the whole shard; with ``first`` (a count)
+    it stops after that many members.
 
     Raises :class:`DamagedShardError` when the headers stop before the shard's end; its ``members`` attribute
     then holds the members before the damage."""
@@ -232,6 +233,8 @@ def scan_shard(path: str, *, until: Collection[str] | None = None, link: Any = N
             for _info, m in _members(path, fh):
                 if m.name.endswith(MEMBER_SUFFIX):
                     found.append(m)
+                    if first is not None and len(found) >= first:
+                        break
                     if left is not None:
                         left.discard(m.key)
                         if not left:

@@ -126,29 +126,31 @@ def read_root_table(sets: Sequence[ChunkSet], storage_options: Mapping[str, Any]
 # -- header walks ------------------------------------------------------------------------------------------------
 
 def walk(paths: Sequence[str], *, workers: int = WALK_WORKERS, progress: Callable[..., Any] | None = None,
-         until: Sequence[Collection[str] | None] | None = None, link: Any = None, budget: float | None = None,
-         **archive_kwargs: Any) -> list[list[Member]]:
+         until: Sequence[Collection[str] | None] | None = None, first: Sequence[int | None] | None = None,
+         link: Any = None, budget: float | None = None, **archive_kwargs: Any) -> list[list[Member]]:
     """The members of each shard in ``paths`` (tar headers; kept indexes where the cache has them), ``workers``
     shards at once. ``until[k]``: the keys wanted from shard ``k``; its walk stops at the last of them (the
-    members before it; a complete kept index is used when there is one). Headers are walked or read through as
+    members before it; a complete kept index is used when there is one); ``first[k]``: only its first that many
+    members are wanted (a kept index at least that long serves). Headers are walked or read through as
     the link's cost model chooses (``link``: a :class:`~ssl4eo_zarr.costmodel.Link`, probed when ``None``;
     ``budget``: the most bytes per header the index may move, ``None`` for no limit). ``progress``: a tqdm-like
     factory (``total=``, ``desc=``, ``unit=``) for a bar of shards."""
     bar = progress(total=len(paths), desc="indexing shards", unit="shard") if progress is not None else None
     wanted = list(until) if until is not None else [None] * len(paths)
+    heads = list(first) if first is not None else [None] * len(paths)
     if link is None and paths:
         from .costmodel import probe
 
         link = probe(paths[0], archive_kwargs.get("storage_options"), connections=workers)
     how = {"link": link, "budget": budget}
 
-    def one(job: tuple[str, Collection[str] | None]) -> list[Member]:
-        path, keys = job
+    def one(job: tuple[str, Collection[str] | None, int | None]) -> list[Member]:
+        path, keys, head = job
         try:
-            if keys is None:
+            if keys is None and head is None:
                 members = shard_index(path, **archive_kwargs, **how)
             else:
-                members = _walk_until(path, keys, archive_kwargs | how)
+                members = _walk_until(path, keys, archive_kwargs | how, head)
         except FileNotFoundError:  # answered a moment ago (found by name or version), gone now
             raise DatasetNotFoundError(f"{path} vanished from the source (404) while its headers were read") from None
         if bar is not None:
@@ -157,22 +159,28 @@ def walk(paths: Sequence[str], *, workers: int = WALK_WORKERS, progress: Callabl
 
     try:
         with ThreadPoolExecutor(max(1, min(workers, len(paths) or 1))) as pool:
-            return list(pool.map(one, zip(paths, wanted)))
+            return list(pool.map(one, zip(paths, wanted, heads)))
     finally:
         if bar is not None:
             bar.close()
 
 
-def _walk_until(path: str, keys: Collection[str], archive_kwargs: dict[str, Any]) -> list[Member]:
-    """The members of ``path`` up to the last of ``keys``: from a kept complete index, or a kept walk that went
-    that far, else walked now (and kept, so the next plan of the same selection reads no header)."""
+def _walk_until(path: str, keys: Collection[str] | None, archive_kwargs: dict[str, Any],
+                first: int | None = None) -> list[Member]:
+    """The members of ``path`` up to the last of ``keys`` (or its ``first`` members): from a kept complete index,
+    or a kept walk that went that far, else walked now (and kept, so the next plan of the same selection reads
+    no header)."""
     version = shard_version(path, archive_kwargs.get("storage_options"))
     if version is None:
-        return scan_shard(path, until=keys, **archive_kwargs)
-    for kept in (kept_shard_index(path, version), kept_shard_index(path, version + PARTIAL)):
-        if kept is not None and set(keys) <= {m.key for m in kept}:
+        return scan_shard(path, until=keys, first=first, **archive_kwargs)
+    for whole, kept in ((True, kept_shard_index(path, version)), (False, kept_shard_index(path, version + PARTIAL))):
+        if kept is None:
+            continue
+        if first is not None and (whole or len(kept) >= first):
+            return kept[:first]
+        if first is None and set(keys or ()) <= {m.key for m in kept}:
             return kept
-    members = scan_shard(path, until=keys, **archive_kwargs)
+    members = scan_shard(path, until=keys, first=first, **archive_kwargs)
     previous = kept_shard_index(path, version + PARTIAL)
     if previous is None or len(members) > len(previous):
         save_shard_index(path, version + PARTIAL, members)
@@ -276,8 +284,7 @@ def resolve_locations(sets: Sequence[ChunkSet], values: Iterable[Any], *, worker
         path, members = job
         for member, own in zip(members, member_samples(path, members, workers=per_shard, **archive_kwargs)):
             loc, season = schema.season_of(own)
-            want = ids.get(loc, False)
-            if want is not False and (want is None or season in want):
+            if loc in ids and (ids[loc] is None or season in ids[loc]):  # type: ignore[operator]
                 keys.add(member.key)
                 found.setdefault(loc, set()).add(season)
         if bar is not None:

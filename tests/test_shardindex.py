@@ -46,7 +46,7 @@ def test_published_counts_of_both_corpora_from_their_totals():
 def test_a_local_copy_under_published_names_is_counted_from_its_headers(tmp_path):
     """A synthetic or fetched TerraMesh val under the published names holds far fewer members: its files are too
     small for the published counts, so its headers are read."""
-    synthetic.make_terramesh(str(tmp_path), 64, 8, per_shard=8, size=16, modalities=("S2L2A", "DEM"))
+    synthetic.make_terramesh(str(tmp_path), 64, 2, per_shard=8, size=16, modalities=("S2L2A", "DEM"))
     ds = sz.ChunkDataset(str(tmp_path), split="val", modalities=["S2L2A", "DEM"], timestamps=0, batch_size=8)
     assert [cs.name for cs in ds.sets][-1] == "ssl4eos12_shard_000009.tar" and len(ds.sets) == 9
     assert known_counts(ds.sets) is None
@@ -181,15 +181,29 @@ def test_index_command(shard_root, tmp_path, capsys):
     assert load_index(out).members("S1GRD", schema.shard_name(4))[-1].key
 
 
-def test_a_limit_is_drawn_from_the_table_before_any_shard_is_walked(host):
-    """``limit=`` with a metadata table: the locations are drawn from the table, then only their shards are read,
-    each up to its last pick (published counts: the shard of each pick is known without reading)."""
+def test_a_limit_over_the_published_shards_is_drawn_near_each_shards_front(host):
+    """``limit=`` over the published SSL4EO-S12 shards (globally shuffled): each shard's share of a uniform draw
+    is taken as a run near its front, so the walk reads ~FRONT + share headers of the drawn shards, not ~430;
+    the same seed gives the same sample, another seed another."""
+    from ssl4eo_zarr.fetching.plan import FRONT
+
     host.reset_counts()
-    plan = sz.fetch(host.root(), "/nonexistent-dry-run", split="train", modalities=["S2L2A"], limit=3, seed=4,
+    plan = sz.fetch(host.root(), "/nonexistent-dry-run", split="train", modalities=["S2L2A"], limit=60, seed=4,
                     dry_run=True)
-    assert len(plan.selected) == 3
-    touched = {p.rsplit("/", 1)[-1] for p in host.paths("GET") if p.endswith(".tar") and "/S2L2A/" in p}
+    assert len(plan.selected) == len({s.key for s in plan.selected}) == 60
     holding = {plan.sets[s.set].name for s in plan.selected}
+    assert len(holding) >= 45, "spread over the split as a uniform draw is (60 picks over 477 shards: ~57 shards)"
+    touched = {p.rsplit("/", 1)[-1] for p in host.paths("GET") if p.endswith(".tar") and "/S2L2A/" in p}
     assert len(touched - holding) <= 1, "only the shards holding a pick are walked (and one probed)"
-    assert holding <= touched
-    assert host.requests < 3 * 520, host.requests
+    per_shard = {}
+    for s in plan.selected:
+        per_shard.setdefault(s.set, []).append(s.row)
+    for rows in per_shard.values():  # one run each, starting among the first FRONT members
+        assert rows == list(range(rows[0], rows[0] + len(rows))) and rows[0] <= FRONT
+    assert host.requests < len(holding) * (FRONT + 20), host.requests
+    again = sz.fetch(host.root(), "/nonexistent-dry-run", split="train", modalities=["S2L2A"], limit=60, seed=4,
+                     dry_run=True)
+    other = sz.fetch(host.root(), "/nonexistent-dry-run", split="train", modalities=["S2L2A"], limit=60, seed=5,
+                     dry_run=True)
+    assert [s.key for s in again.selected] == [s.key for s in plan.selected]
+    assert len({s.key for s in other.selected} & {s.key for s in plan.selected}) < 10

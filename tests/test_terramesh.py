@@ -343,3 +343,162 @@ def test_timestamps_a_one_timestamp_member_does_not_hold_are_refused(reference):
         assert b["S2L2A"].shape[1:] == (12, SIZE, SIZE)
         for j, key in enumerate(b["sample"]):
             np.testing.assert_array_equal(b["S2L2A"][j].numpy(), reference[key][1]["S2L2A"]["bands"].values[0])
+
+
+# -- the members' own sample ids: location and season ------------------------------------------------------------
+
+def _own(members):
+    return str(members["S2L2A"]["sample"].values[0])
+
+
+def test_batches_and_views_give_each_members_location_and_season(reference):
+    """Each member's own ``sample`` coordinate (``<id>_<season>``) reaches batches and the view as location and
+    season; Major TOM samples are their own location, season -1."""
+    batches = _batches(ROOT, modalities=["S2L2A", "DEM"], workers=2)
+    seen = 0
+    for b in batches:
+        for j, key in enumerate(b["sample"]):
+            own = _own(reference[key][1])
+            assert b["sample_id"][j] == own
+            if b["subset"] == "ssl4eos12":
+                assert (b["location"][j], int(b["season"][j])) == (own[:7], int(own[8:]))
+            else:
+                assert b["location"][j] == own and int(b["season"][j]) == -1
+            seen += 1
+    assert seen == len(reference)
+    view = sz.open_dataset(ROOT, split="val", modalities=["S2L2A"])
+    for key, location, season in zip(view["sample"].values, view["location"].values, view["season"].values):
+        own = _own(reference[str(key)][1])
+        assert (str(location), int(season)) == ((own[:7], int(own[8:])) if own[:7].isdigit() else (own, -1))
+
+
+def test_ssl4eo_ids_select_their_four_seasons(reference, tmp_path):
+    """``samples=`` and ``fetch(locations=)`` take SSL4EO-S12 7-digit ids (their four one-season members) and
+    ``<id>_<season>`` (one), beside member keys; an id in no member is named."""
+    ssl = {_own(ms)[:7] for _k, (subset, ms) in reference.items() if subset == "ssl4eos12"}
+    first, second = sorted(ssl)[:2]
+    want = {k for k, (subset, ms) in reference.items() if _own(ms)[:7] == first}
+    want.add(next(k for k, (_s, ms) in reference.items() if _own(ms) == f"{second}_2"))
+    want.add("majortom_val_0000003")
+    asked = [int(first), f"{second}_2", "majortom_val_0000003"]  # an id as a number, as tables give them
+    batches = _batches(ROOT, modalities=["S2L2A", "S1GRD", "S1RTC"], samples=asked)
+    assert sorted(k for b in batches for k in b["sample"]) == sorted(want) and len(want) == 6
+    assert sorted(int(s) for b in batches if b["subset"] == "ssl4eos12" for s, loc in zip(b["season"], b["location"])
+                  if loc == first) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="0000001"):
+        sz.ChunkDataset(ROOT, split="val", modalities=["S2L2A"], samples=["0000001"])
+    dest = str(tmp_path / "sub")
+    sz.fetch(ROOT, dest, split="val", modalities=["S2L2A", "S1GRD"], locations=[first, f"{second}_2"])
+    back = _batches(dest, modalities=["S2L2A", "S1GRD"], workers=0)
+    assert sorted(k for b in back for k in b["sample"]) == sorted(want - {"majortom_val_0000003"})
+    with pytest.raises(sz.fetching.SelectionError, match=f"{second}_7|0000001"):
+        sz.fetch(ROOT, str(tmp_path / "none"), split="val", modalities=["S2L2A"], locations=["0000001"])
+
+
+def test_cf_time_units_of_any_writer():
+    """``time`` as xarray writes datetime64 (CF ``<unit> since <date>``), as int64 ns, or as datetime64."""
+    from ssl4eo_zarr.shardfile import cf_times_ns
+
+    want = np.array(["2021-03-20T10:08:08", "1970-01-01"], dtype="datetime64[ns]").astype(np.int64)
+    assert (cf_times_ns(want, {"units": "nanoseconds since 1970-01-01"}) == want).all()
+    assert (cf_times_ns(want, {}) == want).all()
+    assert (cf_times_ns(want.view("datetime64[ns]"), {}) == want).all()
+    secs = (want - want[0]) // 10**9
+    assert (cf_times_ns(secs, {"units": "seconds since 2021-03-20 10:08:08"}) == want).all()
+    days = np.array([0.5], dtype=np.float64)
+    assert cf_times_ns(days, {"units": "days since 2021-03-20"})[0] == np.datetime64("2021-03-20T12:00", "ns").astype(
+        np.int64)
+    with pytest.raises(sz.CorruptFileError, match="fortnights"):
+        cf_times_ns(secs, {"units": "fortnights since 2021-01-01"}, "m.zarr.zip")
+
+
+# -- the published loader on this library's files ----------------------------------------------------------------
+
+def _published_decoding(sample):
+    """What the published loader (terramesh.py, read on the dataset's hub page) does to a sample with
+    ``return_metadata=True``: each member through fsspec's zip filesystem and ``zarr.open_consolidated``, its
+    ``bands``, centres and ``time`` read with ``[...]``, a channel axis added to the cloud mask, DEM's zero time
+    left out."""
+    import io
+
+    import fsspec
+    import zarr
+
+    for key, value in list(sample.items()):
+        if key == "zarr.zip" or key.endswith(".zarr.zip"):
+            group = zarr.open_consolidated(fsspec.filesystem("zip", fo=io.BytesIO(value), block_size=None)
+                                           .get_mapper(""), mode="r")
+            sample[key] = group["bands"][...]
+            if "center_lon" not in sample:
+                sample["center_lon"], sample["center_lat"] = group["center_lon"][...], group["center_lat"][...]
+            if "cloud_mask" in group and "cloud_mask" not in sample:
+                sample["cloud_mask"] = group["cloud_mask"][...][np.newaxis, ...]
+            if group["time"][...] > 1e6:
+                sample["time" if key == "zarr.zip" else "time_" + key] = group["time"][...]
+    return sample
+
+
+def _published_drop_time_dim(sample):
+    """The published ``drop_time_dim`` on a sample: every array whose first axis is 1 loses it (``shape[0]`` of a
+    0-d array raises IndexError there, as it does in the published loader)."""
+    for k, v in sample.items():
+        if isinstance(v, np.ndarray) and v.shape[0] == 1:
+            sample[k] = v.squeeze(0)
+    return sample
+
+
+def _published_batches(urls):
+    """The published loader's single-modality pipeline with ``return_metadata=True`` (webdataset, no shuffle)."""
+    import zarr
+
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        pytest.skip("the published TerraMesh loader needs zarr-python <= 2.18 (run by make test-zarr2)")
+    wds = pytest.importorskip("webdataset")
+    pipeline = (wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(_published_decoding)
+                .rename(image="zarr.zip").map(_published_drop_time_dim).batched(4, partial=True))
+    return list(pipeline)
+
+
+def test_the_published_loader_reads_our_terramesh_with_metadata(tmp_path):
+    """Shards this library writes for TerraMesh, read by the published loader with ``return_metadata=True``:
+    every member, the same images, centres and times as ChunkDataset gives."""
+    root = str(tmp_path / "tm")
+    synthetic.make_terramesh(root, 5, 2, per_shard=4, size=8, seed=3, modalities=("S2L2A", "DEM"))
+    for m in ("S2L2A", "DEM"):
+        names = sorted(os.listdir(os.path.join(root, "val", m)))
+        theirs = _published_batches([os.path.join(root, "val", m, n) for n in names])
+        ours = {k: (b, j) for b in _batches(root, modalities=[m], workers=0, batch_size=4)
+                for j, k in enumerate(b["sample"])}
+        keys = [k for b in theirs for k in b["__key__"]]
+        assert sorted(keys) == sorted(ours) and len(keys) == 5 + 2 * 4
+        for b in theirs:
+            for j, key in enumerate(b["__key__"]):
+                mine, i = ours[key]
+                np.testing.assert_array_equal(np.asarray(b["image"][j]), mine[m][i, 0].numpy())  # T = 1 kept here
+                assert float(b["center_lat"][j]) == float(mine["center_lat"][i])
+                if m == "S2L2A":  # DEM's time is 0: the published loader leaves it out
+                    assert int(b["time"][j]) == int(mine["time_"][i, 0])
+                    assert np.asarray(b["cloud_mask"][j]).shape == (1, 8, 8)
+                else:
+                    assert "time" not in b
+
+
+def test_the_published_loader_reads_a_fetched_subset_with_exactly_its_members(reference, tmp_path):
+    """A fetch keeps each member in a shard of its source shard's published name: the published loader, given the
+    published names the copy holds, reads exactly the fetched members with the source's values."""
+    ssl = sorted({_own(ms)[:7] for _k, (subset, ms) in reference.items() if subset == "ssl4eos12"})
+    keys = ["majortom_val_0000003", "majortom_val_0000016"]
+    dest = str(tmp_path / "sub")
+    sz.fetch(ROOT, dest, split="val", modalities=["S2L2A", "S1GRD", "S1RTC"], locations=keys + ssl[:1])
+    fetched = {k for k, (_s, ms) in reference.items() if k in keys or _own(ms)[:7] == ssl[0]}
+    for m, subsets in (("S2L2A", ("majortom", "ssl4eos12")), ("S1GRD", ("ssl4eos12",)), ("S1RTC", ("majortom",))):
+        published = ([f"majortom_shard_{k:06d}.tar" for k in range(1, 9)] if "majortom" in subsets else []) + (
+            ["ssl4eos12_shard_000009.tar"] if "ssl4eos12" in subsets else [])
+        held = [n for n in published if os.path.exists(os.path.join(dest, "val", m, n))]
+        assert held == [n for n in published if n in ("majortom_shard_000002.tar", "majortom_shard_000008.tar",
+                                                       "ssl4eos12_shard_000009.tar")]
+        theirs = _published_batches([os.path.join(dest, "val", m, n) for n in held])
+        got = {k: np.asarray(img) for b in theirs for k, img in zip(b["__key__"], b["image"])}
+        assert set(got) == {k for k in fetched if reference[k][0] in subsets}
+        for key, img in got.items():
+            np.testing.assert_array_equal(img, reference[key][1][m]["bands"].values[0])

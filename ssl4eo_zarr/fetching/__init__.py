@@ -90,7 +90,8 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
         ``"train"``/``"val"``; e.g. ``["S2L2A", "S1GRD"]``.
     locations:
         Only these 7-digit ids: a text file (one a line) or a sequence. An id the source lacks is an error
-        naming it (nothing is written).
+        naming it (nothing is written). TerraMesh: member keys, or SSL4EO-S12 ids taking their four one-season
+        members (``<id>_<season>`` one), looked up in the members' own ``sample`` coordinates.
     bbox, months, dates, max_cloud:
         Filters on the metadata table (``metadata``, by default the one published at the root): patch centre
         in ``(W, S, E, N)`` degrees; an S2 acquisition in one of ``months`` (1..12); every S2 acquisition within

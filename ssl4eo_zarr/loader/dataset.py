@@ -77,7 +77,10 @@ class ChunkDataset(IterableDataset):
     B file names), ``center_lat``/``center_lon`` float64 ``[B]`` (degrees), ``crs`` int64 ``[B]`` (EPSG),
     ``time_`` int64 ``[B, T]`` or ``[B]`` (ns since 1970, S2 acquisition; ``time_S1GRD`` for S1),
     ``timestamp`` int64 ``[B]`` (season index, with ``"random"``) and ``cloud_mask`` uint8
-    ``[B, T, H, W]`` or ``[B, H, W]`` (SEnSeI classes, see :class:`~ssl4eo_zarr.CloudClass`).
+    ``[B, T, H, W]`` or ``[B, H, W]`` (SEnSeI classes, see :class:`~ssl4eo_zarr.CloudClass`). TerraMesh
+    batches add ``dataset``, ``subset`` and, from each member's own ``sample`` coordinate, ``sample_id`` (list
+    of B, e.g. ``0194630_1``), ``location`` (list of B, ``0194630``) and ``season`` int64 ``[B]`` (-1 for a
+    Major TOM sample); their ``sample`` holds member keys (``ssl4eos12_val_0080385``).
 
     Parameters
     ----------
@@ -161,7 +164,9 @@ class ChunkDataset(IterableDataset):
         (its S2 carries the offset already); ``s2_offset`` must then be left unset.
     samples:
         Only these locations (7-digit ids; or a table with a ``sample`` column or index such as
-        :func:`ssl4eo_zarr.read_metadata` returns, e.g. filtered by cloud fraction or bounding box). Chunk files
+        :func:`ssl4eo_zarr.read_metadata` returns, e.g. filtered by cloud fraction or bounding box). TerraMesh:
+        member keys, or SSL4EO-S12 ids (each its four one-season members; ``<id>_<season>`` one), found through
+        the members' own ``sample`` coordinates (read by range once, then kept); an id in no member is an error. Chunk files
         are opened once at construction to find them; of shards only those that hold one are indexed (the
         ``index`` file, else the root's metadata table's ``tar`` column names them; else every shard's headers
         are walked, 32 shards at once), and workers read just the wanted members, by range. Nothing is decoded.

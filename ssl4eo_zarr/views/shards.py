@@ -186,9 +186,9 @@ def open_shard_dataset(sets: Sequence[ChunkSet], *, s2_offset: bool | None = Tru
     TerraMesh (members of one timestamp): ``<MOD>`` ``[sample, band_<MOD>, y, x]``, ``time_<MOD>`` ``[sample]``,
     ``cloud_mask`` ``[sample, y, x]``, and a ``subset`` coordinate; where members carry their own ``sample``
     coordinate, ``sample_id`` str (e.g. ``0194630_1``), ``location`` str (``0194630``) and ``season`` int64
-    (``1``; -1 for Major TOM) ``[sample]``, read lazily (``sample`` itself is the member key). A modality that only some subsets hold (S1GRD,
-    S1RTC) is left out when modalities were not named (``attrs["left_out"]``) and an error when they were: the
-    view never fills in what a location does not have.
+    (``1``; -1 for Major TOM) ``[sample]``, read lazily (``sample`` itself is the member key). A modality that
+    only some subsets hold (S1GRD, S1RTC) is left out when modalities were not named (``attrs["left_out"]``)
+    and an error when they were: the view never fills in what a location does not have.
     """
     order = {m: i for i, m in enumerate(schema.MODALITIES)}
     everything = list(sets[0].paths) + sorted({m for cs in sets for m in cs.paths} - set(sets[0].paths),
