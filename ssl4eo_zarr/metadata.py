@@ -145,9 +145,13 @@ def _cloud_fraction(values: Any, column: str, path: str) -> np.ndarray:
 
 def _epsg(values: Any, column: str, path: str) -> np.ndarray:
     """EPSG codes as int64 from integers, integral floats or ``"EPSG:32633"`` strings; missing -> 0."""
-    out = np.zeros(len(values), dtype=np.int64)
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+    import pandas as pd
+
+    # A table has a few hundred distinct zones in 244k rows: each distinct value is parsed once.
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+    parsed = np.zeros(len(uniques) + 1, dtype=np.int64)  # the last slot: missing (sentinel -1)
+    for u, v in enumerate(uniques):
+        if isinstance(v, float) and np.isnan(v):
             continue
         text = str(v).strip().upper().removeprefix("EPSG:")
         try:
@@ -155,10 +159,11 @@ def _epsg(values: Any, column: str, path: str) -> np.ndarray:
         except ValueError:
             code = float("nan")
         if not np.isfinite(code) or code != int(code) or not 1024 <= code <= 999_999:
+            i = int(np.flatnonzero(codes == u)[0])
             raise SchemaError(f"{path}: column {column!r} row {i} holds {v!r}, not an EPSG code (e.g. 32633 or "
                               "'EPSG:32633')")
-        out[i] = int(code)
-    return out
+        parsed[u] = int(code)
+    return parsed[codes]
 
 
 def _read_parquet(path: str, storage_options: Mapping[str, Any] | None) -> Any:
@@ -182,6 +187,14 @@ def _key_of(value: Any) -> str:
 
 
 def _sample_of(values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    # The common cases whole-column (a 244k-row table): 7-digit strings as they are, integers zero-padded.
+    if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() < 10**schema.SAMPLE_ID_WIDTH:
+        return np.char.zfill(arr.astype(str), schema.SAMPLE_ID_WIDTH)
+    if arr.dtype.kind in "UO" and arr.size:
+        text = arr.astype(str)
+        if (np.char.str_len(text) == schema.SAMPLE_ID_WIDTH).all() and np.char.isdigit(text).all():
+            return text
     return np.array([_key_of(v) for v in values])
 
 

@@ -98,7 +98,9 @@ def fetch(source: str, dest: str, *, split: str, modalities: Sequence[str], loca
         ``dates = (start, end)``; cloud fraction at most ``max_cloud`` (0..1) in every timestamp. Timestamps are
         not cut: DEST holds every location's four, as published.
     limit, seed:
-        At most ``limit`` of the selected locations, drawn with ``seed``.
+        At most ``limit`` of the selected locations, drawn with ``seed``. With no other filter over the
+        published SSL4EO-S12 shards (globally shuffled) each shard's share of a uniform draw is taken as a run
+        near its front, so planning walks ~40 headers a shard, not ~430 (see docs/fetch.md).
     to:
         ``"shards"`` or ``"chunks"`` (default: as the source). Converting re-encodes locations; DEM, NDVI and
         LULC exist as shards only.
