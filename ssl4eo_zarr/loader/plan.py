@@ -162,15 +162,17 @@ def stream_batches(
     order = [(f, i) for f in files for i in _rows_of(f, counts, rows)]
     if shuffle and buffer > 1 and order:
         rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
-        picks = rng.integers(0, buffer, size=len(order))
-        pool: list[tuple[int, int]] = []
+        picks = rng.integers(0, buffer, size=len(order)).tolist()
+        # The first buffer - 1 locations only fill it; from then on each one read pushes a random one out. (A
+        # TerraMesh worker plans millions of rows here: the loop is kept to the bone.)
+        pool: list[tuple[int, int]] = order[:buffer - 1]
         out: list[tuple[int, int]] = []
-        for k, row in enumerate(order):
-            pool.append(row)
-            if len(pool) == buffer:
-                j = int(picks[k])
-                pool[j], pool[-1] = pool[-1], pool[j]
-                out.append(pool.pop())
+        push, pop, emit = pool.append, pool.pop, out.append
+        for k in range(buffer - 1, len(order)):
+            push(order[k])
+            j = picks[k]
+            pool[j], pool[-1] = pool[-1], pool[j]
+            emit(pop())
         out += [pool[p] for p in rng.permutation(len(pool))]
         order = out
     return _cut(order, batch_size, drop_last)
@@ -186,8 +188,11 @@ def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int],
                                 epoch=epoch, drop_last=drop_last, rows=rows)
     total = sum(len(b) for b in per.values())
     if probs is None:  # every location once: deliver each batch as soon as its locations have been read
-        position = {row: k for k, row in enumerate((f, i) for f in files for i in _rows_of(f, counts, rows))}
         everything = [b for g in per for b in per[g]]
+        if rows is None:  # file f's location i is read at start[f] + i: no table of 9 M positions (TerraMesh)
+            start = dict(zip(files, np.cumsum([0] + [counts[f] for f in files[:-1]]).tolist()))
+            return sorted(everything, key=lambda b: max(start[f] + i for f, i in b.rows))
+        position = {row: k for k, row in enumerate((f, i) for f in files for i in _rows_of(f, counts, rows))}
         return sorted(everything, key=lambda b: max(position[r] for r in b.rows))
     rng = rng_for(seed, epoch, SALT_MIX, *files[:1])
     live = [g for g in per if per[g]]
