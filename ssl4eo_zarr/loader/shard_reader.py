@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from itertools import chain
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
