@@ -310,9 +310,9 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     versions = {path: v for (path, _m, _n), v in zip(shards, found)}
     kept_table = None
     if table is not None:  # read for the filters or to find the shards: its rows of the subset go beside it
-        keys = [s.key for s in selected]
-        known = set(table.index[table.index.isin(keys)])  # one pass over the index (a set of it per key took minutes)
-        table = table.loc[[k for k in keys if k in known]]
+        picked = [s.key for s in selected]
+        known = set(table.index[table.index.isin(picked)])  # one pass over the index (a set of it per key took minutes)
+        table = table.loc[[k for k in picked if k in known]]
         kept_table = path
     plan = FetchPlan(source, split, mods, kind, sets, selected, steps, nbytes, table, versions, kept_table, raw)
     plan.estimate = estimate
