@@ -272,33 +272,47 @@ def _index_file(path: str, finger: str) -> str:
     return os.path.join(cache_dir(), "shards", name)
 
 
-def _load_index(path: str, finger: str) -> list[Member] | None:
+def kept_doc(path: str, finger: str) -> dict[str, Any] | None:
+    """What :func:`keep_doc` kept for ``path`` at version ``finger``, or ``None`` (absent, damaged, another
+    file's)."""
     import gzip
 
     try:
         with gzip.open(_index_file(path, finger), "rt", encoding="utf-8") as f:
             doc = json.load(f)
-        if doc["path"] == path and doc["version"] == finger:
-            # [key, offset, size] when the name is the key's member name, else [key, name, offset, size]
-            return [Member(m[0], m[0] + MEMBER_SUFFIX, m[1], m[2]) if len(m) == 3 else Member(*m)
-                    for m in doc["members"]]
+        return doc if doc["path"] == path and doc["version"] == finger else None
     except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+
+
+def keep_doc(path: str, finger: str, doc: dict[str, Any]) -> None:
+    """Keep ``doc`` (JSON) about the shard ``path`` at version ``finger`` in the cache, gzip-compressed and
+    written atomically; a read-only cache costs a rescan next time, nothing else."""
+    import gzip
+
+    try:
+        with atomic_write(_index_file(path, finger)) as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+            z.write(json.dumps({"path": path, "version": finger, **doc}, separators=(",", ":")).encode())
+    except OSError:
         pass
-    return None
+
+
+def _load_index(path: str, finger: str) -> list[Member] | None:
+    doc = kept_doc(path, finger)
+    try:
+        # [key, offset, size] when the name is the key's member name, else [key, name, offset, size]
+        return None if doc is None else [Member(m[0], m[0] + MEMBER_SUFFIX, m[1], m[2]) if len(m) == 3
+                                         else Member(*m) for m in doc["members"]]
+    except (KeyError, TypeError):
+        return None
 
 
 def save_shard_index(path: str, finger: str, members: Sequence[Member]) -> None:
     """Keep a complete member index of the shard ``path`` at version ``finger`` (see :func:`shard_index`):
     gzip-compressed JSON, three numbers-and-a-key per member, so a TerraMesh shard's 10,240 members keep small."""
-    import gzip
-
     rows = [[m.key, m.offset, m.size] if m.name == m.key + MEMBER_SUFFIX else [m.key, m.name, m.offset, m.size]
             for m in members]
-    try:
-        with atomic_write(_index_file(path, finger)) as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
-            z.write(json.dumps({"path": path, "version": finger, "members": rows}, separators=(",", ":")).encode())
-    except OSError:
-        pass  # a read-only cache costs a rescan next time, nothing else
+    keep_doc(path, finger, {"members": rows})
 
 
 #: How long a remote shard's version, once asked for, is taken as current by this process (seconds): a
@@ -608,5 +622,6 @@ def open_member_group(data: bytes, where: str) -> tuple[MemoryZipArchive, GroupM
 
 __all__ = ["MEMBER_SUFFIX", "Member", "MemberArchive", "ShardStream", "bands_meta", "member_grid",
            "member_metadata", "member_modality", "member_times", "open_binary", "open_member_group", "read_time", "scan_shard",
+           "keep_doc", "kept_doc",
            "kept_shard_index", "save_shard_index", "shard_index", "shard_version", "write_shard", "first_header",
            "write_shard_summed"]

@@ -201,21 +201,14 @@ def member_samples(path: str, members: Sequence[Member], *, workers: int = 16, *
     """Each member's own ``sample`` coordinate (TerraMesh: ``<7-digit id>_<season>``; ``""`` where a member has
     none), read by range: the member's zip directory, ``.zmetadata`` and one small chunk (a few kB, three reads)
     per member, ``workers`` at once. Kept in the cache beside the shard's index, keyed by its version."""
-    import gzip
-
-    from .shardfile import MemberArchive, _index_file
+    from .shardfile import MemberArchive, keep_doc, kept_doc
     from .zarrv2 import read_array, read_group
 
     version = shard_version(path, archive_kwargs.get("storage_options"))
-    where = _index_file(path, version + SAMPLES) if version else None
-    if where is not None:
-        try:
-            with gzip.open(where, "rt", encoding="utf-8") as f:
-                doc = json.load(f)
-            if doc["path"] == path and doc["keys"] == [m.key for m in members]:
-                return list(doc["samples"])
-        except (OSError, ValueError, KeyError, TypeError, EOFError):
-            pass
+    keys = [m.key for m in members]
+    kept = kept_doc(path, version + SAMPLES) if version else None
+    if kept is not None and kept.get("keys") == keys:
+        return list(kept["samples"])
 
     def one(member: Member) -> str:
         archive = MemberArchive(path, member, **archive_kwargs)
@@ -227,15 +220,8 @@ def member_samples(path: str, members: Sequence[Member], *, workers: int = 16, *
 
     with ThreadPoolExecutor(max(1, min(workers, len(members) or 1))) as pool:
         samples = list(pool.map(one, members))
-    if where is not None:
-        from .storage import atomic_write
-
-        try:
-            with atomic_write(where) as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as z:
-                z.write(json.dumps({"path": path, "keys": [m.key for m in members], "samples": samples},
-                                   separators=(",", ":")).encode())
-        except OSError:
-            pass  # a read-only cache reads them again next time
+    if version:
+        keep_doc(path, version + SAMPLES, {"keys": keys, "samples": samples})
     return samples
 
 
@@ -249,8 +235,9 @@ def wanted_seasons(values: Iterable[Any]) -> tuple[set[str], dict[str, set[int] 
         text = str(value).strip()
         loc, season = schema.season_of(text)
         if season >= 0:
-            if ids.get(loc, set()) is not None:
-                ids.setdefault(loc, set()).add(season)  # type: ignore[union-attr]
+            chosen = ids.setdefault(loc, set())
+            if chosen is not None:  # None: all four asked for already
+                chosen.add(season)
             continue
         key = schema.location_key(text)
         if key.isdigit():

@@ -194,11 +194,11 @@ def plan_fetch(source: str, *, split: str, modalities: Sequence[str], locations:
     kind = sets[0].kind
     kw: dict[str, Any] = {"storage_options": storage_options}
     filters = any(v is not None for v in (bbox, months, dates, max_cloud))
-    ids = list(dict.fromkeys(read_ids(locations))) if locations is not None else None
-    if ids is not None and kind == SHARDS and schema.get_corpus(sets[0].corpus).timestamps == 1:
+    given = read_ids(locations, raw=True) if locations is not None else None
+    ids = list(dict.fromkeys(schema.location_key(x) for x in given)) if given is not None else None
+    if given is not None and kind == SHARDS and schema.get_corpus(sets[0].corpus).timestamps == 1:
         # TerraMesh: SSL4EO-S12 ids name four one-season members, found by the members' own sample ids.
-        keys, missing = resolve_locations(sets, read_ids(locations, raw=True), workers=index_workers,
-                                          progress=progress, **kw)
+        keys, missing = resolve_locations(sets, given, workers=index_workers, progress=progress, **kw)
         if missing:
             raise SelectionError(f"{len(missing)} location ids are in no SSL4EO-S12 member of {source} ({split}): "
                                  f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; nothing was written")
