@@ -62,3 +62,37 @@ def test_plans_are_pure_and_epochs_differ():
 def test_delivery_order_is_round_robin_skipping_exhausted_workers():
     assert delivery_order([3, 1, 2]) == [0, 1, 2, 0, 2, 0]
     assert delivery_order([0, 2]) == [1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=4), st.integers(1, 100), st.integers(1, 130),
+       st.integers(0, 3))
+def test_a_streamed_buffer_starts_small_holds_at_most_its_size_and_delivers_everything(counts, batch_size, buffer,
+                                                                                       seed):
+    from ssl4eo_zarr.loader.plan import WARM_RAMP, WARM_START, stream_batches
+
+    files = list(range(len(counts)))
+    batches = stream_batches(files, counts, batch_size=batch_size, buffer=buffer, shuffle=True, seed=seed, epoch=0,
+                             drop_last=False)
+    delivered = [r for b in batches for r in b.rows]
+    read = [(f, i) for f in files for i in range(counts[f])]
+    assert sorted(delivered) == read
+    position = {r: k for k, r in enumerate(read)}
+    reached = -1
+    for k, row in enumerate(delivered):
+        reached = max(reached, position[row])
+        # Read (reached + 1) and not yet delivered (k): never more than the buffer holds...
+        assert reached + 1 - k <= max(buffer, 1)
+        # ...and while it warms up, only as many as it has grown to, so the first batches come early.
+        if reached + 1 < len(read):
+            assert reached + 1 - k <= max(min(buffer, WARM_START + k // WARM_RAMP), 1)
+
+
+def test_the_first_streamed_batch_waits_for_little_more_than_itself():
+    from ssl4eo_zarr.loader.plan import stream_batches
+
+    for seed in range(5):
+        first = stream_batches([0, 1], [512, 512], batch_size=64, buffer=64, shuffle=True, seed=seed, epoch=0,
+                               drop_last=False)[0]
+        # A full buffer first would need 127 members read; a batch can never need fewer than 64.
+        assert 64 <= max(i for _f, i in first.rows) + 1 <= 78

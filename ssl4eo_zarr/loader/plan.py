@@ -50,6 +50,9 @@ class Batch:
 #: Keys that keep the random streams drawn from one (seed, epoch) apart from each other.
 SALT_POOL, SALT_TIMESTAMP, SALT_STREAM, SALT_AUGMENT, SALT_MIX = 1, 2, 3, 4, 5
 
+#: A streamed shuffle buffer starts with this many slots and grows by one every WARM_RAMP locations delivered.
+WARM_START, WARM_RAMP = 8, 8
+
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
     """A generator that depends on ``seed`` and ``keys`` only (same keys, same draws, in any process)."""
@@ -162,13 +165,24 @@ def stream_batches(
     order = [(f, i) for f in files for i in _rows_of(f, counts, rows)]
     if shuffle and buffer > 1 and order:
         rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
-        picks = rng.integers(0, buffer, size=len(order)).tolist()
-        # The first buffer - 1 locations only fill it; from then on each one read pushes a random one out. (A
-        # TerraMesh worker plans millions of rows here: the loop is kept to the bone.)
-        pool: list[tuple[int, int]] = order[:buffer - 1]
+        pool: list[tuple[int, int]] = []
         out: list[tuple[int, int]] = []
         push, pop, emit = pool.append, pool.pop, out.append
-        for k in range(buffer - 1, len(order)):
+        # Warm-up: the buffer starts at WARM_START slots and grows by one every WARM_RAMP locations delivered, so
+        # the first batch waits for ~batch_size + batch_size / WARM_RAMP locations, not batch_size + buffer (with
+        # 64 and 64: 78 members read instead of 127). A full buffer's worth of mixing arrives a few batches later.
+        warm, n = 0, len(order)
+        while warm < n and len(pool) < buffer - 1:
+            push(order[warm])
+            warm += 1
+            if len(pool) >= WARM_START + len(out) // WARM_RAMP:
+                j = int(rng.integers(len(pool)))
+                pool[j], pool[-1] = pool[-1], pool[j]
+                emit(pop())
+        picks = rng.integers(0, buffer, size=n).tolist()
+        # From here each location read pushes a random one out. (A TerraMesh worker plans millions of rows
+        # here: the loop is kept to the bone.)
+        for k in range(warm, n):
             push(order[k])
             j = picks[k]
             pool[j], pool[-1] = pool[-1], pool[j]
