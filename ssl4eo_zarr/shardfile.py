@@ -32,12 +32,13 @@ import os
 import tarfile
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from . import schema
 from .errors import CorruptFileError, DamagedShardError, DatasetNotFoundError, UnsafeFileError
+from .memberparts import PartsReader, TimeSelect, WindowFile
 from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, http, is_url, remote_fs
 from .storage.cache import ByteCache, byte_cache
 from .storage.zip import crc32
@@ -366,7 +367,8 @@ class ShardStream:
     the shard then walks the kept index instead of the tar headers and reads members from local disk (one
     request per shard to learn its version, and a range request for any member the cache lost)."""
 
-    def __init__(self, path: str, members: Sequence[Member] | None = None, **archive_kwargs: Any):
+    def __init__(self, path: str, members: Sequence[Member] | None = None, *, jump: int | None = None,
+                 **archive_kwargs: Any):
         self.path = path
         self._kwargs = archive_kwargs
         self.index = -1
@@ -382,7 +384,12 @@ class ShardStream:
         self.complete = False
         self._fh: Any = None
         self._it: Iterator[tuple[tarfile.TarInfo, Member]] | None = None
-        if self._kept is None:
+        self.parts: PartsReader | None = None
+        if self._kept is None and jump is not None and self.cache is None:  # a cache keeps whole members
+            self._fh = WindowFile(open_binary(path, **archive_kwargs))
+            self.parts = PartsReader(path, self._fh, jump)
+            self._it = _members(path, self._fh)
+        elif self._kept is None:
             self._fh = open_binary(path, sequential=True, **archive_kwargs)
             self._it = _members(path, self._fh)
 
@@ -410,10 +417,15 @@ class ShardStream:
     def _key(self, member: Member) -> str:
         return ByteCache.key("tar", self.path, self.version, member.name, member.offset, member.size)
 
-    def read(self) -> bytes:
-        """Bytes of the current member."""
+    def read(self, select: TimeSelect | None = None, then: TimeSelect | None = None) -> bytes:
+        """Bytes of the current member. With ``select`` (a remote shard opened with ``jump``, no cache), the
+        time chunks it leaves out may be stepped over and come back zeroed (:mod:`ssl4eo_zarr.memberparts`);
+        ``then`` is the next member's selection (``None``: the next member is not read)."""
         member = self.member
         assert member is not None
+        if select is not None and self.parts is not None:
+            # A bytearray: every reader of member bytes takes a buffer (they read through memoryviews).
+            return cast(bytes, self.parts.read(member.name, member.offset, member.size, select, then))
         if self.cache is None:
             return self._read_remote(member)
         return bytes(self.cache.fetch(self._key(member), lambda: self._read_remote(member)))

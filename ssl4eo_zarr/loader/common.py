@@ -44,6 +44,8 @@ class ReadSpec:
     counted: str = "its index"
     #: Timestamps each member holds (SSL4EO-S12: 4 seasons; TerraMesh: 1).
     n_timestamps: int = schema.N_TIMESTAMPS
+    #: Remote streams: left-out time chunks of at least this many bytes are stepped over (None: read whole).
+    jump: int | None = None
 
     @property
     def single(self) -> bool:

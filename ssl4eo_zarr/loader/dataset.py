@@ -192,6 +192,13 @@ class ChunkDataset(IterableDataset):
         worker one arena; see :mod:`ssl4eo_zarr.loader.pool`). The default suits the DataLoader's default
         ``prefetch_factor=2``; with a larger one, raise this to match.
         Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
+    skip_unused:
+        Shards streamed from a URL without ``cache_dir``, one timestamp or a few asked for: the band chunks of
+        the other timestamps (and cloud masks not returned) are stepped over instead of read through, at one
+        more request per member (:mod:`ssl4eo_zarr.memberparts`). ``None`` (default): when the link makes that
+        faster, measured once per host (a few requests at construction): at 50 ms, when the chunks left out of
+        a member exceed what a response moves in two round trips. ``True``: always (fewest bytes, for a
+        metered or slow link). ``False``: whole members, one request per shard.
     prepare_next_epoch:
         With persistent workers, a worker that has delivered its epoch reads the first batch of the next one
         before it tells the DataLoader it is done, so the next epoch starts with a batch ready instead of
@@ -244,6 +251,7 @@ class ChunkDataset(IterableDataset):
         retry_backoff: float = 0.2,
         fix_s1_order: bool = True,
         buffer_slots: int = 2,
+        skip_unused: bool | None = None,
         prefetch: int = 1,
         prepare_next_epoch: bool | None = None,
         index: str | os.PathLike | None = None,
@@ -315,6 +323,7 @@ class ChunkDataset(IterableDataset):
         #: Member lists of the shards a selection reads (by range, no header walk in the workers).
         self.members: dict[str, list[Any]] = {}
         self.counts = self._sample_counts(samples_per_file, samples)
+        self.jump = self._jump(skip_unused, cache_dir)
         # Shared memory, so that persistent DataLoader workers (which keep their own copy of the dataset) see
         # the epoch set in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -341,6 +350,34 @@ class ChunkDataset(IterableDataset):
             held = f"{corpus} members hold {n} timestamp{'s' if n > 1 else ''}: " if n != schema.N_TIMESTAMPS else ""
             raise ValueError(f"{held}timestamp indices must be in 0..{n - 1}, got {ts!r}")
         return items if not isinstance(ts, int | np.integer) else items[0]
+
+    def _jump(self, skip_unused: bool | None, cache_dir: str | None) -> int | None:
+        """Bytes of left-out chunks worth the extra requests of reading a member by parts (``skip_unused``);
+        ``None``: members are streamed whole."""
+        if skip_unused is False or not self.streaming or cache_dir is not None or self.corpus.timestamps == 1 \
+                or self.timestamps == "all" or self.reindex_seasonal:
+            return None
+        by_parts = [m for m in self.modalities if (mod := schema.find_modality(m)) is not None and not mod.static
+                    and not (m == "S1GRD" and self.fix_s1_order)]
+        remote = next((cs.paths[m] for cs in self.sets for m in by_parts if m in cs.paths and is_url(cs.paths[m])),
+                      None)
+        if remote is None:
+            return None
+        if skip_unused:
+            return 0
+        from ..costmodel import probe
+        from ..memberparts import WindowFile, first_chunk_bytes, parts_jump
+        from ..shardfile import open_binary
+
+        ts = self.timestamps
+        wanted = [0] if isinstance(ts, str) else [ts] if isinstance(ts, int) else ts  # str: "random"
+        try:
+            link = probe(remote, self.archive_kwargs["storage_options"])
+            with WindowFile(open_binary(remote, **self.archive_kwargs)) as fh:
+                chunk = first_chunk_bytes(fh)
+        except OSError:  # the link could not be measured: members whole, as the published loader reads them
+            return None
+        return parts_jump(link, chunk, self.corpus.timestamps, wanted, random=ts == "random")
 
     def _keys_of(self, cs: ChunkSet) -> list[str]:
         """Location ids of one file, in stored order (chunk file: its ``sample`` coordinate; shard: member keys)."""
@@ -564,7 +601,7 @@ class ChunkDataset(IterableDataset):
                         fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
                         prefetch=self.prefetch, members=self.members, counted=self._counted,
-                        n_timestamps=self.corpus.timestamps)
+                        n_timestamps=self.corpus.timestamps, jump=self.jump)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)

@@ -16,6 +16,7 @@ import torch
 from .. import schema
 from ..chunkfile import member_s1_order
 from ..errors import CorruptFileError, DamagedShardError, ModalityMismatchError, SSL4EOError
+from ..memberparts import TimeSelect
 from ..shardfile import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
 from ..storage import thread_scratch
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
@@ -45,13 +46,16 @@ class ShardReader:
         #: Shards whose headers were found damaged this epoch: the rest of each is skipped (on_error="skip").
         self.dead: dict[int, DamagedShardError] = {}
         self.scratch = thread_scratch()  # members lie in memory: chunks are read as views of them
+        self.selects: dict[frozenset[int], TimeSelect] = {}
 
     # -- reading members in shard order ----------------------------------------------------------------------
     def _open(self, s: int) -> dict[str, ShardStream]:
         self._close(s)
         paths = self.spec.sets[s].paths
         known = self.spec.members
-        self.streams[s] = {m: ShardStream(paths[m], known.get(paths[m]), **self.spec.archive_kwargs)
+        self.streams[s] = {m: ShardStream(paths[m], known.get(paths[m]),
+                                          jump=self.spec.jump if self._by_parts(m) else None,
+                                          **self.spec.archive_kwargs)
                            for m in self.spec.modalities if m in paths}
         return self.streams[s]
 
@@ -118,7 +122,9 @@ class ShardReader:
                     if current is None:
                         raise CorruptFileError(self.spec.sets[s].name, "shard stream lost its place")
                     key = current.key
-                    self.held[(s, j)] = (key, {m: st.read() for m, st in streams.items()})
+                    nxt = self.uses.get((s, j + 1))
+                    self.held[(s, j)] = (key, {m: st.read(self._select(s, j, m), self._select(s, j + 1, m) if nxt
+                                                          else None) for m, st in streams.items()})
                 if j == i:
                     break
             if i >= self.last.get(s, -1):
@@ -128,6 +134,26 @@ class ShardReader:
         if self.uses[row] <= 0:
             del self.held[row]
         return member
+
+    def _by_parts(self, m: str) -> bool:
+        """Whether modality ``m`` is read by parts (see ``ChunkDataset(skip_unused=)``)."""
+        spec = self.spec
+        mod = schema.find_modality(m)
+        # S1 data may follow product names (files before the fix): its stored timestep is known only once read.
+        return not (spec.jump is None or mod is None or mod.static or (m == "S1GRD" and spec.fix_s1_order))
+
+    def _select(self, s: int, i: int, m: str) -> TimeSelect | None:
+        """The time chunks location ``i`` of set ``s`` needs of modality ``m`` (``None``: all, read whole)."""
+        spec = self.spec
+        if not self._by_parts(m):
+            return None
+        wanted = frozenset([int(self._pick(s)[i])] if spec.timestamps == "random" else spec.listed())
+        found = self.selects.get(wanted)
+        if found is None:
+            masks = wanted if spec.return_metadata else frozenset()
+            found = self.selects[wanted] = TimeSelect({schema.BANDS_VAR: wanted, schema.CLOUD_VAR: masks},
+                                                      spec.n_timestamps)
+        return found
 
     # -- batches -----------------------------------------------------------------------------------------------
     def _pick(self, s: int) -> np.ndarray:

@@ -1,0 +1,308 @@
+"""Reading only the parts of a remote shard's ``*.zarr.zip`` members that a batch uses.
+
+A shard streamed for training is one open-ended GET: every member's bytes come, used or not. With one timestamp
+per location (``timestamps=0`` or ``"random"``, the usual pre-training recipe) three of an SSL4EO-S12 member's
+four band chunks are never decoded: three quarters of what the host sends. They lie together in the member
+(zarr writes an array's chunks in order) and can be stepped over, but not inside an open-ended response: a
+response dropped early has already sent about a round trip's worth of bytes, and its connection is lost.
+
+So a shard read by parts is read in bounded windows on kept-alive connections (:class:`WindowFile`). The
+member's front is read entry by entry (zip local headers give each entry's name and size); at the first band
+chunk not wanted, when the chunks left out are worth more than a round trip, one request takes the member's
+tail (the small arrays, ``.zmetadata`` and the central directory, which zarr writes last) *and* the next tar
+header and the next member's front up to its first band chunk, as far as the previous members taught. One
+request per member, about a quarter of its bytes. The central directory then says whether a wanted entry lay in
+the gap (a later timestamp, an array written between the chunks): those come by one more range request. The
+guess of which chunk holds a timestamp (one timestep per chunk) is checked against the member's ``.zmetadata``,
+never trusted: a member chunked otherwise, or holding one timestep, gets the chunks it needs by range.
+
+The member comes back at full size with the unread gaps zeroed, so every reader of member bytes works unchanged
+and reads only entries that are there. Whether it pays is the caller's call (:func:`first_chunk_bytes` and
+:class:`~ssl4eo_zarr.costmodel.Link`); a byte cache keeps whole members instead (later epochs pick other
+timestamps).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import tarfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CorruptFileError
+from .storage import PositionedFile
+from .storage.zip import _scan_central_directory
+
+_LOCAL = struct.Struct("<4s5H3L2H")
+#: ``bands/2.0.0.0`` or ``bands/2/0/0/0`` (and the same under a group prefix): the time chunk index of a chunk.
+_CHUNK = re.compile(r"(?:^|/)([A-Za-z_]\w*)/(\d+)(?:[./]\d+)*$")
+#: The tail read at a stream's first member, before any member taught the tail's length (bytes).
+FIRST_TAIL = 256 << 10
+#: The next member's front read with a tail before any member taught its length (bytes).
+FIRST_HEAD = 64 << 10
+#: Bytes a read that misses the window asks for at least (a tar header and a few local headers).
+MIN_WINDOW = 16 << 10
+
+
+class WindowFile(PositionedFile):
+    """A remote file read in bounded windows: a read inside the last window costs nothing, any other one asks
+    for ``[pos, pos + max(n, ahead))`` in one range request (connections are kept alive: a bounded response is
+    read to its end). :attr:`ahead` is a hint for the next miss, used once."""
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        self._at = 0
+        self._window = b""
+        self.ahead = 0
+        self.requests = 0
+
+    def _end(self) -> int:
+        return self._fh.seek(0, 2)
+
+    def fetch(self, start: int, n: int) -> bytes:
+        """``n`` bytes at ``start`` in one request, the window left as it is."""
+        self._fh.seek(start)
+        self.requests += 1
+        return self._fh.read(n)
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(self._end() - self._pos, 0)
+        off = self._pos - self._at
+        if not (0 <= off and off + n <= len(self._window)):
+            want = max(n, self.ahead, MIN_WINDOW)
+            self.ahead = 0
+            self._window, self._at, off = self.fetch(self._pos, want), self._pos, 0
+        data = self._window[off: off + n]
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class TimeSelect:
+    """The time chunks of a member's arrays a reader needs: ``keep[var]`` holds the indices along time of the
+    chunks of ``var`` to read (assuming chunks of one timestep; checked against the member's metadata), arrays
+    not named are read whole. ``n_time``: timestamps a member is expected to hold (sizes the gap estimate)."""
+
+    keep: Mapping[str, frozenset[int]]
+    n_time: int
+
+    def unwanted(self, name: str) -> str | None:
+        """The array of entry ``name`` when it is a chunk this selection leaves out, else ``None``."""
+        m = _CHUNK.search(name)
+        if m is None or m.group(1) not in self.keep or int(m.group(2)) in self.keep[m.group(1)]:
+            return None
+        return m.group(1)
+
+    def first_out(self) -> tuple[tuple[str, int], ...]:
+        """The first chunk index each array leaves out (where a member's front ends)."""
+        return tuple((v, next((k for k in range(self.n_time) if k not in ks), self.n_time))
+                     for v, ks in sorted(self.keep.items()))
+
+    def gap(self, var: str, chunk_bytes: int) -> int:
+        """Bytes the chunks of ``var`` left out are expected to take, from one of them."""
+        return chunk_bytes * max(self.n_time - len(self.keep[var]), 1)
+
+
+@dataclass
+class PartsReader:
+    """Reads the members of one shard by parts through ``window`` (the :class:`WindowFile` the tar headers are
+    read through too). ``jump``: the fewest bytes worth a request of their own (a round trip's worth at the
+    link's rate). ``tail`` is learned from each member (how far from its end the entries after its left-out chunks
+    begin), as is how far into a member its first left-out chunk starts (per first chunk left out)."""
+
+    path: str
+    window: WindowFile
+    jump: int
+    tail: int = FIRST_TAIL
+    #: Bytes of members left unread (tests, benchmarks).
+    skipped: int = 0
+    _fronts: dict[tuple[tuple[str, int], ...], list[int]] = field(default_factory=dict)
+
+    def read(self, name: str, offset: int, size: int, select: TimeSelect, then: TimeSelect | None = None
+             ) -> bytearray:
+        """The member ``name`` at ``offset`` (``size`` bytes) of the shard, with the chunks ``select`` leaves out
+        zeroed when stepping over them pays. ``then``: what the next member is read with (``None``: it is not
+        read), so its front comes with this member's last request."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        wf = self.window
+
+        def fill(a: int, b: int) -> None:
+            if b <= a:
+                return
+            wf.seek(offset + a)
+            data = wf.read(b - a)
+            if len(data) != b - a:
+                raise CorruptFileError(self.path, f"member at byte {offset} ends after {a + len(data)} of {size} "
+                                                  f"bytes: the file is cut at byte {offset + a + len(data)} "
+                                                  "(truncated shard)", member=name)
+            view[a:b] = data
+
+        pos = 0
+        while pos + _LOCAL.size <= size:
+            fill(pos, pos + _LOCAL.size)
+            sig, _v, flags, _m, _t, _d, _crc, csize, _u, n_len, x_len = _LOCAL.unpack_from(buf, pos)
+            # Sizes after the data (flag 8), zip64 or no local header: nothing to step by; read the rest.
+            if sig != b"PK\x03\x04" or flags & 0x08 or csize == 0xFFFFFFFF:
+                break
+            data_at = pos + _LOCAL.size + n_len + x_len
+            if data_at + csize > size:
+                break
+            fill(pos + _LOCAL.size, data_at)
+            var = select.unwanted(bytes(buf[pos + _LOCAL.size: pos + _LOCAL.size + n_len]).decode("utf-8", "replace"))
+            if var is not None and select.gap(var, csize) > self.jump:
+                self._learn_front(select, data_at)
+                self._finish(buf, fill, name, pos, select, offset, then)
+                return buf
+            fill(data_at, data_at + csize)
+            pos = data_at + csize
+        # Read whole from here, and the next tar header and member front with it.
+        wf.ahead = size - pos + self._front(then)
+        fill(pos, size)
+        return buf
+
+    def _learn_front(self, select: TimeSelect, first_gap: int) -> None:
+        # Fronts differ with the first chunk left out (t = 0 wanted: the front holds that chunk). The largest of
+        # the last few, with room: an entry name or an array a little longer costs no request.
+        key = select.first_out()
+        seen = self._fronts.setdefault(key, [])
+        seen.append(first_gap)
+        del seen[:-8]
+
+    def _front(self, then: TimeSelect | None) -> int:
+        """Bytes to read past a member's end for the next one: its tar header(s) and, when it is read by parts,
+        its front up to the first chunk left out."""
+        if then is None:
+            return 2 * tarfile.BLOCKSIZE
+        seen = self._fronts.get(then.first_out())
+        return 2 * tarfile.BLOCKSIZE + (max(seen) + 4096 if seen else FIRST_HEAD)
+
+    def _finish(self, buf: bytearray, fill, name: str, pos: int, select: TimeSelect, offset: int,
+                then: TimeSelect | None) -> None:
+        """From the first left-out chunk at ``pos``: the member's tail (and the next member's front) in one
+        request, then what the central directory says is still needed by one range."""
+        size = len(buf)
+        start = max(pos, size - self.tail)
+        self.window.ahead = size - start + self._front(then)
+        fill(start, size)
+        filled = [(0, pos), (start, size)]
+
+        def side(a: int, b: int) -> None:
+            if b <= a:
+                return
+            data = self.window.fetch(offset + a, b - a)
+            if len(data) != b - a:
+                raise CorruptFileError(self.path, f"member at byte {offset} ends after {a + len(data)} of {size} "
+                                                  "bytes (truncated shard)", member=name)
+            buf[a:b] = data
+            filled.append((a, b))
+
+        def missing(a: int, b: int) -> bool:
+            return not any(x <= a and b <= y for x, y in filled)
+
+        try:
+            eocd = buf.rfind(b"PK\x05\x06", start)
+            cd_offset = struct.unpack_from("<L", buf, eocd + 16)[0] if eocd >= 0 and eocd + 22 <= size else -1
+            if not pos <= cd_offset <= eocd:
+                raise zipfile.BadZipFile("no central directory where expected")
+            if cd_offset < start:  # a directory longer than the tail read: its front by range
+                side(cd_offset, start)
+            entries, _at, _tail = _scan_central_directory(io.BytesIO(buf))
+            if entries is None:
+                raise zipfile.BadZipFile("an archive the fast path does not read")
+            spans = sorted((e.header_offset, n) for n, e in entries)
+            ends = {n: (spans[k + 1][0] if k + 1 < len(spans) else cd_offset) for k, (_o, n) in enumerate(spans)}
+            needed = self._needed(buf, entries, select)
+            want = [(e.header_offset, ends[n]) for n, e in entries
+                    if (n in needed or select.unwanted(n) is None) and missing(e.header_offset, ends[n])]
+            if want:  # one range from the first to the last entry still needed (a later timestamp, an array between)
+                side(min(a for a, _ in want), max(b for _, b in want))
+            gaps = [(e.header_offset, ends[n]) for n, e in entries if missing(e.header_offset, ends[n])]
+            if gaps:
+                self.skipped += sum(b - a for a, b in gaps)
+                # The next member's tail: from the end of its last left-out chunk, with room to spare.
+                self.tail = max(int((size - max(b for _a, b in gaps)) * 1.25) + 4096, 32 << 10)
+        except CorruptFileError:
+            raise
+        except (zipfile.BadZipFile, ValueError, KeyError, struct.error):
+            side(pos, start)  # read whole: the zip reader names whatever is wrong with the member
+
+    @staticmethod
+    def _needed(buf: bytearray, entries, select: TimeSelect) -> set[str]:
+        """Left-out entries that must be read after all: the selection guessed one timestep per chunk; the
+        member's ``.zmetadata`` says how its arrays are chunked (a one-timestep member's chunk 0 holds any
+        timestamp; a chunk of several timestamps holds the wanted one at ``t // chunks[0]``)."""
+        found = dict(entries)
+        meta = next((n for n in found if n == ".zmetadata" or n.endswith("/.zmetadata")), None)
+        names = [n for n in found if select.unwanted(n) is not None]
+        if meta is None:
+            return set(names)
+        try:
+            with zipfile.ZipFile(io.BytesIO(buf)) as zf:
+                arrays = json.loads(zf.read(meta)).get("metadata", {})
+        except Exception:  # noqa: BLE001 - an unreadable .zmetadata: read everything, the reader reports it
+            return set(names)
+        prefix = meta[: -len(".zmetadata")]
+        out = set()
+        for n in names:
+            m = _CHUNK.search(n)
+            assert m is not None
+            var, k = m.group(1), int(m.group(2))
+            zarray = arrays.get(f"{prefix}{var}/.zarray", {})
+            shape, chunks = zarray.get("shape") or [0], zarray.get("chunks") or [0]
+            if shape[0] == 1 or chunks[0] != 1:
+                wanted = {0} if shape[0] == 1 else {t // max(chunks[0], 1) for t in select.keep[var]}
+                if k in wanted:
+                    out.add(n)
+        return out
+
+
+def parts_jump(link: Any, chunk: int | None, n_time: int, wanted: Sequence[int], *, random: bool) -> int | None:
+    """The ``jump`` of a :class:`PartsReader` when reading members by parts is faster on ``link`` (a
+    :class:`~ssl4eo_zarr.costmodel.Link`), else ``None``. ``chunk``: bytes of one band chunk (from
+    :func:`first_chunk_bytes`); members hold ``n_time`` timestamps, ``wanted`` are read (``random``: one drawn per
+    location). A member by parts costs a round trip for its tail and the next front, and one more when a wanted
+    chunk lies after one left out (3 times in 4 for a random season); it saves the chunks left out at the rate
+    of one response."""
+    if chunk is None or link.local:
+        return None
+    wanted = sorted(set(wanted))
+    trips = 1 + (n_time - 1) / n_time if random else 1 if wanted == list(range(len(wanted))) else 2
+    jump = int(trips * link.rtt * link.per_connection)
+    return jump if chunk * (n_time - len(wanted)) > jump else None
+
+
+def first_chunk_bytes(fh: Any, var: str = "bands") -> int | None:
+    """Compressed bytes of the first chunk of ``var`` in the first member of the tar shard open as ``fh`` (read
+    from the first few kB: a tar header and the member's first local headers), or ``None`` where that cannot be
+    told (no such entry near the front, sizes after the data)."""
+    fh.seek(0)
+    front = fh.read(FIRST_HEAD)
+    try:
+        info = tarfile.TarInfo.frombuf(front[:tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.TarError:
+        return None
+    pos = tarfile.BLOCKSIZE if info.type in tarfile.REGULAR_TYPES else -1
+    while 0 <= pos and pos + _LOCAL.size <= len(front):
+        sig, _v, flags, _m, _t, _d, _crc, csize, _u, n_len, x_len = _LOCAL.unpack_from(front, pos)
+        if sig != b"PK\x03\x04" or flags & 0x08:
+            return None
+        entry = front[pos + _LOCAL.size: pos + _LOCAL.size + n_len].decode("utf-8", "replace")
+        m = _CHUNK.search(entry)
+        if m is not None and m.group(1) == var:
+            return int(csize)
+        pos += _LOCAL.size + n_len + x_len + csize
+    return None
+
+
+__all__ = ["FIRST_HEAD", "FIRST_TAIL", "PartsReader", "TimeSelect", "WindowFile", "first_chunk_bytes", "parts_jump"]

@@ -1,0 +1,166 @@
+"""Members read by parts: over a real static HTTP server the loader steps over the band chunks of timestamps it
+does not deliver, gives the same tensors as whole members, and moves far fewer bytes; members whose layout
+contradicts the one-timestep-per-chunk guess still read right."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import xarray as xr
+from torch.utils.data import DataLoader
+
+import ssl4eo_zarr as sz
+from ssl4eo_zarr import synthetic
+from ssl4eo_zarr.memberparts import TimeSelect
+from ssl4eo_zarr.shardfile import ShardStream, bands_meta, open_member_group, read_time, write_shard
+from ssl4eo_zarr.storage.zarrcompat import zarr_major
+from ssl4eo_zarr.testing import RangeHTTPServer
+
+MODS = ["S2L2A", "S2L1C", "DEM"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("parts") / "shards")
+    synthetic.make_shards(root, 20, per_shard=8, size=64, seed=5, split="val", modalities=tuple(MODS))
+    return root
+
+
+def _tensors(src, **kw):
+    ds = sz.ChunkDataset(src, split="val", modalities=MODS, batch_size=5, seed=3, **kw)
+    out = {}
+    for n, b in enumerate(DataLoader(ds, batch_size=None, num_workers=2)):
+        # Without metadata, places in the (seeded, identical) delivery order name the locations.
+        for j, s in enumerate(b.get("sample", [f"{n}/{j}" for j in range(len(b[MODS[0]]))])):
+            out[s] = {k: b[k][j].clone() for k in [*MODS, "cloud_mask"] if k in b}
+    return out
+
+
+@pytest.mark.parametrize("timestamps", [0, 2, "random", [1, 3]])
+def test_the_loader_steps_over_unused_timestamps_and_gives_the_same_tensors(shards, timestamps):
+    metadata = timestamps != [1, 3]
+    local = _tensors(shards, timestamps=timestamps, return_metadata=metadata)
+    with RangeHTTPServer(shards) as server:
+        got = {}
+        for skip in (False, True):
+            server.reset_counts()
+            got[skip] = _tensors(server.url, timestamps=timestamps, return_metadata=metadata, skip_unused=skip)
+            got[skip, "bytes"] = server.bytes_served
+            got[skip, "requests"] = server.requests
+    for skip in (False, True):
+        assert sorted(got[skip]) == sorted(local)
+        for s, mods in got[skip].items():
+            assert set(mods) == set(MODS) | ({"cloud_mask"} if metadata else set())
+            for k, v in mods.items():
+                np.testing.assert_array_equal(v.numpy(), local[s][k].numpy(), err_msg=f"{timestamps} {s} {k}")
+    # Two S2 modalities of 20 locations: 3 of 4 band chunks (2 of 4 for [1, 3]) are left on the host.
+    ratio = got[True, "bytes"] / got[False, "bytes"]
+    assert ratio < (0.7 if timestamps == [1, 3] else 0.5), ratio
+    # Whole members: one GET per shard and modality (and the layout's probes); by parts: bounded requests, a few
+    # per S2 member at most.
+    assert got[True, "requests"] <= got[False, "requests"] + 3 * 2 * 20
+
+
+def test_members_are_read_by_parts_only_where_the_link_makes_that_faster(shards):
+    from ssl4eo_zarr.costmodel import LOCAL, Link
+    from ssl4eo_zarr.memberparts import parts_jump
+
+    far, near = Link(0.05, 50e6), Link(0.0005, 1e9)
+    mb = 1_100_000  # one full-size S2L2A band chunk
+    assert parts_jump(far, mb, 4, [0], random=False) == 2_500_000  # 3.3 MB left out against one round trip
+    assert parts_jump(far, mb, 4, [2], random=False) is None  # two round trips (5 MB) for 3.3 MB
+    assert parts_jump(Link(0.05, 20e6), mb, 4, [2], random=False) == 2_000_000  # at 20 MB/s it pays
+    # A random season: 1.75 round trips a member; 4.4 MB at 50 MB/s, 1.75 MB at 20 MB/s.
+    assert parts_jump(far, mb, 4, [0], random=True) is None
+    assert parts_jump(Link(0.05, 20e6), mb, 4, [0], random=True) == 1_750_000
+    assert parts_jump(far, mb, 4, [0, 1], random=False) is None  # 2.2 MB left out
+    assert parts_jump(near, mb, 4, [0], random=False) is not None
+    assert parts_jump(near, 100, 4, [0], random=False) is None and parts_jump(LOCAL, mb, 4, [0], random=False) is None
+    assert parts_jump(far, None, 4, [0], random=False) is None  # no band chunk near the first member's front
+    with RangeHTTPServer(shards) as server:
+        kw = dict(split="val", modalities=MODS, batch_size=5)
+        assert sz.ChunkDataset(server.url, timestamps="all", **kw).jump is None
+        assert sz.ChunkDataset(server.url, timestamps=0, skip_unused=False, **kw).jump is None
+        assert sz.ChunkDataset(server.url, timestamps=0, skip_unused=True, **kw).jump == 0
+        cached = sz.ChunkDataset(server.url, timestamps=0, cache_dir=str(server.folder) + "-cache", skip_unused=True,
+                                 **kw)
+        assert cached.jump is None, "a cache keeps whole members for the epochs that pick other timestamps"
+        server.reset_counts()
+        sz.ChunkDataset(server.url, timestamps=0, skip_unused=False, **kw)
+        layout = server.requests
+        server.reset_counts()
+        sz.ChunkDataset(server.url, timestamps=0, **kw)  # measured: the link (once per host), one band chunk's size
+        assert 1 <= server.requests - layout <= 4 + 2 * 4 + 1
+    assert sz.ChunkDataset(shards, timestamps=0, skip_unused=True, **kw).jump is None, "local files: nothing to skip"
+
+
+def _member(path, times, chunk_t):
+    rng = np.random.default_rng(len(times) * 10 + chunk_t)
+    ds = xr.Dataset({"bands": (("time", "band", "y", "x"), rng.integers(0, 3000, (len(times), 2, 16, 16))
+                               .astype("int16")),
+                     "cloud_mask": (("time", "y", "x"), rng.integers(0, 7, (len(times), 16, 16)).astype("uint8"))},
+                    coords={"time": np.asarray(times, dtype="datetime64[ns]"), "band": ["B02", "B03"]})
+    kw = {"zarr_format": 2} if zarr_major() >= 3 else {}
+    folder = str(path) + ".d"
+    ds.to_zarr(folder, consolidated=True, encoding={"bands": {"chunks": (chunk_t, 2, 16, 16)},
+                                                    "cloud_mask": {"chunks": (chunk_t, 16, 16)}}, **kw)
+    # Zipped in name order: .zmetadata first, small arrays after the chunks, unlike this library's writer.
+    with zipfile.ZipFile(path, "w") as zf:
+        for top, _dirs, files in sorted(os.walk(folder)):
+            for f in sorted(files):
+                zf.write(os.path.join(top, f), os.path.relpath(os.path.join(top, f), folder))
+    return ds
+
+
+def test_a_member_chunked_otherwise_or_holding_one_timestep_reads_right(tmp_path):
+    four = [f"2021-0{m}-01" for m in (1, 4, 7, 9)]
+    made = {"per1": _member(tmp_path / "a.zarr.zip", four, 1), "per2": _member(tmp_path / "b.zarr.zip", four, 2),
+            "one": _member(tmp_path / "c.zarr.zip", four[:1], 1)}
+    shard = str(tmp_path / "s.tar")
+    write_shard(shard, [(f"{k}.zarr.zip", open(tmp_path / f"{f}.zarr.zip", "rb").read())
+                        for k, f in zip(made, "abc")])
+    for t in range(4):
+        select = TimeSelect({"bands": frozenset([t]), "cloud_mask": frozenset([t])}, 4)
+        stream = ShardStream(shard, jump=0)
+        assert stream.parts is not None
+        stream.parts.tail = 1024  # these members are small: a tail as short as .zmetadata and the directory
+        for key, ds in made.items():
+            member = stream.advance()
+            assert member is not None and member.key == key
+            archive, group = open_member_group(stream.read(select, select), f"{shard}/{key}")
+            meta = bands_meta(group, key)
+            stored = min(t, meta.shape[0] - 1)
+            out = np.empty(meta.shape[1:], meta.dtype)
+            read_time(archive, meta, stored, out)
+            np.testing.assert_array_equal(out, ds["bands"].values[stored], err_msg=f"{key} t={t}")
+            mask = group.arrays["cloud_mask"]
+            got = np.empty(mask.shape[1:], mask.dtype)
+            read_time(archive, mask, stored, got)
+            np.testing.assert_array_equal(got, ds["cloud_mask"].values[stored])
+        assert stream.parts.skipped > 0, "the per-timestep member left chunks out"
+        stream.close()
+    assert os.path.getsize(shard) > 0
+
+
+def test_a_truncated_shard_read_by_parts_is_named(shards, tmp_path):
+    import shutil
+
+    from ssl4eo_zarr import CorruptFileError, schema
+
+    root = tmp_path / "cut"
+    shutil.copytree(shards, root)
+    victim = root / "val" / "S2L2A" / schema.shard_name(2)
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with RangeHTTPServer(str(root)) as server:
+        # Counts given: nothing walks the shards before the workers stream them by parts.
+        kw = dict(split="val", modalities=MODS, batch_size=5, timestamps=0, skip_unused=True, shuffle=False,
+                  samples_per_file=[8, 8, 4])
+        ds = sz.ChunkDataset(server.url, **kw)
+        with pytest.raises(CorruptFileError, match=schema.shard_name(2)):
+            list(DataLoader(ds, batch_size=None, num_workers=0))
+        skipping = sz.ChunkDataset(server.url, on_error="skip", **kw)
+        with pytest.warns(RuntimeWarning, match=schema.shard_name(2)):
+            got = sum(len(b["S2L2A"]) for b in skipping)
+        assert 8 + 4 <= got < 20, "the other shards whole, the cut one up to the cut"
