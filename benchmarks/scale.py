@@ -15,6 +15,7 @@ Rows (the issue's table):
   tm_first:     TerraMesh train, ChunkDataset(S2L2A + DEM, timestamps=0, batch 64), DataLoader(2 workers):
                 construction and first batch
   ssl_first:    the same over SSL4EO-S12 train
+  ssl_whole:    ssl_first with members streamed whole (skip_unused=False)
   ssl_samples:  SSL4EO-S12 train with samples= 200 ids (10 in each of 20 shards): first batch
   fetch_plan:   fetch(..., locations=those 200 ids, dry_run=True)
   sample_plan:  fetch a 1 % sample spread over all of SSL4EO-S12 train (limit=2440, S2L2A + DEM), dry run: time
@@ -82,6 +83,9 @@ else:
     kw = dict(split="train", modalities=["S2L2A", "DEM"], timestamps=0, batch_size=64, seed=0)
     if row == "ssl_samples":
         kw.update(samples=ids, batch_size=25)
+    if row == "ssl_whole":  # members streamed whole (before members could be read by parts)
+        if "skip_unused" in inspect.signature(sz.ChunkDataset).parameters:
+            kw["skip_unused"] = False
     ds = sz.ChunkDataset(root_tm if row == "tm_first" else root_ssl, **kw)
     out["construct_s"] = time.perf_counter() - t0
     batch = next(iter(DataLoader(ds, batch_size=None, num_workers=2)))

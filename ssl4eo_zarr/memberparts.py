@@ -164,6 +164,7 @@ class PartsReader:
                 self._learn_front(select, data_at)
                 self._finish(buf, fill, name, pos, select, offset, then)
                 return buf
+            wf.ahead = csize + MIN_WINDOW  # the next local header with it, should this entry not be in the window
             fill(data_at, data_at + csize)
             pos = data_at + csize
         # Read whole from here, and the next tar header and member front with it.
