@@ -41,9 +41,6 @@ MAX_WINDOW = 64 << 20
 PROBE_BYTES = 1 << 20
 #: Responses the probe of the host's total rate runs at once.
 PARALLEL = 4
-#: Round trips a jump forward inside a streamed response costs: the new request, and a new connection (a
-#: response not read to its end cannot give its connection back).
-JUMP_ROUND_TRIPS = 2
 
 
 @dataclass(frozen=True)
@@ -115,13 +112,6 @@ class Link:
             return max(least, min(most, self.connections))
         wanted = share / (1 - share) * self.total * self.rtt / max(nbytes, 1.0)
         return int(max(least, min(most, math.ceil(wanted))))
-
-    def jump_bytes(self) -> int:
-        """Bytes a streamed response should step over rather than read through: what one response moves while
-        a jump's :data:`JUMP_ROUND_TRIPS` round trips pass (at 50 ms and 50 MB/s, 5 MB)."""
-        if self.local:
-            return 0
-        return int(JUMP_ROUND_TRIPS * self.rtt * self.rate)
 
     def describe(self) -> str:
         if self.local:

@@ -365,7 +365,10 @@ class ShardStream:
     With ``cache_dir`` (a remote shard), members read are kept in that :class:`~ssl4eo_zarr.storage.ByteCache`
     and the member index is kept once the shard was walked to its end; the next pass over the same version of
     the shard then walks the kept index instead of the tar headers and reads members from local disk (one
-    request per shard to learn its version, and a range request for any member the cache lost)."""
+    request per shard to learn its version, and a range request for any member the cache lost).
+
+    With ``jump`` (a remote shard, no cache), the shard is read in bounded windows and :meth:`read` given a
+    selection reads a member by parts (:class:`~ssl4eo_zarr.memberparts.PartsReader`)."""
 
     def __init__(self, path: str, members: Sequence[Member] | None = None, *, jump: int | None = None,
                  **archive_kwargs: Any):

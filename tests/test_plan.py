@@ -96,3 +96,44 @@ def test_the_first_streamed_batch_waits_for_little_more_than_itself():
                                drop_last=False)[0]
         # A full buffer first would need 127 members read; a batch can never need fewer than 64.
         assert 64 <= max(i for _f, i in first.rows) + 1 <= 78
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=9), st.integers(1, 4), st.integers(1, 3),
+       st.one_of(st.none(), st.integers(1, 17)), st.integers(1, 3), st.booleans(), st.booleans(),
+       st.sampled_from([None, "two", "mixed"]), st.booleans())
+def test_one_workers_plan_is_the_one_a_whole_plan_gives_it(counts, world, workers, batch_size, mix, drop_last, stream,
+                                                           subsets, sparse):
+    from ssl4eo_zarr.loader.plan import batch_count
+
+    if stream and batch_size is None:
+        batch_size = 5
+    groups = None if subsets is None or not stream else [f % 2 for f in range(len(counts))]
+    probs = [0.7, 0.3] if subsets == "mixed" and stream else None
+    rows = [list(range(0, c, 2)) for c in counts] if sparse else None
+    kw = dict(seed=3, epoch=1, world_size=world, num_workers=workers, batch_size=batch_size, mix=mix,
+              drop_last=drop_last, buffer=6 if stream else None, rows=rows, groups=groups, probs=probs)
+    for rank in range(world):
+        whole = epoch_plan(counts, rank=rank, **kw)
+        for w in range(workers):
+            assert epoch_plan(counts, rank=rank, only=w, **kw)[w] == whole[w]
+    files = list(range(len(counts)))
+    planned = epoch_plan(counts, rank=0, **{**kw, "world_size": 1, "num_workers": 1})[0]
+    assert batch_count(files, counts, batch_size=batch_size, drop_last=drop_last, rows=rows,
+                       groups=groups) == len(planned)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=9), st.integers(1, 4), st.integers(1, 3),
+       st.one_of(st.none(), st.integers(1, 17)), st.booleans(), st.booleans(), st.booleans())
+def test_the_epoch_length_is_counted_as_the_plan_makes_it(counts, world, workers, batch_size, drop_last, stream,
+                                                          subsets):
+    from ssl4eo_zarr.loader.plan import epoch_length
+
+    if stream and batch_size is None:
+        batch_size = 4
+    groups = [f % 3 for f in range(len(counts))] if subsets and stream else None
+    kw = dict(seed=5, epoch=2, world_size=world, num_workers=workers, batch_size=batch_size, drop_last=drop_last,
+              buffer=5 if stream else None, groups=groups)
+    for rank in range(world):
+        assert epoch_length(counts, rank=rank, **kw) == sum(len(w) for w in epoch_plan(counts, rank=rank, **kw))

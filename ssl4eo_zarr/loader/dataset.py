@@ -23,7 +23,7 @@ from ..storage import is_url
 from ..storage.cache import check_cache_options
 from .chunk_reader import ChunkReader
 from .common import ReadSpec
-from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_plan, rng_for
+from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_length, epoch_plan, rng_for
 from .pool import MAX_WORKERS, LeasedBatch, lease_table, worker_pool
 from .shard_reader import ShardReader
 from .transforms import call_transform
@@ -194,11 +194,14 @@ class ChunkDataset(IterableDataset):
         Batches arrive as :class:`~ssl4eo_zarr.loader.pool.LeasedBatch`, a ``dict``.
     skip_unused:
         Shards streamed from a URL without ``cache_dir``, one timestamp or a few asked for: the band chunks of
-        the other timestamps (and cloud masks not returned) are stepped over instead of read through, at one
-        more request per member (:mod:`ssl4eo_zarr.memberparts`). ``None`` (default): when the link makes that
-        faster, measured once per host (a few requests at construction): at 50 ms, when the chunks left out of
-        a member exceed what a response moves in two round trips. ``True``: always (fewest bytes, for a
-        metered or slow link). ``False``: whole members, one request per shard.
+        the other timestamps (and cloud masks not returned) are left on the host, each S2 member read by parts
+        in bounded requests (one per member, two when a wanted chunk lies behind one left out; see
+        :mod:`ssl4eo_zarr.memberparts`) instead of one GET per shard. ``None`` (default): where the link makes
+        that faster, measured at construction (at most 13 requests and 5 MB, once per host): the chunks left out
+        must take longer at one response's rate than the added round trips (at 50 ms and 50 MB/s, full-size
+        SSL4EO-S12 S2 with ``timestamps=0`` is read by parts, with ``"random"`` whole). ``True``: always
+        (fewest bytes, for a metered or slow link). ``False``: whole members. The attribute ``jump`` says what
+        was chosen (``None``: whole).
     prepare_next_epoch:
         With persistent workers, a worker that has delivered its epoch reads the first batch of the next one
         before it tells the DataLoader it is done, so the next epoch starts with a batch ready instead of
@@ -537,16 +540,20 @@ class ChunkDataset(IterableDataset):
             self._yielded = {}
         self.epoch = int(epoch)
 
-    def _plan(self, num_workers: int, epoch: int | None = None) -> list[list[Batch]]:
+    def _plan(self, num_workers: int, epoch: int | None = None, *, only: int | None = None) -> list[list[Batch]]:
+        """Every worker's batches of this rank, or only worker ``only``'s (the others empty)."""
         epoch = self.epoch if epoch is None else epoch
         return epoch_plan(self.counts, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
                           num_workers=num_workers, batch_size=self.batch_size, mix=self.mix, shuffle=self.shuffle,
                           drop_last=self.drop_last, buffer=self.shuffle_buffer if self.streaming else None,
-                          rows=self.rows, groups=self.groups, probs=self.probs)
+                          rows=self.rows, groups=self.groups, probs=self.probs, only=only)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (with ``num_workers`` workers when ``batch_size`` is set)."""
-        return sum(len(w) for w in self._plan(self.num_workers or 1))
+        return epoch_length(self.counts, seed=self.seed, epoch=self.epoch, rank=self.rank,
+                            world_size=self.world_size, num_workers=self.num_workers or 1, batch_size=self.batch_size,
+                            shuffle=self.shuffle, drop_last=self.drop_last,
+                            buffer=self.shuffle_buffer if self.streaming else None, rows=self.rows, groups=self.groups)
 
     def state_dict(self, batches: int | None = None) -> dict[str, Any]:
         """Position in the epoch.
@@ -579,12 +586,12 @@ class ChunkDataset(IterableDataset):
     # -- iteration -------------------------------------------------------------------------------------
     def _my_batches(self, worker: int, num_workers: int) -> tuple[list[Batch], int]:
         """(batches this worker yields, how many of the epoch were consumed before them)."""
-        plan = self._plan(num_workers)
         if worker in self._resume_worker:  # per-worker state (torchdata's StatefulDataLoader)
             skip = self._resume_worker.pop(worker)
-            return plan[worker][skip:], skip
+            return self._plan(num_workers, only=worker)[worker][skip:], skip
         if not self._resume_batches:
-            return plan[worker], 0
+            return self._plan(num_workers, only=worker)[worker], 0
+        plan = self._plan(num_workers)
         # Rebuild the order in which a DataLoader delivered the epoch, drop what was consumed and deal the rest
         # round-robin again, so the resumed DataLoader delivers exactly the batches that would have come next.
         taken = [0] * len(plan)
@@ -620,7 +627,7 @@ class ChunkDataset(IterableDataset):
         epoch = next_epoch(self._served)
         if epoch is None:
             return
-        mine = self._plan(num_workers, epoch)[worker]
+        mine = self._plan(num_workers, epoch, only=worker)[worker]
         if not mine:
             return
         spec = dataclasses.replace(self._spec(), epoch=epoch)

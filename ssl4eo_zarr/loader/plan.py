@@ -239,6 +239,7 @@ def epoch_plan(
     rows: Rows = None,
     groups: Sequence[int] | None = None,
     probs: Sequence[float] | None = None,
+    only: int | None = None,
 ) -> list[list[Batch]]:
     """Batches of every worker of ``rank``: ``plan[w]`` is worker ``w``'s list.
 
@@ -246,6 +247,10 @@ def epoch_plan(
     (:func:`stream_batches`, ``batch_size`` required); otherwise chunk files (:func:`worker_batches`).
     Every rank of the same call gets the same total number of batches: ranks short of the longest one
     repeat their first batches (without ``drop_last``) or the longer ones drop their last batches (with it).
+
+    ``only=w``: only worker ``w``'s list is planned (the others' come back empty), the same list as a whole
+    plan gives it. Other ranks' and workers' batch counts are counted, never planned: a TerraMesh epoch is
+    9 M samples, and every worker of every rank would otherwise simulate all of them before its first batch.
     """
     if buffer is not None and batch_size is None:
         raise ValueError("streaming shards needs a batch_size")
@@ -254,47 +259,101 @@ def epoch_plan(
     workers = max(num_workers, 1)
 
     def worker_files(r: int) -> list[list[int]]:
-        if groups is None:
-            rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
-                                        shuffle=shuffle, drop_last=drop_last)
-            return [files_for_worker(rank_files, w, workers) for w in range(workers)]
-        # Subsets are dealt each on its own, so every rank and worker gets its share of each, interleaved.
-        per_group: list[list[list[int]]] = []
-        for g in sorted(set(groups)):
-            members = [f for f in range(n_files) if groups[f] == g]
-            picked = files_for_rank(len(members), seed=seed + 7919 * g, epoch=epoch, rank=r, world_size=world_size,
-                                    shuffle=shuffle, drop_last=drop_last)
-            per_group.append([[members[i] for i in files_for_worker(picked, w, workers)] for w in range(workers)])
-        return [_interleave([by_worker[w] for by_worker in per_group]) for w in range(workers)]
+        return _worker_files(n_files, groups, seed=seed, epoch=epoch, rank=r, world_size=world_size,
+                             workers=workers, shuffle=shuffle, drop_last=drop_last)
 
-    def plan_for(r: int) -> list[list[Batch]]:
+    def one(files: Sequence[int]) -> list[Batch]:
         if buffer is not None:
-            return [stream_batches(files, counts, batch_size=stream_size, buffer=buffer, shuffle=shuffle, seed=seed,
-                                   epoch=epoch, drop_last=drop_last, rows=rows, groups=groups, probs=probs)
-                    for files in worker_files(r)]
-        rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=r, world_size=world_size,
-                                    shuffle=shuffle, drop_last=drop_last)
-        return [worker_batches(files_for_worker(rank_files, w, workers), counts, batch_size=batch_size, mix=mix,
-                               shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
-                for w in range(workers)]
+            return stream_batches(files, counts, batch_size=stream_size, buffer=buffer, shuffle=shuffle, seed=seed,
+                                  epoch=epoch, drop_last=drop_last, rows=rows, groups=groups, probs=probs)
+        return worker_batches(files, counts, batch_size=batch_size, mix=mix, shuffle=shuffle, seed=seed,
+                              epoch=epoch, drop_last=drop_last, rows=rows)
 
-    mine = plan_for(rank)
+    def count(files: Sequence[int]) -> int:
+        return batch_count(files, counts, batch_size=batch_size, drop_last=drop_last, rows=rows,
+                           groups=groups if buffer is not None else None)
+
+    files_of = worker_files(rank)
+    mine = [one(files) if only is None or w == only else [] for w, files in enumerate(files_of)]
     if world_size == 1:
         return mine
-    totals = [sum(len(b) for b in plan_for(r)) for r in range(world_size)]
+    sizes = [len(mine[w]) if only is None or w == only else count(f) for w, f in enumerate(files_of)]
+    totals = [sum(sizes) if r == rank else sum(count(f) for f in worker_files(r)) for r in range(world_size)]
     target = min(totals) if drop_last else max(totals)
     have = totals[rank]
-    if have < target:
-        pool = [b for w in mine for b in w] or []
-        extra = [pool[i % len(pool)] for i in range(target - have)] if pool else []
+    if have < target and (only is None or only == 0):
+        # Worker 0 repeats the rank's first batches (its own first): planned as far as the padding reaches.
+        need = target - have
+        for w in range(workers):
+            if sum(len(m) for m in mine[:w]) >= need:
+                break
+            if not mine[w] and sizes[w]:
+                mine[w] = one(files_of[w])
+        pool = [b for w in mine for b in w]
+        extra = [pool[i % len(pool)] for i in range(need)] if pool else []
         mine[0] = mine[0] + extra
     elif have > target:
         surplus = have - target
         for w in reversed(range(workers)):
-            cut = min(surplus, len(mine[w]))
-            mine[w] = mine[w][: len(mine[w]) - cut]
+            cut = min(surplus, sizes[w])
+            mine[w] = mine[w][: len(mine[w]) - cut] if mine[w] else mine[w]
             surplus -= cut
     return mine
+
+
+def _worker_files(n_files: int, groups: Sequence[int] | None, *, seed: int, epoch: int, rank: int, world_size: int,
+                  workers: int, shuffle: bool, drop_last: bool) -> list[list[int]]:
+    """Each worker's files of ``rank`` in reading order."""
+    if groups is None:
+        rank_files = files_for_rank(n_files, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                                    shuffle=shuffle, drop_last=drop_last)
+        return [files_for_worker(rank_files, w, workers) for w in range(workers)]
+    # Subsets are dealt each on its own, so every rank and worker gets its share of each, interleaved.
+    per_group: list[list[list[int]]] = []
+    for g in sorted(set(groups)):
+        members = [f for f in range(n_files) if groups[f] == g]
+        picked = files_for_rank(len(members), seed=seed + 7919 * g, epoch=epoch, rank=rank, world_size=world_size,
+                                shuffle=shuffle, drop_last=drop_last)
+        per_group.append([[members[i] for i in files_for_worker(picked, w, workers)] for w in range(workers)])
+    return [_interleave([by_worker[w] for by_worker in per_group]) for w in range(workers)]
+
+
+def epoch_length(counts: Sequence[int], *, seed: int, epoch: int, rank: int, world_size: int, num_workers: int,
+                 batch_size: int | None, drop_last: bool = False, buffer: int | None = None, rows: Rows = None,
+                 groups: Sequence[int] | None = None, shuffle: bool = True) -> int:
+    """Batches :func:`epoch_plan` gives ``rank`` (all its workers), counted without planning them."""
+    workers = max(num_workers, 1)
+
+    def total(r: int) -> int:
+        return sum(batch_count(f, counts, batch_size=batch_size, drop_last=drop_last, rows=rows,
+                               groups=groups if buffer is not None else None)
+                   for f in _worker_files(len(counts), groups, seed=seed, epoch=epoch, rank=r, world_size=world_size,
+                                          workers=workers, shuffle=shuffle, drop_last=drop_last))
+
+    if world_size == 1:
+        return total(rank)
+    totals = [total(r) for r in range(world_size)]
+    return min(totals) if drop_last else max(totals)
+
+
+def batch_count(files: Sequence[int], counts: Sequence[int], *, batch_size: int | None, drop_last: bool,
+                rows: Rows = None, groups: Sequence[int] | None = None) -> int:
+    """How many batches :func:`stream_batches` (``groups``: its subsets) or :func:`worker_batches` make of
+    ``files``, without making them."""
+    def cut(n: int) -> int:
+        if not batch_size:
+            return 0
+        return n // batch_size if drop_last else -(-n // batch_size)
+
+    sizes = [len(_rows_of(f, counts, rows)) for f in files]
+    if batch_size is None:  # chunk files: one batch per file that keeps a location
+        return sum(1 for n in sizes if n)
+    if groups is not None:  # a subset's buffer cuts its own batches; the mixture (probs) draws as many in all
+        per: dict[int, int] = {}
+        for f, n in zip(files, sizes):
+            per[groups[f]] = per.get(groups[f], 0) + n
+        return sum(cut(n) for n in per.values())
+    return cut(sum(sizes))
 
 
 def _interleave(lists: Sequence[Sequence[int]]) -> list[int]:
