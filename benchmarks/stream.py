@@ -1,6 +1,7 @@
 """Training straight from a URL with 50 ms before every response, against the same shards on local disk.
 
     python benchmarks/stream.py [--shards 4] [--workers 2] [--latency 0.05] [--rounds 2] [--size 264]
+                                [--rate BYTES_PER_S] [--timestamps 0]
 
 A virtual static host (``ssl4eo_zarr.virtualhost``, its own process: published SSL4EO-S12 val shard names and
 counts, every member a full-size S2L2A member, ``--latency`` seconds before each response, no rate cap) serves
@@ -10,6 +11,10 @@ workers over the local copy and over the URLs, the order alternating between rou
 drifts). Warm-up (construction to the first batch) and steady state (locations per second after the first
 batch) are reported apart, with the remote/local ratio of the steady state. The host shares this machine's
 cores: its CPU (sending every byte) is charged to the remote configuration.
+
+``--rate`` caps each response (bytes/s); ``--timestamps 0`` (or ``random``) delivers one season, and adds the
+configuration ``url_whole`` (``skip_unused=False``) beside ``url`` (the default, which reads members by parts
+where the measured link makes that faster).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def epoch(files: list[str], workers: int, seed: int) -> dict[str, float]:
+def epoch(files: list[str], workers: int, seed: int, **kw) -> dict[str, float]:
     """One epoch: seconds to construct, to the first batch, locations per second after it, and the loader's
     CPU ms per location (consumer and workers, not the host)."""
     from torch.utils.data import DataLoader
@@ -43,7 +48,7 @@ def epoch(files: list[str], workers: int, seed: int) -> dict[str, float]:
 
     c0 = _cpu()
     t0 = time.perf_counter()
-    ds = sz.ChunkDataset(files, modalities=["S2L2A"], batch_size=64, seed=seed)
+    ds = sz.ChunkDataset(files, modalities=["S2L2A"], batch_size=64, seed=seed, **kw)
     built = time.perf_counter() - t0
     first = None
     n_after = 0
@@ -65,7 +70,11 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--size", type=int, default=264)
+    ap.add_argument("--rate", type=float, default=None)
+    ap.add_argument("--timestamps", default="all")
     args = ap.parse_args()
+    ts = int(args.timestamps) if args.timestamps.isdigit() else args.timestamps
+    kw = {"timestamps": ts}
 
     from ssl4eo_zarr import schema
     from ssl4eo_zarr.virtualhost import VirtualHost, sample_members
@@ -76,7 +85,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="ssl4eo-stream-")
     os.environ["SSL4EO_ZARR_CACHE"] = os.path.join(tmp, "cache")  # kept shard indexes only: no byte cache is set
     try:
-        with VirtualHost(members, latency=args.latency) as host:
+        with VirtualHost(members, latency=args.latency, rate=args.rate) as host:
             urls = [f"{host.root()}/val/S2L2A/{n}" for n in names]
             local = []
             for url, name in zip(urls, names):
@@ -86,14 +95,18 @@ def main() -> None:
                     shutil.copyfileobj(r, f, 1 << 22)
                 local.append(path)
             gb = sum(os.path.getsize(p) for p in local) / 1e9
-            print(f"{args.shards} shards, {gb:.2f} GB, {args.workers} workers, latency {args.latency * 1e3:.0f} ms")
-            epoch(urls, args.workers, 0)  # the shard indexes are walked once and kept, as a second epoch finds them
-            epoch(local, args.workers, 0)
-            results: dict[str, list[dict[str, float]]] = {"local": [], "url": []}
+            rate = f", {args.rate / 1e6:.0f} MB/s per response" if args.rate else ""
+            print(f"{args.shards} shards, {gb:.2f} GB, {args.workers} workers, latency {args.latency * 1e3:.0f} ms"
+                  f"{rate}, timestamps={ts}")
+            epoch(urls, args.workers, 0, **kw)  # the shard indexes are walked once and kept, as a second epoch finds them
+            epoch(local, args.workers, 0, **kw)
+            order = [("local", local, kw), ("url", urls, kw)]
+            if ts != "all":
+                order.append(("url_whole", urls, {**kw, "skip_unused": False}))
+            results: dict[str, list[dict[str, float]]] = {name: [] for name, _f, _k in order}
             for r in range(args.rounds):
-                order = [("local", local), ("url", urls)]
-                for name, files in (order if r % 2 == 0 else order[::-1]):
-                    res = epoch(files, args.workers, r + 1)
+                for name, files, how in (order if r % 2 == 0 else order[::-1]):
+                    res = epoch(files, args.workers, r + 1, **how)
                     results[name].append(res)
                     print(f"round {r} {name:5s} " + " ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
     finally:

@@ -24,19 +24,19 @@ timestamps).
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CorruptFileError
 from .storage import PositionedFile
-from .storage.zip import _scan_central_directory
+from .storage.zip import MemoryFile, _scan_central_directory
 
 _LOCAL = struct.Struct("<4s5H3L2H")
 #: ``bands/2.0.0.0`` or ``bands/2/0/0/0`` (and the same under a group prefix): the time chunk index of a chunk.
@@ -70,17 +70,26 @@ class WindowFile(PositionedFile):
         self.requests += 1
         return self._fh.read(n)
 
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = max(self._end() - self._pos, 0)
+    def _view(self, n: int) -> memoryview:
+        """Up to ``n`` bytes at the position, from the window (fetched anew on a miss), not copied."""
         off = self._pos - self._at
         if not (0 <= off and off + n <= len(self._window)):
             want = max(n, self.ahead, MIN_WINDOW)
             self.ahead = 0
             self._window, self._at, off = self.fetch(self._pos, want), self._pos, 0
-        data = self._window[off: off + n]
-        self._pos += len(data)
-        return data
+        view = memoryview(self._window)[off: off + n]
+        self._pos += len(view)
+        return view
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(self._end() - self._pos, 0)
+        return bytes(self._view(n))
+
+    def readinto(self, b) -> int:
+        view = self._view(len(b))
+        b[: len(view)] = view
+        return len(view)
 
     def close(self) -> None:
         self._fh.close()
@@ -141,12 +150,11 @@ class PartsReader:
             if b <= a:
                 return
             wf.seek(offset + a)
-            data = wf.read(b - a)
-            if len(data) != b - a:
-                raise CorruptFileError(self.path, f"member at byte {offset} ends after {a + len(data)} of {size} "
-                                                  f"bytes: the file is cut at byte {offset + a + len(data)} "
+            got = wf.readinto(view[a:b])
+            if got != b - a:
+                raise CorruptFileError(self.path, f"member at byte {offset} ends after {a + got} of {size} "
+                                                  f"bytes: the file is cut at byte {offset + a + got} "
                                                   "(truncated shard)", member=name)
-            view[a:b] = data
 
         pos = 0
         while pos + _LOCAL.size <= size:
@@ -218,16 +226,19 @@ class PartsReader:
                 raise zipfile.BadZipFile("no central directory where expected")
             if cd_offset < start:  # a directory longer than the tail read: its front by range
                 side(cd_offset, start)
-            entries, _at, _tail = _scan_central_directory(io.BytesIO(buf))
+            entries, _at, _tail = _scan_central_directory(MemoryFile(buf))
             if entries is None:
                 raise zipfile.BadZipFile("an archive the fast path does not read")
             spans = sorted((e.header_offset, n) for n, e in entries)
             ends = {n: (spans[k + 1][0] if k + 1 < len(spans) else cd_offset) for k, (_o, n) in enumerate(spans)}
-            needed = self._needed(buf, entries, select)
-            want = [(e.header_offset, ends[n]) for n, e in entries
-                    if (n in needed or select.unwanted(n) is None) and missing(e.header_offset, ends[n])]
-            if want:  # one range from the first to the last entry still needed (a later timestamp, an array between)
-                side(min(a for a, _ in want), max(b for _, b in want))
+            # Entries not left out that lay in the gap (a later timestamp, an array written between the chunks):
+            # one range from the first to the last; then the chunks the member's metadata says hold a timestamp
+            # after all (read after that range: the metadata may have been in it).
+            for keep in (lambda n: select.unwanted(n) is None, self._needed(buf, entries, select)):
+                want = [(e.header_offset, ends[n]) for n, e in entries
+                        if keep(n) and missing(e.header_offset, ends[n])]
+                if want:
+                    side(min(a for a, _ in want), max(b for _, b in want))
             gaps = [(e.header_offset, ends[n]) for n, e in entries if missing(e.header_offset, ends[n])]
             if gaps:
                 self.skipped += sum(b - a for a, b in gaps)
@@ -239,33 +250,55 @@ class PartsReader:
             side(pos, start)  # read whole: the zip reader names whatever is wrong with the member
 
     @staticmethod
-    def _needed(buf: bytearray, entries, select: TimeSelect) -> set[str]:
-        """Left-out entries that must be read after all: the selection guessed one timestep per chunk; the
-        member's ``.zmetadata`` says how its arrays are chunked (a one-timestep member's chunk 0 holds any
-        timestamp; a chunk of several timestamps holds the wanted one at ``t // chunks[0]``)."""
+    def _needed(buf: bytearray, entries, select: TimeSelect):
+        """A test for the left-out entries that must be read after all: the selection guessed one timestep per
+        chunk; the member's metadata says how its arrays are chunked (a one-timestep member's chunk 0 holds any
+        timestamp; a chunk of several timestamps holds the wanted one at ``t // chunks[0]``). Each array's
+        ``.zarray`` entry is read (its CRC keys a cache: members of a shard share them), else ``.zmetadata``."""
         found = dict(entries)
-        meta = next((n for n in found if n == ".zmetadata" or n.endswith("/.zmetadata")), None)
-        names = [n for n in found if select.unwanted(n) is not None]
-        if meta is None:
-            return set(names)
-        try:
-            with zipfile.ZipFile(io.BytesIO(buf)) as zf:
-                arrays = json.loads(zf.read(meta)).get("metadata", {})
-        except Exception:  # noqa: BLE001 - an unreadable .zmetadata: read everything, the reader reports it
-            return set(names)
-        prefix = meta[: -len(".zmetadata")]
-        out = set()
-        for n in names:
+
+        def needed(n: str) -> bool:
             m = _CHUNK.search(n)
-            assert m is not None
+            if m is None or select.unwanted(n) is None:
+                return False
             var, k = m.group(1), int(m.group(2))
-            zarray = arrays.get(f"{prefix}{var}/.zarray", {})
-            shape, chunks = zarray.get("shape") or [0], zarray.get("chunks") or [0]
-            if shape[0] == 1 or chunks[0] != 1:
-                wanted = {0} if shape[0] == 1 else {t // max(chunks[0], 1) for t in select.keep[var]}
-                if k in wanted:
-                    out.add(n)
-        return out
+            prefix = n[: m.start(1)]
+            try:
+                first, per = _time_chunking(buf, found, prefix, var)
+            except (ValueError, KeyError, IndexError, TypeError, zlib.error, struct.error):
+                return True  # unreadable metadata: read the chunk, the zip reader names what is wrong
+            if first == 1 or per != 1:
+                return k in ({0} if first == 1 else {t // max(per, 1) for t in select.keep[var]})
+            return False
+
+        return needed
+
+
+#: ``(crc, size)`` of a ``.zarray`` entry -> (length along time, chunk length along time).
+_CHUNKINGS: dict[tuple[int, int], tuple[int, int]] = {}
+
+
+def _entry_bytes(buf: bytearray, entry: Any) -> bytes:
+    """An entry's (inflated) bytes from the member's buffer, where it was read."""
+    n_len, x_len = struct.unpack_from("<HH", buf, entry.header_offset + 26)
+    start = entry.header_offset + _LOCAL.size + n_len + x_len
+    raw = bytes(buf[start: start + entry.compress_size])
+    return zlib.decompress(raw, -15) if entry.compress_type == zipfile.ZIP_DEFLATED else raw
+
+
+def _time_chunking(buf: bytearray, found: Mapping[str, Any], prefix: str, var: str) -> tuple[int, int]:
+    """(length, chunk length) along time of array ``var`` of a member, from its ``.zarray`` or ``.zmetadata``."""
+    entry = found.get(f"{prefix}{var}/.zarray")
+    if entry is not None:
+        key = (entry.crc, entry.file_size)
+        if key not in _CHUNKINGS:
+            meta = json.loads(_entry_bytes(buf, entry))
+            if len(_CHUNKINGS) > 1024:
+                _CHUNKINGS.clear()
+            _CHUNKINGS[key] = (int(meta["shape"][0]), int(meta["chunks"][0]))
+        return _CHUNKINGS[key]
+    meta = json.loads(_entry_bytes(buf, found[f"{prefix}.zmetadata"]))["metadata"][f"{var}/.zarray"]
+    return int(meta["shape"][0]), int(meta["chunks"][0])
 
 
 def parts_jump(link: Any, chunk: int | None, n_time: int, wanted: Sequence[int], *, random: bool) -> int | None:

@@ -23,7 +23,7 @@ from ..errors import CorruptFileError, DatasetNotFoundError, UnsafeFileError
 from . import http
 from .cache import ByteCache, byte_cache
 from .paths import PathLike, is_url, remote_fs, strip_file_scheme
-from .retry import RetryingFile
+from .retry import PositionedFile, RetryingFile
 
 try:  # ISA-L computes the zip CRC-32 several times faster than zlib (a quarter of a chunk read otherwise)
     from isal.isal_zlib import crc32
@@ -372,7 +372,7 @@ class ZipArchive:
                                              "allowed", member=name)
         return entry
 
-    def _view_in(self, name: str, entry: _Entry, data: bytes | memoryview, at: int) -> memoryview | None:
+    def _view_in(self, name: str, entry: _Entry, data: bytes | bytearray | memoryview, at: int) -> memoryview | None:
         """The data of member ``name`` whose local header starts at ``data[at]`` (shorter than the member when
         ``data`` ends early), or ``None`` when ``data`` does not reach past the header."""
         header = bytes(data[at: at + 30])
@@ -597,15 +597,34 @@ def prefetch(requests: Sequence[tuple[ZipArchive, Sequence[str]]], *, concurrenc
     return fetched
 
 
-class MemoryZipArchive(ZipArchive):
-    """A zip archive held in memory (a member of a tar shard); ``name`` is used in error messages."""
+class MemoryFile(PositionedFile):
+    """A read-only file over a buffer (``bytes``, ``bytearray``, ``memoryview``): each read copies what it
+    returns, never the whole buffer (``io.BytesIO`` copies a ``bytearray`` whole)."""
 
-    def __init__(self, data: bytes, name: str = "<memory>"):
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def _end(self) -> int:
+        return len(self._view)
+
+    def read(self, n: int | None = -1) -> bytes:
+        end = len(self._view) if n is None or n < 0 else min(self._pos + n, len(self._view))
+        out = bytes(self._view[self._pos:end])
+        self._pos = max(self._pos, end)
+        return out
+
+
+class MemoryZipArchive(ZipArchive):
+    """A zip archive held in memory (a member of a tar shard); ``name`` is used in error messages. A
+    ``bytearray`` (a member read by parts) is kept as it is, not copied."""
+
+    def __init__(self, data: bytes | bytearray, name: str = "<memory>"):
         super().__init__(name)
-        self._data = bytes(data)
+        self._data = data if isinstance(data, bytes | bytearray) else bytes(data)
 
     def _open_fileobj(self):
-        return io.BytesIO(self._data)
+        return io.BytesIO(self._data) if isinstance(self._data, bytes) else MemoryFile(self._data)
 
     def read_into(self, name: str, scratch: ScratchBuffer, *, max_bytes: int = MAX_MEMBER_BYTES) -> memoryview:
         """A CRC-checked view of a stored member's bytes where they already lie in memory: no copy."""
