@@ -13,7 +13,7 @@ tail (the small arrays, ``.zmetadata`` and the central directory, which zarr wri
 header and the next member's front up to its first band chunk, as far as the previous members taught. One
 request per member, about a quarter of its bytes. The central directory then says whether a wanted entry lay in
 the gap (a later timestamp, an array written between the chunks): those come by one more range request. The
-guess of which chunk holds a timestamp (one timestep per chunk) is checked against the member's ``.zmetadata``,
+guess of which chunk holds a timestamp (one timestep per chunk) is checked against the member's own metadata,
 never trusted: a member chunked otherwise, or holding one timestep, gets the chunks it needs by range.
 
 The member comes back at full size with the unread gaps zeroed, so every reader of member bytes works unchanged
