@@ -145,6 +145,9 @@ class PartsReader:
         buf = bytearray(size)
         view = memoryview(buf)
         wf = self.window
+        # Where the window does not hold this member's front (a member read by range, the first of a shard), the
+        # first read brings the front as far as earlier members taught.
+        wf.ahead = self._front(select) - 2 * tarfile.BLOCKSIZE
 
         def fill(a: int, b: int) -> None:
             if b <= a:

@@ -395,6 +395,9 @@ class ShardStream:
         elif self._kept is None:
             self._fh = open_binary(path, sequential=True, **archive_kwargs)
             self._it = _members(path, self._fh)
+        elif jump is not None and self.cache is None and is_url(path):  # members known: each by parts, by range
+            self._fh = WindowFile(open_binary(path, **archive_kwargs))
+            self.parts = PartsReader(path, self._fh, jump)
 
     def advance(self) -> Member | None:
         """The next ``*.zarr.zip`` member, or ``None`` at the end of the shard."""

@@ -164,3 +164,21 @@ def test_a_truncated_shard_read_by_parts_is_named(shards, tmp_path):
         with pytest.warns(RuntimeWarning, match=schema.shard_name(2)):
             got = sum(len(b["S2L2A"]) for b in skipping)
         assert 8 + 4 <= got < 20, "the other shards whole, the cut one up to the cut"
+
+
+def test_selected_members_are_read_by_parts_too(shards):
+    """samples=: members found at construction are read by range, each by parts (its front, then its tail)."""
+    ids = sorted(sz.open_dataset(shards, split="val", modalities=["S2L2A"])["sample"].values)[::3]
+    local = _tensors(shards, timestamps=1, return_metadata=True, samples=ids)
+    assert sorted(local) == sorted(ids)
+    with RangeHTTPServer(shards) as server:
+        got = {}
+        for skip in (False, True):
+            server.reset_counts()
+            got[skip] = _tensors(server.url, timestamps=1, return_metadata=True, samples=ids, skip_unused=skip)
+            got[skip, "bytes"] = server.bytes_served
+    for skip in (False, True):
+        for s, mods in local.items():
+            for k, v in mods.items():
+                np.testing.assert_array_equal(got[skip][s][k].numpy(), v.numpy(), err_msg=f"{skip} {s} {k}")
+    assert got[True, "bytes"] < 0.6 * got[False, "bytes"], (got[True, "bytes"], got[False, "bytes"])
