@@ -30,6 +30,8 @@ from .transforms import call_transform
 from .transforms import normalize as normalize_batch
 
 Timestamps = str | int | Sequence[int]
+#: Shards a worker reads at once (see ``ChunkDataset.spread``).
+SPREAD = 4
 
 
 def _distributed() -> tuple[int, int]:
@@ -327,6 +329,10 @@ class ChunkDataset(IterableDataset):
         self.members: dict[str, list[Any]] = {}
         self.counts = self._sample_counts(samples_per_file, samples)
         self.jump = self._jump(skip_unused, cache_dir)
+        #: Shards are read SPREAD at a time by each worker, their locations in turn: the shuffle buffer fills from
+        #: several shards at once (remote ones each on a read-ahead thread of its own, so their responses move at
+        #: once). The same plan wherever the shards lie.
+        self.spread = SPREAD if self.streaming else 1
         # Shared memory, so that persistent DataLoader workers (which keep their own copy of the dataset) see
         # the epoch set in the main process.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -546,7 +552,7 @@ class ChunkDataset(IterableDataset):
         return epoch_plan(self.counts, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
                           num_workers=num_workers, batch_size=self.batch_size, mix=self.mix, shuffle=self.shuffle,
                           drop_last=self.drop_last, buffer=self.shuffle_buffer if self.streaming else None,
-                          rows=self.rows, groups=self.groups, probs=self.probs, only=only)
+                          rows=self.rows, groups=self.groups, probs=self.probs, only=only, spread=self.spread)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (with ``num_workers`` workers when ``batch_size`` is set)."""

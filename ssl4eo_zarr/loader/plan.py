@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 
 import numpy as np
 
@@ -149,8 +150,13 @@ def stream_batches(
     rows: Rows = None,
     groups: Sequence[int] | None = None,
     probs: Sequence[float] | None = None,
+    spread: int = 1,
 ) -> list[Batch]:
     """Batches of one worker that streams its shard ``files`` front to back through a shuffle buffer.
+
+    ``spread``: files are read that many at once, their locations taken in turn (remote shards: the buffer
+    fills from several responses at once; see :class:`~ssl4eo_zarr.loader.shard_reader.ShardReader`). Subsets
+    (``groups``) are read one file at a time.
 
     Locations enter a buffer of ``buffer`` slots in file order; once it is full, each new location pushes
     out a random one (WebDataset's ``shuffle(buffer)``); the rest leave in random order at the end. At most
@@ -162,7 +168,8 @@ def stream_batches(
     if groups is not None and (len({groups[f] for f in files}) > 1 or probs is not None):
         return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
                         seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
-    order = [(f, i) for f in files for i in _rows_of(f, counts, rows)]
+    order = [(f, i) for f in files for i in _rows_of(f, counts, rows)] if spread <= 1 else _spread(files, counts, rows,
+                                                                                             spread)
     if shuffle and buffer > 1 and order:
         rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
         pool: list[tuple[int, int]] = []
@@ -190,6 +197,15 @@ def stream_batches(
         out += [pool[p] for p in rng.permutation(len(pool))]
         order = out
     return _cut(order, batch_size, drop_last)
+
+
+def _spread(files: Sequence[int], counts: Sequence[int], rows: Rows, spread: int) -> list[tuple[int, int]]:
+    """Locations of ``files`` read ``spread`` files at a time, one location of each in turn."""
+    out: list[tuple[int, int]] = []
+    for g in range(0, len(files), spread):
+        runs = [[(f, i) for i in _rows_of(f, counts, rows)] for f in files[g: g + spread]]
+        out += [row for turn in zip_longest(*runs) for row in turn if row is not None]
+    return out
 
 
 def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int], probs: Sequence[float] | None, *,
@@ -240,6 +256,7 @@ def epoch_plan(
     groups: Sequence[int] | None = None,
     probs: Sequence[float] | None = None,
     only: int | None = None,
+    spread: int = 1,
 ) -> list[list[Batch]]:
     """Batches of every worker of ``rank``: ``plan[w]`` is worker ``w``'s list.
 
@@ -265,7 +282,8 @@ def epoch_plan(
     def one(files: Sequence[int]) -> list[Batch]:
         if buffer is not None:
             return stream_batches(files, counts, batch_size=stream_size, buffer=buffer, shuffle=shuffle, seed=seed,
-                                  epoch=epoch, drop_last=drop_last, rows=rows, groups=groups, probs=probs)
+                                  epoch=epoch, drop_last=drop_last, rows=rows, groups=groups, probs=probs,
+                                  spread=spread)
         return worker_batches(files, counts, batch_size=batch_size, mix=mix, shuffle=shuffle, seed=seed,
                               epoch=epoch, drop_last=drop_last, rows=rows)
 

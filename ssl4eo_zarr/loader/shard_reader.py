@@ -4,9 +4,11 @@ member straight into its slot of the batch's shared-memory tensors."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any
 
@@ -18,7 +20,7 @@ from ..chunkfile import member_s1_order
 from ..errors import CorruptFileError, DamagedShardError, ModalityMismatchError, SSL4EOError
 from ..memberparts import TimeSelect
 from ..shardfile import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
-from ..storage import thread_scratch
+from ..storage import is_url, thread_scratch
 from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc
 from .plan import Batch
@@ -47,19 +49,46 @@ class ShardReader:
         self.dead: dict[int, DamagedShardError] = {}
         self.scratch = thread_scratch()  # members lie in memory: chunks are read as views of them
         self.selects: dict[frozenset[int], TimeSelect] = {}
+        # Remote sets are read on threads of their own, a few members ahead: round trips hide behind decoding,
+        # and the sets a plan reads at once (``spread``) move at once.
+        self.remote = [any(is_url(p) for p in cs.paths.values()) for cs in spec.sets]
+        self.aheads: dict[int, _Ahead] = {}
 
     # -- reading members in shard order ----------------------------------------------------------------------
-    def _open(self, s: int) -> dict[str, ShardStream]:
-        self._close(s)
+    def _new_streams(self, s: int) -> dict[str, ShardStream]:
         paths = self.spec.sets[s].paths
         known = self.spec.members
-        self.streams[s] = {m: ShardStream(paths[m], known.get(paths[m]),
-                                          jump=self.spec.jump if self._by_parts(m) else None,
-                                          **self.spec.archive_kwargs)
-                           for m in self.spec.modalities if m in paths}
+        return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if self._by_parts(m) else None,
+                               **self.spec.archive_kwargs)
+                for m in self.spec.modalities if m in paths}
+
+    def _open(self, s: int) -> dict[str, ShardStream]:
+        self._close(s)
+        self.streams[s] = self._new_streams(s)
         return self.streams[s]
 
+    def _fetch_ahead(self, s: int, i: int) -> None:
+        """Location ``i`` of remote set ``s`` (and the used ones before it) from the set's read-ahead thread."""
+        ahead = self.aheads.get(s)
+        if ahead is None or ahead.at >= i:  # not started, or past it (a location used again): from the start
+            self._close(s)
+            ahead = self.aheads[s] = _Ahead(self, s, max(i, self.last.get(s, i)))
+        try:
+            while ahead.at < i:
+                j, member = ahead.get()
+                self.held[(s, j)] = member
+            if i >= self.last.get(s, -1):
+                ahead.finish()  # the end check of a set read to its end: a longer shard is reported here
+                del self.aheads[s]
+        except BaseException:
+            self.aheads.pop(s, None)
+            ahead.close()
+            raise
+
     def _close(self, s: int) -> None:
+        ahead = self.aheads.pop(s, None)
+        if ahead is not None:
+            ahead.close()
         streams = self.streams.pop(s, {})
         try:
             if streams and all(st.index >= self.spec.counts[s] - 1 for st in streams.values()):
@@ -109,24 +138,30 @@ class ShardReader:
                     "must hold the same keys in the same order")
         return first.index
 
+    def _read_rows(self, s: int, streams: dict[str, ShardStream], upto: int) -> Iterator[tuple[int, Member]]:
+        """From the streams' place on, every member of set ``s`` still to be used, up to location ``upto``."""
+        while True:
+            j = self._advance(s, streams)
+            if j == upto or self.uses.get((s, j)):
+                current = next(iter(streams.values())).member
+                if current is None:
+                    raise CorruptFileError(self.spec.sets[s].name, "shard stream lost its place")
+                nxt = self.uses.get((s, j + 1))
+                yield j, (current.key, {m: st.read(self._select(s, j, m), self._select(s, j + 1, m) if nxt else None)
+                                        for m, st in streams.items()})
+            if j >= upto:
+                return
+
     def _fetch(self, s: int, i: int) -> Member:
         row = (s, i)
-        if row not in self.held:
+        if row not in self.held and self.remote[s]:
+            self._fetch_ahead(s, i)
+        elif row not in self.held:
             streams = self.streams.get(s)
             if streams is None or next(iter(streams.values())).index >= i:
                 streams = self._open(s)
-            while True:
-                j = self._advance(s, streams)
-                if j == i or self.uses.get((s, j)):
-                    current = next(iter(streams.values())).member
-                    if current is None:
-                        raise CorruptFileError(self.spec.sets[s].name, "shard stream lost its place")
-                    key = current.key
-                    nxt = self.uses.get((s, j + 1))
-                    self.held[(s, j)] = (key, {m: st.read(self._select(s, j, m), self._select(s, j + 1, m) if nxt
-                                                          else None) for m, st in streams.items()})
-                if j == i:
-                    break
+            for j, member in self._read_rows(s, streams, i):
+                self.held[(s, j)] = member
             if i >= self.last.get(s, -1):
                 self._close(s)
         member = self.held[row]
@@ -281,5 +316,72 @@ class ShardReader:
         """Nothing to drop per batch: members leave memory when their last use is delivered."""
 
     def close(self) -> None:
-        for s in list(self.streams):
+        for s in list(self.streams) + list(self.aheads):
             self._close(s)
+
+
+class _Ahead:
+    """One remote set's members read on a thread of its own, :attr:`DEPTH` at most ahead of use: each
+    ``(location, member)`` the reader will use, up to the set's last used location, then the end check
+    (or the error that stopped it, raised where the reader asks for the next member)."""
+
+    DEPTH = 4
+
+    def __init__(self, reader: ShardReader, s: int, upto: int):
+        self.q: queue.Queue[tuple[str, Any]] = queue.Queue(self.DEPTH)
+        self.stop = threading.Event()
+        self.at = -1  # the last location handed over
+        self.thread = threading.Thread(target=self._run, args=(reader, s, upto), daemon=True,
+                                       name=f"ssl4eo-zarr-set-{s}")
+        self.thread.start()
+
+    def _run(self, reader: ShardReader, s: int, upto: int) -> None:
+        streams: dict[str, ShardStream] = {}
+        try:
+            streams = reader._new_streams(s)
+            for item in reader._read_rows(s, streams, upto):
+                if not self._put(("row", item)):
+                    return
+            if all(st.index >= reader.spec.counts[s] - 1 for st in streams.values()):
+                reader._check_ends(s, streams)
+            self._put(("end", None))
+        except BaseException as exc:  # handed to the reader, raised where it asks for the next member
+            self._put(("error", exc))
+        finally:
+            for st in streams.values():
+                st.close()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next(self) -> tuple[str, Any]:
+        while True:  # the thread always ends with "end" or "error"; a dead thread without either is an error
+            try:
+                return self.q.get(timeout=1.0)
+            except queue.Empty:
+                if not self.thread.is_alive() and self.q.empty():
+                    raise RuntimeError("a shard read-ahead thread ended without a word") from None
+
+    def get(self) -> tuple[int, Member]:
+        kind, value = self._next()
+        if kind == "error":
+            raise value
+        if kind == "end":
+            raise RuntimeError("a shard read-ahead thread ended before the location asked for")
+        self.at = value[0]
+        return value
+
+    def finish(self) -> None:
+        kind, value = self._next()
+        self.close()
+        if kind == "error":
+            raise value
+
+    def close(self) -> None:
+        self.stop.set()
