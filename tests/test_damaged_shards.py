@@ -176,3 +176,24 @@ def test_a_shard_cut_inside_a_members_data_names_the_byte(tmp_path):
         list(sz.ChunkDataset(str(tmp_path), split="val", modalities=["S2L2A"], batch_size=2, shuffle=False))
     message = str(info.value)
     assert path in message and (f"byte {cut}" in message or f"byte {members[3].offset - 512}" in message), message
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_streaming_past_a_damaged_header_from_a_url(shards, on_error):
+    """The same from a static host: remote shards are read on read-ahead threads, whose errors surface where the
+    damaged location is asked for, in the DataLoader's workers."""
+    from ssl4eo_zarr.testing import RangeHTTPServer
+
+    root, _path, header = shards
+    with RangeHTTPServer(root) as server:
+        ds = sz.ChunkDataset(server.url, split="val", modalities=["S2L2A", "S1GRD"], batch_size=4,
+                             on_error=on_error, samples_per_file=[N], return_metadata=True, shuffle=False)
+        url = f"{server.url}/val/S2L2A/{schema.shard_name(1)}"
+        if on_error == "raise":
+            with pytest.raises(DamagedShardError, match=f"byte {header}"):
+                list(DataLoader(ds, batch_size=None, num_workers=1))
+            return
+        with pytest.warns(RuntimeWarning, match="skipping the rest of " + url):
+            batches = list(ds)
+    samples = [s for b in batches for s in b["sample"]]
+    assert len(samples) == BAD

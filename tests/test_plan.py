@@ -137,3 +137,33 @@ def test_the_epoch_length_is_counted_as_the_plan_makes_it(counts, world, workers
               buffer=5 if stream else None, groups=groups)
     for rank in range(world):
         assert epoch_length(counts, rank=rank, **kw) == sum(len(w) for w in epoch_plan(counts, rank=rank, **kw))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=9), st.integers(1, 20), st.integers(1, 30),
+       st.integers(1, 5))
+def test_shards_read_several_at_once_deliver_everything_once_within_the_buffer(counts, batch_size, buffer, spread):
+    from ssl4eo_zarr.loader.plan import _spread, stream_batches
+
+    files = list(range(len(counts)))
+    batches = stream_batches(files, counts, batch_size=batch_size, buffer=buffer, shuffle=True, seed=1, epoch=0,
+                             drop_last=False, spread=spread)
+    delivered = [r for b in batches for r in b.rows]
+    read = _spread(files, counts, None, spread)
+    assert sorted(read) == sorted(delivered) == [(f, i) for f in files for i in range(counts[f])]
+    for f in files:  # each shard is still read front to back
+        assert [i for g, i in read if g == f] == list(range(counts[f]))
+    position = {r: k for k, r in enumerate(read)}
+    reached = -1
+    for k, row in enumerate(delivered):
+        reached = max(reached, position[row])
+        assert reached + 1 - k <= max(buffer, 1)
+
+
+def test_the_first_batch_draws_from_several_shards():
+    from ssl4eo_zarr.loader.plan import stream_batches
+
+    first = stream_batches([3, 1, 4, 0, 2], [512] * 5, batch_size=64, buffer=64, shuffle=True, seed=0, epoch=0,
+                           drop_last=False, spread=4)[0]
+    assert {f for f, _i in first.rows} == {3, 1, 4, 0}, "four shards read at once, the fifth after them"
+    assert max(i for _f, i in first.rows) < 78 // 4 + 2
