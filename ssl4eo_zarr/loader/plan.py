@@ -351,6 +351,8 @@ def epoch_length(counts: Sequence[int], *, seed: int, epoch: int, rank: int, wor
     if world_size == 1:
         return total(rank)
     totals = [total(r) for r in range(world_size)]
+    if totals[rank] == 0:  # nothing to repeat: a rank without batches stays without
+        return 0
     return min(totals) if drop_last else max(totals)
 
 
