@@ -32,6 +32,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import CorruptFileError
@@ -112,6 +113,7 @@ class TimeSelect:
             return None
         return m.group(1)
 
+    @cached_property
     def first_out(self) -> tuple[tuple[str, int], ...]:
         """The first chunk index each array leaves out (where a member's front ends)."""
         return tuple((v, next((k for k in range(self.n_time) if k not in ks), self.n_time))
@@ -186,7 +188,7 @@ class PartsReader:
     def _learn_front(self, select: TimeSelect, first_gap: int) -> None:
         # Fronts differ with the first chunk left out (t = 0 wanted: the front holds that chunk). The largest of
         # the last few, with room: an entry name or an array a little longer costs no request.
-        key = select.first_out()
+        key = select.first_out
         seen = self._fronts.setdefault(key, [])
         seen.append(first_gap)
         del seen[:-8]
@@ -196,7 +198,7 @@ class PartsReader:
         its front up to the first chunk left out."""
         if then is None:
             return 2 * tarfile.BLOCKSIZE
-        seen = self._fronts.get(then.first_out())
+        seen = self._fronts.get(then.first_out)
         return 2 * tarfile.BLOCKSIZE + (max(seen) + 4096 if seen else FIRST_HEAD)
 
     def _finish(self, buf: bytearray, fill, name: str, pos: int, select: TimeSelect, offset: int,

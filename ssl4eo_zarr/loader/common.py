@@ -67,6 +67,14 @@ class ReadSpec:
         return list(self.timestamps)
 
 
+def by_parts(modality: str, fix_s1_order: bool) -> bool:
+    """Whether members of ``modality`` may be read by parts (``ChunkDataset(skip_unused=)``): it has seasons to
+    leave out, and its stored timestep of a season is known before reading (S1 data may follow product names in
+    files before the fix: with ``fix_s1_order`` the order is learned from the member's times)."""
+    mod = schema.find_modality(modality)
+    return mod is not None and not mod.static and not (modality == "S1GRD" and fix_s1_order)
+
+
 def offset_delta(mod: schema.Modality, stored_with_offset: bool, want_offset: bool | None) -> int:
     """What to add to stored values of ``mod`` to deliver them in the asked S2 convention (``None``: as
     stored)."""

@@ -22,7 +22,7 @@ from ..shardindex import WALK_WORKERS, counts_from_index, known_counts, load_ind
 from ..storage import is_url
 from ..storage.cache import check_cache_options
 from .chunk_reader import ChunkReader
-from .common import ReadSpec
+from .common import ReadSpec, by_parts
 from .plan import SALT_AUGMENT, Batch, delivery_order, epoch_length, epoch_plan, rng_for
 from .pool import MAX_WORKERS, LeasedBatch, lease_table, worker_pool
 from .shard_reader import ShardReader
@@ -366,9 +366,8 @@ class ChunkDataset(IterableDataset):
         if skip_unused is False or not self.streaming or cache_dir is not None or self.corpus.timestamps == 1 \
                 or self.timestamps == "all" or self.reindex_seasonal:
             return None
-        by_parts = [m for m in self.modalities if (mod := schema.find_modality(m)) is not None and not mod.static
-                    and not (m == "S1GRD" and self.fix_s1_order)]
-        remote = next((cs.paths[m] for cs in self.sets for m in by_parts if m in cs.paths and is_url(cs.paths[m])),
+        partial = [m for m in self.modalities if by_parts(m, self.fix_s1_order)]
+        remote = next((cs.paths[m] for cs in self.sets for m in partial if m in cs.paths and is_url(cs.paths[m])),
                       None)
         if remote is None:
             return None

@@ -21,7 +21,7 @@ from ..errors import CorruptFileError, DamagedShardError, ModalityMismatchError,
 from ..memberparts import TimeSelect
 from ..shardfile import ShardStream, bands_meta, member_metadata, member_modality, member_times, open_member_group, read_time
 from ..storage import is_url, thread_scratch
-from .common import ReadSpec, RowMeta, delivered_shape, metadata_batch, offset_delta, seasonal_order
+from .common import ReadSpec, RowMeta, by_parts, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc
 from .plan import Batch
 from .pool import Lease
@@ -49,6 +49,9 @@ class ShardReader:
         self.dead: dict[int, DamagedShardError] = {}
         self.scratch = thread_scratch()  # members lie in memory: chunks are read as views of them
         self.selects: dict[frozenset[int], TimeSelect] = {}
+        #: Modalities read by parts (none unless the dataset chose a ``jump``).
+        self.partial = {m for m in spec.modalities if by_parts(m, spec.fix_s1_order)} if spec.jump is not None \
+            else set()
         # Remote sets are read on threads of their own, a few members ahead: round trips hide behind decoding,
         # and the sets a plan reads at once (``spread``) move at once.
         self.remote = [any(is_url(p) for p in cs.paths.values()) for cs in spec.sets]
@@ -58,7 +61,7 @@ class ShardReader:
     def _new_streams(self, s: int) -> dict[str, ShardStream]:
         paths = self.spec.sets[s].paths
         known = self.spec.members
-        return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if self._by_parts(m) else None,
+        return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if m in self.partial else None,
                                **self.spec.archive_kwargs)
                 for m in self.spec.modalities if m in paths}
 
@@ -170,17 +173,10 @@ class ShardReader:
             del self.held[row]
         return member
 
-    def _by_parts(self, m: str) -> bool:
-        """Whether modality ``m`` is read by parts (see ``ChunkDataset(skip_unused=)``)."""
-        spec = self.spec
-        mod = schema.find_modality(m)
-        # S1 data may follow product names (files before the fix): its stored timestep is known only once read.
-        return not (spec.jump is None or mod is None or mod.static or (m == "S1GRD" and spec.fix_s1_order))
-
     def _select(self, s: int, i: int, m: str) -> TimeSelect | None:
         """The time chunks location ``i`` of set ``s`` needs of modality ``m`` (``None``: all, read whole)."""
         spec = self.spec
-        if not self._by_parts(m):
+        if m not in self.partial:
             return None
         wanted = frozenset([int(self._pick(s)[i])] if spec.timestamps == "random" else spec.listed())
         found = self.selects.get(wanted)
