@@ -23,7 +23,7 @@ import numpy as np
 
 from .chunkfile import ChunkFile
 from .storage import ZipArchive, atomic_write, cache_dir, is_url
-from .zarrv2 import group_bytes, parse_group
+from .zarrv2 import parse_group
 
 #: Bumped when the layout of the index changes (older indexes are then rebuilt).
 VERSION = 1
@@ -136,10 +136,8 @@ class SplitIndex:
         finger = _fingerprint(full)
         if finger is None or ".zmetadata" not in cf.archive:
             return
-        # The metadata's bytes now, while the parsed group is surely cached: the cache is bounded, and by the
-        # time a background save encodes, opening other files may have pushed it out.
-        raw = group_bytes(cf.group)
-        if raw is None:
+        raw = cf.group.raw
+        if raw is None:  # read member by member: nothing consolidated to keep
             return
         directory = cf.archive.directory_view()
         with self._lock:  # files are opened on several threads

@@ -15,7 +15,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -181,13 +181,18 @@ class GroupMeta:
     attrs: Mapping[str, Any]
     arrays: Mapping[str, ArrayMeta]
     consolidated: bool
+    #: The ``.zmetadata`` bytes this group was parsed from (``None`` when read member by member): carried by
+    #: the group itself, since the parse cache below is cleared when it grows, possibly between a file's open
+    #: and the split index recording it.
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
     def __reduce__(self):  # the read-only proxies do not pickle; their contents do
-        return _group_meta, (dict(self.attrs), dict(self.arrays), self.consolidated)
+        return _group_meta, (dict(self.attrs), dict(self.arrays), self.consolidated, self.raw)
 
 
-def _group_meta(attrs: dict[str, Any], arrays: dict[str, ArrayMeta], consolidated: bool) -> GroupMeta:
-    return GroupMeta(MappingProxyType(attrs), MappingProxyType(arrays), consolidated)
+def _group_meta(attrs: dict[str, Any], arrays: dict[str, ArrayMeta], consolidated: bool,
+                raw: bytes | None = None) -> GroupMeta:
+    return GroupMeta(MappingProxyType(attrs), MappingProxyType(arrays), consolidated, raw)
 
 
 _GROUP_CACHE: dict[bytes, GroupMeta] = {}
@@ -221,22 +226,12 @@ def parse_group(raw: bytes, path: str = "") -> GroupMeta:
         meta = json.loads(raw)["metadata"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFileError(path, f"invalid consolidated metadata: {exc!r}", member=".zmetadata") from None
-    group = _group_from(meta, path, consolidated=True)
+    raw = bytes(raw)
+    group = replace(_group_from(meta, path, consolidated=True), raw=raw)
     if len(_GROUP_CACHE) > 64:
         _GROUP_CACHE.clear()
-        _GROUP_BYTES.clear()
     _GROUP_CACHE[raw] = group
-    _GROUP_BYTES[id(group)] = raw
     return group
-
-
-_GROUP_BYTES: dict[int, bytes] = {}
-
-
-def group_bytes(group: GroupMeta) -> bytes | None:
-    """The ``.zmetadata`` bytes a cached group was parsed from (``None`` when it is no longer cached)."""
-    raw = _GROUP_BYTES.get(id(group))
-    return raw if raw is not None and _GROUP_CACHE.get(raw) is group else None
 
 
 def _group_from(meta: dict[str, Any], path: str, *, consolidated: bool) -> GroupMeta:

@@ -64,6 +64,7 @@ def test_the_loader_steps_over_unused_timestamps_and_gives_the_same_tensors(shar
 
 def test_members_are_read_by_parts_only_where_the_link_makes_that_faster(shards):
     from ssl4eo_zarr.costmodel import LOCAL, Link
+    from ssl4eo_zarr.loader.dataset import SPREAD
     from ssl4eo_zarr.memberparts import parts_jump
 
     far, near = Link(0.05, 50e6), Link(0.0005, 1e9)
@@ -78,6 +79,11 @@ def test_members_are_read_by_parts_only_where_the_link_makes_that_faster(shards)
     assert parts_jump(near, mb, 4, [0], random=False) is not None
     assert parts_jump(near, 100, 4, [0], random=False) is None and parts_jump(LOCAL, mb, 4, [0], random=False) is None
     assert parts_jump(far, None, 4, [0], random=False) is None  # no band chunk near the first member's front
+    # A host capped at 200 MB/s in all: the 4 responses one worker has in flight (its spread) get 50 MB/s each,
+    # and 2.2 MB left out do not pay for a round trip; 32 responses would get 6 MB/s each, and they would.
+    capped = Link(0.05, 50e6, 32, total=200e6)
+    assert parts_jump(capped.with_connections(SPREAD), mb, 4, [0, 1], random=False) is None
+    assert parts_jump(capped, mb, 4, [0, 1], random=False) == 312_500
     with RangeHTTPServer(shards) as server:
         kw = dict(split="val", modalities=MODS, batch_size=5)
         assert sz.ChunkDataset(server.url, timestamps="all", **kw).jump is None

@@ -134,9 +134,10 @@ def test_a_training_loop_gets_every_batch_in_a_reused_arena(root):
                 leased += 1
                 ptrs = tuple(batch[m].untyped_storage().data_ptr() for m in ("S2L1C", "S2L2A", "S1GRD"))
                 memory.setdefault((token[3], token[2]), set()).add(ptrs)
-    # A wait may run out now and then on a loaded machine (a batch in fresh memory); without waiting, or with
-    # arenas that never come back, most batches would be fresh.
-    assert leased > 40 and fresh <= 6, (leased, fresh)
+    # A wait may run out now and then on a loaded machine (a batch in fresh memory: CI's two cores run the
+    # worker and the loop at once); without waiting, or with arenas that never come back, most batches would
+    # be fresh.
+    assert leased > 40 and fresh * 5 <= leased, (leased, fresh)
     assert len(memory) == 2 and all(len(p) == 1 for p in memory.values()), memory
 
 

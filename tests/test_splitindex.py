@@ -77,3 +77,22 @@ def test_a_damaged_index_is_rebuilt_silently(setup):
     xr.testing.assert_identical(sz.open_dataset(setup, split="val").load(), want)
     xr.testing.assert_identical(sz.open_dataset(setup, split="val").load(), want)
     assert sz.open_dataset(setup, split="val", use_index=False).sizes["sample"] == want.sizes["sample"]
+
+
+def test_a_file_is_indexed_even_when_the_metadata_parse_cache_was_cleared_meanwhile(setup):
+    """Files are opened on several threads and the parse cache of ``.zmetadata`` is cleared when it grows: a
+    file whose group was parsed before such a clearing is still recorded (it once was skipped, and reopened
+    from the files, whenever a test session had parsed 64 other groups by then)."""
+    from ssl4eo_zarr import zarrv2
+    from ssl4eo_zarr.chunkfile import open_chunk
+    from ssl4eo_zarr.splitindex import SplitIndex
+
+    path = chunk_path(setup, "S2L2A", 2)
+    cf = open_chunk(path)
+    zarrv2._GROUP_CACHE.clear()  # what another thread's 65th distinct parse does
+    index = SplitIndex([path])
+    index.put(cf)
+    index.save()
+    again = SplitIndex([path]).get(path)
+    assert again is not None, "the file was left out of the index"
+    assert dict(again.group.arrays) == dict(cf.group.arrays) and list(again.samples) == list(cf.samples)

@@ -385,7 +385,10 @@ class ChunkDataset(IterableDataset):
                 chunk = first_chunk_bytes(fh)
         except OSError:  # the link could not be measured: members whole, as the published loader reads them
             return None
-        return parts_jump(link, chunk, self.corpus.timestamps, wanted, random=ts == "random")
+        # A worker has its ``SPREAD`` shards' responses in flight at once: on a host that caps its total rate
+        # each gets that share, not the share of the probe's 32 connections (more workers only shrink it, which
+        # favours parts; this errs towards whole members, as the published loader reads them).
+        return parts_jump(link.with_connections(SPREAD), chunk, self.corpus.timestamps, wanted, random=ts == "random")
 
     def _keys_of(self, cs: ChunkSet) -> list[str]:
         """Location ids of one file, in stored order (chunk file: its ``sample`` coordinate; shard: member keys)."""
