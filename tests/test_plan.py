@@ -88,6 +88,54 @@ def test_a_streamed_buffer_starts_small_holds_at_most_its_size_and_delivers_ever
             assert reached + 1 - k <= max(min(buffer, WARM_START + k // WARM_RAMP), 1)
 
 
+def _buffer_step_by_step(order, buffer, rng):
+    """WebDataset's shuffle buffer as it runs, one location at a time (with the warm-up): the reference."""
+    from ssl4eo_zarr.loader.plan import WARM_RAMP, WARM_START
+
+    pool, out, warm = [], [], 0
+    while warm < len(order) and len(pool) < buffer - 1:
+        pool.append(order[warm])
+        warm += 1
+        if len(pool) >= WARM_START + len(out) // WARM_RAMP:
+            j = int(rng.integers(len(pool)))
+            pool[j], pool[-1] = pool[-1], pool[j]
+            out.append(pool.pop())
+    picks = rng.integers(0, buffer, size=len(order)).tolist()
+    for k in range(warm, len(order)):
+        pool.append(order[k])
+        j = picks[k]
+        pool[j], pool[-1] = pool[-1], pool[j]
+        out.append(pool.pop())
+    return out + [pool[p] for p in rng.permutation(len(pool))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 200), min_size=1, max_size=6), st.integers(1, 200), st.integers(1, 4),
+       st.integers(0, 5))
+def test_the_planned_buffer_delivers_what_the_buffer_run_step_by_step_delivers(counts, buffer, spread, seed):
+    """A TerraMesh worker plans millions of locations, so the buffer is worked out with array operations, not
+    run: the result must be the very order the running buffer gives, location for location."""
+    from ssl4eo_zarr.loader.plan import SALT_STREAM, _spread, rng_for, stream_batches
+
+    files = list(range(len(counts)))[::-1]
+    planned = [r for b in stream_batches(files, counts, batch_size=7, buffer=buffer, shuffle=True, seed=seed,
+                                         epoch=1, drop_last=False, spread=spread) for r in b.rows]
+    run = _buffer_step_by_step(_spread(files, counts, None, spread), buffer, rng_for(seed, 1, SALT_STREAM, files[0]))
+    assert planned == run
+
+
+def test_a_readers_use_counts_follow_the_plan_padding_included():
+    from ssl4eo_zarr.loader.plan import Batch
+    from ssl4eo_zarr.loader.shard_reader import RowUses
+
+    batches = [Batch(((2, 0), (2, 3), (0, 1))), Batch(((2, 3), (0, 0)))]  # (2, 3) twice: a padded epoch
+    uses = RowUses(batches, [4, 9, 5])
+    assert uses.last == {0: 1, 2: 3}
+    assert [uses.get(2, i) for i in range(-1, 6)] == [0, 1, 0, 0, 2, 0, 0] and uses.get(1, 0) == 0
+    assert uses.left_from(2, 1) == 2 and uses.use(2, 3) == 1 and uses.use(2, 3) == 0 and uses.left_from(2, 1) == 0
+    assert RowUses([], [4]).last == {}
+
+
 def test_the_first_streamed_batch_waits_for_little_more_than_itself():
     from ssl4eo_zarr.loader.plan import stream_batches
 

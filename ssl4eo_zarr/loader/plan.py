@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
 
 import numpy as np
 
@@ -168,62 +167,104 @@ def stream_batches(
     if groups is not None and (len({groups[f] for f in files}) > 1 or probs is not None):
         return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
                         seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
-    order = [(f, i) for f in files for i in _rows_of(f, counts, rows)] if spread <= 1 else _spread(files, counts, rows,
-                                                                                             spread)
-    if shuffle and buffer > 1 and order:
-        rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
-        pool: list[tuple[int, int]] = []
-        out: list[tuple[int, int]] = []
-        push, pop, emit = pool.append, pool.pop, out.append
-        # Warm-up: the buffer starts at WARM_START slots and grows by one every WARM_RAMP locations delivered, so
-        # the first batch waits for ~batch_size + batch_size / WARM_RAMP locations, not batch_size + buffer (with
-        # 64 and 64: 78 members read instead of 127). A full buffer's worth of mixing arrives a few batches later.
-        warm, n = 0, len(order)
-        while warm < n and len(pool) < buffer - 1:
-            push(order[warm])
-            warm += 1
-            if len(pool) >= WARM_START + len(out) // WARM_RAMP:
-                j = int(rng.integers(len(pool)))
-                pool[j], pool[-1] = pool[-1], pool[j]
-                emit(pop())
-        picks = rng.integers(0, buffer, size=n).tolist()
-        # From here each location read pushes a random one out. (A TerraMesh worker plans millions of rows
-        # here: the loop is kept to the bone.)
-        for k in range(warm, n):
-            push(order[k])
-            j = picks[k]
-            pool[j], pool[-1] = pool[-1], pool[j]
-            emit(pop())
-        out += [pool[p] for p in rng.permutation(len(pool))]
-        order = out
-    return _cut(order, batch_size, drop_last)
+    f, i, _r = _streamed(files, counts, rows, batch_size=batch_size, buffer=buffer, shuffle=shuffle, seed=seed,
+                         epoch=epoch, spread=spread)
+    return _cut(list(zip(f.tolist(), i.tolist())), batch_size, drop_last)
+
+
+def _read_order(files: Sequence[int], counts: Sequence[int], rows: Rows,
+                spread: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Locations of ``files`` in the order they are read, ``spread`` files at a time, one location of each in
+    turn: file indices, location indices and each location's place in its file's ``rows`` (int64 arrays; a
+    TerraMesh worker reads millions, so no tuple per location here)."""
+    lens = np.array([counts[f] if rows is None else len(rows[f]) for f in files], dtype=np.int64)
+    n = int(lens.sum())
+    fi = np.repeat(np.asarray(files, dtype=np.int64), lens)
+    place = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    loc = place if rows is None or not n else \
+        np.concatenate([np.asarray(rows[f], dtype=np.int64).reshape(-1) for f in files])
+    if spread > 1 and n:
+        k = np.arange(len(files))
+        turn = np.lexsort((np.repeat(k % spread, lens), place, np.repeat(k // spread, lens)))
+        fi, loc, place = fi[turn], loc[turn], place[turn]
+    return fi, loc, place
 
 
 def _spread(files: Sequence[int], counts: Sequence[int], rows: Rows, spread: int) -> list[tuple[int, int]]:
-    """Locations of ``files`` read ``spread`` files at a time, one location of each in turn."""
-    out: list[tuple[int, int]] = []
-    for g in range(0, len(files), spread):
-        runs = [[(f, i) for i in _rows_of(f, counts, rows)] for f in files[g: g + spread]]
-        out += [row for turn in zip_longest(*runs) for row in turn if row is not None]
-    return out
+    """``(file, location)`` of ``files`` read ``spread`` files at a time, one location of each in turn."""
+    fi, loc, _place = _read_order(files, counts, rows, spread)
+    return list(zip(fi.tolist(), loc.tolist()))
+
+
+def _streamed(files: Sequence[int], counts: Sequence[int], rows: Rows, *, batch_size: int, buffer: int,
+              shuffle: bool, seed: int, epoch: int, spread: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_read_order` passed through the shuffle buffer: the order locations are delivered in."""
+    fi, loc, place = _read_order(files, counts, rows, spread)
+    n = len(fi)
+    if not (shuffle and buffer > 1 and n):
+        return fi, loc, place
+    rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
+    # Positions in the read order stand for the locations. Warm-up: the buffer starts at WARM_START slots and
+    # grows by one every WARM_RAMP locations delivered, so the first batch waits for ~batch_size + batch_size /
+    # WARM_RAMP locations, not batch_size + buffer (with 64 and 64: 78 members read instead of 127). A full
+    # buffer's worth of mixing arrives a few batches later.
+    pool: list[int] = []
+    out: list[int] = []
+    warm = 0
+    while warm < n and len(pool) < buffer - 1:
+        pool.append(warm)
+        warm += 1
+        if len(pool) >= WARM_START + len(out) // WARM_RAMP:
+            j = int(rng.integers(len(pool)))
+            pool[j], pool[-1] = pool[-1], pool[j]
+            out.append(pool.pop())
+    picks = rng.integers(0, buffer, size=n)
+    # From here each location read goes into slot j (of buffer - 1, plus its own) and pushes out what the slot
+    # held: j == buffer - 1 delivers the location just read. Step by step that is a loop over millions of
+    # locations; it is the same as: each step delivers what the previous step with the same slot put there (or
+    # the slot's content after the warm-up), and each slot ends holding what its last step put there.
+    steps = np.arange(warm, n, dtype=np.int64)
+    slot = picks[warm:]
+    delivered = steps.copy()
+    held = np.asarray(pool, dtype=np.int64)
+    writes = np.flatnonzero(slot < buffer - 1)
+    if len(writes):
+        by_slot = writes[np.argsort(slot[writes], kind="stable")]  # per slot, in time order
+        slots = slot[by_slot]
+        first = np.ones(len(by_slot), dtype=bool)
+        first[1:] = slots[1:] != slots[:-1]
+        before = np.empty_like(by_slot)
+        before[1:] = steps[by_slot[:-1]]
+        delivered[by_slot] = np.where(first, held[slots], before)
+        last = np.ones(len(by_slot), dtype=bool)
+        last[:-1] = first[1:]
+        held[slots[last]] = steps[by_slot[last]]
+    order = np.concatenate([np.asarray(out, dtype=np.int64), delivered, held[rng.permutation(len(held))]])
+    return fi[order], loc[order], place[order]
 
 
 def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int], probs: Sequence[float] | None, *,
              batch_size: int, buffer: int, shuffle: bool, seed: int, epoch: int, drop_last: bool,
              rows: Rows) -> list[Batch]:
     per: dict[int, list[Batch]] = {}
+    last_read: dict[int, np.ndarray] = {}
+    # Reading order of the whole worker: file f's k-th location is read at start[f] + k.
+    lens = np.array([counts[f] if rows is None else len(rows[f]) for f in files], dtype=np.int64)
+    start = np.zeros(max(files, default=-1) + 1, dtype=np.int64)
+    start[np.asarray(files, dtype=np.int64)] = np.cumsum(lens) - lens
     for g in sorted({groups[f] for f in files}):
         mine = [f for f in files if groups[f] == g]
-        per[g] = stream_batches(mine, counts, batch_size=batch_size, buffer=buffer, shuffle=shuffle, seed=seed,
-                                epoch=epoch, drop_last=drop_last, rows=rows)
+        fi, loc, place = _streamed(mine, counts, rows, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
+                                   seed=seed, epoch=epoch, spread=1)
+        per[g] = _cut(list(zip(fi.tolist(), loc.tolist())), batch_size, drop_last)
+        if probs is None and len(fi):
+            read_at = start[fi] + place
+            last_read[g] = np.maximum.reduceat(read_at, np.arange(0, len(read_at), batch_size))[: len(per[g])]
     total = sum(len(b) for b in per.values())
     if probs is None:  # every location once: deliver each batch as soon as its locations have been read
         everything = [b for g in per for b in per[g]]
-        if rows is None:  # file f's location i is read at start[f] + i: no table of 9 M positions (TerraMesh)
-            start = dict(zip(files, np.cumsum([0] + [counts[f] for f in files[:-1]]).tolist()))
-            return sorted(everything, key=lambda b: max(start[f] + i for f, i in b.rows))
-        position = {row: k for k, row in enumerate((f, i) for f in files for i in _rows_of(f, counts, rows))}
-        return sorted(everything, key=lambda b: max(position[r] for r in b.rows))
+        keys = np.concatenate([last_read[g] for g in per if per[g]]) if everything else np.zeros(0, np.int64)
+        return [everything[k] for k in np.argsort(keys, kind="stable").tolist()]
     rng = rng_for(seed, epoch, SALT_MIX, *files[:1])
     live = [g for g in per if per[g]]
     weights = np.array([float(probs[g]) if g < len(probs) else 0.0 for g in live])
