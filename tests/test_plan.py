@@ -215,3 +215,42 @@ def test_the_first_batch_draws_from_several_shards():
                            drop_last=False, spread=4)[0]
     assert {f for f, _i in first.rows} == {3, 1, 4, 0}, "four shards read at once, the fifth after them"
     assert max(i for _f, i in first.rows) < 78 // 4 + 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=9), st.integers(1, 20), st.integers(1, 30),
+       st.integers(1, 5), st.integers(0, 3))
+def test_subsets_read_several_shards_at_once_and_deliver_batches_as_their_locations_are_read(
+        counts, batch_size, buffer, spread, seed):
+    """TerraMesh: Major TOM and SSL4EO-S12 shards in one worker, read four at a time whatever their subset; each
+    subset's buffer takes its locations in that order, a batch never mixes subsets, and batches go out in the
+    order their last location is read (so the reader holds few members read ahead of their batch)."""
+    from ssl4eo_zarr.loader.plan import _spread, stream_batches
+
+    files = list(range(len(counts)))[::-1]
+    groups = [(f * 7) % 3 % 2 for f in range(len(counts))]
+    batches = stream_batches(files, counts, batch_size=batch_size, buffer=buffer, shuffle=True, seed=seed, epoch=0,
+                             drop_last=False, groups=groups, spread=spread)
+    read = _spread(files, counts, None, spread)
+    delivered = [r for b in batches for r in b.rows]
+    assert sorted(delivered) == sorted(read)
+    assert all(len({groups[f] for f, _i in b.rows}) == 1 for b in batches)
+    position = {r: k for k, r in enumerate(read)}
+    last = [max(position[r] for r in b.rows) for b in batches]
+    if len({groups[f] for f in files}) > 1:  # (one subset alone: the buffer's own order)
+        assert last == sorted(last)
+
+
+def test_a_terramesh_workers_first_batch_draws_from_several_shards():
+    from ssl4eo_zarr import schema
+    from ssl4eo_zarr.loader.plan import epoch_plan
+
+    corpus = schema.get_corpus("terramesh")
+    counts, groups = [], []
+    for g, sub in enumerate(corpus.subsets):
+        counts += sub.counts("val")
+        groups += [g] * len(sub.counts("val"))
+    plan = epoch_plan(counts, seed=0, epoch=0, rank=0, world_size=1, num_workers=1, batch_size=64, buffer=64,
+                      groups=groups, spread=4)[0]
+    assert len({f for f, _i in plan[0].rows}) == 4
+    assert sum(len(b.rows) for b in plan) == sum(counts) == 89_088

@@ -154,8 +154,8 @@ def stream_batches(
     """Batches of one worker that streams its shard ``files`` front to back through a shuffle buffer.
 
     ``spread``: files are read that many at once, their locations taken in turn (remote shards: the buffer
-    fills from several responses at once; see :class:`~ssl4eo_zarr.loader.shard_reader.ShardReader`). Subsets
-    (``groups``) are read one file at a time.
+    fills from several responses at once; see :class:`~ssl4eo_zarr.loader.shard_reader.ShardReader`), whatever
+    their subsets (``groups``).
 
     Locations enter a buffer of ``buffer`` slots in file order; once it is full, each new location pushes
     out a random one (WebDataset's ``shuffle(buffer)``); the rest leave in random order at the end. At most
@@ -166,9 +166,8 @@ def stream_batches(
     """
     if groups is not None and (len({groups[f] for f in files}) > 1 or probs is not None):
         return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
-                        seed=seed, epoch=epoch, drop_last=drop_last, rows=rows)
-    f, i, _r = _streamed(files, counts, rows, batch_size=batch_size, buffer=buffer, shuffle=shuffle, seed=seed,
-                         epoch=epoch, spread=spread)
+                        seed=seed, epoch=epoch, drop_last=drop_last, rows=rows, spread=spread)
+    f, i, _r = _streamed(files, counts, rows, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, spread=spread)
     return _cut(list(zip(f.tolist(), i.tolist())), batch_size, drop_last)
 
 
@@ -196,18 +195,12 @@ def _spread(files: Sequence[int], counts: Sequence[int], rows: Rows, spread: int
     return list(zip(fi.tolist(), loc.tolist()))
 
 
-def _streamed(files: Sequence[int], counts: Sequence[int], rows: Rows, *, batch_size: int, buffer: int,
-              shuffle: bool, seed: int, epoch: int, spread: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_read_order` passed through the shuffle buffer: the order locations are delivered in."""
-    fi, loc, place = _read_order(files, counts, rows, spread)
-    n = len(fi)
-    if not (shuffle and buffer > 1 and n):
-        return fi, loc, place
-    rng = rng_for(seed, epoch, SALT_STREAM, *files[:1])
-    # Positions in the read order stand for the locations. Warm-up: the buffer starts at WARM_START slots and
-    # grows by one every WARM_RAMP locations delivered, so the first batch waits for ~batch_size + batch_size /
-    # WARM_RAMP locations, not batch_size + buffer (with 64 and 64: 78 members read instead of 127). A full
-    # buffer's worth of mixing arrives a few batches later.
+def _delivered(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """The order in which ``n`` locations read one after the other leave a shuffle buffer of ``buffer`` slots
+    (positions in the read order, int64)."""
+    # Warm-up: the buffer starts at WARM_START slots and grows by one every WARM_RAMP locations delivered, so the
+    # first batch waits for ~batch_size + batch_size / WARM_RAMP locations, not batch_size + buffer (with 64 and
+    # 64: 78 members read instead of 127). A full buffer's worth of mixing arrives a few batches later.
     pool: list[int] = []
     out: list[int] = []
     warm = 0
@@ -239,26 +232,35 @@ def _streamed(files: Sequence[int], counts: Sequence[int], rows: Rows, *, batch_
         last = np.ones(len(by_slot), dtype=bool)
         last[:-1] = first[1:]
         held[slots[last]] = steps[by_slot[last]]
-    order = np.concatenate([np.asarray(out, dtype=np.int64), delivered, held[rng.permutation(len(held))]])
+    return np.concatenate([np.asarray(out, dtype=np.int64), delivered, held[rng.permutation(len(held))]])
+
+
+def _streamed(files: Sequence[int], counts: Sequence[int], rows: Rows, *, buffer: int, shuffle: bool, seed: int,
+              epoch: int, spread: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_read_order` passed through the shuffle buffer: the order locations are delivered in."""
+    fi, loc, place = _read_order(files, counts, rows, spread)
+    if not (shuffle and buffer > 1 and len(fi)):
+        return fi, loc, place
+    order = _delivered(len(fi), buffer, rng_for(seed, epoch, SALT_STREAM, *files[:1]))
     return fi[order], loc[order], place[order]
 
 
 def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int], probs: Sequence[float] | None, *,
              batch_size: int, buffer: int, shuffle: bool, seed: int, epoch: int, drop_last: bool,
-             rows: Rows) -> list[Batch]:
+             rows: Rows, spread: int) -> list[Batch]:
+    # The worker reads its files ``spread`` at a time whatever their subsets; each subset's buffer takes that
+    # subset's locations in this order, and batches go out as soon as their locations have been read.
+    fi, loc, _place = _read_order(files, counts, rows, spread)
+    subset = np.asarray(groups, dtype=np.int64)[fi] if len(fi) else np.zeros(0, dtype=np.int64)
     per: dict[int, list[Batch]] = {}
     last_read: dict[int, np.ndarray] = {}
-    # Reading order of the whole worker: file f's k-th location is read at start[f] + k.
-    lens = np.array([counts[f] if rows is None else len(rows[f]) for f in files], dtype=np.int64)
-    start = np.zeros(max(files, default=-1) + 1, dtype=np.int64)
-    start[np.asarray(files, dtype=np.int64)] = np.cumsum(lens) - lens
     for g in sorted({groups[f] for f in files}):
-        mine = [f for f in files if groups[f] == g]
-        fi, loc, place = _streamed(mine, counts, rows, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
-                                   seed=seed, epoch=epoch, spread=1)
-        per[g] = _cut(list(zip(fi.tolist(), loc.tolist())), batch_size, drop_last)
-        if probs is None and len(fi):
-            read_at = start[fi] + place
+        read_at = np.flatnonzero(subset == g)  # positions in the worker's read order
+        if shuffle and buffer > 1 and len(read_at):
+            first = next(f for f in files if groups[f] == g)
+            read_at = read_at[_delivered(len(read_at), buffer, rng_for(seed, epoch, SALT_STREAM, first))]
+        per[g] = _cut(list(zip(fi[read_at].tolist(), loc[read_at].tolist())), batch_size, drop_last)
+        if probs is None and len(read_at):
             last_read[g] = np.maximum.reduceat(read_at, np.arange(0, len(read_at), batch_size))[: len(per[g])]
     total = sum(len(b) for b in per.values())
     if probs is None:  # every location once: deliver each batch as soon as its locations have been read
