@@ -1,11 +1,12 @@
 """Training straight from a URL with 50 ms before every response, against the same shards on local disk.
 
-    python benchmarks/stream.py [--shards 4] [--workers 2] [--latency 0.05] [--rounds 2] [--size 264]
-                                [--rate BYTES_PER_S] [--timestamps 0]
+    python benchmarks/stream.py [--shards 4] [--split val] [--workers 2] [--latency 0.05] [--rounds 2]
+                                [--size 264] [--rate BYTES_PER_S] [--timestamps 0]
 
-A virtual static host (``ssl4eo_zarr.virtualhost``, its own process: published SSL4EO-S12 val shard names and
+A virtual static host (``ssl4eo_zarr.virtualhost``, its own process: published SSL4EO-S12 shard names and
 counts, every member a full-size S2L2A member, ``--latency`` seconds before each response, no rate cap) serves
-the first ``--shards`` val shards; the same bytes are downloaded once into a temporary folder. Each round runs
+the first ``--shards`` shards of ``--split`` (val has 5; train for more, e.g. 8 for 4 per worker with 2
+workers); the same bytes are downloaded once into a temporary folder. Each round runs
 one epoch of ``ChunkDataset(files, modalities=["S2L2A"], batch_size=64)`` in a ``DataLoader`` with ``--workers``
 workers over the local copy and over the URLs, the order alternating between rounds (this machine's speed
 drifts). Warm-up (construction to the first batch) and steady state (locations per second after the first
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loader import machine  # noqa: E402
@@ -66,6 +68,8 @@ def epoch(files: list[str], workers: int, seed: int, **kw) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--split", default="val", choices=["val", "train"],
+                    help="val holds 5 shards; train, for 4 shards per worker with several workers")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=2)
@@ -86,14 +90,16 @@ def main() -> None:
     os.environ["SSL4EO_ZARR_CACHE"] = os.path.join(tmp, "cache")  # kept shard indexes only: no byte cache is set
     try:
         with VirtualHost(members, latency=args.latency, rate=args.rate) as host:
-            urls = [f"{host.root()}/val/S2L2A/{n}" for n in names]
-            local = []
-            for url, name in zip(urls, names):
-                path = os.path.join(tmp, "val", "S2L2A", name)
+            urls = [f"{host.root()}/{args.split}/S2L2A/{n}" for n in names]
+            local = [os.path.join(tmp, args.split, "S2L2A", name) for name in names]
+
+            def download(url: str, path: str) -> None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with urllib.request.urlopen(url) as r, open(path, "wb") as f:
                     shutil.copyfileobj(r, f, 1 << 22)
-                local.append(path)
+
+            with ThreadPoolExecutor(len(urls)) as pool:  # each response is rate-capped: all at once
+                list(pool.map(download, urls, local))
             gb = sum(os.path.getsize(p) for p in local) / 1e9
             rate = f", {args.rate / 1e6:.0f} MB/s per response" if args.rate else ""
             print(f"{args.shards} shards, {gb:.2f} GB, {args.workers} workers, latency {args.latency * 1e3:.0f} ms"

@@ -1,5 +1,6 @@
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -254,3 +255,22 @@ def test_a_terramesh_workers_first_batch_draws_from_several_shards():
                       groups=groups, spread=4)[0]
     assert len({f for f, _i in plan[0].rows}) == 4
     assert sum(len(b.rows) for b in plan) == sum(counts) == 89_088
+
+
+def test_a_streamed_plans_batches_are_views_that_read_as_tuples_and_pickle_alone():
+    import pickle
+
+    from ssl4eo_zarr.loader.plan import RowSlice, stream_batches
+
+    batches = stream_batches([0, 1], [300, 300], batch_size=64, buffer=64, shuffle=True, seed=0, epoch=0,
+                             drop_last=True, spread=2)
+    assert len(batches) == 600 // 64 and all(isinstance(b.rows, RowSlice) and len(b.rows) == 64 for b in batches)
+    rows = batches[3].rows
+    as_tuple = tuple(rows)
+    assert rows == as_tuple and as_tuple == rows and hash(rows) == hash(as_tuple)
+    assert rows[0] == as_tuple[0] and rows[-1] == as_tuple[-1] and rows[2:5] == as_tuple[2:5]
+    assert all(type(f) is int and type(i) is int for f, i in rows)
+    with pytest.raises(IndexError):
+        rows[64]
+    copy = pickle.loads(pickle.dumps(batches[3]))
+    assert copy == batches[3] and len(pickle.dumps(batches[3])) < 4096, "only the batch's own rows travel"

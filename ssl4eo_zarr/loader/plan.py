@@ -22,21 +22,75 @@ TerraMesh loader mixes them (a subset that runs out starts over, so the mixture 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 
 
+class RowSlice(Sequence[tuple[int, int]]):
+    """Rows ``start:stop`` of a plan's file and location arrays, read as ``(file, location)`` tuples: a
+    streamed TerraMesh worker plans 4.5 M locations, which as tuples cost ~0.5 GB and a second before its first
+    batch; a batch makes its 64 tuples when it is read. Equal to any sequence of the same tuples."""
+
+    __slots__ = ("_f", "_i", "_a", "_b")
+
+    def __init__(self, files: np.ndarray, locations: np.ndarray, start: int = 0, stop: int | None = None):
+        self._f, self._i, self._a = files, locations, start
+        self._b = len(files) if stop is None else stop
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """File and location indices (int64 views, not copies)."""
+        return self._f[self._a: self._b], self._i[self._a: self._b]
+
+    def __len__(self) -> int:
+        return self._b - self._a
+
+    @overload
+    def __getitem__(self, k: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, k: slice) -> tuple[tuple[int, int], ...]: ...
+
+    def __getitem__(self, k: int | slice) -> tuple[int, int] | tuple[tuple[int, int], ...]:
+        if isinstance(k, slice):
+            return tuple(self)[k]
+        n = self._b - self._a
+        if not -n <= k < n:
+            raise IndexError(k)
+        k = self._a + (k % n)
+        return int(self._f[k]), int(self._i[k])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        f, i = self.arrays()
+        return zip(f.tolist(), i.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # only this batch's rows travel, not the whole plan's arrays
+        f, i = self.arrays()
+        return RowSlice, (f.copy(), i.copy())
+
+
 @dataclass(frozen=True)
 class Batch:
-    """One batch: ``rows`` is a sequence of ``(file index, sample index within file)``.
+    """One batch: ``rows`` is a sequence of ``(file index, sample index within file)`` (a tuple, or a
+    :class:`RowSlice` of a streamed plan's arrays).
 
     ``whole_file`` is set when the batch is exactly one file in stored order, so it can be yielded
     without copying.
     """
 
-    rows: tuple[tuple[int, int], ...]
+    rows: Sequence[tuple[int, int]]
     whole_file: int | None = None
 
     @property
@@ -136,6 +190,13 @@ def _cut(stream: Sequence[tuple[int, int]], batch_size: int, drop_last: bool) ->
     return out
 
 
+def _cut_arrays(files: np.ndarray, locations: np.ndarray, batch_size: int, drop_last: bool) -> list[Batch]:
+    """:func:`_cut` of a stream given as file and location arrays: batches of :class:`RowSlice` views."""
+    n = len(files)
+    stop = n - n % batch_size if drop_last else n
+    return [Batch(RowSlice(files, locations, a, min(a + batch_size, n))) for a in range(0, stop, batch_size)]
+
+
 def stream_batches(
     files: Sequence[int],
     counts: Sequence[int],
@@ -168,7 +229,7 @@ def stream_batches(
         return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
                         seed=seed, epoch=epoch, drop_last=drop_last, rows=rows, spread=spread)
     f, i, _r = _streamed(files, counts, rows, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, spread=spread)
-    return _cut(list(zip(f.tolist(), i.tolist())), batch_size, drop_last)
+    return _cut_arrays(f, i, batch_size, drop_last)
 
 
 def _read_order(files: Sequence[int], counts: Sequence[int], rows: Rows,
@@ -259,7 +320,7 @@ def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int],
         if shuffle and buffer > 1 and len(read_at):
             first = next(f for f in files if groups[f] == g)
             read_at = read_at[_delivered(len(read_at), buffer, rng_for(seed, epoch, SALT_STREAM, first))]
-        per[g] = _cut(list(zip(fi[read_at].tolist(), loc[read_at].tolist())), batch_size, drop_last)
+        per[g] = _cut_arrays(fi[read_at], loc[read_at], batch_size, drop_last)
         if probs is None and len(read_at):
             last_read[g] = np.maximum.reduceat(read_at, np.arange(0, len(read_at), batch_size))[: len(per[g])]
     total = sum(len(b) for b in per.values())

@@ -9,7 +9,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ..shardfile import ShardStream, bands_meta, member_metadata, member_modalit
 from ..storage import is_url, thread_scratch
 from .common import ReadSpec, RowMeta, by_parts, delivered_shape, metadata_batch, offset_delta, seasonal_order
 from .decode import alloc
-from .plan import Batch
+from .plan import Batch, RowSlice
 from .pool import Lease
 
 Member = tuple[str, dict[str, bytes]]  # (key, modality -> member bytes)
@@ -310,6 +310,16 @@ class ShardReader:
             self._close(s)
 
 
+def _row_array(batches: Sequence[Batch]) -> np.ndarray:
+    """int64 ``[rows, 2]``: ``(set, location)`` of every row of ``batches`` (views of a streamed plan's arrays
+    joined at C speed; tuples read one by one otherwise)."""
+    if batches and all(isinstance(b.rows, RowSlice) for b in batches):
+        parts = [cast(RowSlice, b.rows).arrays() for b in batches]
+        return np.stack([np.concatenate([f for f, _ in parts]), np.concatenate([i for _, i in parts])], axis=1)
+    return np.fromiter(chain.from_iterable(chain.from_iterable(b.rows for b in batches)),
+                       dtype=np.int64).reshape(-1, 2)
+
+
 class RowUses:
     """How many times each location of each set is still to be used this epoch (a location of a padded epoch
     can be used twice), counted down as batches use them; ``last[s]``: the last location of set ``s`` the epoch
@@ -317,8 +327,7 @@ class RowUses:
     rows, which a ``Counter`` of tuples took 1.7 s to count before the first batch."""
 
     def __init__(self, batches: Sequence[Batch], counts: Sequence[int]):
-        flat = np.fromiter(chain.from_iterable(chain.from_iterable(b.rows for b in batches)),
-                           dtype=np.int64).reshape(-1, 2)
+        flat = _row_array(batches)
         sets = np.unique(flat[:, 0])
         sizes = np.asarray(counts, dtype=np.int64)[sets]
         bases = np.cumsum(sizes) - sizes
