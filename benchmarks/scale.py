@@ -2,7 +2,7 @@
 published shard of SSL4EO-S12 (477 x 512 train) and TerraMesh (889 x 10,240 train).
 
     python benchmarks/scale.py [--latency 0.05] [--rate 50e6] [--size 264] [--rounds 2] [--cap 150]
-                               [--baseline PATH]
+                               [--baseline PATH] [--published PYTHON]
 
 The host is ``ssl4eo_zarr.virtualhost.VirtualHost`` (every published name and count; each tar made up on request
 from one real member per modality at ``size`` px; ``latency`` s before each response, ``rate`` bytes/s per
@@ -24,6 +24,12 @@ Rows (the issue's table):
                 sent over the selected bytes
   fetch_rate:   fetch 300 locations of SSL4EO-S12 val S2L2A: the transfer's rate (planning not counted); run it
                 with --total (the host's cap on all responses together, e.g. 100e6) and compare with that cap
+
+``--published PYTHON`` (an interpreter with zarr-python 2.18 and webdataset, e.g. ``.venv-zarr2/bin/python``)
+adds the published TerraMesh loader to ``tm_first``, interleaved with the others: ``terramesh.py``'s multimodal
+pipeline for S2L2A + DEM, batch 64, train defaults (each subset's shards resampled, 100-sample shuffle buffer,
+batches of the two subsets mixed 0.8 / 0.2), reproduced with the webdataset calls it makes (it reads each shard
+with ``curl``), in a ``DataLoader(batch_size=None, num_workers=2)``.
 """
 
 from __future__ import annotations
@@ -97,6 +103,68 @@ os._exit(0)
 """
 
 
+PUBLISHED = r"""
+import io, json, sys, time
+import braceexpand, fsspec, numpy as np, webdataset as wds, zarr
+from torch.utils.data import DataLoader, default_collate
+patterns = sys.argv[1:3]
+t0 = time.perf_counter()  # after the imports, as for the other rows
+
+def bands(key, value):  # what the published decoder does to each member
+    if key.endswith(".zarr.zip"):
+        fs = fsspec.filesystem("zip", fo=io.BytesIO(value), block_size=None)
+        return zarr.open_consolidated(fs.get_mapper(""), mode="r")["bands"][...]
+
+def aligned(shards):  # one tar stream per modality, read side by side ("[S2L2A,DEM]" in each shard's URL)
+    for src in shards:
+        url = src["url"].translate(str.maketrans("[]", "{}"))
+        mods = url[url.index("{") + 1: url.index("}")].split(",")
+        streams = [wds.tarfile_samples([{"url": u}]) for u in braceexpand.braceexpand(url)]
+        for parts in zip(*streams):
+            out = {"__key__": parts[0]["__key__"], "__url__": src["url"]}
+            for m, part in zip(mods, parts):
+                out.update({f"{m}.{k}": v for k, v in part.items() if not k.startswith("__")})
+            yield out
+
+def strip(sample):
+    return {k.rsplit(".zarr", 1)[0] if k.endswith(".zarr.zip") else k: v for k, v in sample.items()}
+
+def subset(pattern):
+    return wds.DataPipeline(wds.ResampledShards(pattern, empty_check=False), wds.split_by_node, wds.split_by_worker,
+                            aligned, wds.shuffle(100), wds.decode(bands), wds.map(strip),
+                            wds.batched(64, collation_fn=default_collate, partial=False))
+
+ds = wds.RandomMix([subset(p) for p in patterns], probs=[0.8, 0.2], longest=False)
+batch = next(iter(DataLoader(ds, batch_size=None, num_workers=2)))
+out = {"construct_s": 0.0, "shape": list(batch["S2L2A"].shape), "seconds": time.perf_counter() - t0}
+print("RESULT " + json.dumps(out), flush=True)
+import os
+os._exit(0)
+"""
+
+
+def run_published(python: str, host, cap: float) -> dict:
+    """The published TerraMesh loader's first batch (``tm_first``) under ``python``."""
+    from ssl4eo_zarr import schema
+
+    host.reset_counts()
+    root = host.root("terramesh")
+    patterns = []
+    for sub in schema.get_corpus("terramesh").subsets:
+        first, last = sub.ranges["train"]
+        patterns.append(f"{root}/train/[S2L2A,DEM]/{sub.prefix}_shard_{{{first:06d}..{last:06d}}}.tar")
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([python, "-c", PUBLISHED, *patterns], capture_output=True, text=True, timeout=cap,
+                              cwd=os.path.dirname(python))
+        found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-3:]}
+    except subprocess.TimeoutExpired:
+        result = {"capped": cap}
+    result.update(wall_s=time.perf_counter() - started, requests=host.requests, mb=host.bytes_sent / 1e6)
+    return result
+
+
 def run_row(row: str, lib: str, host, cap: float, tmp: str) -> dict:
     host.reset_counts()
     env = dict(os.environ, PYTHONPATH=lib, SSL4EO_ZARR_CACHE=os.path.join(tmp, "cache-" + str(time.time_ns())))
@@ -125,6 +193,8 @@ def main() -> None:
     ap.add_argument("--total", type=float, default=None, help="the host's cap on all responses together (bytes/s)")
     ap.add_argument("--baseline", help="folder with another commit's ssl4eo_zarr package")
     ap.add_argument("--rows", default="tm_first,ssl_first,ssl_samples,fetch_plan")
+    ap.add_argument("--published", metavar="PYTHON",
+                    help="interpreter with zarr-python 2.18 and webdataset: adds the published loader to tm_first")
     args = ap.parse_args()
 
     import tempfile
@@ -142,10 +212,12 @@ def main() -> None:
                                                                    total=args.total) as host:
         for r in range(args.rounds):
             for row in args.rows.split(","):
-                for name, lib in (libs.items() if r % 2 == 0 else reversed(libs.items())):
-                    res = run_row(row, lib, host, args.cap, tmp)
+                configs = list(libs) + (["published"] if args.published and row == "tm_first" else [])
+                for name in (configs if r % 2 == 0 else reversed(configs)):
+                    res = (run_published(os.path.abspath(args.published), host, args.cap) if name == "published"
+                           else run_row(row, libs[name], host, args.cap, tmp))
                     results.setdefault((row, name), []).append(res)
-                    print(f"round {r} {row:12s} {name:8s} {json.dumps(res)}", flush=True)
+                    print(f"round {r} {row:12s} {name:9s} {json.dumps(res)}", flush=True)
     cap = f", {args.total / 1e6:.0f} MB/s in all" if args.total else ""
     print(f"\nlatency {args.latency * 1e3:.0f} ms, {args.rate / 1e6:.0f} MB/s per response{cap}, members {args.size} "
           f"px; median of {args.rounds} rounds")
