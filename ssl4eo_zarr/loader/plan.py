@@ -228,7 +228,7 @@ def stream_batches(
     if groups is not None and (len({groups[f] for f in files}) > 1 or probs is not None):
         return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
                         seed=seed, epoch=epoch, drop_last=drop_last, rows=rows, spread=spread)
-    f, i, _r = _streamed(files, counts, rows, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, spread=spread)
+    f, i = _streamed(files, counts, rows, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, spread=spread)
     return _cut_arrays(f, i, batch_size, drop_last)
 
 
@@ -297,13 +297,13 @@ def _delivered(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _streamed(files: Sequence[int], counts: Sequence[int], rows: Rows, *, buffer: int, shuffle: bool, seed: int,
-              epoch: int, spread: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_read_order` passed through the shuffle buffer: the order locations are delivered in."""
-    fi, loc, place = _read_order(files, counts, rows, spread)
+              epoch: int, spread: int) -> tuple[np.ndarray, np.ndarray]:
+    """File and location indices in the order the shuffle buffer delivers :func:`_read_order`'s locations."""
+    fi, loc, _place = _read_order(files, counts, rows, spread)
     if not (shuffle and buffer > 1 and len(fi)):
-        return fi, loc, place
+        return fi, loc
     order = _delivered(len(fi), buffer, rng_for(seed, epoch, SALT_STREAM, *files[:1]))
-    return fi[order], loc[order], place[order]
+    return fi[order], loc[order]
 
 
 def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int], probs: Sequence[float] | None, *,
