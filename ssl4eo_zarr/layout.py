@@ -19,12 +19,14 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import schema
 from .errors import DatasetNotFoundError
-from .storage import atomic_write, basename, exists, is_url, join, parent, read_text
+from .storage import atomic_write, basename, is_url, join, parent, read_text
+from .storage import exists as _exists_now
 
 SUFFIX = ".zarr.zip"
 SHARD_SUFFIX = ".tar"
@@ -512,6 +514,22 @@ def _from_files(files: Sequence[str], mods: list[str] | None, storage_options: M
     return sets
 
 
+#: Answers of the probes of the :func:`resolve` in progress (path -> exists), ``None`` outside one.
+_PROBED: ContextVar[dict[str, bool] | None] = ContextVar("ssl4eo_zarr_probed", default=None)
+
+
+def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``path`` exists, a URL asked once per :func:`resolve` (its probes meet some names twice: a subset's
+    first shard, a count's first guess; each is a round trip). Nothing outlives the call: the next one sees a
+    host as it is then."""
+    seen = _PROBED.get()
+    if seen is None or not is_url(path):
+        return _exists_now(path, storage_options)
+    if path not in seen:
+        seen[path] = _exists_now(path, storage_options)
+    return seen[path]
+
+
 def resolve(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -532,7 +550,11 @@ def resolve(
     ``ssl4eos12_shard_*``) is found by its shard names too; ``subsets=["ssl4eos12"]`` keeps those shards only.
     Raises :class:`DatasetNotFoundError` naming what is missing.
     """
-    sets = _resolve(source, split, modalities, storage_options, distribution, subsets)
+    token = _PROBED.set({})
+    try:
+        sets = _resolve(source, split, modalities, storage_options, distribution, subsets)
+    finally:
+        _PROBED.reset(token)
     if subsets is None:
         return sets
     have = {cs.subset for cs in sets}

@@ -93,6 +93,21 @@ def test_terramesh_train_at_the_published_size_streams_without_reading_headers_f
     assert streamed <= 2 * len(shards) + 4, (streamed, sorted(shards))
 
 
+def test_finding_terramesh_on_a_host_asks_each_name_once(host):
+    """Resolving a root probes names (a catch-all check, each subset's first and last shards, each modality): a
+    round trip each, so none twice (a subset's first shard and a count's first guess used to be asked again)."""
+    from ssl4eo_zarr.layout import resolve
+
+    host.reset_counts()
+    sets = resolve(host.root("terramesh"), split="train", modalities=["S2L2A", "DEM"])
+    assert len(sets) == 889
+    heads = host.paths("HEAD")
+    assert heads and len(heads) == len(set(heads)), sorted(heads)
+    host.reset_counts()
+    assert len(resolve(host.root("terramesh"), split="train", modalities=["S2L2A", "DEM"])) == 889
+    assert sorted(host.paths("HEAD")) == sorted(heads), "nothing is kept beyond one call"
+
+
 def test_selected_ids_are_found_through_the_metadata_tables_tar_column(host, members):
     """200 ids, 10 in each of 20 shards of SSL4EO-S12 train: only those 20 shards are indexed (not 477)."""
     rng = np.random.default_rng(0)
