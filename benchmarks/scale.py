@@ -153,30 +153,26 @@ def run_published(python: str, host, cap: float) -> dict:
     for sub in schema.get_corpus("terramesh").subsets:
         first, last = sub.ranges["train"]
         patterns.append(f"{root}/train/[S2L2A,DEM]/{sub.prefix}_shard_{{{first:06d}..{last:06d}}}.tar")
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run([python, "-c", PUBLISHED, *patterns], capture_output=True, text=True, timeout=cap,
-                              cwd=os.path.dirname(python))
-        found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-3:]}
-    except subprocess.TimeoutExpired:
-        result = {"capped": cap}
-    result.update(wall_s=time.perf_counter() - started, requests=host.requests, mb=host.bytes_sent / 1e6)
-    return result
+    return _run(host, cap, [python, "-c", PUBLISHED, *patterns], cwd=os.path.dirname(python))
 
 
 def run_row(row: str, lib: str, host, cap: float, tmp: str) -> dict:
     host.reset_counts()
     env = dict(os.environ, PYTHONPATH=lib, SSL4EO_ZARR_CACHE=os.path.join(tmp, "cache-" + str(time.time_ns())))
+    # A folder of its own per run: a fetch into another run's DEST would resume it and move nothing. Run from
+    # tmp, not the checkout: `python -c` would import the package beside it.
+    return _run(host, cap, [sys.executable, "-c", ROW, row, host.root("ssl4eo-s12"), host.root("terramesh"),
+                            os.path.join(tmp, f"dest-{time.time_ns()}")], cwd=tmp, env=env)
+
+
+def _run(host, cap: float, argv: list[str], **kw) -> dict:
+    """A row's script in a process of its own, stopped after ``cap`` s: its RESULT line, the time and the host's
+    counts."""
     started = time.perf_counter()
     try:
-        # A folder of its own per run: a fetch into another run's DEST would resume it and move nothing.
-        proc = subprocess.run([sys.executable, "-c", ROW, row, host.root("ssl4eo-s12"), host.root("terramesh"),
-                               os.path.join(tmp, f"dest-{time.time_ns()}")], env=env, capture_output=True, text=True,
-                              timeout=cap,
-                              cwd=tmp)  # not the checkout: `python -c` would import the package beside it
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=cap, **kw)
         found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-1:]}
+        result = json.loads(found[-1][7:]) if found else {"error": proc.stderr.strip().splitlines()[-3:]}
     except subprocess.TimeoutExpired:
         result = {"capped": cap}
     result.update(wall_s=time.perf_counter() - started, requests=host.requests, mb=host.bytes_sent / 1e6)
