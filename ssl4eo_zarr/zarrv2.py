@@ -15,7 +15,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -227,14 +227,14 @@ def parse_group(raw: bytes, path: str = "") -> GroupMeta:
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFileError(path, f"invalid consolidated metadata: {exc!r}", member=".zmetadata") from None
     raw = bytes(raw)
-    group = replace(_group_from(meta, path, consolidated=True), raw=raw)
+    group = _group_from(meta, path, consolidated=True, raw=raw)
     if len(_GROUP_CACHE) > 64:
         _GROUP_CACHE.clear()
     _GROUP_CACHE[raw] = group
     return group
 
 
-def _group_from(meta: dict[str, Any], path: str, *, consolidated: bool) -> GroupMeta:
+def _group_from(meta: dict[str, Any], path: str, *, consolidated: bool, raw: bytes | None = None) -> GroupMeta:
     if ".zgroup" not in meta:
         raise CorruptFileError(path, "no zarr format-2 group at the archive root (.zgroup missing)")
     arrays = {}
@@ -246,7 +246,7 @@ def _group_from(meta: dict[str, Any], path: str, *, consolidated: bool) -> Group
             continue  # nested groups are not part of this format
         arrays[name] = ArrayMeta.from_json(name, zarray, meta.get(f"{name}/.zattrs"), path=path)
     return GroupMeta(attrs=MappingProxyType(dict(meta.get(".zattrs", {}))), arrays=MappingProxyType(arrays),
-                     consolidated=consolidated)
+                     consolidated=consolidated, raw=raw)
 
 
 @functools.lru_cache(maxsize=64)

@@ -228,37 +228,40 @@ def stream_batches(
     if groups is not None and (len({groups[f] for f in files}) > 1 or probs is not None):
         return _grouped(files, counts, groups, probs, batch_size=batch_size, buffer=buffer, shuffle=shuffle,
                         seed=seed, epoch=epoch, drop_last=drop_last, rows=rows, spread=spread)
-    f, i = _streamed(files, counts, rows, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch, spread=spread)
-    return _cut_arrays(f, i, batch_size, drop_last)
+    fi, loc = _read_order(files, counts, rows, spread)
+    order = _delivered(len(fi), files[0] if files else 0, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch)
+    return _cut_arrays(fi[order], loc[order], batch_size, drop_last)
 
 
-def _read_order(files: Sequence[int], counts: Sequence[int], rows: Rows,
-                spread: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_order(files: Sequence[int], counts: Sequence[int], rows: Rows, spread: int) -> tuple[np.ndarray, np.ndarray]:
     """Locations of ``files`` in the order they are read, ``spread`` files at a time, one location of each in
-    turn: file indices, location indices and each location's place in its file's ``rows`` (int64 arrays; a
-    TerraMesh worker reads millions, so no tuple per location here)."""
+    turn: file and location indices (int64 arrays; a TerraMesh worker reads millions, so no tuple per location)."""
     lens = np.array([counts[f] if rows is None else len(rows[f]) for f in files], dtype=np.int64)
     n = int(lens.sum())
     fi = np.repeat(np.asarray(files, dtype=np.int64), lens)
-    place = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    place = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)  # index in its file's rows
     loc = place if rows is None or not n else \
         np.concatenate([np.asarray(rows[f], dtype=np.int64).reshape(-1) for f in files])
     if spread > 1 and n:
         k = np.arange(len(files))
         turn = np.lexsort((np.repeat(k % spread, lens), place, np.repeat(k // spread, lens)))
-        fi, loc, place = fi[turn], loc[turn], place[turn]
-    return fi, loc, place
+        fi, loc = fi[turn], loc[turn]
+    return fi, loc
 
 
 def _spread(files: Sequence[int], counts: Sequence[int], rows: Rows, spread: int) -> list[tuple[int, int]]:
     """``(file, location)`` of ``files`` read ``spread`` files at a time, one location of each in turn."""
-    fi, loc, _place = _read_order(files, counts, rows, spread)
+    fi, loc = _read_order(files, counts, rows, spread)
     return list(zip(fi.tolist(), loc.tolist()))
 
 
-def _delivered(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
-    """The order in which ``n`` locations read one after the other leave a shuffle buffer of ``buffer`` slots
-    (positions in the read order, int64)."""
+def _delivered(n: int, first_file: int, *, buffer: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    """The order in which ``n`` locations read one after the other leave the shuffle buffer of ``buffer`` slots
+    of the stream that starts with ``first_file`` (positions in the read order, int64; in order without
+    ``shuffle``)."""
+    if not (shuffle and buffer > 1 and n):
+        return np.arange(n, dtype=np.int64)
+    rng = rng_for(seed, epoch, SALT_STREAM, first_file)
     # Warm-up: the buffer starts at WARM_START slots and grows by one every WARM_RAMP locations delivered, so the
     # first batch waits for ~batch_size + batch_size / WARM_RAMP locations, not batch_size + buffer (with 64 and
     # 64: 78 members read instead of 127). A full buffer's worth of mixing arrives a few batches later.
@@ -296,30 +299,19 @@ def _delivered(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([np.asarray(out, dtype=np.int64), delivered, held[rng.permutation(len(held))]])
 
 
-def _streamed(files: Sequence[int], counts: Sequence[int], rows: Rows, *, buffer: int, shuffle: bool, seed: int,
-              epoch: int, spread: int) -> tuple[np.ndarray, np.ndarray]:
-    """File and location indices in the order the shuffle buffer delivers :func:`_read_order`'s locations."""
-    fi, loc, _place = _read_order(files, counts, rows, spread)
-    if not (shuffle and buffer > 1 and len(fi)):
-        return fi, loc
-    order = _delivered(len(fi), buffer, rng_for(seed, epoch, SALT_STREAM, *files[:1]))
-    return fi[order], loc[order]
-
-
 def _grouped(files: Sequence[int], counts: Sequence[int], groups: Sequence[int], probs: Sequence[float] | None, *,
              batch_size: int, buffer: int, shuffle: bool, seed: int, epoch: int, drop_last: bool,
              rows: Rows, spread: int) -> list[Batch]:
     # The worker reads its files ``spread`` at a time whatever their subsets; each subset's buffer takes that
     # subset's locations in this order, and batches go out as soon as their locations have been read.
-    fi, loc, _place = _read_order(files, counts, rows, spread)
+    fi, loc = _read_order(files, counts, rows, spread)
     subset = np.asarray(groups, dtype=np.int64)[fi] if len(fi) else np.zeros(0, dtype=np.int64)
     per: dict[int, list[Batch]] = {}
     last_read: dict[int, np.ndarray] = {}
     for g in sorted({groups[f] for f in files}):
         read_at = np.flatnonzero(subset == g)  # positions in the worker's read order
-        if shuffle and buffer > 1 and len(read_at):
-            first = next(f for f in files if groups[f] == g)
-            read_at = read_at[_delivered(len(read_at), buffer, rng_for(seed, epoch, SALT_STREAM, first))]
+        first = next(f for f in files if groups[f] == g)
+        read_at = read_at[_delivered(len(read_at), first, buffer=buffer, shuffle=shuffle, seed=seed, epoch=epoch)]
         per[g] = _cut_arrays(fi[read_at], loc[read_at], batch_size, drop_last)
         if probs is None and len(read_at):
             last_read[g] = np.maximum.reduceat(read_at, np.arange(0, len(read_at), batch_size))[: len(per[g])]
