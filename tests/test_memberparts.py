@@ -188,3 +188,24 @@ def test_selected_members_are_read_by_parts_too(shards):
             for k, v in mods.items():
                 np.testing.assert_array_equal(got[skip][s][k].numpy(), v.numpy(), err_msg=f"{skip} {s} {k}")
     assert got[True, "bytes"] < 0.6 * got[False, "bytes"], (got[True, "bytes"], got[False, "bytes"])
+
+
+def test_the_remote_shards_read_at_once_begin_together(shards):
+    # A set's first member costs a few round trips. Sets begun only when one of their rows was first asked for
+    # began one after another, each after the previous set's first member had arrived (0.45 s apart at 50 ms).
+    with RangeHTTPServer(shards) as server:
+        ds = sz.ChunkDataset(server.url, split="val", modalities=MODS, batch_size=5, seed=3, timestamps=0,
+                             skip_unused=True)
+        mine, _ = ds._my_batches(0, 1)
+        reader = ds._reader(ds._spec(), mine, shared=False)
+        try:
+            first = mine[0].rows[0]
+            reader._fetch(*first)
+            sets = {f for b in mine for f, _ in b.rows}
+            assert ds.spread >= 3 and len(sets) == 3
+            assert set(reader.aheads) == sets, "every set of the spread reads from the start"
+            # The rest of the epoch comes from the sets begun early (the first row was taken above).
+            got = [reader.batch(b) for b in mine[1:]]
+            assert all(b is not None for b in got) and sum(len(b["S2L2A"]) for b in got) == 20 - len(mine[0].rows)
+        finally:
+            reader.close()

@@ -46,6 +46,8 @@ class ReadSpec:
     n_timestamps: int = schema.N_TIMESTAMPS
     #: Remote streams: left-out time chunks of at least this many bytes are stepped over (None: read whole).
     jump: int | None = None
+    #: Sets the plan reads at once (their locations taken in turn); a reader keeps that many streams open.
+    spread: int = 1
 
     @property
     def single(self) -> bool:

@@ -616,7 +616,7 @@ class ChunkDataset(IterableDataset):
                         fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
                         prefetch=self.prefetch, members=self.members, counted=self._counted,
-                        n_timestamps=self.corpus.timestamps, jump=self.jump)
+                        n_timestamps=self.corpus.timestamps, jump=self.jump, spread=self.spread)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)

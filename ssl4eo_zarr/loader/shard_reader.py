@@ -51,6 +51,12 @@ class ShardReader:
         # and the sets a plan reads at once (``spread``) move at once.
         self.remote = [any(is_url(p) for p in cs.paths.values()) for cs in spec.sets]
         self.aheads: dict[int, _Ahead] = {}
+        # Remote sets not yet begun, in the order the epoch first uses them: their read-ahead starts while fewer
+        # than ``spread`` run, not when a row of theirs is first asked for (a set's first member costs a few
+        # round trips, so sets begun on demand started one after the other, each after the previous one's first
+        # member: 0.45 s apart by parts at 50 ms).
+        self.coming = [s for s in self.uses.order if self.remote[s]][::-1]
+        self.begun: set[int] = set()
 
     # -- reading members in shard order ----------------------------------------------------------------------
     def _new_streams(self, s: int) -> dict[str, ShardStream]:
@@ -70,8 +76,8 @@ class ShardReader:
         ahead = self.aheads.get(s)
         if ahead is None or ahead.at >= i:  # not started, or past it (a location used again): from the start
             self._close(s)
-            depth = _Ahead.DEPTH_PARTS if self.partial else _Ahead.DEPTH
-            ahead = self.aheads[s] = _Ahead(self, s, max(i, self.last.get(s, i)), depth)
+            ahead = self._begin(s, max(i, self.last.get(s, i)))
+        self._fill_spread()
         try:
             while ahead.at < i:
                 j, member = ahead.get()
@@ -79,10 +85,23 @@ class ShardReader:
             if i >= self.last.get(s, -1):
                 ahead.finish()  # the end check of a set read to its end: a longer shard is reported here
                 del self.aheads[s]
+                self._fill_spread()
         except BaseException:
             self.aheads.pop(s, None)
             ahead.close()
             raise
+
+    def _begin(self, s: int, upto: int) -> _Ahead:
+        self.begun.add(s)
+        ahead = self.aheads[s] = _Ahead(self, s, upto, _Ahead.DEPTH_PARTS if self.partial else _Ahead.DEPTH)
+        return ahead
+
+    def _fill_spread(self) -> None:
+        """Begin the next sets the epoch uses while fewer than ``spread`` are read."""
+        while len(self.aheads) < self.spec.spread and self.coming:
+            s = self.coming.pop()
+            if s not in self.begun:
+                self._begin(s, self.last[s])
 
     def _close(self, s: int) -> None:
         ahead = self.aheads.pop(s, None)
@@ -324,12 +343,14 @@ def _row_array(batches: Sequence[Batch]) -> np.ndarray:
 class RowUses:
     """How many times each location of each set is still to be used this epoch (a location of a padded epoch
     can be used twice), counted down as batches use them; ``last[s]``: the last location of set ``s`` the epoch
-    uses. One int32 per location of the sets used, filled at C speed: a TerraMesh worker's epoch is millions of
-    rows, which a ``Counter`` of tuples took 1.7 s to count before the first batch."""
+    uses; ``order``: the sets in the order the epoch first uses them. One int32 per location of the sets used,
+    filled at C speed: a TerraMesh worker's epoch is millions of rows, which a ``Counter`` of tuples took 1.7 s to
+    count before the first batch."""
 
     def __init__(self, batches: Sequence[Batch], counts: Sequence[int]):
         flat = _row_array(batches)
-        sets = np.unique(flat[:, 0])
+        sets, first = np.unique(flat[:, 0], return_index=True)
+        self.order: list[int] = sets[np.argsort(first)].tolist()
         sizes = np.asarray(counts, dtype=np.int64)[sets]
         bases = np.cumsum(sizes) - sizes
         self._at = {s: (b, n) for s, b, n in zip(sets.tolist(), bases.tolist(), sizes.tolist())}
