@@ -248,14 +248,16 @@ def scan_shard(path: str, *, until: Collection[str] | None = None, first: int | 
 
 # -- the shard index cache ---------------------------------------------------------------------------------
 
-def _fingerprint(path: str, storage_options: Mapping[str, Any] | None) -> str | None:
-    """Identity of a file's current version: size + mtime locally, ETag or Last-Modified (+ size) remotely."""
+def _fingerprint(path: str, storage_options: Mapping[str, Any] | None, max_age: float = 0.0) -> str | None:
+    """Identity of a file's current version: size + mtime locally, ETag or Last-Modified (+ size) remotely
+    (over HTTP, a HEAD's answer at most ``max_age`` seconds old is taken)."""
     try:
         if not is_url(path):
             st = os.stat(path)
             return f"{st.st_size}:{st.st_mtime_ns}"
         if http.handles(path, storage_options):
-            info = http.head(path, dict(storage_options or {}).get("headers"))
+            info = http.answered(path, max_age) if max_age else None
+            info = info or http.head(path, dict(storage_options or {}).get("headers"))
             info = {"size": info["size"], "ETag": info["etag"], "Last-Modified": info["last_modified"]}
         else:
             fs, remote = remote_fs(path, storage_options)
@@ -332,7 +334,7 @@ def shard_version(path: str, storage_options: Mapping[str, Any] | None = None) -
     known = _VERSIONS.get(path)
     if known is not None and time.monotonic() - known[0] < VERSION_TTL_S and known[1] is not None:
         return known[1]
-    version = _fingerprint(path, storage_options)
+    version = _fingerprint(path, storage_options, VERSION_TTL_S)
     _VERSIONS[path] = (time.monotonic(), version)
     return version
 

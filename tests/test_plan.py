@@ -111,7 +111,7 @@ def _buffer_step_by_step(order, buffer, rng):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 200), min_size=1, max_size=6), st.integers(1, 200), st.integers(1, 4),
+@given(st.lists(st.integers(0, 200), min_size=1, max_size=6), st.integers(1, 400), st.integers(1, 4),
        st.integers(0, 5))
 def test_the_planned_buffer_delivers_what_the_buffer_run_step_by_step_delivers(counts, buffer, spread, seed):
     """A TerraMesh worker plans millions of locations, so the buffer is worked out with array operations, not
@@ -125,6 +125,24 @@ def test_the_planned_buffer_delivers_what_the_buffer_run_step_by_step_delivers(c
     assert planned == run
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=9), st.integers(1, 5), st.booleans())
+def test_files_read_several_at_once_take_turns_location_by_location(counts, spread, subset):
+    """The read order, built from grids: ``spread`` files at a time, one location of each in turn (a file that
+    ran out skipped), the next group after; with ``rows`` only those locations, in their order."""
+    from ssl4eo_zarr.loader.plan import _spread
+
+    files = list(range(len(counts)))[::-1]
+    rows = {f: list(range(counts[f]))[::-2] for f in files} if subset else None
+    held = {f: rows[f] if rows else list(range(counts[f])) for f in files}
+    expected = []
+    for a in range(0, len(files), spread):
+        group = files[a: a + spread]
+        for p in range(max(len(held[f]) for f in group)):
+            expected += [(f, held[f][p]) for f in group if p < len(held[f])]
+    assert _spread(files, counts, rows, spread) == expected
+
+
 def test_a_readers_use_counts_follow_the_plan_padding_included():
     from ssl4eo_zarr.loader.plan import Batch
     from ssl4eo_zarr.loader.shard_reader import RowUses
@@ -132,9 +150,10 @@ def test_a_readers_use_counts_follow_the_plan_padding_included():
     batches = [Batch(((2, 0), (2, 3), (0, 1))), Batch(((2, 3), (0, 0)))]  # (2, 3) twice: a padded epoch
     uses = RowUses(batches, [4, 9, 5])
     assert uses.last == {0: 1, 2: 3}
+    assert uses.order == [2, 0], "sets in the order the epoch first uses them"
     assert [uses.get(2, i) for i in range(-1, 6)] == [0, 1, 0, 0, 2, 0, 0] and uses.get(1, 0) == 0
     assert uses.left_from(2, 1) == 2 and uses.use(2, 3) == 1 and uses.use(2, 3) == 0 and uses.left_from(2, 1) == 0
-    assert RowUses([], [4]).last == {}
+    assert RowUses([], [4]).last == {} and RowUses([], [4]).order == []
 
 
 def test_the_first_streamed_batch_waits_for_little_more_than_itself():

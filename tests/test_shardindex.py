@@ -108,6 +108,16 @@ def test_finding_terramesh_on_a_host_asks_each_name_once(host):
     assert sorted(host.paths("HEAD")) == sorted(heads), "nothing is kept beyond one call"
 
 
+def test_a_terramesh_dataset_on_a_host_asks_each_name_once(host):
+    """Construction resolves the root, then checks each subset's first shard is big enough for the published
+    counts: the size the resolution's HEAD of that shard already said (each of those was asked again)."""
+    host.reset_counts()
+    ds = sz.ChunkDataset(host.root("terramesh"), split="train", modalities=["S2L2A", "DEM"], timestamps=0)
+    assert sum(ds.counts) == 9_089_536
+    heads = host.paths("HEAD")
+    assert heads and len(heads) == len(set(heads)), sorted(heads)
+
+
 def test_selected_ids_are_found_through_the_metadata_tables_tar_column(host, members):
     """200 ids, 10 in each of 20 shards of SSL4EO-S12 train: only those 20 shards are indexed (not 477)."""
     rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ TerraMesh loader mixes them (a subset that runs out starts over, so the mixture 
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -194,7 +195,15 @@ def _cut_arrays(files: np.ndarray, locations: np.ndarray, batch_size: int, drop_
     """:func:`_cut` of a stream given as file and location arrays: batches of :class:`RowSlice` views."""
     n = len(files)
     stop = n - n % batch_size if drop_last else n
-    return [Batch(RowSlice(files, locations, a, min(a + batch_size, n))) for a in range(0, stop, batch_size)]
+    # A TerraMesh worker makes ~140 k objects here, none in a cycle: the garbage collector's passes over a
+    # growing heap cost 5 x the making (0.23 s of 0.28 s), so it waits until they are made.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return [Batch(RowSlice(files, locations, a, min(a + batch_size, n))) for a in range(0, stop, batch_size)]
+    finally:
+        if paused:
+            gc.enable()
 
 
 def stream_batches(
@@ -243,8 +252,16 @@ def _read_order(files: Sequence[int], counts: Sequence[int], rows: Rows, spread:
     loc = place if rows is None or not n else \
         np.concatenate([np.asarray(rows[f], dtype=np.int64).reshape(-1) for f in files])
     if spread > 1 and n:
-        k = np.arange(len(files))
-        turn = np.lexsort((np.repeat(k % spread, lens), place, np.repeat(k // spread, lens)))
+        # Each group of ``spread`` files as a [place, file] grid of flat positions, read row by row, places a
+        # shorter file lacks left out: the order of a sort by (group, place, file), built instead of sorted
+        # (a lexsort of a TerraMesh worker's 4.5 M locations took 0.35 s).
+        starts = np.cumsum(lens) - lens
+        grids = []
+        for a in range(0, len(files), spread):
+            held = lens[a: a + spread]
+            place_of = np.arange(held.max(), dtype=np.int64)[:, None]
+            grids.append((starts[None, a: a + spread] + place_of)[place_of < held[None, :]])
+        turn = np.concatenate(grids)
         fi, loc = fi[turn], loc[turn]
     return fi, loc
 
@@ -286,7 +303,9 @@ def _delivered(n: int, first_file: int, *, buffer: int, shuffle: bool, seed: int
     held = np.asarray(pool, dtype=np.int64)
     writes = np.flatnonzero(slot < buffer - 1)
     if len(writes):
-        by_slot = writes[np.argsort(slot[writes], kind="stable")]  # per slot, in time order
+        # Per slot, in time order; slots as the smallest integer type that holds them: numpy's stable sort of
+        # 8- and 16-bit keys is a radix sort (8 x faster on a TerraMesh worker's millions).
+        by_slot = writes[np.argsort(slot[writes].astype(np.min_scalar_type(buffer)), kind="stable")]
         slots = slot[by_slot]
         first = np.ones(len(by_slot), dtype=bool)
         first[1:] = slots[1:] != slots[:-1]

@@ -349,8 +349,10 @@ class RowUses:
 
     def __init__(self, batches: Sequence[Batch], counts: Sequence[int]):
         flat = _row_array(batches)
-        sets, first = np.unique(flat[:, 0], return_index=True)
-        self.order: list[int] = sets[np.argsort(first)].tolist()
+        first = np.full(len(counts), len(flat), dtype=np.int64)
+        np.minimum.at(first, flat[:, 0], np.arange(len(flat), dtype=np.int64))  # O(n): np.unique sorted (0.5 s)
+        sets = np.flatnonzero(first < len(flat))
+        self.order: list[int] = sets[np.argsort(first[sets], kind="stable")].tolist()
         sizes = np.asarray(counts, dtype=np.int64)[sets]
         bases = np.cumsum(sizes) - sizes
         self._at = {s: (b, n) for s, b, n in zip(sets.tolist(), bases.tolist(), sizes.tolist())}

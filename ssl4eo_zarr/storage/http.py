@@ -26,6 +26,7 @@ import os
 import re
 import ssl
 import threading
+import time
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -416,6 +417,10 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
     return size, tail
 
 
+#: The last answer of a HEAD per URL: (monotonic time, what :func:`head` returned).
+_ANSWERS: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
 def head(url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``{"size": bytes, "etag": str | None, "last_modified": str | None}`` of ``url`` from a HEAD request.
     Raises ``FileNotFoundError`` (404; a static host's answer for a folder too), ``PermissionError``,
@@ -428,7 +433,17 @@ def head(url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     length = resp.getheader("Content-Length")
     if length is None:
         raise OSError(f"{url}: the server gives no Content-Length")
-    return {"size": int(length), "etag": resp.getheader("ETag"), "last_modified": resp.getheader("Last-Modified")}
+    info = {"size": int(length), "etag": resp.getheader("ETag"), "last_modified": resp.getheader("Last-Modified")}
+    _ANSWERS[url] = (time.monotonic(), info)
+    return info
+
+
+def answered(url: str, max_age: float) -> dict[str, Any] | None:
+    """What the last :func:`head` of ``url`` in this process said, if at most ``max_age`` seconds ago (a
+    layer that takes a version as current for that long asks no second time: a dataset's resolution has just
+    asked whether its first shards exist)."""
+    found = _ANSWERS.get(url)
+    return found[1] if found is not None and time.monotonic() - found[0] <= max_age else None
 
 
 def head_size(url: str, headers: Mapping[str, str] | None = None) -> int:
