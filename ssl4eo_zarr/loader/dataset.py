@@ -379,10 +379,17 @@ class ChunkDataset(IterableDataset):
 
         ts = self.timestamps
         wanted = [0] if isinstance(ts, str) else [ts] if isinstance(ts, int) else ts  # str: "random"
-        try:
-            link = probe(remote, self.archive_kwargs["storage_options"])
+        def chunk_bytes() -> int | None:
             with WindowFile(open_binary(remote, **self.archive_kwargs)) as fh:
-                chunk = first_chunk_bytes(fh)
+                return first_chunk_bytes(fh)
+
+        try:
+            # The first member's front is read while the link is measured (its two round trips hide behind the
+            # probe's; the probe's own requests run in turn, as they time each other).
+            with ThreadPoolExecutor(1) as pool:
+                chunk_read = pool.submit(chunk_bytes)
+                link = probe(remote, self.archive_kwargs["storage_options"])
+                chunk = chunk_read.result()
         except OSError:  # the link could not be measured: members whole, as the published loader reads them
             return None
         # A worker has its ``SPREAD`` shards' responses in flight at once: on a host that caps its total rate
