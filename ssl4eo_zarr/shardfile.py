@@ -38,7 +38,7 @@ import numpy as np
 
 from . import schema
 from .errors import CorruptFileError, DamagedShardError, DatasetNotFoundError, UnsafeFileError
-from .memberparts import PartsReader, TimeSelect, WindowFile
+from .memberparts import FIRST_HEAD, PartsReader, TimeSelect, WindowFile
 from .storage import MemoryZipArchive, PositionedFile, RetryingFile, ZipArchive, atomic_write, cache_dir, http, is_url, remote_fs
 from .storage.cache import ByteCache, byte_cache
 from .storage.zip import crc32
@@ -69,11 +69,12 @@ def _key(path: str, name: str) -> str:
 
 
 def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping[str, Any] | None = None,
-                retries: int = 5, backoff: float = 0.2, **_: Any):
+                retries: int = 5, backoff: float = 0.2, front: int = 0, **_: Any):
     """A seekable binary file for a local path or URL.
 
     Remote files retry transient errors; ``sequential`` reads ahead in large blocks (streaming a shard),
-    otherwise every read is one exact range request (random access inside a shard).
+    otherwise every read is one exact range request (random access inside a shard). ``front``: over plain HTTP,
+    opening reads the first ``front`` bytes (and the size) in one request instead of asking the size alone.
     """
     if not is_url(path):
         try:
@@ -86,7 +87,7 @@ def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping
         def opener():
             if sequential:  # streamed front to back: one open-ended GET, read on as the stream goes
                 return io.BufferedReader(http.HTTPStreamFile(path, headers), 1 << 20)
-            return http.HTTPRangeFile(path, headers, tail=0)  # a tar is read from its start
+            return http.HTTPRangeFile(path, headers, tail=0, front=front)  # a tar is read from its start
     else:
         fs, remote = remote_fs(path, storage_options)
         kwargs = {"cache_type": "readahead", "block_size": STREAM_BLOCK} if sequential else {"cache_type": "none"}
@@ -373,7 +374,7 @@ class ShardStream:
     selection reads a member by parts (:class:`~ssl4eo_zarr.memberparts.PartsReader`)."""
 
     def __init__(self, path: str, members: Sequence[Member] | None = None, *, jump: int | None = None,
-                 **archive_kwargs: Any):
+                 front: int = 0, **archive_kwargs: Any):
         self.path = path
         self._kwargs = archive_kwargs
         self.index = -1
@@ -391,7 +392,12 @@ class ShardStream:
         self._it: Iterator[tuple[tarfile.TarInfo, Member]] | None = None
         self.parts: PartsReader | None = None
         if self._kept is None and jump is not None and self.cache is None:  # a cache keeps whole members
-            self._fh = WindowFile(open_binary(path, **archive_kwargs))
+            # The opening request brings the size, the first header and the first member's front (``front``:
+            # as far as the caller knows members to reach before their first left-out chunk): one round trip
+            # where a HEAD, the header's window and the front took three.
+            opening = 2 * tarfile.BLOCKSIZE + (front or FIRST_HEAD)
+            self._fh = WindowFile(open_binary(path, front=opening, **archive_kwargs))
+            self._fh.ahead = opening
             self.parts = PartsReader(path, self._fh, jump)
             self._it = _members(path, self._fh)
         elif self._kept is None:

@@ -187,6 +187,35 @@ def test_a_streamed_file_is_one_request_front_to_back(tmp_path, ranges):
         fh.close()
 
 
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_file_opened_with_its_front_reads_it_in_the_opening_request(tmp_path, ranges):
+    """A shard read by parts opens with one request for its size and first bytes (not a HEAD and then a read);
+    reads inside the front cost none, a read past it one; a file shorter than the front, an empty file and a
+    host that ignores Range open right."""
+    from ssl4eo_zarr.shardfile import open_binary
+
+    data = os.urandom(300_000)
+    (tmp_path / "s.tar").write_bytes(data)
+    (tmp_path / "short.tar").write_bytes(data[:1000])
+    (tmp_path / "empty.tar").write_bytes(b"")
+    with RangeHTTPServer(str(tmp_path), ranges=ranges) as server:
+        fh = open_binary(f"{server.url}/s.tar", front=100_000)
+        assert fh.seek(0, 2) == len(data) and server.requests == 1
+        fh.seek(512)
+        assert fh.read(50_000) == data[512:50_512] and fh.read(49_488) == data[50_512:100_000]
+        assert server.requests == 1, "inside the front: no request"
+        if ranges:
+            fh.seek(150_000)
+            assert fh.read(10) == data[150_000:150_010] and server.requests == 2
+            fh.seek(0)
+            assert fh.read(10) == data[:10] and server.requests == 3, "once read past, the front is let go"
+        fh.close()
+        with open_binary(f"{server.url}/short.tar", front=100_000) as fh:
+            assert fh.seek(0, 2) == 1000 and fh.seek(0) == 0 and fh.read(2000) == data[:1000]
+        with open_binary(f"{server.url}/empty.tar", front=100_000) as fh:
+            assert fh.seek(0, 2) == 0 and fh.seek(0) == 0 and fh.read(10) == b""
+
+
 def test_a_stream_cut_off_resumes_where_it_was(tmp_path):
     from ssl4eo_zarr.shardfile import open_binary
 

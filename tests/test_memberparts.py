@@ -209,3 +209,33 @@ def test_the_remote_shards_read_at_once_begin_together(shards):
             assert all(b is not None for b in got) and sum(len(b["S2L2A"]) for b in got) == 20 - len(mine[0].rows)
         finally:
             reader.close()
+
+
+def test_a_streams_first_member_read_by_parts_costs_two_requests(shards):
+    """The opening request brings the shard's size, its first header and the first member's front as far as
+    construction measured it (a HEAD, the header's window and the front took three); the member's tail and the
+    next front are the second. The bytes are the ones a whole read gives, where they are read."""
+    with RangeHTTPServer(shards) as server:
+        ds = sz.ChunkDataset(server.url, split="val", modalities=MODS, timestamps=0, skip_unused=True)
+        assert ds.jump == 0 and ds.first_front > 0
+        path = ds.sets[0].paths["S2L2A"]
+        select = TimeSelect({"bands": frozenset([0]), "cloud_mask": frozenset()}, 4)
+        server.reset_counts()
+        stream = ShardStream(path, jump=0, front=ds.first_front)
+        member = stream.advance()
+        data = stream.read(select, select)
+        assert server.requests == 2, [s[3].get("Range") for s in server.seen[-server.requests:]]
+        stream.close()
+        whole = ShardStream(path)
+        assert whole.advance() == member
+        full = whole.read()
+        whole.close()
+        got = []
+        for buf in (data, full):
+            archive, group = open_member_group(buf, member.name)
+            meta = bands_meta(group, member.name)
+            out = np.zeros(meta.shape[1:], meta.dtype)
+            read_time(archive, meta, 0, out)
+            got.append(out)
+        np.testing.assert_array_equal(*got)
+        assert got[0].any()

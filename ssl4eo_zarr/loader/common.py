@@ -48,6 +48,8 @@ class ReadSpec:
     jump: int | None = None
     #: Sets the plan reads at once (their locations taken in turn); a reader keeps that many streams open.
     spread: int = 1
+    #: Bytes before a member's first left-out chunk (0: not known): read with a stream's first request.
+    first_front: int = 0
 
     @property
     def single(self) -> bool:

@@ -328,6 +328,9 @@ class ChunkDataset(IterableDataset):
         #: Member lists of the shards a selection reads (by range, no header walk in the workers).
         self.members: dict[str, list[Any]] = {}
         self.counts = self._sample_counts(samples_per_file, samples)
+        #: Bytes a member read by parts holds before its first left-out chunk, as the first member of the first
+        #: shard told at construction (0: not known); a stream's opening request reads that far.
+        self.first_front = 0
         self.jump = self._jump(skip_unused, cache_dir)
         #: Shards are read SPREAD at a time by each worker, their locations in turn: the shuffle buffer fills from
         #: several shards at once (remote ones each on a read-ahead thread of its own, so their responses move at
@@ -371,27 +374,33 @@ class ChunkDataset(IterableDataset):
                       None)
         if remote is None:
             return None
-        if skip_unused:
-            return 0
         from ..costmodel import probe
-        from ..memberparts import WindowFile, first_chunk_bytes, parts_jump
+        from ..memberparts import FIRST_HEAD, WindowFile, first_chunk_bytes, parts_jump
         from ..shardfile import open_binary
 
         ts = self.timestamps
         wanted = [0] if isinstance(ts, str) else [ts] if isinstance(ts, int) else ts  # str: "random"
+
         def chunk_bytes() -> int | None:
-            with WindowFile(open_binary(remote, **self.archive_kwargs)) as fh:
-                return first_chunk_bytes(fh)
+            # Its front is the opening request: one round trip.
+            with WindowFile(open_binary(remote, front=FIRST_HEAD, **self.archive_kwargs)) as fh:
+                chunk = first_chunk_bytes(fh)
+            if chunk and (ts == "random" or 0 in wanted):  # the first band chunk is read: a front holds it
+                self.first_front = chunk + FIRST_HEAD
+            return chunk
 
         try:
-            # The first member's front is read while the link is measured (its two round trips hide behind the
+            if skip_unused:
+                chunk_bytes()  # what each stream's opening request should bring
+                return 0
+            # The first member's front is read while the link is measured (its round trip hides behind the
             # probe's; the probe's own requests run in turn, as they time each other).
             with ThreadPoolExecutor(1) as pool:
                 chunk_read = pool.submit(chunk_bytes)
                 link = probe(remote, self.archive_kwargs["storage_options"])
                 chunk = chunk_read.result()
         except OSError:  # the link could not be measured: members whole, as the published loader reads them
-            return None
+            return 0 if skip_unused else None
         # A worker has its ``SPREAD`` shards' responses in flight at once: on a host that caps its total rate
         # each gets that share, not the share of the probe's 32 connections (more workers only shrink it, which
         # favours parts; this errs towards whole members, as the published loader reads them).
@@ -623,7 +632,8 @@ class ChunkDataset(IterableDataset):
                         fix_s1_order=self.fix_s1_order, on_error=self.on_error, seed=self.seed, epoch=self.epoch,
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
                         prefetch=self.prefetch, members=self.members, counted=self._counted,
-                        n_timestamps=self.corpus.timestamps, jump=self.jump, spread=self.spread)
+                        n_timestamps=self.corpus.timestamps, jump=self.jump, spread=self.spread,
+                        first_front=self.first_front)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)

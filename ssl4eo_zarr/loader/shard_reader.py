@@ -63,7 +63,7 @@ class ShardReader:
         paths = self.spec.sets[s].paths
         known = self.spec.members
         return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if m in self.partial else None,
-                               **self.spec.archive_kwargs)
+                               front=self.spec.first_front, **self.spec.archive_kwargs)
                 for m in self.spec.modalities if m in paths}
 
     def _open(self, s: int) -> dict[str, ShardStream]:

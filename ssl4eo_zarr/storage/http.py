@@ -417,6 +417,42 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
     return size, tail
 
 
+def read_front(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """``(size of the file, its first bytes)``: the first ``nbytes`` (fewer for a short file) in one range
+    request, which tells the size too (a tar shard read from its start: this replaces a HEAD request and the
+    first read). A server that ignores ``Range`` gives the size and the first bytes of its whole answer."""
+    resp, pooled = _send("GET", url, {**(headers or {}), "Range": f"bytes=0-{nbytes - 1}"})
+    whole = True
+    try:
+        if resp.status == 206:
+            match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
+            if match is None or match.group(3) == "*" or int(match.group(1)) != 0:
+                raise OSError(f"{url}: asked for bytes 0-{nbytes - 1}, got {resp.getheader('Content-Range')!r}")
+            size = int(match.group(3))
+            front = _read_all(resp, url)
+            if len(front) != int(match.group(2)) + 1:
+                raise ConnectionError(f"{url}: the response ended early")
+        elif resp.status == 416:  # an empty file has no first bytes
+            match = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range", ""))
+            size, front = (int(match.group(1)) if match else 0), _read_all(resp, url)[:0]
+        elif resp.status == 200:
+            size = int(resp.getheader("Content-Length") or -1)
+            if size < 0:
+                raise OSError(f"{url}: the server gives no Content-Length")
+            view = memoryview(bytearray(min(size, nbytes)))
+            got = _fill(resp, view)
+            if got != len(view):
+                raise ConnectionError(f"{url}: the response ended after {got} of {size} bytes")
+            front, whole = bytes(view), size <= nbytes  # Range ignored: the rest is not read, nor reused
+        else:
+            _fail(resp, url)
+    except BaseException:
+        pooled[1].close()
+        raise
+    _done(resp, pooled, whole)
+    return size, front
+
+
 #: The last answer of a HEAD per URL: (monotonic time, what :func:`head` returned).
 _ANSWERS: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -472,13 +508,20 @@ class HTTPRangeFile(PositionedFile):
     """A read-only, seekable remote file whose reads are Range requests read straight into the caller's buffer
     (``readinto``). Not buffered: each read is one request, as the zip reader asks for exact ranges. Opening
     fetches the last ``tail`` bytes (and so the size) in one request, reads inside them cost none; with
-    ``tail=0`` (a tar shard, read from its start) opening is a HEAD request."""
+    ``tail=0`` (a tar shard, read from its start) opening is a HEAD request, or with ``front`` the first
+    ``front`` bytes, reads inside them costing none until a read starts past them."""
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None = None, *, tail: int = 32768):
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None, *, tail: int = 32768, front: int = 0):
         self.url = url
         self.headers = dict(headers or {})
         self._pos = 0
-        self.size, self._tail = read_tail(url, tail, self.headers) if tail > 0 else (head_size(url, self.headers), b"")
+        self._front = b""
+        if tail > 0:
+            self.size, self._tail = read_tail(url, tail, self.headers)
+        elif front > 0:
+            (self.size, self._front), self._tail = read_front(url, front, self.headers), b""
+        else:
+            self.size, self._tail = head_size(url, self.headers), b""
         self._tail_start = self.size - len(self._tail)
 
     def _end(self) -> int:
@@ -491,7 +534,12 @@ class HTTPRangeFile(PositionedFile):
             at = self._pos - self._tail_start
             view[:] = self._tail[at: at + len(view)]
             n = len(view)
+        elif self._front and self._pos + len(view) <= len(self._front):
+            view[:] = self._front[self._pos: self._pos + len(view)]
+            n = len(view)
         else:
+            if self._pos >= len(self._front):
+                self._front = b""  # read past: a shard is read forward
             n = read_range(self.url, self._pos, view, self.headers)
         self._pos += n
         return n
