@@ -79,11 +79,11 @@ def test_members_are_read_by_parts_only_where_the_link_makes_that_faster(shards)
     assert parts_jump(near, mb, 4, [0], random=False) is not None
     assert parts_jump(near, 100, 4, [0], random=False) is None and parts_jump(LOCAL, mb, 4, [0], random=False) is None
     assert parts_jump(far, None, 4, [0], random=False) is None  # no band chunk near the first member's front
-    # A host capped at 200 MB/s in all: the 4 responses one worker has in flight (its spread) get 50 MB/s each,
-    # and 2.2 MB left out do not pay for a round trip; 32 responses would get 6 MB/s each, and they would.
-    capped = Link(0.05, 50e6, 32, total=200e6)
+    # A host capped at 400 MB/s in all: the responses one worker has in flight (its spread) get 50 MB/s each,
+    # and 2.2 MB left out do not pay for a round trip; 32 responses would get 12.5 MB/s each, and they would.
+    capped = Link(0.05, 50e6, 32, total=50e6 * SPREAD)
     assert parts_jump(capped.with_connections(SPREAD), mb, 4, [0, 1], random=False) is None
-    assert parts_jump(capped, mb, 4, [0, 1], random=False) == 312_500
+    assert parts_jump(capped, mb, 4, [0, 1], random=False) == 625_000
     with RangeHTTPServer(shards) as server:
         kw = dict(split="val", modalities=MODS, batch_size=5)
         assert sz.ChunkDataset(server.url, timestamps="all", **kw).jump is None
