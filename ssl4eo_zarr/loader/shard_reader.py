@@ -388,11 +388,12 @@ class _Ahead:
 
     #: Members read ahead of use when they are streamed whole. The shuffle buffer takes the spread sets'
     #: locations unevenly for a while, so a set's thread often waits with its queue full; a whole member's
-    #: response keeps arriving into the socket meanwhile.
-    DEPTH = 4
+    #: response keeps arriving into the socket meanwhile, so 2 move as fast as 4 (8 sets of full-size S2L2A at
+    #: 50 ms and 50 MB/s: 85 locations/s either way) with half the members held.
+    DEPTH = 2
     #: ... and when they are read by parts, where a waiting thread has no request in flight and the link idles:
-    #: twice as deep (measured, 4 sets of full-size S2L2A at 50 ms and 50 MB/s: 38 -> 49 locations/s; 16 adds
-    #: 1 %), a quarter of each member's bytes held.
+    #: deeper (measured, 4 sets of full-size S2L2A at 50 ms and 50 MB/s: 38 -> 49 locations/s from 4 to 8; 16
+    #: adds 1 %), a quarter of each member's bytes held.
     DEPTH_PARTS = 8
 
     def __init__(self, reader: ShardReader, s: int, upto: int, depth: int = DEPTH):
