@@ -15,7 +15,8 @@ cores: its CPU (sending every byte) is charged to the remote configuration.
 
 ``--rate`` caps each response (bytes/s); ``--timestamps 0`` (or ``random``) delivers one season, and adds the
 configuration ``url_whole`` (``skip_unused=False``) beside ``url`` (the default, which reads members by parts
-where the measured link makes that faster).
+where the measured link makes that faster). ``--spread N`` adds the URL configurations again with each worker
+reading N shards at once (``ChunkDataset.spread``; the default is ``loader.dataset.SPREAD``), interleaved.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def epoch(files: list[str], workers: int, seed: int, **kw) -> dict[str, float]:
+def epoch(files: list[str], workers: int, seed: int, spread: int | None = None, **kw) -> dict[str, float]:
     """One epoch: seconds to construct, to the first batch, locations per second after it, and the loader's
-    CPU ms per location (consumer and workers, not the host)."""
+    CPU ms per location (consumer and workers, not the host). ``spread``: shards a worker reads at once."""
     from torch.utils.data import DataLoader
 
     import ssl4eo_zarr as sz
@@ -51,6 +52,8 @@ def epoch(files: list[str], workers: int, seed: int, **kw) -> dict[str, float]:
     c0 = _cpu()
     t0 = time.perf_counter()
     ds = sz.ChunkDataset(files, modalities=["S2L2A"], batch_size=64, seed=seed, **kw)
+    if spread:
+        ds.spread = spread
     built = time.perf_counter() - t0
     first = None
     n_after = 0
@@ -76,6 +79,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=264)
     ap.add_argument("--rate", type=float, default=None)
     ap.add_argument("--timestamps", default="all")
+    ap.add_argument("--spread", type=int, default=None, help="also the URL configurations at this spread")
     args = ap.parse_args()
     ts = int(args.timestamps) if args.timestamps.isdigit() else args.timestamps
     kw = {"timestamps": ts}
@@ -109,18 +113,21 @@ def main() -> None:
             order = [("local", local, kw), ("url", urls, kw)]
             if ts != "all":
                 order.append(("url_whole", urls, {**kw, "skip_unused": False}))
+            if args.spread:
+                order += [(f"{name}@{args.spread}", files, {**how, "spread": args.spread})
+                          for name, files, how in order if name != "local"]
             results: dict[str, list[dict[str, float]]] = {name: [] for name, _f, _k in order}
             for r in range(args.rounds):
                 for name, files, how in (order if r % 2 == 0 else order[::-1]):
                     res = epoch(files, args.workers, r + 1, **how)
                     results[name].append(res)
-                    print(f"round {r} {name:5s} " + " ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
+                    print(f"round {r} {name:11s} " + " ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     best = {k: max(v, key=lambda x: x["steady_loc_s"]) for k, v in results.items()}
-    print("\nconfiguration  first batch s  steady locations/s  vs local  loader CPU ms/location  vs local")
+    print("\nconfiguration    first batch s  steady locations/s  vs local  loader CPU ms/location  vs local")
     for k, v in best.items():
-        print(f"{k:13s}  {v['first_batch_s']:13.2f}  {v['steady_loc_s']:18.1f}  "
+        print(f"{k:15s}  {v['first_batch_s']:13.2f}  {v['steady_loc_s']:18.1f}  "
               f"{v['steady_loc_s'] / best['local']['steady_loc_s']:8.2f}  {v['cpu_ms_loc']:22.2f}  "
               f"{v['cpu_ms_loc'] / best['local']['cpu_ms_loc']:8.2f}")
 
