@@ -390,67 +390,54 @@ def read_tail(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -
     """``(size of the file, its last bytes)``: the last ``nbytes`` (fewer for a short file) in one suffix-range
     request, which tells the size too (a zip is read from its end, so this replaces a HEAD request). A server
     that ignores ``Range`` gives the size only, unless the whole file is no longer than ``nbytes``."""
-    resp, pooled = _send("GET", url, {**(headers or {}), "Range": f"bytes=-{nbytes}"})
-    try:
-        if resp.status == 206:
-            match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
-            if match is None or match.group(3) == "*":
-                raise OSError(f"{url}: unusable Content-Range {resp.getheader('Content-Range')!r}")
-            size = int(match.group(3))
-            tail = _read_all(resp, url)
-            if len(tail) != int(match.group(2)) - int(match.group(1)) + 1:
-                raise ConnectionError(f"{url}: the response ended early")
-        elif resp.status == 416:  # an empty file has no last bytes
-            match = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range", ""))
-            size, tail = (int(match.group(1)) if match else 0), _read_all(resp, url)[:0]
-        elif resp.status == 200:
-            size = int(resp.getheader("Content-Length") or -1)
-            if size < 0:
-                raise OSError(f"{url}: the server gives no Content-Length")
-            tail = _read_all(resp, url) if size <= nbytes else b""  # Range ignored: do not download a large file
-        else:
-            _fail(resp, url)
-    except BaseException:
-        pooled[1].close()
-        raise
-    _done(resp, pooled, resp.status != 200 or size <= nbytes)
-    return size, tail
+    return _read_edge(url, nbytes, headers, tail=True)
 
 
 def read_front(url: str, nbytes: int, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     """``(size of the file, its first bytes)``: the first ``nbytes`` (fewer for a short file) in one range
     request, which tells the size too (a tar shard read from its start: this replaces a HEAD request and the
     first read). A server that ignores ``Range`` gives the size and the first bytes of its whole answer."""
-    resp, pooled = _send("GET", url, {**(headers or {}), "Range": f"bytes=0-{nbytes - 1}"})
-    whole = True
+    return _read_edge(url, nbytes, headers, tail=False)
+
+
+def _read_edge(url: str, nbytes: int, headers: Mapping[str, str] | None, *, tail: bool) -> tuple[int, bytes]:
+    want = f"bytes=-{nbytes}" if tail else f"bytes=0-{nbytes - 1}"
+    resp, pooled = _send("GET", url, {**(headers or {}), "Range": want})
+    reuse = True
     try:
         if resp.status == 206:
             match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
-            if match is None or match.group(3) == "*" or int(match.group(1)) != 0:
-                raise OSError(f"{url}: asked for bytes 0-{nbytes - 1}, got {resp.getheader('Content-Range')!r}")
+            if match is None or match.group(3) == "*" or (not tail and int(match.group(1)) != 0):
+                raise OSError(f"{url}: asked for {want}, got Content-Range {resp.getheader('Content-Range')!r}")
             size = int(match.group(3))
-            front = _read_all(resp, url)
-            if len(front) != int(match.group(2)) + 1:
+            data = _read_all(resp, url)
+            if len(data) != int(match.group(2)) - int(match.group(1)) + 1:
                 raise ConnectionError(f"{url}: the response ended early")
-        elif resp.status == 416:  # an empty file has no first bytes
+        elif resp.status == 416:  # an empty file has no first or last bytes
             match = re.match(r"bytes \*/(\d+)", resp.getheader("Content-Range", ""))
-            size, front = (int(match.group(1)) if match else 0), _read_all(resp, url)[:0]
-        elif resp.status == 200:
+            size, data = (int(match.group(1)) if match else 0), _read_all(resp, url)[:0]
+        elif resp.status == 200:  # Range ignored: the whole file comes
             size = int(resp.getheader("Content-Length") or -1)
             if size < 0:
                 raise OSError(f"{url}: the server gives no Content-Length")
-            view = memoryview(bytearray(min(size, nbytes)))
-            got = _fill(resp, view)
-            if got != len(view):
-                raise ConnectionError(f"{url}: the response ended after {got} of {size} bytes")
-            front, whole = bytes(view), size <= nbytes  # Range ignored: the rest is not read, nor reused
+            reuse = size <= nbytes  # a larger file is not downloaded: its connection is dropped
+            if reuse:
+                data = _read_all(resp, url)
+            elif tail:
+                data = b""
+            else:
+                view = memoryview(bytearray(nbytes))
+                got = _fill(resp, view)
+                if got != nbytes:
+                    raise ConnectionError(f"{url}: the response ended after {got} of {size} bytes")
+                data = bytes(view)
         else:
             _fail(resp, url)
     except BaseException:
         pooled[1].close()
         raise
-    _done(resp, pooled, whole)
-    return size, front
+    _done(resp, pooled, reuse)
+    return size, data
 
 
 #: The last answer of a HEAD per URL: (monotonic time, what :func:`head` returned).
