@@ -170,7 +170,7 @@ def _fill(root: str, limit: int, k: int) -> None:
 def test_the_budget_holds_for_processes_together(tmp_path):
     """Eight processes filling one 1 MB cache with 2.5 MB: a shared ledger brings it back under the budget
     (each process alone stayed under its share of puts and never evicted: 1.22 MB were left)."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # spawned children import torch and xarray (~2 s each): these start at once
     root, limit = str(tmp_path / "c"), 1_000_000
     procs = [ctx.Process(target=_fill, args=(root, limit, k)) for k in range(8)]
     for p in procs:
