@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?=
 TORCH ?= torch==2.13.0
-PYTEST_ARGS ?=
+# Test files are dealt to up to 4 processes (2 on CI's 2 cores): many tests wait on worker processes and local
+# servers. PYTEST_ARGS= runs them in one process.
+PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: demo test test-zarr2 lint bench clean
 

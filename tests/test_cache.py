@@ -137,7 +137,7 @@ def _fetch_slowly(root: str, counter: str, out: str) -> None:
 
 def test_processes_sharing_a_cache_fetch_a_member_once(tmp_path):
     """Four processes ask for the same missing entry at once: one loads it, the others wait and read it."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # at once: spawned children came seconds apart (each imported torch)
     counter = str(tmp_path / "loads")
     procs = [ctx.Process(target=_fetch_slowly, args=(str(tmp_path / "c"), counter, str(tmp_path / f"out{k}")))
              for k in range(4)]

@@ -105,7 +105,7 @@ def test_seven_modalities_random_season_and_dem_shapes(both):
     assert first["S2L1C"].shape == (8, 13, SIZE, SIZE) and first["NDVI"].shape == (8, 1, SIZE, SIZE)
     assert first["time_DEM"].shape == (8,) and first["time_"].shape == (8,)
     assert first["LULC"].dtype == torch.uint8 and first["cloud_mask"].shape == (8, SIZE, SIZE)
-    full = sz.open_dataset(shards, split="val")
+    full = sz.open_dataset(shards, split="val").compute()  # read once, not once per lookup
     index = {s: i for i, s in enumerate(full["sample"].values)}
     for b in batches:
         for j, s in enumerate(b["sample"]):
