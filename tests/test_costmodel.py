@@ -80,6 +80,25 @@ def test_the_probe_measures_round_trip_rate_and_a_host_wide_cap(slow_host):
     costmodel.forget()
 
 
+def test_a_host_without_a_cap_is_not_taken_for_one_by_a_fresh_process():
+    """A host-wide cap the probe imagines makes a fetch plan for a fraction of the link. The first probe of a
+    process (first connections, imports) is the one users get, so it runs in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    members = {"ssl4eo-s12": sample_members(16, ("S2L2A",))}
+    with VirtualHost(members, latency=0.05, rate=20 * MB) as host:
+        url = host.root() + "/val/S2L2A/ssl4eos12_shard_000001.tar"
+        code = ("import sys; from ssl4eo_zarr import costmodel; link = costmodel.probe(sys.argv[1]); "
+                "print(link.rtt, link.rate, link.total)")
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            rtt, rate, total = out.stdout.split()
+            assert 0.045 < float(rtt) < 0.2 and 10 * MB < float(rate) < 25 * MB, out.stdout
+            assert total == "None", f"an uncapped host measured as capped: {out.stdout}"
+
+
 def test_the_virtual_hosts_total_cap_holds_for_many_connections(slow_host):
     from concurrent.futures import ThreadPoolExecutor
 
