@@ -137,7 +137,7 @@ def probe(path: str, storage_options: Mapping[str, Any] | None = None, *, connec
     """The :class:`Link` to the host of ``path`` (a file there of at least a few MB), measured once per host and
     process: the fastest of two :data:`HEADER_READ` range requests is the round trip; one :data:`PROBE_BYTES` response gives
     the rate of one response; :data:`PARALLEL` of them at once tell whether the host caps all responses together
-    (``total``, when they get clearly less than ``PARALLEL x rate``). A local path is :data:`LOCAL`. Costs at most
+    (``total``, when they get less than ``PARALLEL x rate / 1.75``). A local path is :data:`LOCAL`. Costs at most
     ``4 + 2 x PARALLEL`` requests (each file opened asks its size once) and ``(1 + PARALLEL) x PROBE_BYTES``
     bytes."""
     from .storage import is_url
