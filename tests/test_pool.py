@@ -15,7 +15,9 @@ from ssl4eo_zarr.loader.pool import BufferPool, LeasedBatch, lease_table
 def _collect_only_what_the_test_makes():
     """These tests collect garbage to drop batches; with the suite's imports (torch, xarray, dask, ...) a full
     collection scans ~1 M long-lived objects (0.2-0.5 s), which made the tests that collect after every batch
-    take ~25 s each. Frozen objects are never collected, so this leaves what the tests check unchanged."""
+    take ~25 s each. Frozen objects are never collected, so the garbage earlier tests left (a DataLoader in a
+    reference cycle, whose workers live on until it is collected) goes first."""
+    gc.collect()
     gc.freeze()
     yield
     gc.unfreeze()
@@ -144,10 +146,10 @@ def test_a_training_loop_gets_every_batch_in_a_reused_arena(root):
                 leased += 1
                 ptrs = tuple(batch[m].untyped_storage().data_ptr() for m in ("S2L1C", "S2L2A", "S1GRD"))
                 memory.setdefault((token[3], token[2]), set()).add(ptrs)
-    # A wait may run out now and then on a loaded machine (a batch in fresh memory: CI's two cores run the
-    # worker and the loop at once); without waiting, or with arenas that never come back, most batches would
-    # be fresh.
-    assert leased > 40 and fresh * 5 <= leased, (leased, fresh)
+    # A wait may run out now and then on a loaded machine (a batch in fresh memory): measured 62 leased and 1
+    # fresh on an idle machine, 50 and 13 with both cores busy elsewhere (CI runs two test processes). Without
+    # waiting, 41 and 22; with arenas that never come back, nearly all fresh.
+    assert leased > 40 and fresh * 3 <= leased, (leased, fresh)
     assert len(memory) == 2 and all(len(p) == 1 for p in memory.values()), memory
 
 
@@ -242,8 +244,8 @@ def test_the_consumer_keeps_each_arena_mapped_and_forgets_those_of_ended_workers
     kept, first = _faults_per_batch(root, monkeypatch, keep=True)
     assert kept < remapped / 2, (kept, remapped)
     _, second = _faults_per_batch(root, monkeypatch, keep=True)  # new workers: the ended ones are forgotten
-    live = {pid for pid, _slot in pool._MAPPED}
-    assert live <= second and not live & first
+    live = {pid for pid, _slot in pool._MAPPED}  # workers of other tests may still be alive: they are kept
+    assert second <= live and not live & first
 
 
 def _nested(batch):
