@@ -163,12 +163,11 @@ def probe(path: str, storage_options: Mapping[str, Any] | None = None, *, connec
     # in a fresh process the first connections and imports) took long enough to pass for a host-wide cap.
     ready = threading.Barrier(PARALLEL)
 
-    def one(offset: int) -> tuple[float, float, int]:
-        with open_binary(path, storage_options=storage_options) as fh:
-            ready.wait(timeout=60)
-            began = time.perf_counter()
-            spent, got = timed(fh, offset, PROBE_BYTES)
-            return began, began + spent, got
+    def one(fh: Any, offset: int) -> tuple[float, float, int]:
+        ready.wait(timeout=60)
+        began = time.perf_counter()
+        spent, got = timed(fh, offset, PROBE_BYTES)
+        return began, began + spent, got
 
     with open_binary(path, storage_options=storage_options) as fh:
         size = fh.seek(0, 2)
@@ -176,7 +175,15 @@ def probe(path: str, storage_options: Mapping[str, Any] | None = None, *, connec
         spent, got = timed(fh, 0, PROBE_BYTES)
     rate = got / max(spent - rtt, 1e-4)
     with ThreadPoolExecutor(PARALLEL) as pool:
-        reads = list(pool.map(one, [k * PROBE_BYTES for k in range(PARALLEL)]))
+        opening = [pool.submit(open_binary, path, storage_options=storage_options) for _ in range(PARALLEL)]
+        files = [f.result() for f in opening if f.exception() is None]
+        try:
+            for f in opening:  # an open that failed raises here, before any reader waits for it
+                f.result()
+            reads = list(pool.map(one, files, [k * PROBE_BYTES for k in range(PARALLEL)]))
+        finally:
+            for fh in files:
+                fh.close()
     moved = sum(got for _b, _e, got in reads)
     together = moved / max(max(e for _b, e, _g in reads) - min(b for b, _e, _g in reads) - rtt, 1e-4)
     # Uncapped, the group ends ~one transfer after its round trip, give or take a few ms; at 50 ms and 50 MB/s
