@@ -14,6 +14,7 @@ capped one plans fetches for a fraction of the link and flips the cost model's w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -56,14 +57,14 @@ def main() -> None:
     print(f"{'host':<22} {'code':<9} {'capped found':>12} {'rtt ms':>12} {'rate MB/s':>12} {'cap found MB/s':>16}")
     for total in (None, args.total):
         got: dict[str, list[tuple[float, float, float | None]]] = {c: [] for c in codes}
-        with VirtualHost(members, latency=args.latency, rate=args.rate, total=total) as warm:
+        with contextlib.ExitStack() as stack:
+            warm = None if args.fresh_host else stack.enter_context(
+                VirtualHost(members, latency=args.latency, rate=args.rate, total=total))
             for _ in range(args.runs):
                 for name, root in codes.items():  # interleaved: this machine's speed drifts
-                    if args.fresh_host:
-                        with VirtualHost(members, latency=args.latency, rate=args.rate, total=total) as host:
-                            got[name].append(one(root, host.root() + "/val/S2L2A/" + schema.shard_name(1)))
-                    else:
-                        got[name].append(one(root, warm.root() + "/val/S2L2A/" + schema.shard_name(1)))
+                    with contextlib.nullcontext(warm) if warm is not None else \
+                            VirtualHost(members, latency=args.latency, rate=args.rate, total=total) as host:
+                        got[name].append(one(root, host.root() + "/val/S2L2A/" + schema.shard_name(1)))
         label = ("no cap" if total is None else f"cap {total / 1e6:.0f} MB/s") + (", fresh" if args.fresh_host else "")
         for name, runs in got.items():
             caps = [t / 1e6 for _r, _b, t in runs if t is not None]
@@ -72,6 +73,7 @@ def main() -> None:
             cap_text = f"{min(caps):.0f}-{max(caps):.0f}" if caps else "-"
             print(f"{label:<22} {name:<9} {len(caps):>9}/{len(runs):<2} {rtts[0]:>5.1f}-{rtts[-1]:<5.1f} "
                   f"{rates[0]:>5.1f}-{rates[-1]:<5.1f} {cap_text:>16}")
+
 
 if __name__ == "__main__":
     main()
