@@ -53,20 +53,26 @@ MIN_WINDOW = 16 << 10
 class WindowFile(PositionedFile):
     """A remote file read in bounded windows: a read inside the last window costs nothing, any other one asks
     for ``[pos, pos + max(n, ahead))`` in one range request (connections are kept alive: a bounded response is
-    read to its end). :attr:`ahead` is a hint for the next miss, used once."""
+    read to its end). :attr:`ahead` is a hint for the next miss, used once; :attr:`reach` a byte a miss before
+    it reads up to (a stream's warm-up: the members of its first batch in one request)."""
 
     def __init__(self, fh: Any):
         self._fh = fh
         self._at = 0
         self._window = b""
         self.ahead = 0
+        self.reach = 0
         self.requests = 0
 
     def _end(self) -> int:
         return self._fh.seek(0, 2)
 
     def fetch(self, start: int, n: int) -> bytes:
-        """``n`` bytes at ``start`` in one request, the window left as it is."""
+        """``n`` bytes at ``start``: from the window where it holds them, else in one request, the window left as
+        it is."""
+        off = start - self._at
+        if 0 <= off and off + n <= len(self._window):
+            return bytes(memoryview(self._window)[off: off + n])
         self._fh.seek(start)
         self.requests += 1
         return self._fh.read(n)
@@ -75,7 +81,7 @@ class WindowFile(PositionedFile):
         """Up to ``n`` bytes at the position, from the window (fetched anew on a miss), not copied."""
         off = self._pos - self._at
         if not (0 <= off and off + n <= len(self._window)):
-            want = max(n, self.ahead, MIN_WINDOW)
+            want = max(n, self.ahead, MIN_WINDOW, self.reach - self._pos)
             self.ahead = 0
             self._window, self._at, off = self.fetch(self._pos, want), self._pos, 0
         view = memoryview(self._window)[off: off + n]
@@ -321,6 +327,15 @@ def parts_jump(link: Any, chunk: int | None, n_time: int, wanted: Sequence[int],
     return jump if chunk * (n_time - len(wanted)) > jump else None
 
 
+def first_member_bytes(fh: Any) -> int | None:
+    """Bytes of the first member of the tar shard open as ``fh`` (from its first header), or ``None``."""
+    fh.seek(0)
+    try:
+        return int(tarfile.TarInfo.frombuf(fh.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape").size)
+    except tarfile.TarError:
+        return None
+
+
 def first_chunk_bytes(fh: Any, var: str = "bands") -> int | None:
     """Compressed bytes of the first chunk of ``var`` in the first member of the tar shard open as ``fh`` (read
     from the first few kB: a tar header and the member's first local headers), or ``None`` where that cannot be
@@ -344,4 +359,5 @@ def first_chunk_bytes(fh: Any, var: str = "bands") -> int | None:
     return None
 
 
-__all__ = ["FIRST_HEAD", "FIRST_TAIL", "PartsReader", "TimeSelect", "WindowFile", "first_chunk_bytes", "parts_jump"]
+__all__ = ["FIRST_HEAD", "FIRST_TAIL", "PartsReader", "TimeSelect", "WindowFile", "first_chunk_bytes",
+           "first_member_bytes", "parts_jump"]

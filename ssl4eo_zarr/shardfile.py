@@ -48,6 +48,12 @@ from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, re
 MEMBER_SUFFIX = ".zarr.zip"
 #: Read-ahead when a remote shard is streamed front to back.
 STREAM_BLOCK = 4 << 20
+#: The most a stream's warm-up asks for in one request (bytes): the response is read into memory. A first batch
+#: of 64 takes ~10 members of each of a worker's eight shards (44 MB of full-size S2L2A, with the margin 51 MB).
+WARM_MAX = 64 << 20
+#: A warm-up's room over its guess of its members' bytes (the mean of those seen): a member larger than the guess
+#: costs a request more.
+WARM_MARGIN = 1.15
 
 
 @dataclass(frozen=True)
@@ -371,10 +377,13 @@ class ShardStream:
     request per shard to learn its version, and a range request for any member the cache lost).
 
     With ``jump`` (a remote shard, no cache), the shard is read in bounded windows and :meth:`read` given a
-    selection reads a member by parts (:class:`~ssl4eo_zarr.memberparts.PartsReader`)."""
+    selection reads a member by parts (:class:`~ssl4eo_zarr.memberparts.PartsReader`). Members up to ``warm``
+    (the last one the first batch uses) are read whole, all in one request (two when ``member_bytes``, a guess
+    of one member's size, falls short): reading by parts costs a round trip per member, and before the first
+    batch those add up to hundreds (the published loader's one GET per shard is what a user compares with)."""
 
     def __init__(self, path: str, members: Sequence[Member] | None = None, *, jump: int | None = None,
-                 front: int = 0, **archive_kwargs: Any):
+                 front: int = 0, warm: int = -1, member_bytes: int = 0, **archive_kwargs: Any):
         self.path = path
         self._kwargs = archive_kwargs
         self.index = -1
@@ -391,11 +400,17 @@ class ShardStream:
         self._fh: Any = None
         self._it: Iterator[tuple[tarfile.TarInfo, Member]] | None = None
         self.parts: PartsReader | None = None
+        self.warm = warm
+        self._sizes = 0
+        self._front = 2 * tarfile.BLOCKSIZE + (front or FIRST_HEAD)
         if self._kept is None and jump is not None and self.cache is None:  # a cache keeps whole members
             # The opening request brings the size, the first header and the first member's front (``front``:
             # as far as the caller knows members to reach before their first left-out chunk): one round trip
-            # where a HEAD, the header's window and the front took three.
-            opening = 2 * tarfile.BLOCKSIZE + (front or FIRST_HEAD)
+            # where a HEAD, the header's window and the front took three. With a warm-up, the members it reads
+            # whole as far as ``member_bytes`` tells.
+            opening = self._front
+            if warm >= 0 and member_bytes > 0:
+                opening = max(opening, self._warm_bytes(0, warm + 1, member_bytes))
             self._fh = WindowFile(open_binary(path, front=opening, **archive_kwargs))
             self._fh.ahead = opening
             self.parts = PartsReader(path, self._fh, jump)
@@ -406,6 +421,26 @@ class ShardStream:
         elif jump is not None and self.cache is None and is_url(path):  # members known: each by parts, by range
             self._fh = WindowFile(open_binary(path, **archive_kwargs))
             self.parts = PartsReader(path, self._fh, jump)
+            if 0 <= warm < len(self._kept):
+                end = self._kept[warm].offset + self._kept[warm].size
+                self._fh.reach = min(end, self._kept[0].offset + WARM_MAX)
+
+    @staticmethod
+    def _warm_bytes(at: int, n: int, member_bytes: float) -> int:
+        """Where the warm-up's request should end: ``n`` members of about ``member_bytes`` each from byte ``at``
+        (with their headers and the next member's front), a margin for members larger than the guess, at most
+        :data:`WARM_MAX` (a request that size reads on)."""
+        return at + min(int(n * (member_bytes * WARM_MARGIN + 2 * tarfile.BLOCKSIZE)) + FIRST_HEAD, WARM_MAX)
+
+    def _warming(self, member: Member) -> None:
+        """Past a warm-up member's header: a miss before the last warm-up member asks for all that is left."""
+        assert isinstance(self._fh, WindowFile)
+        self._sizes += member.size
+        left = self.warm - self.index
+        self._fh.reach = self._warm_bytes(member.offset + member.size, left, self._sizes / (self.index + 1)) \
+            if left > 0 else 0
+        if left == 0:  # should the next header miss, the member after it (read by parts) comes with it
+            self._fh.ahead = self._front
 
     def advance(self) -> Member | None:
         """The next ``*.zarr.zip`` member, or ``None`` at the end of the shard."""
@@ -421,6 +456,8 @@ class ShardStream:
             self._info, self.member = info, member
             self.index += 1
             self._walked.append(member)
+            if self.parts is not None and self.index <= self.warm:
+                self._warming(member)
             return member
         self.member = None
         self.complete = True
@@ -437,7 +474,7 @@ class ShardStream:
         ``then`` is the next member's selection (``None``: the next member is not read)."""
         member = self.member
         assert member is not None
-        if select is not None and self.parts is not None:
+        if select is not None and self.parts is not None and self.index > self.warm:
             # A bytearray: every reader of member bytes takes a buffer (they read through memoryviews).
             return cast(bytes, self.parts.read(member.name, member.offset, member.size, select, then))
         if self.cache is None:

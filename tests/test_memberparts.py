@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import ssl4eo_zarr as sz
 from ssl4eo_zarr import synthetic
 from ssl4eo_zarr.memberparts import TimeSelect
-from ssl4eo_zarr.shardfile import ShardStream, bands_meta, open_member_group, read_time, write_shard
+from ssl4eo_zarr.shardfile import ShardStream, bands_meta, open_member_group, read_time, shard_index, write_shard
 from ssl4eo_zarr.storage.zarrcompat import zarr_major
 from ssl4eo_zarr.testing import RangeHTTPServer
 
@@ -239,3 +239,48 @@ def test_a_streams_first_member_read_by_parts_costs_two_requests(shards):
             got.append(out)
         np.testing.assert_array_equal(*got)
         assert got[0].any()
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_the_first_batch_by_parts_costs_at_most_two_requests_per_shard_and_modality(shards, sized):
+    """By parts a member costs a round trip: before the first batch that added up to one request per member. Its
+    members are read whole, one request per shard and modality (two when the first member's size was not told at
+    construction, or members outgrow it), and nothing else is read until it is made; later members by parts."""
+    local = _tensors(shards, timestamps=0, return_metadata=True)
+    with RangeHTTPServer(shards) as server:
+        ds = sz.ChunkDataset(server.url, split="val", modalities=MODS, batch_size=16, seed=3, timestamps=0,
+                             return_metadata=True, skip_unused=True)
+        assert ds.member_bytes.get("S2L2A", 0) > 0
+        if not sized:
+            ds.member_bytes.clear()
+        mine, _ = ds._my_batches(0, 1)
+        reader = ds._reader(ds._spec(), mine, shared=False)
+        try:
+            server.reset_counts()
+            first = reader.batch(mine[0])
+            sets = {s for s, _ in mine[0].rows}
+            before = server.requests
+            assert len(sets) == 3 and len(mine[0].rows) == 16
+            # Construction told S2L2A's member size; S2L1C's streams learn theirs from their first member; a DEM
+            # stream (whole members, one open-ended GET) read to its end checks the end with one more.
+            per = {"S2L2A": 1 if sized else 2, "S2L1C": 2, "DEM": 2}
+            assert before <= len(sets) * sum(per.values()), [(s[2], s[3].get("Range")) for s in server.seen[-before:]]
+            assert server.requests == before, "nothing is read past the first batch until the next is asked for"
+            server.reset_counts()
+            rest = [reader.batch(b) for b in mine[1:]]
+            rest_bytes = server.bytes_served
+        finally:
+            reader.close()
+        later = [(s, i) for b in mine[1:] for s, i in b.rows]
+        whole_bytes = sum(shard_index(ds.sets[s].paths[m].replace(server.url, shards))[i].size
+                          for s, i in later for m in MODS)
+    got = {}
+    for b in [first, *rest]:
+        for j, s in enumerate(b["sample"]):
+            got[s] = {k: b[k][j] for k in [*MODS, "cloud_mask"]}
+    assert sorted(got) == sorted(local)
+    for s, mods in got.items():
+        for k, v in mods.items():
+            np.testing.assert_array_equal(v.numpy(), local[s][k].numpy(), err_msg=f"{s} {k}")
+    # The later locations came by parts: three of four band chunks left on the host.
+    assert len(later) == 4 and rest_bytes < 0.75 * whole_bytes, (rest_bytes, whole_bytes)

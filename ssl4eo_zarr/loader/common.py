@@ -50,6 +50,9 @@ class ReadSpec:
     spread: int = 1
     #: Bytes before a member's first left-out chunk (0: not known): read with a stream's first request.
     first_front: int = 0
+    #: Modality -> bytes of one member, as a shard's first member told at construction (a stream's warm-up
+    #: reads the first batch's members in one request sized by it).
+    member_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def single(self) -> bool:

@@ -334,6 +334,8 @@ class ChunkDataset(IterableDataset):
         #: Bytes a member read by parts holds before its first left-out chunk, as the first member of the first
         #: shard told at construction (0: not known); a stream's opening request reads that far.
         self.first_front = 0
+        #: Modality -> bytes of the first member of its first remote shard (sizes a stream's warm-up request).
+        self.member_bytes: dict[str, int] = {}
         self.jump = self._jump(skip_unused, cache_dir)
         #: Shards are read SPREAD at a time by each worker, their locations in turn: the shuffle buffer fills from
         #: several shards at once (remote ones each on a read-ahead thread of its own, so their responses move at
@@ -373,12 +375,13 @@ class ChunkDataset(IterableDataset):
                 or self.timestamps == "all" or self.reindex_seasonal:
             return None
         partial = [m for m in self.modalities if by_parts(m, self.fix_s1_order)]
-        remote = next((cs.paths[m] for cs in self.sets for m in partial if m in cs.paths and is_url(cs.paths[m])),
-                      None)
-        if remote is None:
+        first = next(((cs.paths[m], m) for cs in self.sets for m in partial if m in cs.paths and is_url(cs.paths[m])),
+                     None)
+        if first is None:
             return None
+        remote, modality = first
         from ..costmodel import probe
-        from ..memberparts import FIRST_HEAD, WindowFile, first_chunk_bytes, parts_jump
+        from ..memberparts import FIRST_HEAD, WindowFile, first_chunk_bytes, first_member_bytes, parts_jump
         from ..shardfile import open_binary
 
         ts = self.timestamps
@@ -388,6 +391,9 @@ class ChunkDataset(IterableDataset):
             # Its front is the opening request: one round trip.
             with WindowFile(open_binary(remote, front=FIRST_HEAD, **self.archive_kwargs)) as fh:
                 chunk = first_chunk_bytes(fh)
+                size = first_member_bytes(fh)
+            if size:
+                self.member_bytes[modality] = size
             if chunk and (ts == "random" or 0 in wanted):  # the first band chunk is read: a front holds it
                 self.first_front = chunk + FIRST_HEAD
             return chunk
@@ -636,7 +642,7 @@ class ChunkDataset(IterableDataset):
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
                         prefetch=self.prefetch, members=self.members, counted=self._counted,
                         n_timestamps=self.corpus.timestamps, jump=self.jump, spread=self.spread,
-                        first_front=self.first_front)
+                        first_front=self.first_front, member_bytes=self.member_bytes)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)

@@ -57,14 +57,33 @@ class ShardReader:
         # member: 0.45 s apart by parts at 50 ms).
         self.coming = [s for s in self.uses.order if self.remote[s]][::-1]
         self.begun: set[int] = set()
+        # The first batch first: streams read by parts read the members it uses whole, in one request per shard
+        # (``warm``: the last location of each set it uses), and no set reads further until a row past those is
+        # asked for (a DataLoader worker asks for the next batch's as soon as it has handed the first over).
+        self.warm: dict[int, int] = {}
+        if self.partial and batches:
+            for s, i in batches[0].rows:
+                self.warm[s] = max(self.warm.get(s, -1), i)
+        self.first = threading.Event()
+        if not self.warm:
+            self.first.set()
 
     # -- reading members in shard order ----------------------------------------------------------------------
     def _new_streams(self, s: int) -> dict[str, ShardStream]:
         paths = self.spec.sets[s].paths
         known = self.spec.members
+        warm = self.warm.get(s, -1) if not self.first.is_set() else -1
         return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if m in self.partial else None,
-                               front=self.spec.first_front, **self.spec.archive_kwargs)
+                               front=self.spec.first_front, warm=warm if m in self.partial else -1,
+                               member_bytes=self.spec.member_bytes.get(m, 0), **self.spec.archive_kwargs)
                 for m in self.spec.modalities if m in paths}
+
+    def _wait_first(self, stop: threading.Event) -> bool:
+        """Wait until a row past the first batch's is asked for (``False``: ``stop`` was set meanwhile)."""
+        while not self.first.wait(0.05):
+            if stop.is_set():
+                return False
+        return True
 
     def _open(self, s: int) -> dict[str, ShardStream]:
         self._close(s)
@@ -73,6 +92,8 @@ class ShardReader:
 
     def _fetch_ahead(self, s: int, i: int) -> None:
         """Location ``i`` of remote set ``s`` (and the used ones before it) from the set's read-ahead thread."""
+        if i > self.warm.get(s, -1):  # a row past the first batch's is wanted now: nothing is held back
+            self.first.set()
         ahead = self.aheads.get(s)
         if ahead is None or ahead.at >= i:  # not started, or past it (a location used again): from the start
             self._close(s)
@@ -406,10 +427,15 @@ class _Ahead:
 
     def _run(self, reader: ShardReader, s: int, upto: int) -> None:
         streams: dict[str, ShardStream] = {}
+        warm = reader.warm.get(s, -1)
         try:
+            if warm < 0 and not reader._wait_first(self.stop):  # a set the first batch does not use
+                return
             streams = reader._new_streams(s)
             for item in reader._read_rows(s, streams, upto):
                 if not self._put(("row", item)):
+                    return
+                if warm <= item[0] < upto and not reader._wait_first(self.stop):
                     return
             if all(st.index >= reader.spec.counts[s] - 1 for st in streams.values()):
                 reader._check_ends(s, streams)
