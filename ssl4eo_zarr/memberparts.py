@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from .errors import CorruptFileError
 from .storage import PositionedFile
@@ -54,10 +54,20 @@ class WindowFile(PositionedFile):
     """A remote file read in bounded windows: a read inside the last window costs nothing, any other one asks
     for ``[pos, pos + max(n, ahead))`` in one range request (connections are kept alive: a bounded response is
     read to its end). :attr:`ahead` is a hint for the next miss, used once; :attr:`reach` a byte a miss before
-    it reads up to (a stream's warm-up: the members of its first batch in one request)."""
+    it reads up to (a stream's warm-up: the members of its first batch in one request).
 
-    def __init__(self, fh: Any):
+    ``fh``: the file; or ``None`` and ``streamer``, a function of ``(start, end)`` giving a file that reads that
+    span as it arrives (one bounded GET): then every request is one of those, and a span up to :attr:`reach` is
+    read as the reads get to it, not waited for whole (members decode while the rest of the span comes)."""
+
+    def __init__(self, fh: Any, streamer: Any = None):
+        if fh is None and streamer is None:
+            raise ValueError("a WindowFile needs a file or a streamer")
         self._fh = fh
+        self._streamer = streamer
+        self._stream: Any = None
+        self._span = (0, 0)  # the stream's place and end
+        self._size: int | None = None
         self._at = 0
         self._window = b""
         self.ahead = 0
@@ -65,7 +75,34 @@ class WindowFile(PositionedFile):
         self.requests = 0
 
     def _end(self) -> int:
-        return self._fh.seek(0, 2)
+        if self._fh is not None:
+            return self._fh.seek(0, 2)
+        if self._size is None:
+            self._get(0, 1)  # the size comes with any response
+        if self._size is None:
+            raise OSError("the host did not tell the file's size")
+        return self._size
+
+    def _open_span(self, start: int, end: int) -> Any:
+        self.requests += 1
+        f = self._streamer(start, end)
+        f.seek(start)
+        return f
+
+    def _get(self, start: int, n: int) -> bytes:
+        """``n`` bytes at ``start`` in one request (fewer at the end of the file)."""
+        self.requests += self._fh is not None
+        if self._fh is not None:
+            self._fh.seek(start)
+            return self._fh.read(n)
+        f = self._open_span(start, start + n)
+        try:
+            buf = bytearray(n)
+            got = f.readinto(buf)  # not read(): a stream's read asks the size first, a request of its own
+            self._size = f.size if f.size is not None else self._size
+            return bytes(memoryview(buf)[:got])
+        finally:
+            f.close()
 
     def fetch(self, start: int, n: int) -> bytes:
         """``n`` bytes at ``start``: from the window where it holds them, else in one request, the window left as
@@ -73,17 +110,60 @@ class WindowFile(PositionedFile):
         off = start - self._at
         if 0 <= off and off + n <= len(self._window):
             return bytes(memoryview(self._window)[off: off + n])
-        self._fh.seek(start)
-        self.requests += 1
-        return self._fh.read(n)
+        return self._get(start, n)
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _from_stream(self, n: int) -> memoryview | None:
+        """Up to ``n`` bytes at the position from the streamed span, when it reaches there (a skip forward reads
+        through; a read past its end goes on as any other)."""
+        at, end = self._span
+        if self._stream is None or not at <= self._pos < end:
+            return None
+        if self._pos > at:
+            self._stream.seek(self._pos)  # reads through: the stream's file skips forward within its response
+        k = min(n, end - self._pos, (self._size if self._size is not None else end) - self._pos)
+        data = bytearray(max(k, 0))
+        got = self._stream.readinto(data)
+        self._size = self._stream.size if self._stream.size is not None else self._size
+        if got < k:
+            raise OSError(f"a streamed span ended at byte {self._pos + got} of {end}")
+        k = max(k, 0)
+        # Its last bytes stay as the window: a reader that looks back (tar reads the end-of-archive block
+        # again) finds them without a request.
+        keep = min(k, MIN_WINDOW)
+        self._window, self._at = bytes(data[k - keep: k]), self._pos + k - keep
+        self._span = (self._pos + k, end)
+        self._pos += k
+        at_end = self._size is not None and self._pos >= self._size
+        if self._pos >= end or at_end:
+            self._drop_stream()
+        if k < n and not at_end:  # past the span: the rest as any other read
+            data += self._view(n - k)
+        return memoryview(data)
 
     def _view(self, n: int) -> memoryview:
         """Up to ``n`` bytes at the position, from the window (fetched anew on a miss), not copied."""
         off = self._pos - self._at
+        if self._stream is not None and 0 <= off < len(self._window) < off + n \
+                and self._at + len(self._window) == self._span[0]:  # the window, then the stream on from it
+            head = bytes(memoryview(self._window)[off:])
+            self._pos += len(head)
+            return memoryview(head + bytes(self._view(n - len(head))))
         if not (0 <= off and off + n <= len(self._window)):
+            streamed = self._from_stream(n)
+            if streamed is not None:
+                return streamed
             want = max(n, self.ahead, MIN_WINDOW, self.reach - self._pos)
             self.ahead = 0
-            self._window, self._at, off = self.fetch(self._pos, want), self._pos, 0
+            if self._streamer is not None and want > max(n, MIN_WINDOW) and want == self.reach - self._pos:
+                self._drop_stream()
+                self._stream, self._span = self._open_span(self._pos, self.reach), (self._pos, self.reach)
+                return cast(memoryview, self._from_stream(n))
+            self._window, self._at, off = self._get(self._pos, want), self._pos, 0
         view = memoryview(self._window)[off: off + n]
         self._pos += len(view)
         return view
@@ -99,7 +179,9 @@ class WindowFile(PositionedFile):
         return len(view)
 
     def close(self) -> None:
-        self._fh.close()
+        self._drop_stream()
+        if self._fh is not None:
+            self._fh.close()
         super().close()
 
 

@@ -106,6 +106,17 @@ def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping
         raise DatasetNotFoundError(f"shard not found: {path}") from None
 
 
+def _streamer(path: str, archive_kwargs: Mapping[str, Any]) -> Any:
+    """Over plain HTTP(S), a function of ``(start, end)`` giving a file that reads that span of ``path`` as it
+    arrives (one bounded GET, retried like any read); else ``None``."""
+    options = archive_kwargs.get("storage_options")
+    if not is_url(path) or not http.handles(path, options):
+        return None
+    headers = dict(options or {}).get("headers")
+    retries, backoff = archive_kwargs.get("retries", 5), archive_kwargs.get("backoff", 0.2)
+    return lambda start, end: RetryingFile(lambda: http.HTTPStreamFile(path, headers, end=end), retries, backoff)
+
+
 def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
     """Every regular member of a tar shard with its place, and a check that the shard really ends where the
     headers stop: Python's tarfile ends iteration silently at a header that fails its checksum, which would
@@ -131,8 +142,11 @@ def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
                                          "whole locations): it is truncated. Download it again") from None
         raise CorruptFileError(path, f"not a readable tar shard ({exc}); the file is truncated or damaged") from None
     end = tar.offset  # where the headers stopped: an end-of-archive block, or a damaged header
+    # One forward read to the end (a streamed shard read again, or its size asked, would cost a request).
     fh.seek(end)
-    block = fh.read(tarfile.BLOCKSIZE)
+    tail = fh.read(_MAX_PADDING + tarfile.BLOCKSIZE)
+    size = end + len(tail) if len(tail) < _MAX_PADDING + tarfile.BLOCKSIZE else fh.seek(0, 2)
+    block = tail[: tarfile.BLOCKSIZE]
     if len(block) == tarfile.BLOCKSIZE and any(block):
         raise DamagedShardError(path, f"the tar header at byte {end} is damaged (after {found} locations); the "
                                       "members after it cannot be located. Download the shard again",
@@ -143,12 +157,7 @@ def _members(path: str, fh) -> Iterator[tuple[tarfile.TarInfo, Member]]:
                                 offset=end, readable=found)
     # A zeroed header (a preallocated or sparse partial download, a zeroed disk block) reads as the end of the
     # archive: past the end-of-archive marker only zero padding may follow, or members were lost.
-    size = fh.seek(0, 2)
     rest = size - end
-    tail = b""
-    if 0 < rest <= _MAX_PADDING:
-        fh.seek(end)
-        tail = fh.read(rest)
     if rest > _MAX_PADDING or any(tail):
         where = end + next((k for k, b in enumerate(tail) if b), 0) if rest <= _MAX_PADDING else end
         raise DamagedShardError(path, f"the archive seems to end at byte {end} (a zeroed tar header, after {found} "
@@ -411,7 +420,12 @@ class ShardStream:
             opening = self._front
             if warm >= 0 and member_bytes > 0:
                 opening = max(opening, self._warm_bytes(0, warm + 1, member_bytes))
-            self._fh = WindowFile(open_binary(path, front=opening, **archive_kwargs))
+            streamer = _streamer(path, archive_kwargs) if warm >= 0 else None
+            if streamer is not None:  # the warm-up streamed as it arrives: members decode while the rest comes
+                self._fh = WindowFile(None, streamer)
+                self._fh.reach = opening
+            else:
+                self._fh = WindowFile(open_binary(path, front=opening, **archive_kwargs))
             self._fh.ahead = opening
             self.parts = PartsReader(path, self._fh, jump)
             self._it = _members(path, self._fh)
@@ -419,7 +433,8 @@ class ShardStream:
             self._fh = open_binary(path, sequential=True, **archive_kwargs)
             self._it = _members(path, self._fh)
         elif jump is not None and self.cache is None and is_url(path):  # members known: each by parts, by range
-            self._fh = WindowFile(open_binary(path, **archive_kwargs))
+            streamer = _streamer(path, archive_kwargs)
+            self._fh = WindowFile(None if streamer else open_binary(path, **archive_kwargs), streamer)
             self.parts = PartsReader(path, self._fh, jump)
             if 0 <= warm < len(self._kept):
                 end = self._kept[warm].offset + self._kept[warm].size

@@ -549,9 +549,12 @@ class HTTPStreamFile(PositionedFile):
     #: A forward skip up to this many bytes reads through the open response rather than paying a new round trip.
     SKIP = 4 << 20
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None = None):
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None, *, end: int | None = None):
+        """``end``: responses ask for bytes up to it only (a bounded span read as it arrives; read to its end,
+        the connection is kept), and reads stop there."""
         self.url = url
         self.headers = dict(headers or {})
+        self.end = end
         self._pos = 0
         self.size: int | None = None
         self._resp: http.client.HTTPResponse | None = None
@@ -566,7 +569,8 @@ class HTTPStreamFile(PositionedFile):
     def _open(self, start: int) -> bool:
         """A response from ``start``; False when ``start`` is at or past the end."""
         self._drop()
-        resp, pooled = _send("GET", self.url, {**self.headers, "Range": f"bytes={start}-"})
+        last = f"{self.end - 1}" if self.end is not None else ""
+        resp, pooled = _send("GET", self.url, {**self.headers, "Range": f"bytes={start}-{last}"})
         try:
             if resp.status == 206:
                 match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
@@ -600,6 +604,8 @@ class HTTPStreamFile(PositionedFile):
         view = memoryview(b).cast("B")
         if self.size is not None:
             view = view[: max(min(len(view), self.size - self._pos), 0)]
+        if self.end is not None:
+            view = view[: max(min(len(view), self.end - self._pos), 0)]
         if not len(view):
             return 0
         if self._resp is None or not self._at <= self._pos <= self._at + self.SKIP:
@@ -618,7 +624,10 @@ class HTTPStreamFile(PositionedFile):
         n = _fill(self._resp, view)
         self._at += n
         self._pos += n
-        if n < len(view):  # the response ended early: keep what came, the next read starts a new one
+        if self.end is not None and self._at >= self.end and self._pooled is not None:  # read to its end
+            _done(self._resp, self._pooled, True)
+            self._resp = self._pooled = None
+        elif n < len(view):  # the response ended early: keep what came, the next read starts a new one
             self._drop()
             if not n and (self.size is None or self._pos < self.size):
                 raise ConnectionError(f"{self.url}: the response ended at byte {self._pos} of {self.size}")

@@ -199,6 +199,11 @@ class RetryingFile(PositionedFile):
     def _reopen(self) -> None:
         self._f = self._opener()
 
+    @property
+    def size(self) -> int | None:
+        """The file's size in bytes where it is known without a request of its own (else ``None``)."""
+        return self._size if self._size is not None else getattr(self._f, "size", None)
+
     def _end(self) -> int:
         if self._size is None:
             self._size = self._f.seek(0, 2)
