@@ -98,8 +98,14 @@ else:
     # is read.
     it = iter(DataLoader(ds, batch_size=None, num_workers=2))
     batch = next(it)
+    out["seconds"] = time.perf_counter() - t0
     out["shape"] = list(batch["S2L2A"].shape)
-out["seconds"] = time.perf_counter() - t0
+    # The host's counts at the first batch (the row's totals below also hold what the workers read after it,
+    # until the process ends).
+    from urllib.request import urlopen
+    counts = json.load(urlopen(root_ssl.rsplit("/", 1)[0] + "/.counts"))
+    out.update(first_requests=counts["requests"], first_mb=counts["bytes"] / 1e6)
+out.setdefault("seconds", time.perf_counter() - t0)
 print("RESULT " + json.dumps(out), flush=True)
 import os
 os._exit(0)
@@ -141,6 +147,9 @@ ds = wds.RandomMix([subset(p) for p in patterns], probs=[0.8, 0.2], longest=Fals
 it = iter(DataLoader(ds, batch_size=None, num_workers=2))  # kept, as for the other rows
 batch = next(it)
 out = {"construct_s": 0.0, "shape": list(batch["S2L2A"].shape), "seconds": time.perf_counter() - t0}
+from urllib.request import urlopen
+counts = json.load(urlopen(patterns[0].split("/terramesh", 1)[0] + "/.counts"))
+out.update(first_requests=counts["requests"], first_mb=counts["bytes"] / 1e6)
 print("RESULT " + json.dumps(out), flush=True)
 import os
 os._exit(0)
@@ -221,7 +230,8 @@ def main() -> None:
     cap = f", {args.total / 1e6:.0f} MB/s in all" if args.total else ""
     print(f"\nlatency {args.latency * 1e3:.0f} ms, {args.rate / 1e6:.0f} MB/s per response{cap}, members {args.size} "
           f"px; median of {args.rounds} rounds")
-    print(f"{'row':12s} {'code':8s} {'seconds':>9s} {'requests':>9s} {'MB':>8s}  notes")
+    print(f"{'row':12s} {'code':8s} {'seconds':>9s} {'requests':>9s} {'MB':>8s}  notes (first batch rows: requests and "
+          "MB at the first batch; the totals add the workers' reading until the row's process ended)")
     for (row, name), rs in results.items():
         rs = sorted(rs, key=lambda x: x.get("seconds", float("inf")))
         mid = rs[len(rs) // 2]
@@ -231,6 +241,8 @@ def main() -> None:
             notes.append(f"estimate printed after {mid['estimate_s']:.1f} s")
         if "selected_mb" in mid and row == "fetch_fifth":
             notes.append(f"moved {mid['mb'] / mid['selected_mb']:.2f} x the selected {mid['selected_mb']:.0f} MB")
+        if "first_requests" in mid:
+            notes.append(f"at the first batch {mid['first_requests']} requests, {mid['first_mb']:.0f} MB")
         if "transfer_mb_s" in mid:
             ratio = f" = {mid['transfer_mb_s'] * 1e6 / args.total:.2f} x the cap" if args.total else ""
             notes.append(f"transfer {mid['transfer_s']:.1f} s, {mid['transfer_mb_s']:.0f} MB/s{ratio}")

@@ -18,6 +18,7 @@ location's shard.
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing as mp
 import os
 import re
@@ -166,6 +167,11 @@ class _Host:
         return bytes(out)
 
 
+#: A path the host answers with its counts so far (``{"requests": N, "bytes": B}``), at no latency and uncounted:
+#: a benchmark's client reads them at the moment it cares about (its first batch), not when its process has ended.
+COUNTS_PATH = "/.counts"
+
+
 def _serve(members: Mapping[str, Mapping[str, bytes]], latency: float, rate: float | None, tables: bool,
            counters: Any, port: Any, ready: Any, log: str | None, total: float | None = None) -> None:
     host = _Host(members, latency, rate, tables, counters)
@@ -193,9 +199,17 @@ def _serve(members: Mapping[str, Mapping[str, bytes]], latency: float, rate: flo
             pass
 
         def _answer(self, body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == COUNTS_PATH:  # the counts so far, for a client to read at its own moment; not counted
+                text = json.dumps({"requests": int(counters[0]), "bytes": int(counters[1])}).encode()
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(text)
+                return
             if host.latency:
                 time.sleep(host.latency)
-            path = self.path.split("?", 1)[0]
             with counters.get_lock():
                 counters[0] += 1
                 if host.log is not None:
