@@ -437,8 +437,13 @@ class ShardStream:
             self._fh = WindowFile(None if streamer else open_binary(path, **archive_kwargs), streamer)
             self.parts = PartsReader(path, self._fh, jump)
             if 0 <= warm < len(self._kept):
-                end = self._kept[warm].offset + self._kept[warm].size
-                self._fh.reach = min(end, self._kept[0].offset + WARM_MAX)
+                first, last = self._kept[0], self._kept[warm]
+                span = last.offset + last.size - first.offset
+                held = sum(m.size + 2 * tarfile.BLOCKSIZE for m in self._kept[: warm + 1])
+                if span <= held * WARM_MARGIN:  # members side by side (an index of the split): one span
+                    self._fh.reach = first.offset + min(span, WARM_MAX)
+                else:  # a sparse selection: a span would carry the members between; each by parts
+                    self.warm = -1
 
     @staticmethod
     def _warm_bytes(at: int, n: int, member_bytes: float) -> int:
