@@ -284,3 +284,34 @@ def test_the_first_batch_by_parts_costs_at_most_two_requests_per_shard_and_modal
             np.testing.assert_array_equal(v.numpy(), local[s][k].numpy(), err_msg=f"{s} {k}")
     # The later locations came by parts: three of four band chunks left on the host.
     assert len(later) == 4 and rest_bytes < 0.75 * whole_bytes, (rest_bytes, whole_bytes)
+
+
+def test_selected_members_side_by_side_come_in_one_span(shards, tmp_path):
+    """Members found beforehand (``samples=``, here every id, found through ``index=``) are read by range, no
+    header read; where they lie side by side, the first batch's members of a shard read by parts come in one exact
+    span: one request per shard and modality (a sparse selection reads each by parts, see above)."""
+    from ssl4eo_zarr.shardindex import write_index
+
+    mods = ["S2L2A", "S2L1C"]
+    out = write_index(shards, str(tmp_path / "val.parquet"), split="val", modalities=mods)
+    ids = [str(s) for s in sz.open_dataset(shards, split="val", modalities=["S2L2A"])["sample"].values]
+    kw = dict(split="val", modalities=mods, batch_size=16, seed=3, timestamps=0, return_metadata=True)
+    want = {}
+    for b in sz.ChunkDataset(shards, samples=ids, **kw):
+        want.update({s: {k: b[k][j] for k in mods} for j, s in enumerate(b["sample"])})
+    with RangeHTTPServer(shards) as server:
+        ds = sz.ChunkDataset(server.url, samples=ids, index=out, skip_unused=True, **kw)
+        mine, _ = ds._my_batches(0, 1)
+        reader = ds._reader(ds._spec(), mine, shared=False)
+        try:
+            server.reset_counts()
+            first = reader.batch(mine[0])
+            sets = {s for s, _ in mine[0].rows}
+            assert server.requests == len(sets) * len(mods), \
+                [(s[2], s[3].get("Range")) for s in server.seen[-server.requests:]]
+        finally:
+            reader.close()
+    assert len(first["sample"]) == 16
+    for j, s in enumerate(first["sample"]):
+        for k in mods:
+            np.testing.assert_array_equal(first[k][j].numpy(), want[s][k].numpy(), err_msg=f"{s} {k}")
