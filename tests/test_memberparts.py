@@ -2,6 +2,7 @@
 does not deliver, gives the same tensors as whole members, and moves far fewer bytes; members whose layout
 contradicts the one-timestep-per-chunk guess still read right."""
 
+import contextlib
 import os
 import zipfile
 
@@ -241,6 +242,20 @@ def test_a_streams_first_member_read_by_parts_costs_two_requests(shards):
         assert got[0].any()
 
 
+@contextlib.contextmanager
+def _first_batch(ds, server):
+    """One worker's reader over ``ds``'s epoch: its batches, the reader, its first batch, the sets that batch
+    reads and the host's requests up to it."""
+    mine, _ = ds._my_batches(0, 1)
+    reader = ds._reader(ds._spec(), mine, shared=False)
+    try:
+        server.reset_counts()
+        first = reader.batch(mine[0])
+        yield mine, reader, first, {s for s, _ in mine[0].rows}, server.requests
+    finally:
+        reader.close()
+
+
 @pytest.mark.parametrize("sized", [True, False])
 def test_the_first_batch_by_parts_costs_at_most_two_requests_per_shard_and_modality(shards, sized):
     """By parts a member costs a round trip: before the first batch that added up to one request per member. Its
@@ -253,13 +268,7 @@ def test_the_first_batch_by_parts_costs_at_most_two_requests_per_shard_and_modal
         assert ds.member_bytes.get("S2L2A", 0) > 0
         if not sized:
             ds.member_bytes.clear()
-        mine, _ = ds._my_batches(0, 1)
-        reader = ds._reader(ds._spec(), mine, shared=False)
-        try:
-            server.reset_counts()
-            first = reader.batch(mine[0])
-            sets = {s for s, _ in mine[0].rows}
-            before = server.requests
+        with _first_batch(ds, server) as (mine, reader, first, sets, before):
             assert len(sets) == 3 and len(mine[0].rows) == 16
             # Construction told S2L2A's member size; S2L1C's streams learn theirs from their first member. Shards
             # read to their end (the end-of-archive blocks checked) cost nothing more.
@@ -269,8 +278,6 @@ def test_the_first_batch_by_parts_costs_at_most_two_requests_per_shard_and_modal
             server.reset_counts()
             rest = [reader.batch(b) for b in mine[1:]]
             rest_bytes = server.bytes_served
-        finally:
-            reader.close()
         later = [(s, i) for b in mine[1:] for s, i in b.rows]
         whole_bytes = sum(shard_index(ds.sets[s].paths[m].replace(server.url, shards))[i].size
                           for s, i in later for m in MODS)
@@ -301,16 +308,8 @@ def test_selected_members_side_by_side_come_in_one_span(shards, tmp_path):
         want.update({s: {k: b[k][j] for k in mods} for j, s in enumerate(b["sample"])})
     with RangeHTTPServer(shards) as server:
         ds = sz.ChunkDataset(server.url, samples=ids, index=out, skip_unused=True, **kw)
-        mine, _ = ds._my_batches(0, 1)
-        reader = ds._reader(ds._spec(), mine, shared=False)
-        try:
-            server.reset_counts()
-            first = reader.batch(mine[0])
-            sets = {s for s, _ in mine[0].rows}
-            assert server.requests == len(sets) * len(mods), \
-                [(s[2], s[3].get("Range")) for s in server.seen[-server.requests:]]
-        finally:
-            reader.close()
+        with _first_batch(ds, server) as (_mine, _reader, first, sets, before):
+            assert before == len(sets) * len(mods), [(s[2], s[3].get("Range")) for s in server.seen[-before:]]
     assert len(first["sample"]) == 16
     for j, s in enumerate(first["sample"]):
         for k in mods:
