@@ -91,8 +91,8 @@ class WindowFile(PositionedFile):
 
     def _get(self, start: int, n: int) -> bytes:
         """``n`` bytes at ``start`` in one request (fewer at the end of the file)."""
-        self.requests += self._fh is not None
         if self._fh is not None:
+            self.requests += 1  # a streamer's requests are counted where each is opened
             self._fh.seek(start)
             return self._fh.read(n)
         f = self._open_span(start, start + n)
@@ -394,19 +394,45 @@ def _time_chunking(buf: bytearray, found: Mapping[str, Any], prefix: str, var: s
     return int(meta["shape"][0]), int(meta["chunks"][0])
 
 
+def _trips(n_time: int, wanted: Sequence[int], random: bool) -> float:
+    """Round trips a member read by parts costs: one for its tail and the next front, and one more when a wanted
+    chunk lies after one left out (3 times in 4 for a random season)."""
+    wanted = sorted(set(wanted))
+    return 1 + (n_time - 1) / n_time if random else 1 if wanted == list(range(len(wanted))) else 2
+
+
 def parts_jump(link: Any, chunk: int | None, n_time: int, wanted: Sequence[int], *, random: bool) -> int | None:
     """The ``jump`` of a :class:`PartsReader` when reading members by parts is faster on ``link`` (a
     :class:`~ssl4eo_zarr.costmodel.Link`), else ``None``. ``chunk``: bytes of one band chunk (from
     :func:`first_chunk_bytes`); members hold ``n_time`` timestamps, ``wanted`` are read (``random``: one drawn per
-    location). A member by parts costs a round trip for its tail and the next front, and one more when a wanted
-    chunk lies after one left out (3 times in 4 for a random season); it saves the chunks left out at the rate
+    location). A member by parts costs its round trips (:func:`_trips`); it saves the chunks left out at the rate
     of one response."""
     if chunk is None or link.local:
         return None
-    wanted = sorted(set(wanted))
-    trips = 1 + (n_time - 1) / n_time if random else 1 if wanted == list(range(len(wanted))) else 2
-    jump = int(trips * link.rtt * link.per_connection)
-    return jump if chunk * (n_time - len(wanted)) > jump else None
+    jump = int(_trips(n_time, wanted, random) * link.rtt * link.per_connection)
+    return jump if chunk * (n_time - len(set(wanted))) > jump else None
+
+
+#: A stream read by parts takes its first batch's members whole in one request while that costs at most this many
+#: times the time of reading them by parts: it saves a request per member (the first batch then costs one request
+#: per shard and modality) for the left-out chunks crossing too. At 50 ms and 50 MB/s per response the span costs
+#: ~1.2 x and took the same time as parts in a DataLoader (`docs/benchmarks.md`, eleventh run); where the host caps
+#: what all responses get together (a home link), the left-out chunks cost 2.5-4 x and the span is not taken.
+WARM_SLACK = 1.5
+
+
+def warm_span(link: Any, chunk: int | None, member_bytes: int, n_time: int, wanted: Sequence[int], *,
+              random: bool) -> bool:
+    """Whether streams read by parts (see :func:`parts_jump`) should read their first batch's members whole, in one
+    request per shard, on ``link``: a member then moves ``member_bytes`` at one response's rate, by parts it costs
+    its round trips and its bytes less the ``n_time - len(wanted)`` chunks of ``chunk`` bytes left out. Unknown
+    sizes keep the span (one request per shard, as before sizes were told)."""
+    if chunk is None or member_bytes <= 0:
+        return True
+    rate = link.per_connection
+    kept = max(member_bytes - chunk * (n_time - len(set(wanted))), 0)
+    by_parts = _trips(n_time, wanted, random) * link.rtt + kept / rate
+    return member_bytes / rate <= WARM_SLACK * by_parts
 
 
 def first_member_bytes(fh: Any) -> int | None:

@@ -53,6 +53,8 @@ class ReadSpec:
     #: Modality -> bytes of one member, as a shard's first member told at construction (a stream's warm-up
     #: reads the first batch's members in one request sized by it).
     member_bytes: dict[str, int] = field(default_factory=dict)
+    #: Streams read by parts read the first batch's members whole, in one request per shard (else by parts).
+    warm_span: bool = True
 
     @property
     def single(self) -> bool:

@@ -204,9 +204,11 @@ class ChunkDataset(IterableDataset):
         :mod:`ssl4eo_zarr.memberparts`) instead of one GET per shard. ``None`` (default): where the link makes
         that faster, measured at construction (at most 13 requests and 5 MB, once per host): the chunks left out
         must take longer at one response's rate than the added round trips (at 50 ms and 50 MB/s, full-size
-        SSL4EO-S12 S2 with ``timestamps=0`` is read by parts, with ``"random"`` whole). ``True``: always
-        (fewest bytes, for a metered or slow link). ``False``: whole members. The attribute ``jump`` says what
-        was chosen (``None``: whole).
+        SSL4EO-S12 S2 with ``timestamps=0`` is read by parts, with ``"random"`` whole). The first batch's
+        members then come whole in one request per shard and modality where the link makes that cheap (at 50 ms
+        and 50 MB/s per response; not where the host caps what all responses get together, as a home link does).
+        ``True``: always, the first batch too (fewest bytes, for a metered or slow link). ``False``: whole
+        members. The attributes ``jump`` and ``warm_span`` say what was chosen (``jump`` ``None``: whole).
     prepare_next_epoch:
         With persistent workers, a worker that has delivered its epoch reads the first batch of the next one
         before it tells the DataLoader it is done, so the next epoch starts with a batch ready instead of
@@ -336,6 +338,10 @@ class ChunkDataset(IterableDataset):
         self.first_front = 0
         #: Modality -> bytes of the first member of its first remote shard (sizes a stream's warm-up request).
         self.member_bytes: dict[str, int] = {}
+        #: Streams read by parts read their first batch's members whole, in one request per shard and modality
+        #: (where the link makes that cheap enough, see :func:`~ssl4eo_zarr.memberparts.warm_span`), instead of
+        #: one request per member.
+        self.warm_span = True
         self.jump = self._jump(skip_unused, cache_dir)
         #: Shards are read SPREAD at a time by each worker, their locations in turn: the shuffle buffer fills from
         #: several shards at once (remote ones each on a read-ahead thread of its own, so their responses move at
@@ -381,7 +387,7 @@ class ChunkDataset(IterableDataset):
             return None
         remote, modality = first
         from ..costmodel import probe
-        from ..memberparts import FIRST_HEAD, WindowFile, first_chunk_bytes, first_member_bytes, parts_jump
+        from ..memberparts import FIRST_HEAD, WindowFile, first_chunk_bytes, first_member_bytes, parts_jump, warm_span
         from ..shardfile import open_binary
 
         ts = self.timestamps
@@ -401,6 +407,7 @@ class ChunkDataset(IterableDataset):
         try:
             if skip_unused:
                 chunk_bytes()  # what each stream's opening request should bring
+                self.warm_span = False  # the fewest bytes: the first batch by parts too
                 return 0
             # The first member's front is read while the link is measured (its round trip hides behind the
             # probe's; the probe's own requests run in turn, as they time each other).
@@ -413,7 +420,10 @@ class ChunkDataset(IterableDataset):
         # A worker has its ``SPREAD`` shards' responses in flight at once: on a host that caps its total rate
         # each gets that share, not the share of the probe's 32 connections (more workers only shrink it, which
         # favours parts; this errs towards whole members, as the published loader reads them).
-        return parts_jump(link.with_connections(SPREAD), chunk, self.corpus.timestamps, wanted, random=ts == "random")
+        link = link.with_connections(SPREAD)
+        self.warm_span = warm_span(link, chunk, self.member_bytes.get(modality, 0), self.corpus.timestamps, wanted,
+                                   random=ts == "random")
+        return parts_jump(link, chunk, self.corpus.timestamps, wanted, random=ts == "random")
 
     def _keys_of(self, cs: ChunkSet) -> list[str]:
         """Location ids of one file, in stored order (chunk file: its ``sample`` coordinate; shard: member keys)."""
@@ -642,7 +652,7 @@ class ChunkDataset(IterableDataset):
                         archive_kwargs=self.archive_kwargs, mix=self.mix, reindex_seasonal=self.reindex_seasonal,
                         prefetch=self.prefetch, members=self.members, counted=self._counted,
                         n_timestamps=self.corpus.timestamps, jump=self.jump, spread=self.spread,
-                        first_front=self.first_front, member_bytes=self.member_bytes)
+                        first_front=self.first_front, member_bytes=self.member_bytes, warm_span=self.warm_span)
 
     def _reader(self, spec: ReadSpec, mine: list[Batch], *, shared: bool) -> Any:
         return (ShardReader if self.streaming else ChunkReader)(spec, mine, shared=shared)

@@ -57,9 +57,10 @@ class ShardReader:
         # member: 0.45 s apart by parts at 50 ms).
         self.coming = [s for s in self.uses.order if self.remote[s]][::-1]
         self.begun: set[int] = set()
-        # The first batch first: streams read by parts read the members it uses whole, in one request per shard
-        # (``warm``: the last location of each set it uses), and no set reads further until a row past those is
-        # asked for (a DataLoader worker asks for the next batch's as soon as it has handed the first over).
+        # The first batch first: no set read by parts reads past the members it uses (``warm``: the last location
+        # of each set it uses) until a row past those is asked for (a DataLoader worker asks for the next batch's
+        # as soon as it has handed the first over). Where the link makes it cheap (``spec.warm_span``), a stream
+        # reads those members whole, in one request per shard, instead of each by parts.
         self.warm: dict[int, int] = {}
         if self.partial and batches:
             for s, i in batches[0].rows:
@@ -72,7 +73,7 @@ class ShardReader:
     def _new_streams(self, s: int) -> dict[str, ShardStream]:
         paths = self.spec.sets[s].paths
         known = self.spec.members
-        warm = self.warm.get(s, -1) if not self.first.is_set() else -1
+        warm = self.warm.get(s, -1) if self.spec.warm_span and not self.first.is_set() else -1
         return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if m in self.partial else None,
                                front=self.spec.first_front, warm=warm if m in self.partial else -1,
                                member_bytes=self.spec.member_bytes.get(m, 0), **self.spec.archive_kwargs)
