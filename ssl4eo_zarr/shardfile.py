@@ -48,6 +48,9 @@ from .zarrv2 import ArrayMeta, GroupMeta, read_array, read_chunk, read_group, re
 MEMBER_SUFFIX = ".zarr.zip"
 #: Read-ahead when a remote shard is streamed front to back.
 STREAM_BLOCK = 4 << 20
+#: The buffer a shard streamed over plain HTTP is read through (bytes). A stream whose first response is bounded
+#: reaches this far past the members it is for, so that the buffer's last fill does not open the next response.
+STREAM_BUFFER = 1 << 20
 #: The most a stream's warm-up asks for in one request (bytes): the response is read into memory. A first batch
 #: of 64 takes ~10 members of each of a worker's eight shards (44 MB of full-size S2L2A, with the margin 51 MB).
 WARM_MAX = 64 << 20
@@ -75,12 +78,14 @@ def _key(path: str, name: str) -> str:
 
 
 def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping[str, Any] | None = None,
-                retries: int = 5, backoff: float = 0.2, front: int = 0, **_: Any):
+                retries: int = 5, backoff: float = 0.2, front: int = 0, first_end: int | None = None, **_: Any):
     """A seekable binary file for a local path or URL.
 
     Remote files retry transient errors; ``sequential`` reads ahead in large blocks (streaming a shard),
     otherwise every read is one exact range request (random access inside a shard). ``front``: over plain HTTP,
     opening reads the first ``front`` bytes (and the size) in one request instead of asking the size alone.
+    ``first_end`` (streamed over plain HTTP): the first response stops at that byte, the rest comes in another
+    when read (see :class:`~ssl4eo_zarr.storage.http.HTTPStreamFile`).
     """
     if not is_url(path):
         try:
@@ -92,7 +97,7 @@ def open_binary(path: str, *, sequential: bool = False, storage_options: Mapping
 
         def opener():
             if sequential:  # streamed front to back: one open-ended GET, read on as the stream goes
-                return io.BufferedReader(http.HTTPStreamFile(path, headers), 1 << 20)
+                return io.BufferedReader(http.HTTPStreamFile(path, headers, first_end=first_end), STREAM_BUFFER)
             return http.HTTPRangeFile(path, headers, tail=0, front=front)  # a tar is read from its start
     else:
         fs, remote = remote_fs(path, storage_options)
@@ -389,7 +394,9 @@ class ShardStream:
     selection reads a member by parts (:class:`~ssl4eo_zarr.memberparts.PartsReader`). Members up to ``warm``
     (the last one the first batch uses) are read whole, all in one request (two when ``member_bytes``, a guess
     of one member's size, falls short): reading by parts costs a round trip per member, and before the first
-    batch those add up to hundreds (the published loader's one GET per shard is what a user compares with)."""
+    batch those add up to hundreds (the published loader's one GET per shard is what a user compares with).
+    Without ``jump``, a shard streamed whole asks for those members (as ``member_bytes`` tells) in its first
+    response, and for the rest in a second when it reads on."""
 
     def __init__(self, path: str, members: Sequence[Member] | None = None, *, jump: int | None = None,
                  front: int = 0, warm: int = -1, member_bytes: int = 0, **archive_kwargs: Any):
@@ -430,7 +437,11 @@ class ShardStream:
             self.parts = PartsReader(path, self._fh, jump)
             self._it = _members(path, self._fh)
         elif self._kept is None:
-            self._fh = open_binary(path, sequential=True, **archive_kwargs)
+            # Streamed whole: an open-ended response would fill the socket's buffers with members past the first
+            # batch's (~12 MB a stream) while the first batch waits for the link. Its first response stops there.
+            first_end = self._warm_bytes(0, warm + 1, member_bytes) + STREAM_BUFFER \
+                if warm >= 0 and member_bytes > 0 else None
+            self._fh = open_binary(path, sequential=True, first_end=first_end, **archive_kwargs)
             self._it = _members(path, self._fh)
         elif jump is not None and self.cache is None and is_url(path):  # members known: each by parts, by range
             streamer = _streamer(path, archive_kwargs)

@@ -387,3 +387,29 @@ def test_hub_errors_carry_their_status_and_retry_after(root):
         began = time.monotonic()
         info = retry_module.retry(api.dataset_info, "org/SSL4EO-S12-v1.1", retries=1, backoff=0.01)
         assert info.id == "org/SSL4EO-S12-v1.1" and time.monotonic() - began >= 0.95
+
+
+def test_a_stream_whose_first_response_is_bounded_reads_on_in_a_second(tmp_path):
+    """``first_end``: the first response asks for the bytes known to be wanted soon (a first batch's members) and
+    is read to its end, the connection kept; reading on asks for the rest in one open-ended response, and a skip
+    past the first response's end starts there."""
+    data = os.urandom(3 << 20)
+    (tmp_path / "f.bin").write_bytes(data)
+    with RangeHTTPServer(str(tmp_path)) as server:
+        url = f"{server.url}/f.bin"
+        f = http.HTTPStreamFile(url, first_end=1 << 20)
+        got, buf = bytearray(), bytearray(300_000)
+        while n := f.readinto(buf):  # as a BufferedReader reads it (read() would ask the size first)
+            got += buf[:n]
+        f.close()
+        assert bytes(got) == data
+        assert [s[3].get("Range") for s in server.seen] == [f"bytes=0-{(1 << 20) - 1}", f"bytes={1 << 20}-"]
+        server.reset_counts()
+        server.seen.clear()
+        f = http.HTTPStreamFile(url, first_end=1000)
+        buf = bytearray(10)
+        assert f.readinto(buf) == 10 and buf == data[:10]
+        f.seek(2000)  # past the first response: a new one from there, not a read through the old one
+        assert f.readinto(buf) == 10 and buf == data[2000:2010]
+        f.close()
+        assert [s[3].get("Range") for s in server.seen] == ["bytes=0-999", "bytes=2000-"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tarfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -404,17 +405,35 @@ class ChunkDataset(IterableDataset):
                 self.first_front = chunk + FIRST_HEAD
             return chunk
 
+        # The other modalities' first members' sizes (a header each): the first batch's members are asked for
+        # in one request per stream, not left to an open-ended one.
+        beside = next(cs for cs in self.sets if cs.paths.get(modality) == remote).paths
+        others = [(beside[m], m) for m in self.modalities if m != modality and is_url(beside.get(m, ""))]
+
+        def member_sizes() -> None:
+            for path, m in others:
+                try:
+                    with open_binary(path, front=tarfile.BLOCKSIZE, **self.archive_kwargs) as fh:
+                        size = first_member_bytes(fh)
+                except OSError:  # a hint only: that modality's streams learn it from their first member
+                    continue
+                if size:
+                    self.member_bytes[m] = size
+
         try:
-            if skip_unused:
-                chunk_bytes()  # what each stream's opening request should bring
-                self.warm_span = False  # the fewest bytes: the first batch by parts too
-                return 0
-            # The first member's front is read while the link is measured (its round trip hides behind the
-            # probe's; the probe's own requests run in turn, as they time each other).
-            with ThreadPoolExecutor(1) as pool:
+            with ThreadPoolExecutor(2) as pool:
+                sized = pool.submit(member_sizes)
+                if skip_unused:
+                    chunk_bytes()  # what each stream's opening request should bring
+                    self.warm_span = False  # the fewest bytes: the first batch by parts too
+                    sized.result()
+                    return 0
+                # The first member's front is read while the link is measured (its round trip hides behind the
+                # probe's; the probe's own requests run in turn, as they time each other).
                 chunk_read = pool.submit(chunk_bytes)
                 link = probe(remote, self.archive_kwargs["storage_options"])
                 chunk = chunk_read.result()
+                sized.result()
         except OSError:  # the link could not be measured: members whole, as the published loader reads them
             return 0 if skip_unused else None
         # A worker has its ``SPREAD`` shards' responses in flight at once: on a host that caps its total rate

@@ -73,9 +73,12 @@ class ShardReader:
     def _new_streams(self, s: int) -> dict[str, ShardStream]:
         paths = self.spec.sets[s].paths
         known = self.spec.members
-        warm = self.warm.get(s, -1) if self.spec.warm_span and not self.first.is_set() else -1
+        # Before the first batch: streams read by parts take its members in one span where the link makes that
+        # cheap, streams read whole ask for them in their first response (see ShardStream).
+        warm = self.warm.get(s, -1) if not self.first.is_set() else -1
         return {m: ShardStream(paths[m], known.get(paths[m]), jump=self.spec.jump if m in self.partial else None,
-                               front=self.spec.first_front, warm=warm if m in self.partial else -1,
+                               front=self.spec.first_front,
+                               warm=warm if m not in self.partial or self.spec.warm_span else -1,
                                member_bytes=self.spec.member_bytes.get(m, 0), **self.spec.archive_kwargs)
                 for m in self.spec.modalities if m in paths}
 

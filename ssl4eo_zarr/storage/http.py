@@ -549,12 +549,17 @@ class HTTPStreamFile(PositionedFile):
     #: A forward skip up to this many bytes reads through the open response rather than paying a new round trip.
     SKIP = 4 << 20
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None = None, *, end: int | None = None):
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None, *, end: int | None = None,
+                 first_end: int | None = None):
         """``end``: responses ask for bytes up to it only (a bounded span read as it arrives; read to its end,
-        the connection is kept), and reads stop there."""
+        the connection is kept), and reads stop there. ``first_end``: the first response alone stops there
+        (what is known to be wanted soon: the host does not push more into the socket meanwhile); reads go on
+        past it in a new response."""
         self.url = url
         self.headers = dict(headers or {})
         self.end = end
+        self._first_end = first_end
+        self._resp_end = end  # where the open response ends (None: the file's end)
         self._pos = 0
         self.size: int | None = None
         self._resp: http.client.HTTPResponse | None = None
@@ -569,7 +574,12 @@ class HTTPStreamFile(PositionedFile):
     def _open(self, start: int) -> bool:
         """A response from ``start``; False when ``start`` is at or past the end."""
         self._drop()
-        last = f"{self.end - 1}" if self.end is not None else ""
+        stop = self.end
+        if self._first_end is not None:
+            stop = self._first_end if stop is None else min(stop, self._first_end)
+            self._first_end = None
+        self._resp_end = stop if stop is not None and stop > start else self.end
+        last = f"{self._resp_end - 1}" if self._resp_end is not None else ""
         resp, pooled = _send("GET", self.url, {**self.headers, "Range": f"bytes={start}-{last}"})
         try:
             if resp.status == 206:
@@ -608,7 +618,8 @@ class HTTPStreamFile(PositionedFile):
             view = view[: max(min(len(view), self.end - self._pos), 0)]
         if not len(view):
             return 0
-        if self._resp is None or not self._at <= self._pos <= self._at + self.SKIP:
+        if self._resp is None or not self._at <= self._pos <= self._at + self.SKIP \
+                or (self._resp_end is not None and self._pos >= self._resp_end):
             if not self._open(self._pos):
                 return 0
         assert self._resp is not None
@@ -624,7 +635,7 @@ class HTTPStreamFile(PositionedFile):
         n = _fill(self._resp, view)
         self._at += n
         self._pos += n
-        if self.end is not None and self._at >= self.end and self._pooled is not None:  # read to its end
+        if self._resp_end is not None and self._at >= self._resp_end and self._pooled is not None:  # read to its end
             _done(self._resp, self._pooled, True)
             self._resp = self._pooled = None
         elif n < len(view):  # the response ended early: keep what came, the next read starts a new one
