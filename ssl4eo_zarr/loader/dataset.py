@@ -344,6 +344,11 @@ class ChunkDataset(IterableDataset):
         #: one request per member.
         self.warm_span = True
         self.jump = self._jump(skip_unused, cache_dir)
+        if self.jump is None and self.streaming and cache_dir is None:  # streamed whole from a URL: see the method
+            first = next((cs for cs, n in zip(self.sets, self.counts, strict=True)
+                          if n and any(is_url(p) for p in cs.paths.values())), None)
+            if first is not None:  # a set the epoch reads (a selection's, not the split's first)
+                self._measure_member_bytes(first)
         #: Shards are read SPREAD at a time by each worker, their locations in turn: the shuffle buffer fills from
         #: several shards at once (remote ones each on a read-ahead thread of its own, so their responses move at
         #: once). The same plan wherever the shards lie.
@@ -375,6 +380,37 @@ class ChunkDataset(IterableDataset):
             raise ValueError(f"{held}timestamp indices must be in 0..{n - 1}, got {ts!r}")
         return items if not isinstance(ts, int | np.integer) else items[0]
 
+    def _measure_member_bytes(self, cs: ChunkSet, skip: str | None = None) -> None:
+        """``member_bytes`` of each modality but ``skip`` from the first tar header of its shard in ``cs`` (one
+        small request each, at once): a stream asks for the first batch's members in its first request, not in an
+        open-ended one that has the host push more into the socket while the first batch waits for the link."""
+        from ..memberparts import first_member_bytes
+        from ..shardfile import open_binary
+
+        def one(path: str) -> int | None:
+            try:
+                with open_binary(path, front=tarfile.BLOCKSIZE, **self.archive_kwargs) as fh:
+                    return first_member_bytes(fh)
+            except OSError:  # a hint only: without it a stream asks for its whole shard at once
+                return None
+
+        todo = []
+        for m in self.modalities:
+            path = cs.paths.get(m, "")
+            if m == skip or not is_url(path):
+                continue
+            if path in self.members:  # members found beforehand: read by range, their sizes known
+                if self.members[path]:
+                    self.member_bytes[m] = int(self.members[path][0].size)
+                continue
+            todo.append(m)
+        if not todo:
+            return
+        with ThreadPoolExecutor(len(todo)) as pool:
+            for m, size in zip(todo, pool.map(lambda m: one(cs.paths[m]), todo), strict=True):
+                if size:
+                    self.member_bytes[m] = size
+
     def _jump(self, skip_unused: bool | None, cache_dir: str | None) -> int | None:
         """Bytes of left-out chunks worth the extra requests of reading a member by parts (``skip_unused``);
         ``None``: members are streamed whole."""
@@ -382,8 +418,8 @@ class ChunkDataset(IterableDataset):
                 or self.timestamps == "all" or self.reindex_seasonal:
             return None
         partial = [m for m in self.modalities if by_parts(m, self.fix_s1_order)]
-        first = next(((cs.paths[m], m) for cs in self.sets for m in partial if m in cs.paths and is_url(cs.paths[m])),
-                     None)
+        first = next(((cs.paths[m], m) for cs, n in zip(self.sets, self.counts, strict=True) if n
+                      for m in partial if m in cs.paths and is_url(cs.paths[m])), None)
         if first is None:
             return None
         remote, modality = first
@@ -405,24 +441,10 @@ class ChunkDataset(IterableDataset):
                 self.first_front = chunk + FIRST_HEAD
             return chunk
 
-        # The other modalities' first members' sizes (a header each): the first batch's members are asked for
-        # in one request per stream, not left to an open-ended one.
-        beside = next(cs for cs in self.sets if cs.paths.get(modality) == remote).paths
-        others = [(beside[m], m) for m in self.modalities if m != modality and is_url(beside.get(m, ""))]
-
-        def member_sizes() -> None:
-            for path, m in others:
-                try:
-                    with open_binary(path, front=tarfile.BLOCKSIZE, **self.archive_kwargs) as fh:
-                        size = first_member_bytes(fh)
-                except OSError:  # a hint only: that modality's streams learn it from their first member
-                    continue
-                if size:
-                    self.member_bytes[m] = size
-
         try:
             with ThreadPoolExecutor(2) as pool:
-                sized = pool.submit(member_sizes)
+                sized = pool.submit(self._measure_member_bytes, next(cs for cs in self.sets
+                                                                     if cs.paths.get(modality) == remote), modality)
                 if skip_unused:
                     chunk_bytes()  # what each stream's opening request should bring
                     self.warm_span = False  # the fewest bytes: the first batch by parts too

@@ -57,14 +57,16 @@ class ShardReader:
         # member: 0.45 s apart by parts at 50 ms).
         self.coming = [s for s in self.uses.order if self.remote[s]][::-1]
         self.begun: set[int] = set()
-        # The first batch first: no set read by parts reads past the members it uses (``warm``: the last location
-        # of each set it uses) until a row past those is asked for (a DataLoader worker asks for the next batch's
-        # as soon as it has handed the first over). Where the link makes it cheap (``spec.warm_span``), a stream
-        # reads those members whole, in one request per shard, instead of each by parts.
+        # The first batch first: no remote set reads past the members it uses (``warm``: the last location of
+        # each set it uses) until a row past those is asked for (a DataLoader worker asks for the next batch's
+        # as soon as it has handed the first over), and streams ask for those members in their first request
+        # (see ShardStream): nothing else competes for the link. Where the link makes it cheap
+        # (``spec.warm_span``), a stream read by parts reads them whole, in one request, not each by parts.
         self.warm: dict[int, int] = {}
-        if self.partial and batches:
+        if batches:
             for s, i in batches[0].rows:
-                self.warm[s] = max(self.warm.get(s, -1), i)
+                if self.remote[s]:
+                    self.warm[s] = max(self.warm.get(s, -1), i)
         self.first = threading.Event()
         if not self.warm:
             self.first.set()
