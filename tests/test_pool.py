@@ -265,9 +265,9 @@ def test_tensors_nested_by_a_transform_release_their_arena(root):
         assert isinstance(batch["pair"][0], torch.Tensor) and isinstance(batch["more"]["l1c"][0], torch.Tensor)
         leased += getattr(batch, "_token", None) is not None
         fresh += getattr(batch, "_token", None) is None
-    # Nested tensors that never gave their arena back would leave every batch after the second in fresh memory;
-    # a loaded machine may run a wait out now and then.
-    assert leased >= 15 and fresh <= 4, (leased, fresh)
+    # Nested tensors that never gave their arena back would leave every batch after the second in fresh memory
+    # (19 of 21); a loaded machine may run a wait out now and then (6 of 21 seen on 2 busy cores in CI).
+    assert leased >= 13 and fresh <= 8, (leased, fresh)
 
 
 def test_a_nested_batch_held_is_never_overwritten(root):
