@@ -203,7 +203,7 @@ class ChunkDataset(IterableDataset):
         the other timestamps (and cloud masks not returned) are left on the host, each S2 member read by parts
         in bounded requests (one per member, two when a wanted chunk lies behind one left out; see
         :mod:`ssl4eo_zarr.memberparts`) instead of one GET per shard. ``None`` (default): where the link makes
-        that faster, measured at construction (at most 13 requests and 5 MB, once per host): the chunks left out
+        that faster, measured at construction (at most 17 requests and 9 MB, once per host): the chunks left out
         must take longer at one response's rate than the added round trips (at 50 ms and 50 MB/s, full-size
         SSL4EO-S12 S2 with ``timestamps=0`` is read by parts, with ``"random"`` whole). The first batch's
         members then come whole in one request per shard and modality where the link makes that cheap (at 50 ms
