@@ -148,8 +148,9 @@ def test_a_training_loop_gets_every_batch_in_a_reused_arena(root):
                 memory.setdefault((token[3], token[2]), set()).add(ptrs)
     # A wait may run out now and then on a loaded machine (a batch in fresh memory): measured 62 leased and 1
     # fresh on an idle machine, 50 and 13 with both cores busy elsewhere (CI runs two test processes). Without
-    # waiting, 41 and 22; with arenas that never come back, nearly all fresh.
-    assert leased > 40 and fresh * 3 <= leased, (leased, fresh)
+    # waiting, 41 and 22; with arenas that never come back, nearly all fresh. CI on two loaded cores saw 46 and
+    # 17: how long a wait pays is a speed question (benchmarks/epochs.py); this checks that arenas come back.
+    assert leased > 30 and fresh * 2 <= leased, (leased, fresh)
     assert len(memory) == 2 and all(len(p) == 1 for p in memory.values()), memory
 
 
