@@ -344,11 +344,10 @@ class ChunkDataset(IterableDataset):
         #: one request per member.
         self.warm_span = True
         self.jump = self._jump(skip_unused, cache_dir)
-        if self.jump is None and self.streaming and cache_dir is None:  # streamed whole from a URL: see the method
-            first = next((cs for cs, n in zip(self.sets, self.counts, strict=True)
-                          if n and any(is_url(p) for p in cs.paths.values())), None)
-            if first is not None:  # a set the epoch reads (a selection's, not the split's first)
-                self._measure_member_bytes(first)
+        if self.streaming and cache_dir is None and not self.member_bytes:  # not measured with the link
+            first = self._first_remote(self.modalities)
+            if first is not None:
+                self._measure_member_bytes(first[0])
         #: Shards are read SPREAD at a time by each worker, their locations in turn: the shuffle buffer fills from
         #: several shards at once (remote ones each on a read-ahead thread of its own, so their responses move at
         #: once). The same plan wherever the shards lie.
@@ -379,6 +378,12 @@ class ChunkDataset(IterableDataset):
             held = f"{corpus} members hold {n} timestamp{'s' if n > 1 else ''}: " if n != schema.N_TIMESTAMPS else ""
             raise ValueError(f"{held}timestamp indices must be in 0..{n - 1}, got {ts!r}")
         return items if not isinstance(ts, int | np.integer) else items[0]
+
+    def _first_remote(self, among: Sequence[str]) -> tuple[ChunkSet, str] | None:
+        """The first set the epoch reads (a selection's, not the split's first) with a remote shard of one of
+        ``among``, and that modality."""
+        return next(((cs, m) for cs, n in zip(self.sets, self.counts, strict=True) if n
+                     for m in among if is_url(cs.paths.get(m, ""))), None)
 
     def _measure_member_bytes(self, cs: ChunkSet, skip: str | None = None) -> None:
         """``member_bytes`` of each modality but ``skip`` from the first tar header of its shard in ``cs`` (one
@@ -418,11 +423,11 @@ class ChunkDataset(IterableDataset):
                 or self.timestamps == "all" or self.reindex_seasonal:
             return None
         partial = [m for m in self.modalities if by_parts(m, self.fix_s1_order)]
-        first = next(((cs.paths[m], m) for cs, n in zip(self.sets, self.counts, strict=True) if n
-                      for m in partial if m in cs.paths and is_url(cs.paths[m])), None)
+        first = self._first_remote(partial)
         if first is None:
             return None
-        remote, modality = first
+        cs, modality = first
+        remote = cs.paths[modality]
         from ..costmodel import probe
         from ..memberparts import FIRST_HEAD, WindowFile, first_chunk_bytes, first_member_bytes, parts_jump, warm_span
         from ..shardfile import open_binary
@@ -443,8 +448,7 @@ class ChunkDataset(IterableDataset):
 
         try:
             with ThreadPoolExecutor(2) as pool:
-                sized = pool.submit(self._measure_member_bytes, next(cs for cs in self.sets
-                                                                     if cs.paths.get(modality) == remote), modality)
+                sized = pool.submit(self._measure_member_bytes, cs, modality)
                 if skip_unused:
                     chunk_bytes()  # what each stream's opening request should bring
                     self.warm_span = False  # the fewest bytes: the first batch by parts too
