@@ -161,18 +161,16 @@ def probe(path: str, storage_options: Mapping[str, Any] | None = None, *, connec
 
     # The parallel reads are timed from when all of them have opened their files: opening (a size request, and
     # in a fresh process the first connections and imports) took long enough to pass for a host-wide cap.
-    ready = [threading.Barrier(PARALLEL)]
-
-    def one(fh: Any, offset: int) -> tuple[float, float, int]:
-        ready[0].wait(timeout=60)
+    def one(fh: Any, offset: int, ready: threading.Barrier) -> tuple[float, float, int]:
+        ready.wait(timeout=60)
         began = time.perf_counter()
         spent, got = timed(fh, offset, PROBE_BYTES)
         return began, began + spent, got
 
     def together(pool: Any, files: list[Any]) -> float:
         """Bytes/s the files' parallel reads got in all."""
-        ready[0] = threading.Barrier(len(files))
-        reads = list(pool.map(one, files, [k * PROBE_BYTES for k in range(len(files))]))
+        ready = threading.Barrier(len(files))
+        reads = list(pool.map(one, files, [k * PROBE_BYTES for k in range(len(files))], [ready] * len(files)))
         moved = sum(got for _b, _e, got in reads)
         return moved / max(max(e for _b, e, _g in reads) - min(b for b, _e, _g in reads) - rtt, 1e-4)
 
